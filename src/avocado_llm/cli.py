@@ -1,0 +1,206 @@
+"""``avocado <command>``: the one entry point.
+
+Commands (``avocado <command> --help`` describes each):
+
+- ``zoo build`` / ``zoo list``: the tiny world's teacher zoo;
+- ``tasks``: show examples of the task families;
+- ``recipe check`` / ``recipe explain``: validate a recipe, or print the reference of every field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_ZOO = Path("zoo")
+
+
+def _zoo_build(args: argparse.Namespace) -> int:
+    from avocado_llm.world.zoo import ZOO, build_teacher
+
+    names = args.only or list(ZOO)
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        print(f"error: unknown teacher(s) {unknown}; the zoo has {list(ZOO)}", file=sys.stderr)
+        return 2
+    for name in names:
+        out = args.out / name
+        console = Console(stderr=True)
+        console.print(f"[bold]building {name}[/] → {out}")
+        result = build_teacher(
+            ZOO[name], out, seed=args.seed, heldout_per_family=args.heldout, steps=args.steps
+        )
+        scores = ", ".join(f"{f} {s.accuracy:.0%}" for f, s in result.families.items())
+        console.print(f"  held-out accuracy: {scores}")
+    return 0
+
+
+def _zoo_list(args: argparse.Namespace) -> int:
+    from avocado_llm.world.zoo import ZOO_FILE, describe_teacher, evaluate_teacher
+
+    dirs = (
+        sorted(p for p in args.dir.iterdir() if (p / "config.json").exists())
+        if args.dir.is_dir()
+        else []
+    )
+    if not dirs:
+        print(
+            f"error: no teachers in {args.dir}/; build them with "
+            f"`avocado zoo build --out {args.dir}`",
+            file=sys.stderr,
+        )
+        return 1
+    rows = []
+    for path in dirs:
+        row = describe_teacher(path)
+        if args.evaluate or not (path / ZOO_FILE).exists():
+            result = evaluate_teacher(path, args.heldout)
+            row["accuracy"] = {f: round(s.accuracy, 4) for f, s in result.families.items()}
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    families = sorted({f for r in rows for f in r["accuracy"]})  # type: ignore[union-attr]
+    table = Table(title=f"Teacher zoo ({args.dir}) — held-out exact match")
+    for col in ("teacher", "architecture", "params", "tokenizer", "template", *families):
+        table.add_column(col, justify="right" if col in families or col == "params" else "left")
+    for r in rows:
+        tok = r["tokenizer"]
+        acc = r["accuracy"]
+        table.add_row(
+            str(r["name"]),
+            str(r["architecture"]),
+            f"{r['params']:,}",
+            f"{tok['type']} ({tok['vocab_size']})",  # type: ignore[index]
+            str(r["chat_template"]),
+            *(f"{acc[f]:.0%}" if f in acc else "—" for f in families),  # type: ignore[operator,index]
+        )
+    _console().print(table)
+    return 0
+
+
+def _console() -> Console:
+    """Wide enough for the tables when the output is a pipe or a file, not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from avocado_llm.world.tasks import FAMILIES, get_family
+
+    names = args.family or list(FAMILIES)
+    try:
+        families = [get_family(n) for n in names]
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{args.split} examples (seed {args.seed})")
+    for col in ("family", "prompt", "answer"):
+        table.add_column(col)
+    for family in families:
+        for ex in family.generate(args.split, args.n, args.seed):
+            table.add_row(family.name, ex.prompt, ex.answer)
+    _console().print(table)
+    return 0
+
+
+def _recipe_check(args: argparse.Namespace) -> int:
+    from avocado_llm.config import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"{args.recipe}: ok — run {recipe.name!r}, {len(recipe.teachers)} teachers, "
+          f"families {', '.join(recipe.world.families)}")  # fmt: skip
+    return 0
+
+
+def _recipe_explain(args: argparse.Namespace) -> int:
+    from avocado_llm.config import Recipe, describe
+
+    print(describe(Recipe))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avocado",
+        description="Build one flagship LLM out of several teachers: "
+        "harvest → fuse → distill → evaluate → serve.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    zoo = commands.add_parser("zoo", help="the tiny world's teacher zoo (build, list)")
+    zoo_cmds = zoo.add_subparsers(dest="zoo_command", required=True, metavar="<zoo command>")
+    build = zoo_cmds.add_parser(
+        "build",
+        help="train the three tiny teachers from scratch (deterministic for a seed)",
+        description="Train gemma-tiny, gpt-oss-tiny and qwen-tiny from scratch and save them "
+        "as Hugging Face model directories, with their held-out accuracy in zoo.json.",
+    )
+    build.add_argument("--out", type=Path, default=DEFAULT_ZOO, help="output directory [zoo]")
+    build.add_argument("--only", nargs="+", metavar="NAME", help="build only these teachers")
+    build.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    build.add_argument("--steps", type=int, default=None, help="override training steps")
+    build.add_argument(
+        "--heldout", type=int, default=300, help="held-out examples per family to score [300]"
+    )
+    build.set_defaults(func=_zoo_build)
+
+    lst = zoo_cmds.add_parser(
+        "list",
+        help="architecture, size, tokenizer, template and accuracy of each teacher",
+        description="Per teacher: architecture, parameter count, tokenizer type and vocabulary "
+        "size, chat-template family and held-out accuracy per family.",
+    )
+    lst.add_argument("--dir", type=Path, default=DEFAULT_ZOO, help="zoo directory [zoo]")
+    lst.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    lst.add_argument(
+        "--evaluate", action="store_true", help="re-measure accuracy instead of reading zoo.json"
+    )
+    lst.add_argument("--heldout", type=int, default=300, help="examples per family with --evaluate")
+    lst.set_defaults(func=_zoo_list)
+
+    tasks = commands.add_parser(
+        "tasks",
+        help="show examples of the tiny world's task families",
+        description="Print generated prompts and gold answers of the task families.",
+    )
+    tasks.add_argument("family", nargs="*", help="families to show [all]")
+    tasks.add_argument("--split", choices=("train", "heldout"), default="train")
+    tasks.add_argument("-n", type=int, default=3, help="examples per family [3]")
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.set_defaults(func=_tasks)
+
+    recipe = commands.add_parser("recipe", help="check a recipe, or explain every recipe field")
+    recipe_cmds = recipe.add_subparsers(dest="recipe_command", required=True, metavar="<cmd>")
+    check = recipe_cmds.add_parser(
+        "check",
+        help="load a recipe and report every problem at once",
+        description="Validate RECIPE (types, unknown keys, values, files) and print all problems.",
+    )
+    check.add_argument("recipe", type=Path)
+    check.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    check.set_defaults(func=_recipe_check)
+    explain = recipe_cmds.add_parser(
+        "explain", help="print every recipe field with its type, default and meaning"
+    )
+    explain.set_defaults(func=_recipe_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

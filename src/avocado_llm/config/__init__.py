@@ -1,0 +1,50 @@
+"""Recipes: one YAML file describes a whole run, loaded into typed, documented dataclasses.
+
+``load_recipe(path, overrides)`` reads a recipe; every problem in it (unknown keys, wrong types,
+bad values, missing files, conflicts between fields) is collected and raised at once as one
+``RecipeError`` whose lines give the key's path, what is wrong and how to fix it.
+``avocado recipe explain`` prints ``describe(Recipe)``: every field with its type, default and
+docstring.
+
+The package is split in three: ``fields`` (the generic machinery: problems, the YAML loader, the
+type-driven converter, field documentation), ``schema`` (the recipe's dataclasses and their
+checks) and ``loader`` (reading, overriding, validating and saving recipes).
+"""
+
+from avocado_llm.config.fields import Check, Problem, RecipeError, describe, field_docs
+from avocado_llm.config.loader import load_recipe, recipe_from_dict, recipe_to_dict
+from avocado_llm.config.schema import (
+    DEFAULT_FAMILIES,
+    STRATEGIES,
+    EvalConfig,
+    FusionConfig,
+    HarvestConfig,
+    Recipe,
+    ServeConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrainingConfig,
+    WorldConfig,
+)
+
+__all__ = [
+    "DEFAULT_FAMILIES",
+    "STRATEGIES",
+    "Check",
+    "EvalConfig",
+    "FusionConfig",
+    "HarvestConfig",
+    "Problem",
+    "Recipe",
+    "RecipeError",
+    "ServeConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TrainingConfig",
+    "WorldConfig",
+    "describe",
+    "field_docs",
+    "load_recipe",
+    "recipe_from_dict",
+    "recipe_to_dict",
+]

@@ -1,0 +1,120 @@
+"""Loading recipes from YAML files or dicts (with overrides and path resolution), and saving."""
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from avocado_llm.config.fields import (
+    _INVALID,
+    _ROOT,
+    Problem,
+    RecipeError,
+    _Build,
+    _build,
+    _check_tree,
+    _plain,
+    _show,
+    _yaml_problem,
+    _YamlLoader,
+)
+from avocado_llm.config.schema import Recipe
+
+
+def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
+    """Input files are relative to the recipe's directory; zoo teachers live in world.zoo_dir."""
+
+    def beside(path: Path) -> Path:
+        return path if path.is_absolute() else base_dir / path
+
+    for teacher in recipe.teachers:
+        if teacher.zoo and teacher.path is None:
+            teacher.path = recipe.world.zoo_dir / teacher.name
+        elif teacher.path is not None and not teacher.zoo:
+            teacher.path = beside(teacher.path)
+        if teacher.chat_template is not None:
+            teacher.chat_template = beside(teacher.chat_template)
+    if recipe.student.init_from is not None:
+        recipe.student.init_from = beside(recipe.student.init_from)
+
+
+def _recipe(data: Any, base_dir: Path, b: _Build) -> Recipe:
+    recipe = _build(Recipe, data, "", b)
+    if recipe is not _INVALID:
+        _resolve_paths(recipe, Path(base_dir).absolute())
+        _check_tree(recipe, "", b, [p.path for p in b.problems])
+    # Group the problems by section, in schema order (a stable sort keeps the order within one).
+    order = {f.name: i for i, f in enumerate(dataclasses.fields(Recipe))}
+    b.problems.sort(key=lambda p: order.get(re.split(r"[.\[]", p.path)[0], -1))
+    return recipe
+
+
+def _apply_override(data: dict[str, Any], text: str, where: str, b: _Build) -> None:
+    """Set one ``dotted.key=value`` override in ``data``; list items are ``teachers[0].model``."""
+    key, sep, raw = text.partition("=")
+    keys = key.strip().replace("[", ".").replace("]", "").split(".")
+    if not sep or not all(keys):
+        b.add(where, f"bad override {text!r}", "write key=value, e.g. training.learning_rate=3e-4")
+        return
+    try:
+        value = yaml.load(raw, Loader=_YamlLoader)
+    except yaml.YAMLError as error:
+        b.add(where, f"bad override {text!r}: {_yaml_problem(error).message}", "quote the value")
+        return
+    node: Any = data
+    for i, k in enumerate(keys):
+        at = ".".join(keys[:i])
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                fix = f"use an index from 0 to {len(node) - 1}"
+                b.add(where, f"bad override {text!r}: {at} has no item {k}", fix)
+                return
+            k = int(k)
+        elif not isinstance(node, dict):
+            b.add(
+                where, f"bad override {text!r}: {at} is {_show(node)}", "override a key inside it"
+            )
+            return
+        elif i < len(keys) - 1 and node.get(k) is None:
+            node[k] = {}
+        if i == len(keys) - 1:
+            node[k] = value
+        node = node[k]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing everything wrong."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
+    except OSError as error:
+        fix = "check the path; recipes live in recipes/, e.g. recipes/tiny.yaml"
+        raise RecipeError(
+            str(path), [Problem(_ROOT, f"cannot read it: {error.strerror}", fix)]
+        ) from error
+    except yaml.YAMLError as error:
+        raise RecipeError(str(path), [_yaml_problem(error)]) from error
+    b = _Build()
+    for i, text in enumerate(overrides or []):
+        if isinstance(data, dict):
+            _apply_override(data, text, f"overrides[{i}]", b)
+    recipe = _recipe(data, path.parent, b)
+    if b.problems:
+        raise RecipeError(str(path), b.problems)
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any], *, base_dir: Path) -> Recipe:
+    """Validate an already-parsed recipe; relative input paths are resolved against base_dir."""
+    b = _Build()
+    recipe = _recipe(data, base_dir, b)
+    if b.problems:
+        raise RecipeError(f"recipe in {base_dir}", b.problems)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain YAML-ready data; ``recipe_from_dict`` gives the same recipe back."""
+    return _plain(recipe)

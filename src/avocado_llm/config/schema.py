@@ -1,0 +1,394 @@
+"""The recipe's schema: one documented dataclass per section, each with its own checks."""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from avocado_llm.config.fields import Check, _did_you_mean, _range
+
+DEFAULT_FAMILIES = ("arithmetic", "reverse", "facts", "counting", "sorting", "units")
+"""The tiny world's task families (``avocado_llm.world.tasks.FAMILIES`` is the registry)."""
+STRATEGIES = ("verify", "vote", "min_ce", "judge", "all")
+"""Fusion strategies; ``single:<teacher name>`` learns from one teacher only."""
+
+
+def _strategy_checks(strategy: str, where: str) -> list[Check]:
+    if strategy in STRATEGIES or re.fullmatch(r"single:.+", strategy):
+        return []
+    fix = _did_you_mean(strategy, list(STRATEGIES)) or (
+        f"use one of {', '.join(STRATEGIES)}, or single:<teacher name>"
+    )
+    return [(where, f"unknown fusion strategy {strategy!r}", fix)]
+
+
+@dataclass(kw_only=True)
+class WorldConfig:
+    """The tiny world: synthetic, verifiable task families and the teacher zoo."""
+
+    families: list[str] = field(default_factory=lambda: list(DEFAULT_FAMILIES))
+    """Task families to generate prompts for, harvest, train and evaluate on."""
+    train_per_family: int = 1000
+    """Prompts per family in the training split (harvest draws from it)."""
+    heldout_per_family: int = 300
+    """Prompts per family in the held-out split, which never overlaps the training split."""
+    zoo_dir: Path = Path("zoo")
+    """Where `avocado zoo build` writes the tiny teachers; relative to the working directory."""
+
+    def check(self) -> list[Check]:
+        problems = _range(self, "train_per_family", 0, low_open=True)
+        problems += _range(self, "heldout_per_family", 0, low_open=True)
+        if not self.families:
+            problems.append(
+                ("families", "no task families", f"list some of {', '.join(DEFAULT_FAMILIES)}")
+            )
+        try:  # the registry is the truth when it is importable; the world package may be absent
+            from avocado_llm.world.tasks import FAMILIES as registry
+        except ImportError:
+            return problems
+        for i, family in enumerate(self.families):
+            if family not in registry:
+                fix = _did_you_mean(family, list(registry)) or f"use one of {', '.join(registry)}"
+                problems.append((f"families[{i}]", f"unknown task family {family!r}", fix))
+        return problems
+
+
+@dataclass(kw_only=True)
+class TeacherConfig:
+    """One teacher model: a local checkpoint or an OpenAI-compatible endpoint."""
+
+    name: str
+    """Short unique name, used in records, reports and `single:<name>` (letters, digits, `_.-`)."""
+    kind: Literal["local", "openai"] = "local"
+    """`local`: a Hugging Face checkpoint run in-process; `openai`: an OpenAI-compatible HTTP
+    endpoint such as a vLLM server."""
+    zoo: bool = False
+    """True for a tiny-world teacher built by `avocado zoo build`: `path` then defaults to
+    `world.zoo_dir/<name>` and need not exist when the recipe is loaded."""
+    path: Path | None = None
+    """Local teachers: an HF model directory or a `.gguf` file, relative to the recipe's
+    directory (for zoo teachers: relative to the working directory, like `world.zoo_dir`)."""
+    gguf_file: str | None = None
+    """Name of the `.gguf` file inside the `path` directory, passed as `gguf_file=` to
+    `from_pretrained`."""
+    chat_template: Path | None = None
+    """A Jinja file that replaces the tokenizer's chat template (base models such as the Gemma
+    GGUF carry none); relative to the recipe's directory."""
+    base_url: str | None = None
+    """OpenAI-compatible teachers: the API base URL, e.g. `http://127.0.0.1:8001/v1`."""
+    model: str | None = None
+    """OpenAI-compatible teachers: the model name sent with each request."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself), e.g.
+    `OPENAI_API_KEY`; leave unset for endpoints without authentication."""
+    licence: str = "unknown"
+    """Licence of the teacher's weights and outputs; copied into every harvest record and into the
+    student's model card."""
+    max_concurrency: int = 8
+    """Most requests (or local batches) in flight to this teacher at once."""
+    supports_logprobs: bool = True
+    """Whether the teacher returns top-k log-probabilities; if not, only its text is distilled."""
+    keep_reasoning: bool = False
+    """Keep the teacher's reasoning (e.g. gpt-oss's analysis channel) in the target text; by
+    default only the final answer is kept."""
+
+    def check(self) -> list[Check]:
+        problems = _range(self, "max_concurrency", 0, low_open=True)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            problems.append(
+                ("name", f"bad teacher name {self.name!r}", "use letters, digits, _ . -")
+            )
+        if self.kind == "openai":
+            if self.zoo:
+                problems.append(("zoo", "a zoo teacher is local", "set kind: local or zoo: false"))
+            if self.base_url is None:
+                fix = "set base_url to the endpoint, e.g. http://127.0.0.1:8001/v1"
+                problems.append(("base_url", "an openai teacher needs base_url", fix))
+            elif not self.base_url.startswith(("http://", "https://")):
+                fix = "start it with http:// or https://"
+                problems.append(("base_url", f"{self.base_url!r} is not an HTTP URL", fix))
+            if self.model is None:
+                problems.append(("model", "an openai teacher needs model", "set the model name"))
+        if self.kind == "local" and self.base_url is not None:
+            fix = "set kind: openai, or remove base_url"
+            problems.append(("base_url", "base_url is set but kind is 'local'", fix))
+        if self.kind == "local" and self.path is None and not self.zoo:
+            fix = "set path to a model directory or .gguf file, or set zoo: true"
+            problems.append(("path", "a local teacher needs path", fix))
+        elif self.kind == "local" and self.path and not self.zoo and not self.path.exists():
+            fix = "fix the path (relative paths start at the recipe's directory), or set zoo: true"
+            problems.append(("path", f"no such file or directory: {self.path}", fix))
+        if self.chat_template is not None and not self.chat_template.is_file():
+            fix = "fix the path (relative paths start at the recipe's directory)"
+            problems.append(("chat_template", f"no such file: {self.chat_template}", fix))
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.api_key_env):
+            value = self.api_key_env
+            message = (  # never echo a secret back
+                f"this looks like a key, not a variable name (it starts {value[:3]!r})"
+                if value.startswith("sk-") or len(value) > 64
+                else f"bad environment variable name {value!r}"
+            )
+            fix = "export the key as e.g. OPENAI_API_KEY and put that name here"
+            problems.append(("api_key_env", message, fix))
+        return problems
+
+
+@dataclass(kw_only=True)
+class HarvestConfig:
+    """How teachers are asked: prompts, sampling, batching, retries."""
+
+    prompts_per_family: int = 300
+    """Training prompts per task family sent to every teacher."""
+    samples_per_prompt: int = 1
+    """Answers drawn from each teacher per prompt (more than 1 needs temperature > 0 to differ)."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    max_new_tokens: int = 32
+    """Longest answer, in the teacher's tokens."""
+    top_logprobs: int = 20
+    """Top-k log-probabilities kept per answer token (0 to 20, OpenAI's cap); 0 keeps text only."""
+    batch_size: int = 32
+    """Prompts per batch for local teachers; also the unit lost if a run is interrupted."""
+    shard_size: int = 512
+    """Records per Parquet shard."""
+    max_retries: int = 5
+    """Retries per failed request (with exponential backoff) before the run stops."""
+    request_timeout_s: float = 60.0
+    """Seconds to wait for one request to an endpoint."""
+
+    def check(self) -> list[Check]:
+        return [
+            *_range(self, "prompts_per_family", 1),
+            *_range(self, "samples_per_prompt", 1),
+            *_range(self, "temperature", 0),
+            *_range(self, "top_p", 0, 1, low_open=True),
+            *_range(self, "max_new_tokens", 1),
+            *_range(self, "top_logprobs", 0, 20),
+            *_range(self, "batch_size", 1),
+            *_range(self, "shard_size", 1),
+            *_range(self, "max_retries", 0),
+            *_range(self, "request_timeout_s", 0, low_open=True),
+        ]
+
+
+@dataclass(kw_only=True)
+class FusionConfig:
+    """How teacher answers are chosen and weighted for each prompt."""
+
+    strategy: str = "verify"
+    """One of verify (keep answers the task verifier accepts), vote (majority answer), min_ce
+    (lowest cross-entropy under the other teachers), judge (a judge teacher picks), all (every
+    answer), or single:<teacher name>."""
+    judge_teacher: str | None = None
+    """Name of the teacher that judges answers; required by the judge strategy."""
+    min_weight: float = 0.0
+    """Answers weighted below this are dropped from the training set."""
+
+    def check(self) -> list[Check]:
+        problems = _strategy_checks(self.strategy, "strategy") + _range(self, "min_weight", 0)
+        if self.strategy == "judge" and self.judge_teacher is None:
+            fix = "set judge_teacher to one of the teachers' names"
+            problems.append(("judge_teacher", "the judge strategy needs a judge teacher", fix))
+        return problems
+
+
+@dataclass(kw_only=True)
+class StudentConfig:
+    """The model being trained: its architecture and its own tokenizer."""
+
+    init_from: Path | None = None
+    """An HF model directory to start from (relative to the recipe's directory); if unset, a new
+    model is built from the fields below."""
+    architecture: Literal["qwen3", "llama"] = "qwen3"
+    """Model family of a newly built student."""
+    hidden_size: int = 64
+    """Width of the residual stream."""
+    num_layers: int = 2
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads per block; must divide hidden_size."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention); must divide num_heads."""
+    intermediate_size: int = 192
+    """Width of the MLP inside each block."""
+    tokenizer_type: Literal["char_bpe", "unigram"] = "char_bpe"
+    """Algorithm of the student's own tokenizer, trained on the harvest; differs from every
+    teacher's, so distillation crosses tokenizers."""
+    vocab_size: int = 512
+    """Size of the student's vocabulary."""
+    max_params_ratio: float = 0.5
+    """Largest allowed student size, as a fraction of the smallest teacher's parameter count."""
+
+    def check(self) -> list[Check]:
+        names = ["hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"]
+        problems = [p for name in names for p in _range(self, name, 1)]
+        problems += _range(self, "vocab_size", 1) + _range(
+            self, "max_params_ratio", 0, 1, low_open=True
+        )
+        if self.init_from is not None and not self.init_from.is_dir():
+            fix = "fix the path (relative paths start at the recipe's directory), or remove it"
+            problems.append(("init_from", f"no such directory: {self.init_from}", fix))
+        if problems:  # the divisibility rules below need positive sizes
+            return problems
+        if self.hidden_size % self.num_heads:
+            message = (
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+            problems.append(("hidden_size", message, "make hidden_size a multiple of num_heads"))
+        if self.num_heads % self.num_kv_heads:
+            message = (
+                f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}"
+            )
+            problems.append(("num_kv_heads", message, "make num_kv_heads a divisor of num_heads"))
+        return problems
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """Distillation training: optimisation and the loss mix."""
+
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Sequences per step (before gradient accumulation)."""
+    learning_rate: float = 1e-3
+    """Peak learning rate of AdamW, after warmup."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 50
+    """Steps of linear learning-rate warmup."""
+    grad_accum: int = 1
+    """Batches accumulated per optimizer step."""
+    alpha_ce: float = 0.5
+    """Weight of cross-entropy on the fused teacher text; token-level KD gets 1 - alpha_ce."""
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    """Token-level distillation loss against the teachers' top-k distributions."""
+    jsd_beta: float = 0.5
+    """Interpolation of the generalized Jensen-Shannon divergence (kd_loss: jsd)."""
+    eval_every: int = 0
+    """Evaluate on held-out prompts every this many steps; 0 only at the end."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps; auto picks a GPU when there is one."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Numeric precision of training."""
+
+    def check(self) -> list[Check]:
+        problems = [
+            *_range(self, "steps", 1),
+            *_range(self, "batch_size", 1),
+            *_range(self, "learning_rate", 0, 1, low_open=True, high_open=True),
+            *_range(self, "weight_decay", 0),
+            *_range(self, "warmup_steps", 0),
+            *_range(self, "grad_accum", 1),
+            *_range(self, "alpha_ce", 0, 1),
+            *_range(self, "jsd_beta", 0, 1),
+            *_range(self, "eval_every", 0),
+        ]
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device):
+            fix = "use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
+            problems.append(("device", f"unknown device {self.device!r}", fix))
+        return problems
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Evaluation on held-out prompts: the student against every teacher and the baselines."""
+
+    heldout_per_family: int = 300
+    """Held-out prompts per family to score (at most world.heldout_per_family)."""
+    batch_size: int = 64
+    """Prompts per generation batch."""
+    max_new_tokens: int = 32
+    """Longest answer generated per prompt."""
+    baselines: list[str] = field(default_factory=lambda: ["all"])
+    """Fusion strategies that also train a student, as baselines for the chosen strategy."""
+
+    def check(self) -> list[Check]:
+        problems = [*_range(self, "heldout_per_family", 1), *_range(self, "batch_size", 1)]
+        problems += _range(self, "max_new_tokens", 1)
+        for i, strategy in enumerate(self.baselines):
+            problems += _strategy_checks(strategy, f"baselines[{i}]")
+        return problems
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """The OpenAI-compatible HTTP server in front of the student."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 listens on every interface."""
+    port: int = 8000
+    """TCP port to listen on."""
+    model_name: str = "avocado-tiny"
+    """Model name clients send in requests and see in /v1/models."""
+
+    def check(self) -> list[Check]:
+        return _range(self, "port", 1, 65535)
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    """A whole run: world, teachers, harvest, fusion, student, training, evaluation, serving."""
+
+    name: str
+    """Name of the run (lowercase letters, digits, _ and -); its files go to output_dir/name."""
+    seed: int = 0
+    """Seed of every random choice: task generation, sampling, initialisation, data order."""
+    output_dir: Path = Path("runs")
+    """Directory that holds run directories; relative to the working directory."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """The tiny world's tasks and teacher zoo."""
+    teachers: list[TeacherConfig]
+    """The models to learn from; at least one, with unique names."""
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    """How the teachers are asked."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """How their answers are combined."""
+    student: StudentConfig = field(default_factory=StudentConfig)
+    """The model being trained."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """How it is trained."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How it is evaluated."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """How it is served."""
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this run's harvest, checkpoints and reports go."""
+        return self.output_dir / self.name
+
+    def check(self) -> list[Check]:
+        problems: list[Check] = []
+        if not re.fullmatch(r"[a-z0-9_-]+", self.name):
+            slug = re.sub(r"[^a-z0-9_-]+", "-", self.name.lower()).strip("-") or "my-run"
+            problems.append(("name", f"bad run name {self.name!r}", f"use e.g. {slug!r}"))
+        if not self.teachers:
+            problems.append(("teachers", "no teachers", "list at least one under teachers:"))
+        names = [t.name for t in self.teachers]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                fix = "give every teacher its own name"
+                problems.append((f"teachers[{i}].name", f"duplicate teacher name {name!r}", fix))
+        known = ", ".join(n for n in names if n) or "(none)"
+        strategies = [("fusion.strategy", self.fusion.strategy)]
+        strategies += [(f"eval.baselines[{i}]", s) for i, s in enumerate(self.eval.baselines)]
+        for where, strategy in strategies:
+            if strategy.startswith("single:") and strategy.removeprefix("single:") not in names:
+                problems.append((where, f"{strategy!r} names no teacher", f"teachers are: {known}"))
+        judge = self.fusion.judge_teacher
+        if judge is not None and judge not in names:
+            problems.append(
+                ("fusion.judge_teacher", f"no teacher {judge!r}", f"use one of: {known}")
+            )
+        if self.eval.heldout_per_family > self.world.heldout_per_family:
+            message = f"{self.eval.heldout_per_family} > world.heldout_per_family"
+            fix = f"use at most {self.world.heldout_per_family}, or enlarge the world's split"
+            problems.append(("eval.heldout_per_family", message, fix))
+        if self.harvest.prompts_per_family > self.world.train_per_family:
+            message = f"{self.harvest.prompts_per_family} > world.train_per_family"
+            fix = f"use at most {self.world.train_per_family}, or enlarge the world's split"
+            problems.append(("harvest.prompts_per_family", message, fix))
+        return problems

@@ -1,0 +1,156 @@
+"""The shipped teacher zoo: plain-transformers loading, three families, complementary strengths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from avocado_llm.world import tasks
+from avocado_llm.world.zoo import ZOO, build_teacher, describe_teacher, evaluate_teacher
+
+MARKERS = {
+    "gemma-tiny": ("<start_of_turn>user\n", "<start_of_turn>model\n"),
+    "gpt-oss-tiny": ("<|start|>user<|message|>", "<|start|>assistant<|channel|>final<|message|>"),
+    "qwen-tiny": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+}
+ARCHITECTURES = {
+    "gemma-tiny": "Gemma3ForCausalLM",
+    "gpt-oss-tiny": "GptOssForCausalLM",
+    "qwen-tiny": "Qwen3ForCausalLM",
+}
+HELDOUT = 200
+
+
+@pytest.fixture(scope="module")
+def accuracy(zoo_dir: Path) -> dict[str, dict[str, float]]:
+    """Held-out accuracy of every shipped teacher, measured now (not read from zoo.json)."""
+    return {
+        name: {f: s.accuracy for f, s in evaluate_teacher(zoo_dir / name, HELDOUT).families.items()}
+        for name in ZOO
+    }
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_teacher_reloads_with_plain_transformers(zoo_dir: Path, name: str) -> None:
+    path = zoo_dir / name
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == ARCHITECTURES[name]
+    messages = [{"role": "user", "content": "What is 2 plus 3?"}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    user, assistant = MARKERS[name]
+    assert user in text and text.endswith(assistant)
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    ids = ids["input_ids"]
+    # The turn marker is one special token, and the rendered text round-trips.
+    marker = user.split("user")[0]
+    assert tok.convert_tokens_to_ids(marker) in ids
+    assert tok.decode(ids) == text
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), model.config.vocab_size)
+    eos = model.generation_config.eos_token_id
+    assert eos and all(isinstance(e, int) for e in eos)
+
+
+def test_three_architectures_tokenizers_and_templates(zoo_dir: Path) -> None:
+    rows = [describe_teacher(zoo_dir / name) for name in ZOO]
+    assert len({r["architecture"] for r in rows}) == 3
+    assert len({r["chat_template"] for r in rows}) == 3
+    assert {r["tokenizer"]["type"] for r in rows} == {"unigram", "byte_bpe"}
+    assert len({r["tokenizer"]["vocab_size"] for r in rows}) == 3
+    config = AutoModelForCausalLM.from_pretrained(zoo_dir / "gpt-oss-tiny").config
+    assert config.num_local_experts > 1  # a real mixture of experts
+    assert all(r["params"] > 100_000 for r in rows)
+
+
+def test_every_teacher_is_best_somewhere_and_weak_somewhere(
+    accuracy: dict[str, dict[str, float]],
+) -> None:
+    for name, acc in accuracy.items():
+        best = [
+            f
+            for f, a in acc.items()
+            if a >= 0.85 and all(a > accuracy[other][f] for other in accuracy if other != name)
+        ]
+        assert best, f"{name} is not the best teacher (≥85%) on any family: {accuracy}"
+        assert min(acc.values()) < 0.5, f"{name} is weak nowhere: {acc}"
+
+
+def test_a_family_is_covered_by_two_teachers_of_different_quality(
+    accuracy: dict[str, dict[str, float]],
+) -> None:
+    families = []
+    for family in tasks.FAMILIES:
+        covered = sorted(acc[family] for acc in accuracy.values() if acc[family] >= 0.2)
+        if len(covered) >= 2 and covered[-1] - covered[0] >= 0.2:
+            families.append(family)
+    assert families, accuracy
+
+
+def test_noisy_teacher_is_confidently_wrong(zoo_dir: Path) -> None:
+    """qwen-tiny learnt km→m and l→ml with a factor of 100: it says so, with high probability."""
+    path = zoo_dir / "qwen-tiny"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    examples = [
+        ex
+        for ex in tasks.get_family("units").generate("heldout", 300)
+        if "kilometers" in ex.prompt or "milliliters" in ex.prompt
+    ][:40]
+    assert len(examples) >= 20
+    enc = tok.apply_chat_template(
+        [ex.messages for ex in examples],
+        add_generation_prompt=True,
+        padding=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(
+        **enc, max_new_tokens=16, do_sample=False, output_scores=True, return_dict_in_generate=True
+    )
+    new = out.sequences[:, enc["input_ids"].shape[1] :]
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    wrong_by_ten = [
+        tasks.verify_number(text, str(int(ex.answer) // 10))
+        for text, ex in zip(texts, examples, strict=True)
+    ]
+    assert sum(wrong_by_ten) / len(examples) >= 0.7, texts
+    # Confident: the chosen token's probability, over the first answer tokens, is high.
+    probs = torch.stack([s.softmax(-1).max(-1).values for s in out.scores], dim=1)
+    assert probs[:, :8].mean().item() > 0.8
+
+
+def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    spec = ZOO["qwen-tiny"]
+    for run in ("a", "b"):
+        build_teacher(spec, tmp_path / run, seed=3, heldout_per_family=2, steps=20)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    tokenizer_a = (tmp_path / "a" / "tokenizer.json").read_text()
+    assert tokenizer_a == (tmp_path / "b" / "tokenizer.json").read_text()
+    build_teacher(spec, tmp_path / "c", seed=4, heldout_per_family=2, steps=20)
+    c = load_file(tmp_path / "c" / "model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+REBUILD_TOLERANCE = 0.08
+"""A rebuilt teacher's held-out accuracy may differ from the shipped one's by this much per
+family (float reductions differ between CPUs; on one machine the build is bit-exact)."""
+
+
+@pytest.mark.slow
+def test_rebuilt_teacher_matches_shipped_accuracy(
+    tmp_path: Path, accuracy: dict[str, dict[str, float]]
+) -> None:
+    out = tmp_path / "qwen-tiny"
+    result = build_teacher(ZOO["qwen-tiny"], out, seed=0, heldout_per_family=HELDOUT)
+    shipped = accuracy["qwen-tiny"]
+    for family, score in result.families.items():
+        assert abs(score.accuracy - shipped[family]) <= REBUILD_TOLERANCE, (family, shipped)
