@@ -33,7 +33,7 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests bench
 
 test: lint
-	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
 
 soak: install
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)

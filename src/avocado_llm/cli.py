@@ -4,7 +4,8 @@ Commands (``avocado <command> --help`` describes each):
 
 - ``zoo build`` / ``zoo list``: the tiny world's teacher zoo;
 - ``tasks``: show examples of the task families;
-- ``recipe check`` / ``recipe explain``: validate a recipe, or print the reference of every field.
+- ``recipe check`` / ``recipe explain``: validate a recipe, or print the reference of every field;
+- ``harvest``: ask every teacher of a recipe its prompts and keep the answers (resumable).
 """
 
 from __future__ import annotations
@@ -128,6 +129,64 @@ def _recipe_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _harvest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.harvest import HarvestError, harvest
+    from avocado_llm.teachers import TeacherError
+
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    out = args.out if args.out is not None else recipe.run_dir / "harvest"
+    if args.status:
+        return _harvest_status(out)
+    try:
+        summary = asyncio.run(harvest(recipe, out, limit=args.limit, device=args.device))
+    except KeyboardInterrupt:
+        print(f"interrupted: what was written is kept in {out}; run the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except (HarvestError, TeacherError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    table = Table(title=f"Harvest {recipe.name!r} → {out}")
+    for col in ("teacher", "records", "already done", "new", "failed", "tokens", "tok/s"):
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+    for t in summary.teachers:
+        tps = t.completion_tokens / t.seconds if t.seconds else 0.0
+        table.add_row(t.name, f"{t.planned:,}", f"{t.skipped:,}", f"{t.written:,}",
+                      f"{t.failed:,}", f"{t.completion_tokens:,}", f"{tps:,.0f}")  # fmt: skip
+    _console().print(table)
+    if not summary.ok:
+        print(f"{summary.failed} records failed (reasons in {out / 'failures.jsonl'}); "
+              "run the same command again to retry them", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _harvest_status(out: Path) -> int:
+    from avocado_llm.harvest import HarvestError, status
+
+    try:
+        teachers = status(out)
+    except HarvestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    table = Table(title=f"Harvest in {out}")
+    for col in ("teacher", "records", "prompts", "failed", "tokens", "finish reasons"):
+        table.add_column(col, justify="left" if col in ("teacher", "finish reasons") else "right")
+    for name, t in teachers.items():
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(t.finish_reasons.items()))
+        table.add_row(name, f"{t.records:,}", f"{t.prompts:,}", f"{t.failed:,}",
+                      f"{t.completion_tokens:,}", reasons or "—")  # fmt: skip
+    _console().print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avocado",
@@ -194,6 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="print every recipe field with its type, default and meaning"
     )
     explain.set_defaults(func=_recipe_explain)
+
+    harvest = commands.add_parser(
+        "harvest",
+        help="ask every teacher the recipe's prompts; keep text, top-k log-probs, provenance",
+        description="Ask every teacher of RECIPE its training prompts and write the answers "
+        "(text, top-k log-probabilities, provenance) as Parquet shards with a manifest. "
+        "Rerunning resumes: records already written are skipped, failed ones are retried.",
+    )
+    harvest.add_argument("recipe", type=Path)
+    harvest.add_argument(
+        "--out", type=Path, default=None, help="harvest directory [<output_dir>/<name>/harvest]"
+    )
+    harvest.add_argument(
+        "--limit", type=int, default=None, metavar="N",
+        help="only the first N prompts (families interleaved), for quick runs",
+    )  # fmt: skip
+    harvest.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    harvest.add_argument(
+        "--status", action="store_true", help="print what the harvest directory holds and exit"
+    )
+    harvest.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps for local teachers [auto]"
+    )
+    harvest.set_defaults(func=_harvest)
     return parser
 
 

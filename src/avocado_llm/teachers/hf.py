@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from avocado_llm.teachers.base import (
     TeacherInfo,
     TokenLogprobs,
 )
+from avocado_llm.world.tokenizers import tokenizer_type
 
 
 class TopKRecorder(LogitsProcessor):
@@ -129,7 +131,7 @@ class LocalTeacher:
             model=str(path),
             revision=weights_revision(weights),
             licence=licence,
-            tokenizer=type(self.tokenizer).__name__,
+            tokenizer=_tokenizer_kind(self.tokenizer),
         )
 
     def _eos_ids(self) -> list[int]:
@@ -234,3 +236,10 @@ class LocalTeacher:
             completion_tokens=len(generated) + (1 if stop is not None else 0),
             latency_s=latency,
         )
+
+
+def _tokenizer_kind(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return type(tokenizer).__name__
+    return tokenizer_type(json.loads(backend.to_str()))

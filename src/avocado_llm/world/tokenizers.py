@@ -158,3 +158,21 @@ def wrap(tok: Tokenizer, spec: TokenizerSpec, chat_template: str) -> PreTrainedT
     )
     fast.chat_template = chat_template
     return fast
+
+
+def tokenizer_type(tok: dict[str, object]) -> str:
+    """``unigram``, ``byte_bpe`` or ``char_bpe``, from a parsed ``tokenizer.json``."""
+    model = tok["model"]["type"]  # type: ignore[index]
+    if model == "Unigram":
+        return "unigram"
+    if "ByteLevel" in json.dumps(tok.get("pre_tokenizer")):
+        return "byte_bpe"
+    return "char_bpe" if model == "BPE" else str(model).lower()
+
+
+def tokenizer_vocab_size(tok: dict[str, object]) -> int:
+    """Distinct ids: model vocabulary plus added tokens."""
+    vocab = tok["model"]["vocab"]  # type: ignore[index]
+    ids = set(range(len(vocab))) if isinstance(vocab, list) else set(vocab.values())
+    ids |= {t["id"] for t in tok.get("added_tokens", [])}  # type: ignore[union-attr]
+    return len(ids)

@@ -42,6 +42,8 @@ from avocado_llm.world.tokenizers import (
     O200K_PATTERN,
     QWEN_PATTERN,
     TokenizerSpec,
+    tokenizer_type,
+    tokenizer_vocab_size,
     train_tokenizer,
     wrap,
 )
@@ -300,22 +302,6 @@ def count_params(path: Path) -> int:
         with safe_open(file, framework="pt") as f:
             total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     return total
-
-
-def tokenizer_type(tok: dict[str, object]) -> str:
-    model = tok["model"]["type"]  # type: ignore[index]
-    if model == "Unigram":
-        return "unigram"
-    if "ByteLevel" in json.dumps(tok.get("pre_tokenizer")):
-        return "byte_bpe"
-    return "char_bpe" if model == "BPE" else str(model).lower()
-
-
-def tokenizer_vocab_size(tok: dict[str, object]) -> int:
-    vocab = tok["model"]["vocab"]  # type: ignore[index]
-    ids = set(range(len(vocab))) if isinstance(vocab, list) else set(vocab.values())
-    ids |= {t["id"] for t in tok.get("added_tokens", [])}  # type: ignore[union-attr]
-    return len(ids)
 
 
 def template_family(template: str) -> str:

@@ -1,0 +1,213 @@
+"""Ask every teacher every prompt; keep what they answer, batch by batch, resumably.
+
+Each teacher runs as its own asyncio task (local teachers generate in a worker thread), so the
+teachers work side by side. A teacher's prompts go in batches of ``harvest.batch_size``; each
+batch is one ``teacher.generate`` call and is flushed to a shard as soon as it is answered, so
+an interruption (Ctrl-C, kill -9, a crash) loses at most the batches in flight. A batch that
+raises is logged as failed, record by record, and the run goes on; the next run retries it,
+because only written records count as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from avocado_llm.config import Recipe
+from avocado_llm.harvest.keys import record_key, record_row
+from avocado_llm.harvest.store import HarvestError, HarvestStore
+from avocado_llm.teachers import (
+    Completion,
+    SamplingParams,
+    Teacher,
+    TeacherError,
+    load_teacher,
+    sampling_params,
+)
+from avocado_llm.world import tasks
+from avocado_llm.world.tasks import Example
+
+
+@dataclass
+class TeacherReport:
+    """What one run did for one teacher."""
+
+    name: str
+    planned: int
+    """Records this run covers: prompts × samples per prompt."""
+    skipped: int = 0
+    """Already in the store before this run."""
+    written: int = 0
+    failed: int = 0
+    """Records whose batch raised; logged in failures.jsonl and retried by the next run."""
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class HarvestSummary:
+    out_dir: Path
+    teachers: list[TeacherReport]
+
+    @property
+    def written(self) -> int:
+        return sum(t.written for t in self.teachers)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.failed for t in self.teachers)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def harvest_prompts(recipe: Recipe, limit: int | None = None) -> list[Example]:
+    """The training prompts, families interleaved round-robin, so the first N cover them all."""
+    examples = tasks.generate(
+        recipe.world.families, "train", recipe.harvest.prompts_per_family, recipe.seed
+    )
+    by_family: dict[str, list[Example]] = {}
+    for example in examples:
+        by_family.setdefault(example.family, []).append(example)
+    mixed = [ex for row in zip_longest(*by_family.values()) for ex in row if ex is not None]
+    return mixed if limit is None else mixed[:limit]
+
+
+async def harvest(
+    recipe: Recipe,
+    out_dir: str | Path | None = None,
+    limit: int | None = None,
+    teachers: list[Teacher] | None = None,
+    progress: bool = True,
+    device: str = "auto",
+) -> HarvestSummary:
+    """Harvest ``recipe``'s teachers (or the given ones) into ``out_dir``
+    (default ``run_dir/harvest``), skipping every record already there."""
+    if limit is not None and limit < 1:
+        raise HarvestError(f"limit must be at least 1, got {limit}")
+    out = Path(out_dir) if out_dir is not None else recipe.run_dir / "harvest"
+    prompts = harvest_prompts(recipe, limit)
+    params = sampling_params(recipe.harvest, recipe.seed)
+    store = HarvestStore(out, recipe.name, recipe.harvest.shard_size)
+    owned = teachers is None
+    try:
+        if teachers is None:
+            teachers = await asyncio.to_thread(
+                lambda: [load_teacher(cfg, recipe, device) for cfg in recipe.teachers]
+            )
+        for teacher in teachers:
+            store.register_teacher(teacher.info, params)
+        with _progress_bars(progress) as bars:
+            jobs = [
+                asyncio.ensure_future(
+                    _harvest_teacher(
+                        teacher, prompts, params, store, recipe.harvest.batch_size, bars
+                    )
+                )
+                for teacher in teachers
+            ]
+            try:
+                reports = await asyncio.gather(*jobs)
+            except BaseException:  # one teacher broke, or Ctrl-C: stop the others too
+                for job in jobs:
+                    job.cancel()
+                await asyncio.gather(*jobs, return_exceptions=True)
+                raise
+        return HarvestSummary(out, list(reports))
+    finally:
+        store.close()
+        if owned and teachers is not None:
+            for teacher in teachers:
+                await teacher.aclose()
+
+
+def _progress_bars(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]:>8.1f} tok/s"),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+async def _harvest_teacher(
+    teacher: Teacher,
+    prompts: list[Example],
+    params: SamplingParams,
+    store: HarvestStore,
+    batch_size: int,
+    bars: Progress,
+) -> TeacherReport:
+    info = teacher.info
+    keys = {
+        ex.id: [record_key(info, ex.messages, params, i) for i in range(params.n)] for ex in prompts
+    }
+    done = store.finished(info.name)
+    report = TeacherReport(info.name, planned=len(prompts) * params.n)
+    report.skipped = sum(key in done for ex in prompts for key in keys[ex.id])
+    todo = [ex for ex in prompts if not all(key in done for key in keys[ex.id])]
+    bar = bars.add_task(
+        info.name, total=len(prompts), completed=len(prompts) - len(todo), tps=0.0, failed=0
+    )
+    start = time.perf_counter()
+    for first in range(0, len(todo), batch_size):
+        batch = todo[first : first + batch_size]
+        missing = [(ex, i) for ex in batch for i, key in enumerate(keys[ex.id]) if key not in done]
+        try:
+            answers = await teacher.generate([ex.messages for ex in batch], params)
+            rows = _rows(batch, answers, keys, missing, teacher, params)
+        except Exception as error:  # logged per record and retried by the next run
+            reason = f"{type(error).__name__}: {error}"[:1000]
+            failed = [(keys[ex.id][i], ex.id, i) for ex, i in missing]
+            store.record_failures(info.name, failed, reason)
+            report.failed += len(failed)
+            bars.console.print(f"[red]{info.name}: {len(batch)} prompts failed[/] ({reason})")
+        else:
+            report.written += store.write(info.name, rows)
+            report.completion_tokens += sum(row["completion_tokens"] for row in rows)
+        report.seconds = time.perf_counter() - start
+        tps = report.completion_tokens / max(report.seconds, 1e-9)
+        bars.update(bar, advance=len(batch), tps=tps, failed=report.failed)
+    return report
+
+
+def _rows(
+    batch: list[Example],
+    answers: list[list[Completion]],
+    keys: dict[str, list[str]],
+    missing: list[tuple[Example, int]],
+    teacher: Teacher,
+    params: SamplingParams,
+) -> list[dict[str, Any]]:
+    """The rows of the records still missing; checks that the teacher answered every prompt."""
+    counts = [len(a) for a in answers]
+    if len(answers) != len(batch) or any(c != params.n for c in counts):
+        raise TeacherError(
+            teacher.info.name,
+            f"returned {counts} answers for {len(batch)} prompts; expected {params.n} for each",
+        )
+    position = {ex.id: p for p, ex in enumerate(batch)}
+    now = datetime.now(UTC)
+    return [
+        record_row(keys[ex.id][i], ex, teacher.info, params, i, answers[position[ex.id]][i], now)
+        for ex, i in missing
+    ]

@@ -1,0 +1,73 @@
+"""Teachers: local checkpoints (``hf``) and OpenAI-compatible endpoints (``openai_compat``),
+behind one protocol (``base``). :func:`load_teacher` builds one from a recipe entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from avocado_llm.config import HarvestConfig, Recipe, TeacherConfig
+from avocado_llm.teachers.base import (
+    Completion,
+    SamplingParams,
+    Teacher,
+    TeacherError,
+    TeacherInfo,
+    TokenLogprobs,
+)
+
+__all__ = [
+    "Completion",
+    "SamplingParams",
+    "Teacher",
+    "TeacherError",
+    "TeacherInfo",
+    "TokenLogprobs",
+    "load_teacher",
+    "sampling_params",
+]
+
+
+def sampling_params(harvest: HarvestConfig, seed: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=harvest.temperature,
+        top_p=harvest.top_p,
+        max_new_tokens=harvest.max_new_tokens,
+        n=harvest.samples_per_prompt,
+        top_logprobs=harvest.top_logprobs,
+        seed=seed,
+    )
+
+
+def teacher_path(cfg: TeacherConfig, recipe: Recipe) -> Path:
+    """Where a local teacher's weights are: its ``path``, or ``world.zoo_dir/<name>``."""
+    return cfg.path if cfg.path is not None else recipe.world.zoo_dir / cfg.name
+
+
+def load_teacher(cfg: TeacherConfig, recipe: Recipe, device: str = "auto") -> Teacher:
+    """The teacher a recipe entry describes (local weights are loaded now)."""
+    if cfg.kind == "openai":
+        from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
+
+        return OpenAICompatTeacher(
+            name=cfg.name,
+            base_url=str(cfg.base_url),
+            model=str(cfg.model),
+            api_key_env=cfg.api_key_env,
+            licence=cfg.licence,
+            max_concurrency=cfg.max_concurrency,
+            supports_logprobs=cfg.supports_logprobs,
+            keep_reasoning=cfg.keep_reasoning,
+            max_retries=recipe.harvest.max_retries,
+            timeout_s=recipe.harvest.request_timeout_s,
+        )
+    from avocado_llm.teachers.hf import LocalTeacher
+
+    return LocalTeacher(
+        cfg.name,
+        teacher_path(cfg, recipe),
+        licence=cfg.licence,
+        gguf_file=cfg.gguf_file,
+        chat_template=cfg.chat_template,
+        device=device,
+        batch_size=recipe.harvest.batch_size,
+    )

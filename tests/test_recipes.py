@@ -1,0 +1,46 @@
+"""Every shipped recipe loads and validates; nothing here touches the network or a model."""
+
+from pathlib import Path
+
+import pytest
+
+from avocado_llm.config import Recipe, load_recipe
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+
+
+def test_there_are_recipes() -> None:
+    names = {path.name for path in RECIPES}
+    assert {"tiny.yaml", "real-teachers.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.name)
+def test_recipe_loads_without_problems(path: Path) -> None:
+    recipe = load_recipe(path)  # raises RecipeError listing every problem
+    assert isinstance(recipe, Recipe)
+    assert recipe.teachers
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# Run:"), "a recipe's first line says how to run it"
+
+
+def test_real_teachers_are_three_vllm_endpoints() -> None:
+    recipe = load_recipe(RECIPES_DIR / "real-teachers.yaml")
+    teachers = {t.name: t for t in recipe.teachers}
+    assert len(teachers) == 3
+    for teacher in teachers.values():
+        assert teacher.kind == "openai"
+        assert teacher.base_url is not None
+        assert teacher.base_url.startswith("http://127.0.0.1:")
+        assert teacher.model
+        assert teacher.api_key_env
+        assert not teacher.keep_reasoning
+    assert len({t.base_url for t in teachers.values()}) == 3
+    models = {t.model: t.licence for t in teachers.values()}
+    assert models == {
+        "google/gemma-3-1b-it": "gemma",
+        "openai/gpt-oss-20b": "apache-2.0",
+        "Qwen/Qwen3-1.7B": "apache-2.0",
+    }
+    assert recipe.training.device == "auto"
+    assert recipe.training.precision == "bf16"
