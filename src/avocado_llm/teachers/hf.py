@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from avocado_llm.distill.data import IGNORE, encode_chat
 from avocado_llm.teachers.base import (
     Completion,
     Messages,
@@ -64,6 +65,10 @@ class TopKRecorder(LogitsProcessor):
     def _gather_chosen(self, tokens: torch.Tensor) -> None:
         if self._prev is not None:
             self.chosen.append(self._prev.gather(1, tokens[:, None]).squeeze(1).cpu())
+
+
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|return|>", "<|end|>", "<|eot_id|>")
+"""End-of-turn markers of the known chat templates (Gemma, ChatML, harmony, Llama 3)."""
 
 
 def weights_revision(path: Path) -> str:
@@ -135,10 +140,16 @@ class LocalTeacher:
         )
 
     def _eos_ids(self) -> list[int]:
+        """The generation config's stop tokens, the tokenizer's EOS, and the end-of-turn marker
+        of the chat template (a GGUF's generation config often lists only ``<eos>``)."""
         eos = self.model.generation_config.eos_token_id
         ids = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        template = self.tokenizer.chat_template or ""
+        markers = [m for m in END_OF_TURN if m in template and m in vocab]
+        for token_id in [self.tokenizer.eos_token_id, *(vocab[m] for m in markers)]:
+            if token_id is not None and token_id not in ids:
+                ids.append(token_id)
         return ids
 
     async def generate(
@@ -161,6 +172,41 @@ class LocalTeacher:
             for i, completions in zip(chunk, batch, strict=True):
                 results[i] = completions
         return results
+
+    @torch.inference_mode()
+    def score_sync(
+        self, conversations: list[Messages], completions: list[str]
+    ) -> list[list[float]]:
+        """Per-token log-probabilities of each completion after its conversation, teacher-forced
+        in this teacher's own chat template (the tokens include the end-of-turn marker the
+        template puts after an answer). One forward pass per batch of ``batch_size``."""
+        if len(conversations) != len(completions):
+            raise ValueError(
+                f"{len(conversations)} conversations but {len(completions)} completions; "
+                "give one completion per conversation"
+            )
+        encoded = [  # the encoding the zoo was trained with: prompt, then answer + end of turn
+            encode_chat(self.tokenizer, messages, completion)
+            for messages, completion in zip(conversations, completions, strict=True)
+        ]
+        scores: list[list[float]] = []
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start : start + self.batch_size]
+            width = max(len(e.input_ids) for e in batch)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T), right-padded
+            for i, e in enumerate(batch):
+                ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+                mask[i, : len(e.input_ids)] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            for i, e in enumerate(batch):
+                end = len(e.input_ids)
+                first = end - sum(label != IGNORE for label in e.labels)  # first answer token
+                # Position p predicts token p + 1; log-softmax over the answer positions only.
+                logp = logits[i, first - 1 : end - 1].float().log_softmax(-1)  # (A, V)
+                scores.append(logp.gather(1, ids[i, first:end, None]).squeeze(1).tolist())
+        return scores
 
     @torch.inference_mode()
     def _generate_batch(

@@ -46,7 +46,7 @@ CHATML = (
 STUDENT = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %} {{ message['content'] }} {{ eos_token }}"
+    "{% if message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
     "{% else %}[INST] {{ message['content'] }} [/INST]"
     "{% endif %}"
     "{% endfor %}"

@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from avocado_llm.distill.data import encode_chat
-from avocado_llm.distill.train import SFTSettings, train_sft
+from avocado_llm.distill.sft import SFTSettings, train_sft
 from avocado_llm.evaluate.runner import EvalResult, evaluate_examples
 from avocado_llm.world import tasks
 from avocado_llm.world.templates import TEMPLATES
@@ -150,7 +150,7 @@ ZOO: dict[str, TeacherSpec] = {
                 pattern=O200K_PATTERN,
             ),
             end_of_turn=("<|return|>", "<|end|>", "<|call|>"),
-            families={"sorting": 2000, "counting": 2000},
+            families={"sorting": 2000, "counting": 2000, "units": 300},
             model={
                 **_SMALL,
                 "intermediate_size": 128,

@@ -1,0 +1,56 @@
+"""``avocado distill``: train the recipe's student on its fused harvest.
+
+avocado distill recipes/tiny.yaml             # → runs/tiny/student/
+avocado distill recipes/tiny.yaml --resume    # continue from the latest checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_distill_command(commands: Any) -> None:
+    """Register ``distill`` on the ``avocado`` parser's subcommands."""
+    p = commands.add_parser(
+        "distill",
+        help="train the student on the fused teacher answers (SFT + cross-tokenizer KD)",
+        description="Build RECIPE's student (its own tokenizer), align every weighted teacher's "
+        "top-k onto its tokens, and train with alpha_ce·CE + (1-alpha_ce)·KD. Writes an HF "
+        "model directory with avocado.json, a model card and loss curves; checkpoints every "
+        "training.checkpoint_every steps.",
+    )
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--strategy", help="fusion strategy whose examples to train on [recipe's]")
+    p.add_argument("--out", type=Path, help="output directory [<output_dir>/<name>/student]")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-kd", action="store_true", help="SFT only: no token-level distillation")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.set_defaults(func=run_distill_command)
+
+
+def run_distill_command(args: argparse.Namespace) -> int:
+    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.distill.pipeline import distill
+
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    try:
+        out = distill(
+            recipe, strategy=args.strategy, out=args.out, resume=args.resume, use_kd=not args.no_kd
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    print(f"student saved to {out}")
+    return 0

@@ -1,0 +1,111 @@
+"""The student: a new small model with its own tokenizer, or one initialised from a directory.
+
+A new student gets a tokenizer trained on the world's text with an algorithm no teacher uses
+(Llama-2-style character BPE by default), and the Llama 2 ``[INST]`` chat template, so that
+distillation always crosses tokenizers. Its size is checked against the smallest teacher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from avocado_llm.config import StudentConfig
+from avocado_llm.world.templates import STUDENT
+from avocado_llm.world.tokenizers import TokenizerSpec, train_tokenizer, wrap
+from avocado_llm.world.zoo import world_corpus
+
+STUDENT_SPECIAL = ("<unk>", "<s>", "</s>", "<pad>")
+
+
+def student_tokenizer(cfg: StudentConfig, corpus: list[str]) -> PreTrainedTokenizerBase:
+    spec = TokenizerSpec(
+        type=cfg.tokenizer_type,
+        vocab_size=cfg.vocab_size,
+        special_tokens=STUDENT_SPECIAL,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    return wrap(train_tokenizer(spec, corpus), spec, STUDENT)
+
+
+def build_student(
+    cfg: StudentConfig, seed: int = 0, corpus: list[str] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A student from the recipe: loaded from ``init_from``, or new (tokenizer trained now)."""
+    if cfg.init_from is not None:
+        tok = AutoTokenizer.from_pretrained(cfg.init_from)
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from)
+        if not tok.chat_template:
+            tok.chat_template = STUDENT
+        return model, tok
+    text = corpus if corpus is not None else world_corpus(seed)
+    # The template's markers are plain text in Llama 2's dialect: let the tokenizer learn them.
+    tok = student_tokenizer(cfg, [*text, *["[INST] [/INST]"] * 500])
+    common = {
+        "vocab_size": len(tok),
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": True,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    torch.manual_seed(seed)
+    if cfg.architecture == "qwen3":
+        model: PreTrainedModel = Qwen3ForCausalLM(
+            Qwen3Config(**common, head_dim=cfg.hidden_size // cfg.num_heads)
+        )
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=[tok.eos_token_id],
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    return model, tok
+
+
+def n_params(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_size(model: PreTrainedModel, teacher_params: dict[str, int], ratio: float) -> None:
+    """Refuse a student larger than ``ratio`` × the smallest (local) teacher."""
+    if not teacher_params:
+        return
+    smallest = min(teacher_params, key=teacher_params.__getitem__)
+    limit = int(ratio * teacher_params[smallest])
+    size = n_params(model)
+    if size > limit:
+        raise ValueError(
+            f"the student has {size:,} parameters, more than {ratio:g} × {smallest} "
+            f"({teacher_params[smallest]:,}) = {limit:,}. Fix: shrink student.hidden_size, "
+            "num_layers, intermediate_size or vocab_size, or raise student.max_params_ratio"
+        )
+
+
+def save_student(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)

@@ -1,0 +1,107 @@
+"""``avocado eval``: score one model on a recipe's held-out split and regenerate the report.
+
+    avocado eval recipes/tiny.yaml --model zoo/qwen-tiny --n 100
+    avocado eval recipes/tiny.yaml --url http://127.0.0.1:8001/v1 --served-model Qwen/Qwen3-1.7B \\
+        --api-key-env VLLM_API_KEY --name qwen3-1.7b --role teacher --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from avocado_llm.evaluate.report import ROLES, load_report, verdicts
+
+
+def add_eval_command(commands: Any) -> None:
+    """Register ``eval`` on the ``avocado`` parser's subcommands."""
+    p = commands.add_parser(
+        "eval",
+        help="score a model (directory or endpoint) on held-out tasks; write the report",
+        description="Score one model on the held-out split of RECIPE's task families: a local "
+        "Hugging Face directory (--model) or a model behind an OpenAI-compatible endpoint "
+        "(--url), answering greedily. Its scores are added to (or replace its entry in) "
+        "<out>/report.json; report.md, report.html and the plots are regenerated, and its "
+        "answers are written to <out>/answers/<name>.jsonl.",
+    )
+    p.add_argument("recipe", type=Path)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, metavar="DIR", help="a local HF model directory")
+    source.add_argument("--url", help="an OpenAI-compatible base URL, e.g. http://host:8001/v1")
+    p.add_argument("--served-model", metavar="NAME", help="model name sent to --url (required)")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable with --url's key")
+    p.add_argument(
+        "--concurrency", type=int, default=8, metavar="N", help="requests in flight to --url [8]"
+    )
+    p.add_argument("--name", help="name in the report [the directory's or served model's name]")
+    p.add_argument(
+        "--role", choices=ROLES, help="teacher, student or baseline [teacher if NAME is one]"
+    )
+    p.add_argument("--n", type=int, help="examples per family [eval.heldout_per_family]")
+    p.add_argument("--out", type=Path, help="report directory [<output_dir>/<name>/eval]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.set_defaults(func=run_eval_command)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
+    from avocado_llm.evaluate.report import ReportError, write_report
+    from avocado_llm.evaluate.runner import EvalError
+    from avocado_llm.teachers.base import TeacherError
+
+    if args.model is not None and (args.served_model or args.api_key_env):
+        print("error: --served-model and --api-key-env go with --url only", file=sys.stderr)
+        return 2
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    try:
+        source = ModelSource(
+            path=args.model,
+            url=args.url,
+            served_model=args.served_model,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+        )
+        done = evaluate_model(
+            recipe, source, name=args.name, role=args.role, n=args.n, out=args.out,
+            device=args.device,
+        )  # fmt: skip
+        files = write_report(done.eval_dir, {"run_dir": recipe.run_dir})
+    except KeyboardInterrupt:
+        print("interrupted: the report was not changed", file=sys.stderr)
+        return 130
+    except (EvalError, TeacherError, ReportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_entry(done.name, done.entry)
+    for line in verdicts(load_report(done.eval_dir)):
+        print(line)
+    print(f"report: {files.html} (also {files.markdown.name}, report.json); "
+          f"answers: {done.answers_path}")  # fmt: skip
+    return 0
+
+
+def _print_entry(name: str, entry: dict[str, Any]) -> None:
+    params = f"{entry['params']:,} params" if entry["params"] is not None else "endpoint"
+    table = Table(title=f"{name} ({entry['role']}, {params}) — held-out accuracy")
+    for col in ("family", "accuracy", "95% CI", "n", "tok/s"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for family, s in entry["families"].items():
+        lo, hi = s["ci95"]
+        table.add_row(family, f"{s['accuracy']:.1%}", f"{lo:.1%}–{hi:.1%}", str(s["n"]),
+                      f"{s['tokens_per_s']:,.0f}")  # fmt: skip
+    table.add_row("overall", f"{entry['overall']:.1%}", "", "", "", style="bold")
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table)

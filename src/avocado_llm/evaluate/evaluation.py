@@ -1,0 +1,137 @@
+"""One model's evaluation on a recipe's held-out split, merged into the run's report.
+
+``avocado eval`` calls :func:`evaluate_model`: it draws the held-out examples of the recipe's
+families, scores a local model directory or an endpoint (:mod:`avocado_llm.evaluate.runner`),
+adds or replaces the model's entry in ``report.json`` and writes its answers, one JSON line per
+example, to ``answers/<name>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from avocado_llm.config import Recipe
+from avocado_llm.evaluate.report import ROLES, update_report, write_answers
+from avocado_llm.evaluate.runner import (
+    EvalError,
+    evaluate_endpoint,
+    evaluate_examples,
+    load_local,
+)
+from avocado_llm.world import tasks
+
+NAME_PATTERN = r"[A-Za-z0-9_.-]+"
+"""Model names in reports: they also name ``answers/<name>.jsonl``."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to evaluate: a local model directory, or a model served behind an endpoint."""
+
+    path: Path | None = None
+    url: str | None = None
+    """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:8001/v1``."""
+    served_model: str | None = None
+    """The model name sent with each request to ``url``."""
+    api_key_env: str | None = None
+    """Environment variable that holds the endpoint's key (never the key itself)."""
+    concurrency: int = 8
+    """Requests in flight at once to ``url``."""
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.url is None):
+            raise EvalError("evaluate either a model directory or an endpoint URL (not both)")
+        if self.url is not None and not self.served_model:
+            raise EvalError(f"name the model served at {self.url} (--served-model)")
+        if self.concurrency < 1:
+            raise EvalError(f"concurrency must be at least 1, got {self.concurrency}")
+
+    def default_name(self) -> str:
+        raw = self.path.resolve().name if self.path is not None else str(self.served_model)
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-") or "model"
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"{self.url}#{self.served_model}"
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """What :func:`evaluate_model` wrote: the model's report entry and its answers file."""
+
+    name: str
+    entry: dict[str, Any]
+    eval_dir: Path
+    answers_path: Path
+
+
+def evaluate_model(
+    recipe: Recipe,
+    source: ModelSource,
+    *,
+    name: str | None = None,
+    role: str | None = None,
+    n: int | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+) -> ModelEvaluation:
+    """Score ``source`` on ``n`` held-out examples per recipe family (default
+    ``eval.heldout_per_family``); add or replace its entry in ``out/report.json`` (default
+    ``run_dir/eval``) and write its answers to ``out/answers/<name>.jsonl``.
+
+    ``role`` defaults to ``teacher`` when ``name`` is one of the recipe's teachers."""
+    name = name or source.default_name()
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise EvalError(f"bad model name {name!r}: use letters, digits, _ . - (--name)")
+    if role is None and name in {t.name for t in recipe.teachers}:
+        role = "teacher"
+    if role not in ROLES:
+        raise EvalError(f"role of {name!r} is {role!r}; pass --role {'|'.join(ROLES)}")
+    per_family = n if n is not None else recipe.eval.heldout_per_family
+    if per_family < 1:
+        raise EvalError(f"examples per family must be at least 1, got {per_family} (--n)")
+    examples = tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
+    max_new = recipe.eval.max_new_tokens
+    if source.path is not None:
+        from avocado_llm.world.zoo import count_params  # the zoo imports this module
+
+        model, tokenizer = load_local(source.path, device)
+        params = count_params(source.path) or sum(p.numel() for p in model.parameters())
+        batch = recipe.eval.batch_size
+        result = evaluate_examples(model, tokenizer, examples, batch, max_new, f"eval {name}")
+    else:
+        from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
+
+        endpoint = OpenAICompatTeacher(
+            name,
+            str(source.url),
+            str(source.served_model),
+            api_key_env=source.api_key_env,
+            max_concurrency=source.concurrency,
+            supports_logprobs=False,
+            max_retries=recipe.harvest.max_retries,
+            timeout_s=recipe.harvest.request_timeout_s,
+        )
+        chunk = max(64, 4 * source.concurrency)
+        params = None  # an endpoint does not say how big its model is
+        result = asyncio.run(evaluate_endpoint(endpoint, examples, max_new, chunk, f"eval {name}"))
+    entry = result.entry(role, params) | {
+        "source": source.describe(),
+        "n_per_family": per_family,
+        "seed": recipe.seed,
+        "max_new_tokens": max_new,
+        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    eval_dir = out if out is not None else recipe.run_dir / "eval"
+    answers_path = eval_dir / "answers" / f"{name}.jsonl"
+    rows = [
+        dict(id=ex.id, family=ex.family, prompt=ex.prompt, gold=ex.answer, answer=a, correct=ok)
+        for ex, (_, a, ok) in zip(examples, result.answers, strict=True)
+    ]
+    write_answers(answers_path, rows)
+    update_report(eval_dir, name, entry, recipe=recipe.name)
+    return ModelEvaluation(name, entry, eval_dir, answers_path)

@@ -1,0 +1,184 @@
+"""``avocado run RECIPE``: zoo → harvest → fuse → distill → evaluate, skipping what is done.
+
+Every stage is resumable on its own (the harvest skips finished records, training resumes from
+its latest checkpoint), and a stage whose output is already complete is skipped, so a second
+run of the same recipe reuses the harvest and checkpoints and finishes quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from avocado_llm.config import Recipe, RecipeError, load_recipe
+
+console = Console(stderr=True)
+
+
+def _stage(name: str) -> None:
+    console.rule(f"[bold]{name}")
+
+
+def ensure_zoo(recipe: Recipe) -> None:
+    from avocado_llm.teachers import teacher_path
+    from avocado_llm.world.zoo import ZOO, build_teacher
+
+    for t in recipe.teachers:
+        path = teacher_path(t, recipe)
+        if not t.zoo or (path / "config.json").exists():
+            continue
+        if t.name not in ZOO:
+            raise ValueError(f"teachers: {t.name!r} is marked zoo but the zoo has {list(ZOO)}")
+        console.print(f"building zoo teacher {t.name} → {path}")
+        build_teacher(ZOO[t.name], path, seed=recipe.seed)
+
+
+def fuse_stage(recipe: Recipe, strategy: str, device: str) -> Path:
+    from avocado_llm.fusion import fuse, scorers_needed, strategy_slug, write_fused
+    from avocado_llm.harvest import read_records
+    from avocado_llm.teachers import load_teacher
+
+    out = recipe.run_dir / "fusion"
+    path = out / f"{strategy_slug(strategy)}.parquet"
+    manifest = recipe.run_dir / "harvest" / "manifest.json"
+    if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
+        console.print(f"fusion {strategy}: up to date ({path})")
+        return path
+    records = read_records(recipe.run_dir / "harvest")
+    scorers: dict[str, Any] = {}
+    local = [t.name for t in recipe.teachers if t.kind == "local"]
+    for name in scorers_needed(strategy, local, recipe.fusion.judge_teacher):
+        cfg = next(t for t in recipe.teachers if t.name == name)
+        scorers[name] = load_teacher(cfg, recipe, device)
+    examples, report = fuse(
+        records,
+        strategy,
+        unverified=set(recipe.world.unverified),
+        scorers=scorers or None,
+        judge=recipe.fusion.judge_teacher,
+        min_weight=recipe.fusion.min_weight,
+    )
+    write_fused(out, strategy, examples, report)
+    console.print(f"fusion {strategy}: {len(examples)} examples, wins {report.wins}")
+    return path
+
+
+def distill_stage(recipe: Recipe, strategy: str, out: Path, use_kd: bool = True) -> Path:
+    from avocado_llm.distill.pipeline import distill
+
+    if (out / "avocado.json").exists():
+        console.print(f"student {out}: already trained")
+        return out
+    resume = (out / "checkpoints" / "latest.json").exists()
+    console.print(f"distilling ({strategy}{'' if use_kd else ', SFT only'}) → {out}")
+    return distill(recipe, strategy=strategy, out=out, resume=resume, use_kd=use_kd)
+
+
+def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str) -> dict:
+    from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
+    from avocado_llm.evaluate.report import load_report, write_report
+
+    eval_dir = recipe.run_dir / "eval"
+    done = load_report(eval_dir)["models"] if (eval_dir / "report.json").exists() else {}
+    n = recipe.eval.heldout_per_family
+    for name, (path, role) in models.items():
+        entry = done.get(name)
+        fresh = entry is not None and set(entry["families"]) == set(recipe.world.families)
+        if fresh and all(f["n"] == n for f in entry["families"].values()):
+            console.print(f"eval {name}: up to date")
+            continue
+        evaluate_model(recipe, ModelSource(path=path), name=name, role=role, device=device)
+    write_report(eval_dir, {"run_dir": recipe.run_dir})
+    return load_report(eval_dir)
+
+
+def run(recipe: Recipe, device: str = "auto") -> dict:
+    from avocado_llm.fusion import strategy_slug
+    from avocado_llm.harvest import harvest
+    from avocado_llm.teachers import teacher_path
+
+    t0 = time.monotonic()
+    _stage("1/5 zoo")
+    ensure_zoo(recipe)
+    _stage("2/5 harvest")
+    summary = asyncio.run(harvest(recipe, device=device))
+    if not summary.ok:
+        raise RuntimeError("the harvest has failed records; rerun to retry them")
+    _stage("3/5 fuse")
+    strategies = [recipe.fusion.strategy, *recipe.eval.baselines]
+    for s in dict.fromkeys(s for s in strategies if s != "sft"):
+        fuse_stage(recipe, s, device)
+    _stage("4/5 distill")
+    student = distill_stage(recipe, recipe.fusion.strategy, recipe.run_dir / "student")
+    models = {t.name: (teacher_path(t, recipe), "teacher") for t in recipe.teachers}
+    models["student"] = (student, "student")
+    for b in recipe.eval.baselines:
+        out = recipe.run_dir / "baselines" / strategy_slug(b)
+        if b == "sft":  # the default fusion without token-level KD
+            path = distill_stage(recipe, recipe.fusion.strategy, out, use_kd=False)
+        else:
+            path = distill_stage(recipe, b, out)
+        models[f"baseline-{strategy_slug(b)}"] = (path, "baseline")
+    _stage("5/5 evaluate")
+    report = eval_stage(recipe, models, device)
+    print_summary(report, time.monotonic() - t0)
+    return report
+
+
+def print_summary(report: dict, seconds: float) -> None:
+    models = report["models"]
+    families = sorted({f for m in models.values() for f in m["families"]})
+    table = Table(title=f"Held-out exact match (finished in {seconds:.0f} s)")
+    for col in ("model", "role", "params", *families, "overall"):
+        table.add_column(col, justify="left" if col in ("model", "role") else "right")
+    for name, m in sorted(models.items(), key=lambda kv: (kv[1]["role"], kv[0])):
+        table.add_row(
+            name,
+            m["role"],
+            f"{m['params']:,}" if m.get("params") else "—",
+            *(
+                f"{m['families'][f]['accuracy']:.1%}" if f in m["families"] else "—"
+                for f in families
+            ),
+            f"{m['overall']:.1%}",
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def add_run_command(commands: Any) -> None:
+    p = commands.add_parser(
+        "run",
+        help="the whole loop: zoo → harvest → fuse → distill → evaluate (skips what is done)",
+        description="Run every stage of RECIPE, skipping finished work: a second run reuses the "
+        "harvest, fusion and trained students and only re-evaluates what changed.",
+    )
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    try:
+        run(recipe, device=args.device)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command to continue where it stopped", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
