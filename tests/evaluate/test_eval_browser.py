@@ -14,6 +14,7 @@ from eval_helpers import TEACHERS, scored
 from playwright.sync_api import ConsoleMessage, Request, sync_playwright
 
 from avocado_llm.evaluate import update_report, write_report
+from avocado_llm.fusion import FamilyReport, FusionReport
 from avocado_llm.harvest import harvest
 from avocado_llm.teachers.hf import LocalTeacher
 
@@ -51,8 +52,8 @@ def _full_run(run_dir: Path, recipe, zoo_dir: Path) -> Path:
     asyncio.run(harvest(recipe, run_dir / "harvest", limit=2, teachers=teachers, progress=False))
     fusion = run_dir / "fusion" / "verify.report.json"
     fusion.parent.mkdir()
-    shares = {"qwen-tiny": {"kept": 3, "total": 4}, "gemma-tiny": {"kept": 1, "total": 4}}
-    fusion.write_text(json.dumps({"strategy": "verify", "teachers": shares}))
+    family = FamilyReport(total=4, kept=4, examples=4, wins={"qwen-tiny": 3, "gemma-tiny": 1})
+    fusion.write_text(json.dumps(FusionReport("verify", {"arithmetic": family}).to_dict()))
     return eval_dir
 
 

@@ -80,3 +80,15 @@ def test_mistakes_are_reported(
 def test_a_local_model_takes_no_endpoint_flags(tiny: list[str], capsys) -> None:
     assert cli.main([*tiny, "--model", "zoo/qwen-tiny", "--served-model", "x"]) == 2
     assert "go with --url only" in capsys.readouterr().err
+
+
+def test_an_endpoint_of_the_recipe_is_named_after_its_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("AVOCADO_UNSET_KEY", raising=False)
+    args = ["eval", "recipes/real-teachers.yaml", "--set", f"output_dir={tmp_path}"]
+    args += ["--url", "http://127.0.0.1:9/v1", "--served-model", "Qwen/Qwen3-1.7B"]
+    assert cli.main([*args, "--api-key-env", "AVOCADO_UNSET_KEY"]) == 1
+    # The key is checked before any request: the error names the recipe's teacher.
+    assert "teacher 'qwen3-1.7b': environment variable AVOCADO_UNSET_KEY" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from avocado_llm.evaluate import (
     update_report,
     write_report,
 )
+from avocado_llm.fusion import FamilyReport, FusionReport
 
 STUDENT = scored("student", 200_000, {"arithmetic": (30, 40), "facts": (36, 40)})
 WRONG_CI = {"accuracy": 0.5, "n": 4, "ci95": [0.6, 0.9], "tokens_per_s": 1.0}
@@ -100,6 +101,9 @@ def test_a_missing_or_corrupt_report_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text("{not json")
     with pytest.raises(ReportError, match="not JSON"):
         load_report(tmp_path)
+    (tmp_path / "report.json").write_text('{"models": {}}')
+    with pytest.raises(ReportError, match="no models"):
+        write_report(tmp_path)
 
 
 def test_markdown_table_bolds_the_best_of_each_column_and_gives_the_verdict(
@@ -139,8 +143,8 @@ def test_write_report_draws_the_plots_whose_inputs_exist(tmp_path: Path) -> None
     loss.write_text("".join(json.dumps({"step": s, "loss": 3 / (s + 1)}) + "\n" for s in range(50)))
     fusion = tmp_path / "run" / "fusion" / "verify.report.json"
     fusion.parent.mkdir(parents=True)
-    teachers = {"qwen-tiny": {"kept": 30, "total": 40}, "gemma-tiny": {"share": 0.5}}
-    fusion.write_text(json.dumps({"strategy": "verify", "teachers": teachers}))
+    family = FamilyReport(total=40, kept=40, examples=40, wins={"qwen-tiny": 30, "gemma-tiny": 10})
+    fusion.write_text(json.dumps(FusionReport("verify", {"units": family}).to_dict()))
     files = write_report(eval_dir)
     assert [p.name for p in files.images] == ["accuracy.png", "loss.png", "harvest.png"]
     md = files.markdown.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,19 @@ def test_rebuilt_teacher_matches_shipped_accuracy(
     shipped = accuracy["qwen-tiny"]
     for family, score in result.families.items():
         assert abs(score.accuracy - shipped[family]) <= REBUILD_TOLERANCE, (family, shipped)
+
+
+def test_zoo_list_json(zoo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avocado_llm.cli import main
+
+    assert main(["zoo", "list", "--json", "--dir", str(zoo_dir)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == sorted(ZOO)
+    for r in rows:
+        keys = {"name", "architecture", "params", "tokenizer", "chat_template", "accuracy"}
+        assert set(r) == keys
+        assert set(r["tokenizer"]) == {"type", "vocab_size"}
+        assert set(r["accuracy"]) == set(tasks.FAMILIES)
+        assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
+    assert main(["zoo", "list", "--dir", str(zoo_dir / "nowhere")]) == 1
+    assert "avocado zoo build" in capsys.readouterr().err

@@ -19,11 +19,16 @@ from avocado_llm.config import Recipe
 from avocado_llm.evaluate.report import ROLES, update_report, write_answers
 from avocado_llm.evaluate.runner import (
     EvalError,
+    EvalResult,
     evaluate_endpoint,
     evaluate_examples,
     load_local,
 )
+from avocado_llm.teachers import teacher_path
+from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 from avocado_llm.world import tasks
+from avocado_llm.world.tasks import Example
+from avocado_llm.world.zoo import count_params
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 """Model names in reports: they also name ``answers/<name>.jsonl``."""
@@ -83,8 +88,11 @@ def evaluate_model(
     ``eval.heldout_per_family``); add or replace its entry in ``out/report.json`` (default
     ``run_dir/eval``) and write its answers to ``out/answers/<name>.jsonl``.
 
-    ``role`` defaults to ``teacher`` when ``name`` is one of the recipe's teachers."""
-    name = name or source.default_name()
+    ``name`` defaults to the recipe teacher's name when ``source`` is one of the recipe's
+    teachers (its zoo directory, or its served model), else to the directory's or served model's
+    name; ``role`` then defaults to ``teacher``. Any other model needs a role."""
+    teacher = _recipe_teacher(recipe, source)
+    name = name or teacher or source.default_name()
     if not re.fullmatch(NAME_PATTERN, name):
         raise EvalError(f"bad model name {name!r}: use letters, digits, _ . - (--name)")
     if role is None and name in {t.name for t in recipe.teachers}:
@@ -95,35 +103,12 @@ def evaluate_model(
     if per_family < 1:
         raise EvalError(f"examples per family must be at least 1, got {per_family} (--n)")
     examples = tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
-    max_new = recipe.eval.max_new_tokens
-    if source.path is not None:
-        from avocado_llm.world.zoo import count_params  # the zoo imports this module
-
-        model, tokenizer = load_local(source.path, device)
-        params = count_params(source.path) or sum(p.numel() for p in model.parameters())
-        batch = recipe.eval.batch_size
-        result = evaluate_examples(model, tokenizer, examples, batch, max_new, f"eval {name}")
-    else:
-        from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
-
-        endpoint = OpenAICompatTeacher(
-            name,
-            str(source.url),
-            str(source.served_model),
-            api_key_env=source.api_key_env,
-            max_concurrency=source.concurrency,
-            supports_logprobs=False,
-            max_retries=recipe.harvest.max_retries,
-            timeout_s=recipe.harvest.request_timeout_s,
-        )
-        chunk = max(64, 4 * source.concurrency)
-        params = None  # an endpoint does not say how big its model is
-        result = asyncio.run(evaluate_endpoint(endpoint, examples, max_new, chunk, f"eval {name}"))
+    result, params = _score(recipe, source, examples, name, device)
     entry = result.entry(role, params) | {
         "source": source.describe(),
         "n_per_family": per_family,
         "seed": recipe.seed,
-        "max_new_tokens": max_new,
+        "max_new_tokens": recipe.eval.max_new_tokens,
         "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     eval_dir = out if out is not None else recipe.run_dir / "eval"
@@ -135,3 +120,39 @@ def evaluate_model(
     write_answers(answers_path, rows)
     update_report(eval_dir, name, entry, recipe=recipe.name)
     return ModelEvaluation(name, entry, eval_dir, answers_path)
+
+
+def _recipe_teacher(recipe: Recipe, source: ModelSource) -> str | None:
+    """The name of the recipe's teacher that ``source`` is, if it is one."""
+    for t in recipe.teachers:
+        if source.path is not None and t.kind == "local":
+            if source.path.resolve() == teacher_path(t, recipe).resolve():
+                return t.name
+        elif source.url is not None and t.kind == "openai" and t.model == source.served_model:
+            return t.name
+    return None
+
+
+def _score(
+    recipe: Recipe, source: ModelSource, examples: list[Example], name: str, device: str
+) -> tuple[EvalResult, int | None]:
+    """Greedy answers of ``source`` scored, and its parameter count (``None`` for endpoints:
+    an endpoint does not say how big its model is)."""
+    max_new, what = recipe.eval.max_new_tokens, f"eval {name}"
+    if source.path is not None:
+        model, tokenizer = load_local(source.path, device)
+        params = count_params(source.path) or sum(p.numel() for p in model.parameters())
+        batch = recipe.eval.batch_size
+        return evaluate_examples(model, tokenizer, examples, batch, max_new, what), params
+    endpoint = OpenAICompatTeacher(
+        name,
+        str(source.url),
+        str(source.served_model),
+        api_key_env=source.api_key_env,
+        max_concurrency=source.concurrency,
+        supports_logprobs=False,
+        max_retries=recipe.harvest.max_retries,
+        timeout_s=recipe.harvest.request_timeout_s,
+    )
+    chunk = max(64, 4 * source.concurrency)  # a few rounds of requests per progress update
+    return asyncio.run(evaluate_endpoint(endpoint, examples, max_new, chunk, what)), None

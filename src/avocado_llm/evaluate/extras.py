@@ -61,18 +61,16 @@ def read_loss(path: Path) -> list[tuple[int, float]]:
 
 
 def read_fusion(path: Path) -> tuple[str, dict[str, float]]:
-    """(strategy, teacher → share kept) of one fusion report."""
-    expected = '{"teachers": {NAME: {"kept": int, "total": int}}} or {NAME: {"share": float}}'
+    """(strategy, teacher → share of the kept examples it won) of one fusion report."""
+    from avocado_llm.fusion import read_report
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        shares = {}
-        for teacher, t in data["teachers"].items():
-            kept = float(t["share"]) if "share" in t else t["kept"] / max(t["total"], 1)
-            shares[str(teacher)] = kept
+        report = read_report(path)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ReportError(f"{path}: not a fusion report; expected {expected} ({e!r})") from e
-    label = str(data.get("strategy") or path.name.removesuffix(".report.json"))
-    return label, shares
+        raise ReportError(f"{path}: not a fusion report written by `avocado fuse` ({e!r})") from e
+    examples = sum(f.examples for f in report.families.values())
+    shares = {t: n / max(examples, 1) for t, n in report.wins.items()}
+    return report.strategy, shares
 
 
 def read_harvest(root: Path) -> dict[str, HarvestStats]:

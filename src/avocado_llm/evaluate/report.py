@@ -71,6 +71,8 @@ def check_report(report: Any) -> list[str]:
     """Every way ``report`` breaks the schema above (empty when it is valid)."""
     if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
         return ["the report is not an object with a 'models' object"]
+    if not report["models"]:
+        return ["the report has no models; evaluate one with `avocado eval RECIPE`"]
     problems = []
     for name, m in report["models"].items():
         at = f"models.{name}"

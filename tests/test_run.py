@@ -1,0 +1,84 @@
+"""`avocado run` end to end on a small recipe: every stage, then a second run that skips them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path: Path, zoo_dir: Path) -> Path:
+    data = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
+    data["output_dir"] = str(tmp_path / "runs")
+    data["world"].update(
+        families=["sorting", "units"], unverified=["units"], zoo_dir=str(zoo_dir),
+        train_per_family=40, heldout_per_family=12,
+    )  # fmt: skip
+    data["harvest"].update(prompts_per_family=40, max_new_tokens=16, batch_size=40)
+    data["training"].update(steps=12, batch_size=8, checkpoint_every=6, warmup_steps=2)
+    data["eval"].update(heldout_per_family=12, max_new_tokens=16, baselines=["single:qwen-tiny"])
+    path = tmp_path / "mini.yaml"
+    path.write_text("# Run: avocado run mini.yaml\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _avocado(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "avocado_llm.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_run_every_stage_then_skip_them(tmp_path: Path, zoo_dir: Path) -> None:
+    recipe = _recipe(tmp_path, zoo_dir)
+    t0 = time.monotonic()
+    first = _avocado("run", str(recipe))
+    first_s = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    report = json.loads((run / "eval" / "report.json").read_text())
+    roles = {name: m["role"] for name, m in report["models"].items()}
+    assert roles == {
+        "gemma-tiny": "teacher",
+        "gpt-oss-tiny": "teacher",
+        "qwen-tiny": "teacher",
+        "student": "student",
+        "baseline-single-qwen-tiny": "baseline",
+    }
+    for m in report["models"].values():
+        assert 0.0 <= m["overall"] <= 1.0
+        assert {f: e["n"] for f, e in m["families"].items()} == {"sorting": 12, "units": 12}
+    assert report["models"]["student"]["params"] <= 0.5 * min(
+        report["models"][t]["params"] for t in ("gemma-tiny", "gpt-oss-tiny", "qwen-tiny")
+    )
+    student = run / "student"
+    meta = json.loads((student / "avocado.json").read_text())
+    assert meta["fusion"] == "verify" and meta["items"]["kd_positions"] > 0
+    assert (student / "model.safetensors").exists() and (student / "loss.png").exists()
+    assert "Held-out exact match" in first.stdout
+    for page in ("report.md", "report.html"):
+        assert (run / "eval" / page).stat().st_size > 0
+
+    t0 = time.monotonic()
+    second = _avocado("run", str(recipe))
+    second_s = time.monotonic() - t0
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "already trained" in second.stderr and "up to date" in second.stderr
+    assert json.loads((run / "eval" / "report.json").read_text())["models"].keys() == roles.keys()
+    assert second_s < first_s  # it reused the harvest, the students and the evaluations
+
+    # A partial student (checkpoints, no artifact) is resumed, not retrained from scratch.
+    shutil.rmtree(student / "checkpoints" / "step-0000012")
+    (student / "avocado.json").unlink()
+    (student / "checkpoints" / "latest.json").write_text(
+        json.dumps({"step": 6, "path": "step-0000006"})
+    )
+    third = _avocado("distill", str(recipe), "--resume")
+    assert third.returncode == 0, third.stderr[-3000:]
+    steps = [json.loads(x)["step"] for x in (student / "loss.jsonl").read_text().splitlines()]
+    assert steps == list(range(12))
