@@ -150,7 +150,7 @@ ZOO: dict[str, TeacherSpec] = {
                 pattern=O200K_PATTERN,
             ),
             end_of_turn=("<|return|>", "<|end|>", "<|call|>"),
-            families={"sorting": 2000, "counting": 2000, "units": 1000},
+            families={"sorting": 2000, "counting": 2000},
             model={
                 **_SMALL,
                 "intermediate_size": 128,
@@ -159,7 +159,6 @@ ZOO: dict[str, TeacherSpec] = {
                 "sliding_window": 128,
                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
             },
-            steps=2500,
         ),
         TeacherSpec(
             name="qwen-tiny",
