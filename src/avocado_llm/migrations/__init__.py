@@ -1,0 +1,1 @@
+"""Alembic migrations of the billing ledger (``avocado admin migrate`` applies them)."""
