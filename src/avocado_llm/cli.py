@@ -7,7 +7,11 @@ Commands (``avocado <command> --help`` describes each):
 - ``recipe check`` / ``recipe explain``: validate a recipe, or print the reference of every field;
 - ``harvest``: ask every teacher of a recipe its prompts and keep the answers (resumable);
 - ``fuse``: choose, per harvested prompt, the answer to learn and from which teachers;
-- ``eval``: score a model (directory or endpoint) on held-out tasks and write the report.
+- ``distill``: train the student on the fused answers (SFT + cross-tokenizer KD);
+- ``eval``: score a model (directory or endpoint) on held-out tasks and write the report;
+- ``run``: the whole loop, skipping what is done;
+- ``admin``: the billing ledger (accounts, credits, keys, prices, usage, statements);
+- ``serve``: the model behind an OpenAI-compatible API that only paying keys can call.
 """
 
 from __future__ import annotations
@@ -312,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     from avocado_llm.billing.command import add_admin_command
 
     add_admin_command(commands)
+
+    from avocado_llm.serve.command import add_serve_command
+
+    add_serve_command(commands)
     return parser
 
 

@@ -88,3 +88,20 @@ def test_fuse_command_runs_min_ce_with_the_teachers_as_scorers(
     assert all(sum(ex.weights.values()) == pytest.approx(1.0) for ex in examples)
     report = read_report(fused)
     assert all(f.kept == f.total == 30 for f in report.families.values())
+
+
+def test_score_sync_reads_back_the_log_probs_of_generation(zoo_dir: Path) -> None:
+    from avocado_llm.teachers import SamplingParams
+    from avocado_llm.teachers.hf import LocalTeacher
+    from avocado_llm.world.tasks import generate
+
+    teacher = LocalTeacher("qwen-tiny", zoo_dir / "qwen-tiny", device="cpu", batch_size=2)
+    conversations = [ex.messages for ex in generate(["arithmetic"], "train", 3)]
+    answers = teacher.generate_sync(conversations, SamplingParams(max_new_tokens=16))
+    texts = [a[0].text for a in answers]
+    scored = teacher.score_sync(conversations, texts)  # two batches, one padded
+    for (answer,), logprobs in zip(answers, scored, strict=True):
+        generated = [p.logprob for p in answer.logprobs]
+        # The answer's tokens, then the end-of-turn marker the template adds.
+        assert logprobs[:-1] == pytest.approx(generated, abs=1e-4)
+        assert len(logprobs) == len(generated) + 1 and -1.0 < logprobs[-1] <= 0.0

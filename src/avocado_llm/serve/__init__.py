@@ -1,0 +1,15 @@
+"""Serve: the model behind an OpenAI-compatible HTTP API that only paying keys can call.
+
+    from avocado_llm.serve import ServeSettings, create_app
+    app = create_app(ServeSettings(model_dir="zoo/qwen-tiny", secret="..."))
+
+``app`` (factory), ``settings``, ``protocol`` (OpenAI shapes), ``routes/`` (one module per
+endpoint), ``serving`` + ``metering`` (what a request may ask; hold → generate → settle),
+``engine`` (the engine interface), ``local_engine`` + ``batching`` (in-process, dynamic
+batching), ``upstream`` (any OpenAI-compatible server), ``ratelimit``, ``metrics``.
+"""
+
+from avocado_llm.serve.app import create_app
+from avocado_llm.serve.settings import ServeSettings
+
+__all__ = ["ServeSettings", "create_app"]

@@ -1,0 +1,112 @@
+"""The app factory: everything the server holds is built here, from settings.
+
+    app = create_app(ServeSettings(model_dir="zoo/qwen-tiny", secret="..."))
+
+Routes under ``/v1`` need a key (their router depends on ``authenticate``); ``/health``,
+``/metrics`` and ``/openapi.json`` are public; anything else is a 404 in OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from avocado_llm.billing import Billing
+from avocado_llm.serve.deps import authenticate
+from avocado_llm.serve.engine import Engine
+from avocado_llm.serve.errors import install_error_handlers
+from avocado_llm.serve.local_engine import LocalEngine
+from avocado_llm.serve.metrics import Metrics
+from avocado_llm.serve.middleware import AccessLog, BodyLimit
+from avocado_llm.serve.ratelimit import RateLimiter
+from avocado_llm.serve.routes import chat, completions, models, system
+from avocado_llm.serve.serving import Services
+from avocado_llm.serve.settings import ServeSettings
+from avocado_llm.serve.upstream import UpstreamEngine
+
+log = logging.getLogger("avocado.serve")
+
+
+def build_engine(settings: ServeSettings) -> Engine:
+    """The engine the settings describe: upstream when a URL is given, else in process."""
+    if settings.upstream_url is not None:
+        key = settings.upstream_api_key
+        return UpstreamEngine(
+            settings.upstream_url,
+            model_name=settings.served_name,
+            upstream_model=settings.upstream_model,
+            api_key=key.get_secret_value() if key is not None else None,
+            timeout_s=settings.upstream_timeout_s,
+            tokenizer_dir=settings.model_dir,
+        )
+    assert settings.model_dir is not None  # the settings' validator guarantees one of them
+    return LocalEngine(
+        settings.model_dir,
+        model_name=settings.served_name,
+        device=settings.device,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        threads=settings.threads,
+    )
+
+
+def create_app(
+    settings: ServeSettings, engine: Engine | None = None, billing: Billing | None = None
+) -> FastAPI:
+    """The server. ``engine`` and ``billing`` default to the ones ``settings`` describe; the
+    app starts and stops only what it built itself (tests may share one engine)."""
+    owns_engine, owns_billing = engine is None, billing is None
+    if billing is None:
+        secret = settings.secret.get_secret_value()
+        if not secret:
+            raise ValueError("set AVOCADO_SECRET: API keys are checked as HMACs under it")
+        billing = Billing(settings.database_url, secret)
+    engine = engine if engine is not None else build_engine(settings)
+    metrics = Metrics()
+    if isinstance(engine, LocalEngine):
+        engine.on_batch = metrics.observe_batch
+    services = Services(settings, engine, billing, RateLimiter(), metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.manage_ledger_on_start:
+            await run_in_threadpool(services.billing.migrate)
+            released = await run_in_threadpool(services.billing.release_stale_holds)
+            if released:
+                log.warning("released %d hold(s) left open by an earlier crash", released)
+        await services.engine.start()
+        try:
+            yield
+        finally:
+            if owns_engine:
+                await services.engine.aclose()
+            if owns_billing:
+                services.billing.close()
+
+    app = FastAPI(
+        title="Avocado",
+        summary="An OpenAI-compatible API for a model sold per call.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, metrics=metrics, model=engine.model)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+    for module in (models, chat, completions):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(system.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory`` (one app per worker process): settings from ``AVOCADO_*``."""
+    return create_app(ServeSettings())

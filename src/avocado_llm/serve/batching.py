@@ -1,0 +1,198 @@
+"""One batched generation, step by step: the decode loop behind dynamic batching.
+
+Every choice of every request in the batch is a :class:`Row`. The prompts are left-padded into
+one (B, P) tensor and prefilled in one forward pass; then each step feeds the B last tokens
+through the model with the KV cache, samples each row with its own temperature, top-p and
+seeded generator, and turns the new token into text (holding back what could be the start of
+a stop string). Rows that finish — end of turn, a stop string, ``max_tokens``, or a client that
+hung up — leave the batch at once (their cache rows are dropped), so a long answer does not
+make the short ones wait, and the remaining rows run on a smaller batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from avocado_llm.serve.engine import SamplingOptions, TokenLogprob
+
+
+class TextTracker:
+    """Incremental detokenisation of one row with stop strings.
+
+    Decodes all the row's tokens each step (cheap for answers of hundreds of tokens, and
+    exact for byte-level BPE where one character spans several tokens)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already handed out
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """Add a token: (text that is now safe to send, whether a stop string was reached)."""
+        self.ids.append(token_id)
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if text.endswith("\ufffd"):  # the middle of a multi-byte character
+            return "", False
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            cut = max(min(found), self.sent)
+            delta, self.sent = text[self.sent : cut], cut
+            return delta, True
+        held = max(
+            (k for s in self.stops for k in range(len(s) - 1, 0, -1) if text.endswith(s[:k])),
+            default=0,
+        )
+        safe = max(self.sent, len(text) - held)
+        delta, self.sent = text[self.sent : safe], safe
+        return delta, False
+
+    def flush(self) -> str:
+        """The text still held back, at the end of a row that did not stop on a stop string."""
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        delta, self.sent = text[self.sent :], len(text)
+        return delta
+
+
+@dataclass
+class Row:
+    """One choice being generated."""
+
+    job: Any
+    """The request it belongs to (the engine's; has a ``cancelled`` flag)."""
+    index: int
+    """Choice index in the request's answer."""
+    prompt_ids: list[int]
+    options: SamplingOptions
+    tracker: TextTracker
+    generator: torch.Generator | None
+    produced: int = 0
+    finish: str | None = None
+    """``stop``, ``length`` or ``cancelled`` once the row is done."""
+    text: str = ""
+    """Text produced by the last step, not yet delivered."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def advance(self, token: int, eos_ids: frozenset[int], lp: TokenLogprob | None) -> None:
+        """Take the token sampled for this row."""
+        self.produced += 1
+        if lp is not None:
+            self.logprobs.append(lp)
+        if token in eos_ids and not self.options.ignore_eos:
+            self.text += self.tracker.flush()
+            self.finish = "stop"
+            return
+        delta, stopped = self.tracker.push(token)
+        self.text += delta
+        if stopped:
+            self.finish = "stop"
+        elif self.produced >= self.options.max_tokens:
+            self.text += self.tracker.flush()
+            self.finish = "length"
+
+
+def sample(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """One token per row from (B, V) float logits: greedy where temperature is 0, else
+    temperature + top-p (nucleus) sampling with the row's own generator."""
+    tokens = logits.argmax(dim=-1)  # (B,)
+    temps = torch.tensor([r.options.temperature for r in rows], device=logits.device)
+    sampled = (temps > 0).nonzero().flatten().tolist()
+    if not sampled:
+        return tokens
+    probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)  # (B, V)
+    top_p = torch.tensor([r.options.top_p for r in rows], device=logits.device)
+    if bool((top_p < 1).any()):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        sorted_p[(sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    for i in sampled:
+        tokens[i] = torch.multinomial(probs[i], 1, generator=rows[i].generator)[0]
+    return tokens
+
+
+def _logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, rows: Sequence[Row], decode: Callable[[int], str]
+) -> list[TokenLogprob | None]:
+    """Log-probabilities (of the model's own distribution) of each row's chosen token."""
+    wanted = [r.options.logprobs for r in rows]
+    if all(k is None for k in wanted):
+        return [None] * len(rows)
+    logp = torch.log_softmax(logits, dim=-1)  # (B, V)
+    chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+    top_v, top_i = logp.topk(max(max(k or 0 for k in wanted), 1), dim=-1)  # (B, k)
+    out: list[TokenLogprob | None] = []
+    for i, k in enumerate(wanted):
+        if k is None:
+            out.append(None)
+            continue
+        ids, values = top_i[i, :k].tolist(), top_v[i, :k].tolist()
+        top = [(decode(t), v) for t, v in zip(ids, values, strict=True)]
+        out.append(TokenLogprob(decode(int(tokens[i])), chosen[i], top))
+    return out
+
+
+def cache_kwarg(model: PreTrainedModel) -> str:
+    """``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def decode(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+    eos_ids: frozenset[int],
+    on_step: Callable[[list[Row]], None],
+) -> None:
+    """Generate every row to its end, calling ``on_step(rows)`` after each sampled token
+    (the rows still in the batch, including those that just finished)."""
+    device = model.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(r.prompt_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # left padding: every row's last token is at -1
+        ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+        mask[i, width - len(row.prompt_ids) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P): padding does not shift RoPE
+    cache = DynamicCache(config=model.config)
+    kwarg = cache_kwarg(model)
+
+    def forward(input_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                    use_cache=True, logits_to_keep=1, **{kwarg: cache})  # fmt: skip
+        return out.logits[:, -1].float()  # (B, V)
+
+    def text_of(token: int) -> str:
+        return str(tokenizer.decode([token]))
+
+    logits = forward(ids, positions)
+    last = positions[:, -1]  # (B,)
+    live = rows
+    while True:
+        tokens = sample(logits, live)
+        logprobs = _logprobs(logits, tokens, live, text_of)
+        for row, token, lp in zip(live, tokens.tolist(), logprobs, strict=True):
+            row.advance(token, eos_ids, lp)
+            if row.finish is None and row.job.cancelled:
+                row.finish = "cancelled"
+        on_step(live)
+        keep = [i for i, row in enumerate(live) if row.finish is None]
+        if not keep:
+            return
+        if len(keep) < len(live):  # drop finished rows from the batch and its KV cache
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, last, tokens = mask[index], last[index], tokens[index]
+            live = [live[i] for i in keep]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        last = last + 1
+        logits = forward(tokens[:, None], last[:, None])

@@ -1,0 +1,126 @@
+"""``avocado serve``: the model behind an OpenAI-compatible API that only paying keys can call.
+
+AVOCADO_SECRET=... avocado serve --model runs/tiny/student --port 8000
+AVOCADO_SECRET=... avocado serve --upstream http://127.0.0.1:8001/v1 --model-name qwen3
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from avocado_llm.serve.settings import ServeSettings
+
+WORKER_START_TIMEOUT_S = 600  # longest a worker process may take to load the model
+
+# CLI flag → settings field; each flag overrides its AVOCADO_* variable.
+_FLAGS = {
+    "model": "model_dir",
+    "model_name": "model_name",
+    "host": "host",
+    "port": "port",
+    "database_url": "database_url",
+    "upstream": "upstream_url",
+    "upstream_model": "upstream_model",
+    "workers": "workers",
+    "device": "device",
+    "threads": "threads",
+}
+
+
+def add_serve_command(commands: Any) -> None:
+    """Register ``serve`` on the ``avocado`` parser's subcommands."""
+    p = commands.add_parser(
+        "serve",
+        help="serve a model behind an OpenAI-compatible API with keys, credit and limits",
+        description="Serve a Hugging Face model directory in process (dynamic batching), or "
+        "put the same keys, prices, holds and rate limits in front of an OpenAI-compatible "
+        "server (--upstream). Every flag may also come from its AVOCADO_* variable "
+        "(AVOCADO_MODEL_DIR, AVOCADO_DATABASE_URL, ...); AVOCADO_SECRET is required. Keys, "
+        "accounts and prices are managed with `avocado admin`.",
+    )
+    p.add_argument("--model", type=Path, metavar="DIR", help="HF model directory to serve")
+    p.add_argument("--model-name", metavar="NAME", help="model id for clients [DIR's name]")
+    p.add_argument("--host", help="interface to listen on [127.0.0.1]")
+    p.add_argument("--port", type=int, help="TCP port [8000]")
+    p.add_argument("--database-url", metavar="URL", help="ledger [sqlite:///avocado.db]")
+    p.add_argument("--upstream", metavar="URL", help="forward to this OpenAI-compatible /v1 URL")
+    p.add_argument("--upstream-model", metavar="NAME", help="model name sent upstream [NAME]")
+    p.add_argument("--workers", type=int, help="server processes (share a PostgreSQL ledger) [1]")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps [auto]")
+    p.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")
+    p.add_argument("--log-level", default="info", help="debug, info, warning [info]")
+    p.set_defaults(func=run_serve_command)
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides = {field: getattr(args, flag) for flag, field in _FLAGS.items()}
+    try:
+        settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        print(f"error: {problems}", file=sys.stderr)
+        return 2
+    if not settings.secret.get_secret_value():
+        print("error: set AVOCADO_SECRET (the server secret API keys are HMAC'd under)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "access_log": False,
+              "log_level": args.log_level, "timeout_graceful_shutdown": 30}  # fmt: skip
+    if settings.workers == 1:
+        from avocado_llm.serve.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    _prepare_ledger(settings)
+    if settings.database_url.startswith("sqlite"):
+        print(
+            "note: several workers on SQLite take turns writing; use PostgreSQL "
+            "(--database-url postgresql+psycopg://...) for throughput",
+            file=sys.stderr,
+        )
+    print("note: rate limits are counted per worker process", file=sys.stderr)
+    os.environ.update(_as_env(settings.model_copy(update={"manage_ledger_on_start": False})))
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn restarts a worker that does not answer within 5 s by default, and importing
+        # torch and loading a model takes longer: every worker would be killed while starting.
+        common["timeout_worker_healthcheck"] = WORKER_START_TIMEOUT_S
+    uvicorn.run("avocado_llm.serve.app:create_app_from_env", factory=True,
+                workers=settings.workers, **common)  # fmt: skip
+    return 0
+
+
+def _prepare_ledger(settings: ServeSettings) -> None:
+    """Once, before the workers start: migrate, and release the holds a crash left open."""
+    from avocado_llm.billing import Billing
+
+    billing = Billing(settings.database_url, settings.secret.get_secret_value())
+    try:
+        billing.migrate()
+        released = billing.release_stale_holds()
+        if released:
+            print(f"released {released} hold(s) left open by an earlier crash", file=sys.stderr)
+    finally:
+        billing.close()
+
+
+def _as_env(settings: ServeSettings) -> dict[str, str]:
+    """The settings as ``AVOCADO_*`` variables, for worker processes to read back."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"AVOCADO_{name.upper()}"] = str(value)
+    return env

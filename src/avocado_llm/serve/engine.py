@@ -1,0 +1,122 @@
+"""What the server asks of an engine, whichever runs the model.
+
+Two engines implement :class:`Engine`: :class:`~avocado_llm.serve.local_engine.LocalEngine`
+(a Hugging Face model in this process, with dynamic batching) and
+:class:`~avocado_llm.serve.upstream.UpstreamEngine` (any OpenAI-compatible server, e.g. vLLM).
+Both stream: a :class:`Generation` yields :class:`Delta` pieces of text per choice, and its
+:attr:`Generation.usage` always says how many tokens were produced so far, which is what a
+client that hangs up mid-stream pays for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class EngineError(Exception):
+    """The engine could not answer. ``status`` is what the client gets (an upstream's 400 is
+    the client's fault and stays 400; anything else is 502/500)."""
+
+    def __init__(self, message: str, status: int = 500, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample every choice of one request (the OpenAI parameters, resolved)."""
+
+    max_tokens: int
+    """Most tokens per choice; the server has checked that it fits the context."""
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end a choice; the text returned stops before them."""
+    seed: int | None = None
+    """Same seed, same request → same answer (per-choice generators)."""
+    n: int = 1
+    """Choices per prompt."""
+    logprobs: int | None = None
+    """Return each token's log-probability and this many alternatives; None: none."""
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt, as the engine will see it."""
+
+    tokens: int
+    """Prompt tokens: exact when the engine tokenises, otherwise an upper bound."""
+    token_ids: tuple[int, ...] | None = None
+    messages: list[dict[str, Any]] | None = None
+    """Chat messages (upstream engines forward these)."""
+    text: str | None = None
+    """Raw text of a legacy completion prompt."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """New text of one choice; ``finish_reason`` is set on the choice's last delta."""
+
+    index: int
+    """Choice index: ``prompt_index * n + sample_index``."""
+    text: str
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+
+class Generation(Protocol):
+    """A running request. Iterate it for deltas; ``cancel`` stops it (a client hung up)."""
+
+    usage: Usage
+    """Tokens so far; final once iteration has ended or :meth:`wait_stopped` returned."""
+
+    def __aiter__(self) -> AsyncIterator[Delta]: ...
+
+    def cancel(self) -> None: ...
+
+    async def wait_stopped(self) -> None:
+        """Return once the engine produces nothing more for this request."""
+        ...
+
+
+class Engine(Protocol):
+    """A model that answers prompts."""
+
+    model: str
+    """The model id clients ask for."""
+    context_length: int | None
+    """Prompt + completion tokens the model takes; None when unknown (upstream)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
+        """The prompt for a conversation, in the model's chat template. Raises ``ValueError``
+        with the template's message when the conversation does not fit it."""
+        ...
+
+    def text_prompt(self, text: str) -> Prompt: ...
+
+    def generate(self, prompts: Sequence[Prompt], options: SamplingOptions) -> Generation:
+        """Start ``options.n`` choices per prompt; the first delta may come later."""
+        ...

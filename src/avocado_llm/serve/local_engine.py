@@ -1,0 +1,255 @@
+"""The in-process engine: a Hugging Face model with dynamic batching.
+
+Requests go into a thread-safe queue. One worker thread takes the first waiting request, waits
+up to ``batch_wait_ms`` for more (and takes at once whatever queued while the previous batch
+ran), and decodes them all together (:func:`~avocado_llm.serve.batching.decode`), so requests
+that arrive together share their forward passes. After every step the worker hands each
+request its new text through ``loop.call_soon_threadsafe``: token counts and deltas change on
+the event loop only, in order, so a request's usage is exact once it is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from avocado_llm.serve.batching import Row, TextTracker, decode
+from avocado_llm.serve.engine import Delta, EngineError, Prompt, SamplingOptions, Usage
+from avocado_llm.teachers.hf import END_OF_TURN, pick_device
+
+log = logging.getLogger("avocado.serve.engine")
+
+
+class LocalGeneration:
+    """One request in the local engine: filled by the worker, read on the event loop."""
+
+    def __init__(
+        self, prompts: Sequence[Prompt], options: SamplingOptions, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.prompts = list(prompts)
+        self.options = options
+        self.usage = Usage(prompt_tokens=sum(p.tokens for p in prompts))
+        self.cancelled = False  # set on the loop, read by the worker between steps
+        self.rows_left = len(prompts) * options.n  # worker only
+        self._loop = loop
+        self._queue: asyncio.Queue[list[Delta] | EngineError | None] = asyncio.Queue()
+        self._stopped = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        while (item := await self._queue.get()) is not None:
+            if isinstance(item, EngineError):
+                raise item
+            for delta in item:
+                yield delta
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def deliver(self, deltas: list[Delta], tokens: int, done: bool) -> None:
+        """Worker thread: hand over one step's output."""
+        self._call(self._receive, deltas, tokens, done)
+
+    def fail(self, error: EngineError) -> None:
+        """Worker thread: the batch failed."""
+        self._call(self._receive, error, 0, True)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        # The server may have shut its loop down while a batch still ran; nobody listens then.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _receive(self, item: list[Delta] | EngineError, tokens: int, done: bool) -> None:
+        self.usage.completion_tokens += tokens
+        if item:
+            self._queue.put_nowait(item)
+        if done:
+            self._queue.put_nowait(None)
+            self._stopped.set()
+
+
+class LocalEngine:
+    """Serves the model directory ``model_dir``; :meth:`start` loads it and starts the worker."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        model_name: str | None = None,
+        device: str = "auto",
+        max_batch_size: int = 32,
+        batch_wait_ms: float = 5.0,
+        threads: int | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").exists():
+            raise ValueError(f"no Hugging Face model in {self.model_dir} (config.json missing)")
+        self.model = model_name or self.model_dir.resolve().name
+        self.context_length: int | None = None
+        self.device = pick_device(device)
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.threads = threads
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)
+        """Requests in each batch run so far (most recent last)."""
+        self.on_batch: Callable[[int], None] | None = None
+        """Called by the worker with each batch's number of requests (metrics)."""
+        self._queue: queue.Queue[LocalGeneration | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Load the model (in a thread) and start the worker; a no-op when already started."""
+        if self._thread is not None:
+            return
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._work, name="avocado-engine", daemon=True)
+        self._thread.start()
+
+    async def aclose(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as e:  # jinja raises its own errors for conversations it refuses
+            raise ValueError(f"the model's chat template refused the messages: {e}") from e
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Prompt(tokens=len(ids), token_ids=tuple(ids), messages=messages)
+
+    def text_prompt(self, text: str) -> Prompt:
+        ids = self.tokenizer(text)["input_ids"]
+        return Prompt(tokens=len(ids), token_ids=tuple(ids), text=text)
+
+    def generate(self, prompts: Sequence[Prompt], options: SamplingOptions) -> LocalGeneration:
+        if self._thread is None:
+            raise EngineError("the engine is not started", status=503)
+        job = LocalGeneration(prompts, options, asyncio.get_running_loop())
+        self._queue.put(job)
+        return job
+
+    def _load(self) -> None:
+        if self.threads is not None:  # process-wide: the engine is the process's torch user
+            torch.set_num_threads(self.threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"the tokenizer in {self.model_dir} has no chat template")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.hf_model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
+        self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
+        self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
+        self.eos_ids = frozenset(self._eos_ids())
+
+    def _eos_ids(self) -> list[int]:
+        """The generation config's stop tokens, the tokenizer's EOS and the chat template's
+        end-of-turn marker."""
+        eos = self.hf_model.generation_config.eos_token_id
+        ids = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
+        vocab = self.tokenizer.get_vocab()
+        template = str(self.tokenizer.chat_template)
+        ids += [vocab[m] for m in END_OF_TURN if m in template and m in vocab]
+        return [i for i in {*ids, self.tokenizer.eos_token_id} if i is not None]
+
+    def _work(self) -> None:
+        """The worker thread: batch, decode, repeat until ``None`` arrives."""
+        carry: LocalGeneration | None = None
+        while True:
+            first = carry or self._queue.get()
+            if first is None:
+                return
+            batch, carry, stop = self._collect(first)
+            self._run(batch)
+            if stop:
+                return
+
+    def _collect(
+        self, first: LocalGeneration
+    ) -> tuple[list[LocalGeneration], LocalGeneration | None, bool]:
+        """The batch that starts with ``first``: what arrives within the wait, up to the size."""
+        batch, rows = [first], first.rows_left
+        deadline = time.monotonic() + self.batch_wait_s
+        while rows < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:  # past the wait, still take what is already queued
+                job = (
+                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get(False)
+                )
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, None, True
+            if rows + job.rows_left > self.max_batch_size:
+                return batch, job, False
+            batch.append(job)
+            rows += job.rows_left
+        return batch, None, False
+
+    def _run(self, batch: list[LocalGeneration]) -> None:
+        live = [job for job in batch if not job.cancelled]
+        for job in batch:
+            if job.cancelled:
+                job.deliver([], 0, True)
+        if not live:
+            return
+        self.batch_sizes.append(len(live))
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        try:
+            decode(self.hf_model, self.tokenizer, self._rows(live), self.eos_ids, self._step)
+        except Exception as e:
+            log.exception("generation failed for a batch of %d requests", len(live))
+            for job in live:
+                job.fail(EngineError(f"the model failed: {type(e).__name__}: {e}"))
+
+    def _rows(self, jobs: list[LocalGeneration]) -> list[Row]:
+        rows = []
+        for job in jobs:
+            opts = job.options
+            for p, prompt in enumerate(job.prompts):
+                for s in range(opts.n):
+                    generator = None
+                    if opts.temperature > 0:
+                        generator = torch.Generator(device=self.device)
+                        if opts.seed is None:
+                            generator.seed()
+                        else:  # each choice its own stream, reproducible
+                            generator.manual_seed(opts.seed + p * opts.n + s)
+                    tracker = TextTracker(self.tokenizer, opts.stop)
+                    ids = list(prompt.token_ids or ())
+                    rows.append(Row(job, p * opts.n + s, ids, opts, tracker, generator))
+        return rows
+
+    @staticmethod
+    def _step(rows: list[Row]) -> None:
+        """Hand each request the tokens its rows produced in this step."""
+        out: dict[int, tuple[LocalGeneration, list[Delta], int]] = {}
+        for row in rows:
+            job, deltas, tokens = out.get(id(row.job), (row.job, [], 0))
+            if row.finish != "cancelled" and (row.text or row.finish or row.logprobs):
+                deltas.append(Delta(row.index, row.text, row.finish, row.logprobs))
+            row.text, row.logprobs = "", []
+            if row.finish is not None:
+                job.rows_left -= 1
+            out[id(job)] = (job, deltas, tokens + 1)
+        for job, deltas, tokens in out.values():
+            job.deliver(deltas, tokens, job.rows_left == 0)

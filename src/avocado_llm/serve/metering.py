@@ -1,0 +1,261 @@
+"""The money path of one request, the same for chat and completions:
+
+    claim Idempotency-Key (replay a stored answer) → rate limit → hold the worst case
+    → generate → settle the tokens produced (or release the hold if the engine failed)
+
+Settling happens before the client gets the last bytes (the usage chunk and ``[DONE]`` of a
+stream), so once a client has its whole answer, its balance already shows the charge. A stream
+the client leaves is settled for the tokens produced up to then, in a ``finally`` that runs in
+a cancellation-shielded scope — whether the hang-up cancelled the generator mid-``await`` or
+while it waited on a ``yield`` (:class:`MeteredStream` closes it then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from avocado_llm.billing import Hold
+from avocado_llm.serve.engine import EngineError, Generation, Usage
+from avocado_llm.serve.errors import APIError, bad_request, envelope
+from avocado_llm.serve.serving import Call, ChoiceResult, Formatter, Services
+
+log = logging.getLogger("avocado.serve")
+
+STOP_WAIT_S = 30.0  # longest wait for the engine to stop a cancelled request
+
+
+class MeteredStream(StreamingResponse):
+    """A stream whose generator is always closed when the response ends, so that its
+    ``finally`` (settlement) runs at once, also after the client hung up."""
+
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._body.aclose()  # type: ignore[attr-defined]
+
+
+async def respond(request: Request, services: Services, call: Call, fmt: Formatter) -> Response:
+    """Run ``call`` with metering and answer it (JSON or SSE)."""
+    started = time.perf_counter()
+    billing, key = services.billing, call.key
+    idem_key = request.headers.get("idempotency-key")
+    if idem_key is not None:
+        if not 1 <= len(idem_key) <= 255:
+            raise bad_request("Idempotency-Key must be 1 to 255 characters", "Idempotency-Key")
+        stored = await run_in_threadpool(
+            billing.claim_idempotency, key.key_id, idem_key, call.body_hash
+        )
+        if stored is not None:
+            media = "text/event-stream" if call.stream else "application/json"
+            return Response(stored, media_type=media, headers={"Idempotent-Replayed": "true"})
+    try:
+        return await _run(services, call, fmt, idem_key, started)
+    except BaseException:
+        if idem_key is not None:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(billing.abandon_idempotency, key.key_id, idem_key)
+        raise
+
+
+async def _run(
+    services: Services, call: Call, fmt: Formatter, idem_key: str | None, started: float
+) -> Response:
+    key, model = call.key, services.engine.model
+    reserved = call.prompt_tokens + call.max_completion_tokens
+    decision = services.limiter.acquire(key.key_id, key.rpm, key.tpm, reserved)
+    if not decision.allowed:
+        services.metrics.rate_limited.labels(decision.limit).inc()
+        limit = key.rpm if decision.limit == "requests" else key.tpm
+        asked = 1 if decision.limit == "requests" else reserved
+        when = (
+            f"Please try again in {decision.retry_after_s:.3g}s."
+            if decision.retry_after_s != float("inf")
+            else "This request alone is larger than the limit: lower max_tokens or n."
+        )
+        raise APIError(
+            429,
+            f"Rate limit reached for {model} on {decision.limit} per min (RPM/TPM): "
+            f"Limit {limit}, Requested {asked}. {when}",
+            type=decision.limit,
+            code="rate_limit_exceeded",
+            headers=decision.headers,
+        )
+    rid = f"{'chatcmpl' if call.endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    try:
+        hold = await run_in_threadpool(
+            services.billing.hold, key, model, call.prompt_tokens, call.max_completion_tokens, rid
+        )
+    except BaseException:
+        services.limiter.refund(key.key_id, key.tpm, reserved)
+        raise
+    meter = Meter(services, call, hold, reserved, idem_key, started)
+    services.metrics.in_flight.inc()
+    try:
+        generation = services.engine.generate(call.prompts, call.options)
+    except EngineError as e:
+        await meter.fail()
+        raise APIError(e.status, e.message, code=e.code) from e
+    headers = {**decision.headers, "x-request-id": rid}
+    created = int(time.time())
+    if call.stream:
+        return MeteredStream(meter.stream(generation, fmt, rid, created), headers)
+    return await meter.collect(generation, fmt, rid, created, headers)
+
+
+class Meter:
+    """Settles one held request exactly once: :meth:`finish` or :meth:`fail`."""
+
+    def __init__(
+        self,
+        services: Services,
+        call: Call,
+        hold: Hold,
+        reserved: int,
+        idem_key: str | None,
+        started: float,
+    ) -> None:
+        self.services, self.call, self.hold = services, call, hold
+        self.reserved, self.idem_key, self.started = reserved, idem_key, started
+
+    def usage(self, generation: Generation) -> Usage:
+        """Tokens to bill: what the engine produced, never more than the worst case held."""
+        u = generation.usage
+        return Usage(u.prompt_tokens, min(u.completion_tokens, self.call.max_completion_tokens))
+
+    async def finish(self, usage: Usage, status: str, answer: bytes | None) -> int:
+        """Charge ``usage``; store ``answer`` for the Idempotency-Key when there is one."""
+        s, key = self.services, self.call.key
+        idem = None
+        if self.idem_key is not None and answer is not None:
+            idem = (self.idem_key, self.call.body_hash, answer)
+        charge = await run_in_threadpool(
+            lambda: s.billing.settle(
+                self.hold,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                status=status,
+                idempotency=idem,
+            )
+        )
+        if self.idem_key is not None and answer is None:
+            await run_in_threadpool(s.billing.abandon_idempotency, key.key_id, self.idem_key)
+        used = usage.prompt_tokens + usage.completion_tokens
+        s.limiter.refund(key.key_id, key.tpm, self.reserved - used)
+        model = self.hold.model
+        s.metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        s.metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+        s.metrics.charged.labels(model).inc(charge)
+        self._done()
+        return charge
+
+    async def fail(self) -> None:
+        """Nothing to bill (the engine failed, or stopped before its first token): return the
+        whole hold, and let a retry with the same Idempotency-Key run."""
+        s, key = self.services, self.call.key
+        await run_in_threadpool(s.billing.release, self.hold)
+        if self.idem_key is not None:
+            await run_in_threadpool(s.billing.abandon_idempotency, key.key_id, self.idem_key)
+        s.limiter.refund(key.key_id, key.tpm, self.reserved)
+        self._done()
+
+    def _done(self) -> None:
+        m = self.services.metrics
+        m.in_flight.dec()
+        m.latency.labels(self.call.endpoint).observe(time.perf_counter() - self.started)
+
+    async def _stop(self, generation: Generation, failed: bool) -> None:
+        """After an engine error, a hang-up or a shutdown: stop, then release or settle."""
+        with anyio.CancelScope(shield=True):
+            generation.cancel()
+            with anyio.move_on_after(STOP_WAIT_S):
+                await generation.wait_stopped()
+            usage = self.usage(generation)
+            if failed or usage.completion_tokens == 0:
+                await self.fail()
+            else:
+                await self.finish(usage, "cancelled", None)
+
+    async def collect(
+        self,
+        generation: Generation,
+        fmt: Formatter,
+        rid: str,
+        created: int,
+        headers: dict[str, str],
+    ) -> Response:
+        """A non-streamed answer: generate it all, settle, answer."""
+        choices: dict[int, ChoiceResult] = {}
+        try:
+            async with contextlib.aclosing(generation.__aiter__()) as deltas:  # type: ignore[type-var]
+                async for d in deltas:
+                    choice = choices.setdefault(d.index, ChoiceResult(d.index))
+                    choice.text += d.text
+                    choice.logprobs += d.logprobs
+                    choice.finish_reason = d.finish_reason or choice.finish_reason
+        except EngineError as e:
+            await self._stop(generation, failed=True)
+            raise APIError(e.status, e.message, code=e.code) from e
+        except BaseException:
+            await self._stop(generation, failed=False)
+            raise
+        usage = self.usage(generation)
+        ordered = [choices.get(i) or ChoiceResult(i, "", "stop") for i in range(len(choices))]
+        body = fmt.answer(rid, created, ordered, usage).model_dump_json().encode()
+        await self.finish(usage, "ok", body)
+        return Response(body, media_type="application/json", headers=headers)
+
+    async def stream(
+        self, generation: Generation, fmt: Formatter, rid: str, created: int
+    ) -> AsyncIterator[bytes]:
+        """SSE events; settles before the usage chunk and ``[DONE]`` go out."""
+        sent: list[bytes] = []
+        settled = failed = False
+
+        def event(item: BaseModel | dict) -> bytes:
+            data = item.model_dump_json() if isinstance(item, BaseModel) else _json(item)
+            sent.append(f"data: {data}\n\n".encode())
+            return sent[-1]
+
+        try:
+            for opening in fmt.opening(rid, created, len(self.call.prompts) * self.call.options.n):
+                yield event(opening)
+            async with contextlib.aclosing(generation.__aiter__()) as deltas:  # type: ignore[type-var]
+                async for d in deltas:
+                    yield event(fmt.chunk(rid, created, d))
+            usage = self.usage(generation)
+            if self.call.include_usage:
+                event(fmt.usage_chunk(rid, created, usage))
+            sent.append(b"data: [DONE]\n\n")
+            tail = sent[-2:] if self.call.include_usage else sent[-1:]
+            settled = True  # from here on, finish() alone settles it, even if the client leaves
+            with anyio.CancelScope(shield=True):
+                await self.finish(usage, "ok", b"".join(sent))
+            yield b"".join(tail)
+        except EngineError as e:
+            failed = True
+            yield event(envelope(e.message, "server_error", None, e.code))
+        finally:
+            if not settled:
+                await self._stop(generation, failed)
+
+
+def _json(item: dict) -> str:
+    return json.dumps(item, separators=(",", ":"))

@@ -1,0 +1,193 @@
+"""OpenAI's request and response shapes for the endpoints we serve.
+
+Fields are in the order of OpenAI's API reference; fields we do not support are absent, so a
+request using one gets 400 ("Unrecognized request argument") instead of being silently
+ignored. Our own extensions (vLLM's names) are marked ``# extension``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _non_empty(stop: str | list[str] | None) -> str | list[str] | None:
+    if stop == "" or (isinstance(stop, list) and "" in stop):
+        raise ValueError("stop sequences must not be empty strings")
+    return stop
+
+
+Stop = Annotated[str | Annotated[list[str], Field(max_length=4)] | None, AfterValidator(_non_empty)]
+"""Up to 4 strings that end a choice; the text returned does not contain them."""
+
+
+class Request(BaseModel):
+    """Base of request bodies: unknown arguments are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(Request):
+    include_usage: bool = False
+    """Send a last chunk with the request's ``usage`` before ``data: [DONE]``."""
+
+
+class TextPart(Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(Request):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    logprobs: bool = False
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    """Deprecated by OpenAI in favour of ``max_completion_tokens``; still accepted."""
+    n: int = Field(1, ge=1, le=128)
+    seed: int | None = None
+    stop: Stop = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    user: str | None = None
+    ignore_eos: bool = False  # extension: keep generating past end-of-turn (load tests)
+
+
+class CompletionRequest(Request):
+    """``POST /v1/completions`` (legacy text completions)."""
+
+    model: str
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=128)
+    seed: int | None = None
+    stop: Stop = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    user: str | None = None
+    ignore_eos: bool = False  # extension: keep generating past end-of-turn (load tests)
+
+
+class Usage(BaseModel):
+    completion_tokens: int
+    prompt_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """Chat logprobs: one entry per generated token."""
+
+    content: list[TokenLogprobEntry] | None
+
+
+class ChatMessageOut(BaseModel):
+    content: str | None
+    refusal: str | None = None
+    role: Literal["assistant"] = "assistant"
+
+
+class ChatChoice(BaseModel):
+    finish_reason: str
+    index: int
+    logprobs: ChoiceLogprobs | None = None
+    message: ChatMessageOut
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    choices: list[ChatChoice]
+    created: int
+    model: str
+    object: Literal["chat.completion"] = "chat.completion"
+    usage: Usage
+
+
+class ChunkDelta(BaseModel):
+    content: str | None = None
+    role: Literal["assistant"] | None = None
+
+
+class ChunkChoice(BaseModel):
+    delta: ChunkDelta
+    finish_reason: str | None = None
+    index: int
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    choices: list[ChunkChoice]
+    created: int
+    model: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: Usage | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """Legacy logprobs: parallel lists, one item per generated token."""
+
+    text_offset: list[int]
+    token_logprobs: list[float]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float]]
+
+
+class CompletionChoice(BaseModel):
+    finish_reason: str | None
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    text: str
+
+
+class Completion(BaseModel):
+    """A ``/v1/completions`` answer, and each of its stream chunks (same object type)."""
+
+    id: str
+    choices: list[CompletionChoice]
+    created: int
+    model: str
+    object: Literal["text_completion"] = "text_completion"
+    usage: Usage | None = None
+
+
+class Model(BaseModel):
+    id: str
+    created: int
+    object: Literal["model"] = "model"
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]

@@ -1,0 +1,1 @@
+"""One module per endpoint: each parses its request and hands it to the serving code."""

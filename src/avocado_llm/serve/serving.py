@@ -1,0 +1,168 @@
+"""What a request may ask, decided before anything runs: the model, the plan's caps, the
+context, and the resolved sampling options. Shared by the chat and completions endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from avocado_llm.billing import Billing, KeyInfo, Plan
+from avocado_llm.serve import protocol
+from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
+from avocado_llm.serve.errors import bad_request, model_not_found
+from avocado_llm.serve.metrics import Metrics
+from avocado_llm.serve.ratelimit import RateLimiter
+from avocado_llm.serve.settings import ServeSettings
+
+
+@dataclass
+class Services:
+    """Everything requests share, built once by the app factory (``app.state.services``)."""
+
+    settings: ServeSettings
+    engine: Engine
+    billing: Billing
+    limiter: RateLimiter
+    metrics: Metrics
+    started_at: int = field(default_factory=lambda: int(time.time()))
+    """Unix time the app was built (the ``created`` of its model)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One validated request: what to generate, for whom, and how to answer."""
+
+    endpoint: str
+    """``chat`` or ``completions`` (metrics, request ids)."""
+    key: KeyInfo
+    prompts: list[Prompt]
+    options: SamplingOptions
+    stream: bool
+    include_usage: bool
+    body_hash: str
+    """SHA-256 of the endpoint and the parsed body, for ``Idempotency-Key``."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(p.tokens for p in self.prompts)
+
+    @property
+    def max_completion_tokens(self) -> int:
+        """The worst case: every choice of every prompt runs to ``max_tokens``."""
+        return len(self.prompts) * self.options.n * self.options.max_tokens
+
+
+@dataclass
+class ChoiceResult:
+    """One choice of a finished (non-streamed) answer."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class Formatter(Protocol):
+    """The endpoint's response shapes (chat or legacy completions)."""
+
+    def answer(
+        self, rid: str, created: int, choices: list[ChoiceResult], usage: Usage
+    ) -> BaseModel:
+        """The whole answer of a non-streamed request."""
+        ...
+
+    def opening(self, rid: str, created: int, n_choices: int) -> Sequence[BaseModel]:
+        """Chunks sent before any text (chat: the assistant role)."""
+        ...
+
+    def chunk(self, rid: str, created: int, delta: Delta) -> BaseModel: ...
+
+    def usage_chunk(self, rid: str, created: int, usage: Usage) -> BaseModel: ...
+
+
+def check_model(engine: Engine, key: KeyInfo, model: str) -> None:
+    """404 unless the engine serves ``model`` and the key may call it (one message for both)."""
+    if model != engine.model or (key.models is not None and model not in key.models):
+        raise model_not_found(model)
+
+
+def check_plan(plan: Plan, *, max_tokens: int | None, n: int, top_logprobs: int | None) -> None:
+    """The key's plan caps ``max_tokens``, ``n`` and logprobs (anti-extraction)."""
+    if max_tokens is not None and max_tokens > plan.max_tokens:
+        raise bad_request(
+            f"max_tokens is {max_tokens}, but your plan ({plan.name!r}) allows at most "
+            f"{plan.max_tokens}; lower it",
+            param="max_tokens",
+        )
+    if n > plan.max_n:
+        raise bad_request(
+            f"n is {n}, but your plan ({plan.name!r}) allows at most {plan.max_n} choice(s) "
+            "per request",
+            param="n",
+        )
+    if top_logprobs is not None and not plan.logprobs:
+        raise bad_request(
+            f"logprobs are not available on your plan ({plan.name!r}); remove 'logprobs'",
+            param="logprobs",
+        )
+    if top_logprobs is not None and top_logprobs > plan.max_top_logprobs:
+        raise bad_request(
+            f"top_logprobs is {top_logprobs}, but your plan ({plan.name!r}) allows at most "
+            f"{plan.max_top_logprobs}",
+            param="top_logprobs",
+        )
+
+
+def resolve_max_tokens(
+    services: Services, plan: Plan, prompts: Sequence[Prompt], requested: int | None, default: int
+) -> int:
+    """``max_tokens`` to run with: the request's, else ``default``, within the plan and the
+    context; 400 when a prompt (or prompt + requested max_tokens) does not fit."""
+    context = services.engine.context_length
+    limit = services.settings.max_prompt_tokens or context
+    longest = max(p.tokens for p in prompts)
+    if limit is not None and longest >= limit:
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens, and the prompt has "
+            f"{longest} tokens (the server takes prompts of at most {limit - 1}); shorten it.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    room = context - longest if context is not None else plan.max_tokens
+    if requested is None:
+        return max(1, min(default, plan.max_tokens, room))
+    if requested > room:
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{longest + requested} tokens ({longest} in the prompt, {requested} for the "
+            "completion). Reduce the prompt or max_tokens.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def body_hash(endpoint: str, body: BaseModel) -> str:
+    """Hash of the parsed body (field order and whitespace do not matter)."""
+    canonical = body.model_dump_json(exclude_unset=True)
+    return hashlib.sha256(f"{endpoint}\n{canonical}".encode()).hexdigest()
+
+
+def stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def usage_body(usage: Usage) -> protocol.Usage:
+    """The ``usage`` object of an answer."""
+    return protocol.Usage(
+        completion_tokens=usage.completion_tokens,
+        prompt_tokens=usage.prompt_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+    )

@@ -1,0 +1,112 @@
+"""Money under retries, hang-ups and concurrency: charged once, for what was produced, and
+never below zero."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+from serve_helpers import World, charge
+
+QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
+
+
+def test_idempotent_retry_replays_the_answer_and_is_not_charged_again(world: World) -> None:
+    client = world.client()
+    headers = {"Idempotency-Key": "order-42"}
+    before = world.balance()
+    first = client.chat.completions.with_raw_response.create(
+        model=world.model, messages=QUESTION, max_tokens=10, temperature=1.0,
+        extra_headers=headers,
+    )  # fmt: skip
+    charged = before - world.balance()
+    retry = client.chat.completions.with_raw_response.create(
+        model=world.model, messages=QUESTION, max_tokens=10, temperature=1.0,
+        extra_headers=headers,
+    )  # fmt: skip
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.http_response.content == first.http_response.content
+    assert retry.status_code == first.status_code == 200
+    assert before - world.balance() == charged > 0
+    assert len(world.billing.usage(world.account)) == 1
+    with pytest.raises(openai.ConflictError) as e:  # same key, another body
+        client.chat.completions.create(
+            model=world.model, messages=QUESTION, max_tokens=11, extra_headers=headers
+        )
+    assert e.value.status_code == 409
+    assert before - world.balance() == charged
+
+
+def test_idempotent_stream_is_replayed_as_the_same_stream(world: World) -> None:
+    body = {"model": world.model, "messages": QUESTION, "max_tokens": 6, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    headers = {"Authorization": f"Bearer {world.key}", "Idempotency-Key": "stream-1"}
+    first = httpx.post(f"{world.base_url}/chat/completions", json=body, headers=headers)
+    again = httpx.post(f"{world.base_url}/chat/completions", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert again.content == first.content and first.text.endswith("data: [DONE]\n\n")
+    assert len(world.billing.usage(world.account)) == 1
+
+
+def test_a_stream_cut_by_the_client_is_charged_for_what_was_produced(world: World) -> None:
+    max_tokens = 200
+    before = world.balance()
+    stream = world.client().chat.completions.create(
+        model=world.model, messages=QUESTION, max_tokens=max_tokens, temperature=1.0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 3:
+            break
+    stream.close()  # hang up
+    world.wait_settled()
+    [event] = world.billing.usage(world.account)
+    assert event["status"] == "cancelled"
+    assert 3 <= event["completion_tokens"] < max_tokens
+    charged = before - world.balance()
+    assert charged == charge(event["prompt_tokens"], event["completion_tokens"])
+    assert charged < charge(event["prompt_tokens"], max_tokens)
+
+
+def test_concurrent_requests_never_overdraw_and_are_each_charged_once(world: World) -> None:
+    """50 requests at once against credit for about 10 worst cases."""
+    prompt_tokens = 20  # of QUESTION in qwen-tiny's chat template
+    max_tokens = 40
+    worst = charge(prompt_tokens, max_tokens)
+    world.billing.create_account("tight", 10 * worst)
+    _, key = world.new_key(account="tight")
+
+    async def one(client: openai.AsyncOpenAI, i: int) -> object:
+        try:
+            return await client.chat.completions.create(
+                model=world.model, messages=QUESTION, max_tokens=max_tokens, temperature=1.0,
+                seed=i, extra_body={"ignore_eos": i % 2 == 0},
+            )  # fmt: skip
+        except openai.RateLimitError as e:
+            return e
+
+    async def all_at_once() -> list[object]:
+        async with world.async_client(key) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(50)))
+
+    results = asyncio.run(all_at_once())
+    answers = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(answers) + len(refused) == 50
+    assert answers and refused and all(e.code == "insufficient_quota" for e in refused)
+    assert world.balance("tight") >= 0 and world.held("tight") == 0
+    events = {e["request_id"]: e for e in world.billing.usage("tight")}
+    assert set(events) == {a.id for a in answers}  # every answer has exactly one usage event
+    total = 0
+    for a in answers:
+        assert a.usage.prompt_tokens == prompt_tokens
+        expected = charge(a.usage.prompt_tokens, a.usage.completion_tokens)
+        assert events[a.id]["charge"] == expected
+        total += expected
+    assert total == 10 * worst - world.balance("tight")
