@@ -97,8 +97,12 @@ def gather_extras(eval_dir: Path, extra: dict[str, Any] | None) -> Extras:
     out = Extras(title=str(extra.get("title") or "Evaluation"))
 
     loss_files = extra.get("loss_files")
-    if loss_files is None:
-        loss_files = sorted((run_dir / "student").glob("*/loss.jsonl"))
+    if loss_files is None:  # the layout of `avocado run`: student/ and baselines/<strategy>/
+        loss_files = [
+            *sorted(run_dir.glob("student/loss.jsonl")),
+            *sorted((run_dir / "student").glob("*/loss.jsonl")),
+            *sorted((run_dir / "baselines").glob("*/loss.jsonl")),
+        ]
     for file in map(Path, loss_files):
         if not file.is_file():
             raise ReportError(f"no training log at {file}; fix the path or leave it out")
