@@ -48,7 +48,7 @@ def assert_manifest_matches_files(out: Path) -> None:
 
 def test_killed_and_restarted_harvest_ends_with_each_record_once(write_recipe, tmp_path) -> None:
     path = write_recipe(
-        families=("arithmetic", "reverse", "counting"), prompts_per_family=80, batch_size=4
+        families=("arithmetic", "reverse", "counting"), prompts_per_family=200, batch_size=4
     )
     recipe = load_recipe(path)
     out = recipe.run_dir / "harvest"
@@ -59,7 +59,7 @@ def test_killed_and_restarted_harvest_ends_with_each_record_once(write_recipe, t
         log = tmp_path / f"run-{attempt}.log"
         proc = start(path, log)
         wait_for_a_new_shard(proc, out, log)
-        time.sleep(rng.uniform(0.0, 2.0))
+        time.sleep(rng.uniform(0.0, 0.5))  # early enough that work is left on a quiet machine
         if attempt == 0:  # Ctrl-C: a clean stop that keeps what was written
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
@@ -79,7 +79,7 @@ def test_killed_and_restarted_harvest_ends_with_each_record_once(write_recipe, t
 
     prompts = {ex.id for ex in harvest_prompts(recipe)}
     records = read_records(out)
-    assert 0 < partial < records.num_rows == 2 * len(prompts) == 480, f"seed {seed}"
+    assert 0 < partial < records.num_rows == 2 * len(prompts) == 1200, f"seed {seed}"
     raw_rows = sum(s["rows"] for s in json.loads((out / "manifest.json").read_text())["shards"])
     assert raw_rows == records.num_rows, f"seed {seed}: a key was written twice"
     ids = {(r["prompt_id"], r["teacher"], r["sample_index"]) for r in records.to_pylist()}
