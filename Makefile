@@ -26,6 +26,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/avocado zoo list --dir zoo
 	$(VENV)/bin/avocado run recipes/tiny.yaml
+	$(VENV)/bin/avocado demo recipes/tiny.yaml
 	@echo "report: runs/tiny/eval/report.html (also report.md, report.json); student: runs/tiny/student/"
 
 lint: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,14 @@ def test_run_every_stage_then_skip_them(tmp_path: Path, zoo_dir: Path) -> None:
     assert "already trained" in second.stderr and "up to date" in second.stderr
     assert json.loads((run / "eval" / "report.json").read_text())["models"].keys() == roles.keys()
     assert second_s < first_s  # it reused the harvest, the students and the evaluations
+
+    # One paid call to the served student, with the official openai client.
+    sold = _avocado("demo", str(recipe), "--prompt", "Sort: 3 1 2")
+    assert sold.returncode == 0, sold.stderr[-3000:]
+    charge = re.search(r"charge:\s+\$([0-9.]+)\s+balance: \$([0-9.]+)", sold.stdout)
+    assert charge, sold.stdout
+    spent, left = float(charge.group(1)), float(charge.group(2))
+    assert spent > 0 and abs(left - (5 - spent)) < 1e-9  # the demo account starts with $5
 
     # A partial student (checkpoints, no artifact) is resumed, not retrained from scratch.
     shutil.rmtree(student / "checkpoints" / "step-0000012")

@@ -11,7 +11,8 @@ Commands (``avocado <command> --help`` describes each):
 - ``eval``: score a model (directory or endpoint) on held-out tasks and write the report;
 - ``run``: the whole loop, skipping what is done;
 - ``admin``: the billing ledger (accounts, credits, keys, prices, usage, statements);
-- ``serve``: the model behind an OpenAI-compatible API that only paying keys can call.
+- ``serve``: the model behind an OpenAI-compatible API that only paying keys can call;
+- ``demo``: serve a recipe's student and sell it one call, end to end.
 """
 
 from __future__ import annotations
@@ -320,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     from avocado_llm.serve.command import add_serve_command
 
     add_serve_command(commands)
+
+    from avocado_llm.demo import add_demo_command
+
+    add_demo_command(commands)
     return parser
 
 
