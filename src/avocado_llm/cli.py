@@ -122,12 +122,10 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _recipe_check(args: argparse.Namespace) -> int:
-    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.config import load_recipe_or_report
 
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe, args.set)
+    if recipe is None:
         return 1
     print(f"{args.recipe}: ok — run {recipe.name!r}, {len(recipe.teachers)} teachers, "
           f"families {', '.join(recipe.world.families)}")  # fmt: skip
@@ -144,14 +142,12 @@ def _recipe_explain(args: argparse.Namespace) -> int:
 def _harvest(args: argparse.Namespace) -> int:
     import asyncio
 
-    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.config import load_recipe_or_report
     from avocado_llm.harvest import HarvestError, harvest
     from avocado_llm.teachers import TeacherError
 
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe, args.set)
+    if recipe is None:
         return 1
     out = args.out if args.out is not None else recipe.run_dir / "harvest"
     if args.status:

@@ -117,12 +117,10 @@ def add_demo_command(commands: Any) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.config import load_recipe_or_report
 
-    try:
-        recipe = load_recipe(args.recipe)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe)
+    if recipe is None:
         return 1
     student = recipe.run_dir / "student"
     if not (student / "avocado.json").exists():

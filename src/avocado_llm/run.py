@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from avocado_llm.config import Recipe, RecipeError, load_recipe
+from avocado_llm.config import Recipe, load_recipe_or_report
 
 console = Console(stderr=True)
 
@@ -168,10 +168,8 @@ def add_run_command(commands: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe, args.set)
+    if recipe is None:
         return 1
     try:
         run(recipe, device=args.device)

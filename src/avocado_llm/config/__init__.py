@@ -12,7 +12,12 @@ checks) and ``loader`` (reading, overriding, validating and saving recipes).
 """
 
 from avocado_llm.config.fields import Check, Problem, RecipeError, describe, field_docs
-from avocado_llm.config.loader import load_recipe, recipe_from_dict, recipe_to_dict
+from avocado_llm.config.loader import (
+    load_recipe,
+    load_recipe_or_report,
+    recipe_from_dict,
+    recipe_to_dict,
+)
 from avocado_llm.config.schema import (
     DEFAULT_FAMILIES,
     STRATEGIES,
@@ -45,6 +50,7 @@ __all__ = [
     "describe",
     "field_docs",
     "load_recipe",
+    "load_recipe_or_report",
     "recipe_from_dict",
     "recipe_to_dict",
 ]

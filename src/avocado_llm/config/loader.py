@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,12 @@ def recipe_from_dict(data: dict[str, Any], *, base_dir: Path) -> Recipe:
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain YAML-ready data; ``recipe_from_dict`` gives the same recipe back."""
     return _plain(recipe)
+
+
+def load_recipe_or_report(path: str | Path, overrides: list[str] | None = None) -> Recipe | None:
+    """For commands: the recipe, or ``None`` after printing every problem to stderr."""
+    try:
+        return load_recipe(path, overrides)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return None

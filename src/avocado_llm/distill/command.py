@@ -34,13 +34,11 @@ def add_distill_command(commands: Any) -> None:
 
 
 def run_distill_command(args: argparse.Namespace) -> int:
-    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.config import load_recipe_or_report
     from avocado_llm.distill.pipeline import distill
 
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe, args.set)
+    if recipe is None:
         return 1
     try:
         out = distill(

@@ -52,7 +52,7 @@ def add_eval_command(commands: Any) -> None:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.config import load_recipe_or_report
     from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
     from avocado_llm.evaluate.report import ReportError, write_report
     from avocado_llm.evaluate.runner import EvalError
@@ -61,10 +61,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.model is not None and (args.served_model or args.api_key_env):
         print("error: --served-model and --api-key-env go with --url only", file=sys.stderr)
         return 2
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe, args.set)
+    if recipe is None:
         return 1
     try:
         source = ModelSource(

@@ -39,15 +39,13 @@ def add_fuse_command(commands: Any) -> None:
 
 
 def run_fuse_command(args: argparse.Namespace) -> int:
-    from avocado_llm.config import RecipeError, load_recipe
+    from avocado_llm.config import load_recipe_or_report
     from avocado_llm.fusion import FusionError, fuse, scorers_needed, write_fused
     from avocado_llm.harvest import read_records
     from avocado_llm.teachers import TeacherError, load_teacher
 
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
+    recipe = load_recipe_or_report(args.recipe, args.set)
+    if recipe is None:
         return 1
     strategy = args.strategy or recipe.fusion.strategy
     harvest_dir = args.harvest or recipe.run_dir / "harvest"
