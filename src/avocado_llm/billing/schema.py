@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -180,3 +181,35 @@ class IdempotencyRecord(Base):
     body_hash: Mapped[str] = mapped_column(String(128))
     response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # NULL: running
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ConsoleUser(Base):
+    """A person who signs in to the web console: a customer (one account) or an operator."""
+
+    __tablename__ = "console_users"
+    __table_args__ = (
+        CheckConstraint("is_operator OR account_id IS NOT NULL", name="customer_has_account"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(200), unique=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id"), nullable=True, index=True
+    )
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_hash: Mapped[str] = mapped_column(String(255))  # scrypt, see console_users
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in browser: only the SHA-256 of its cookie is stored, with its CSRF token."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256 of the cookie
+    user_id: Mapped[int] = mapped_column(ForeignKey("console_users.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
