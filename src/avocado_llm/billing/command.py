@@ -4,6 +4,7 @@
     avocado admin prices set avocado-1 --input-per-1m 0.50 --output-per-1m 1.50
     AVOCADO_SECRET=… avocado admin keys create --account acme --models avocado-1 --rpm 60
     avocado admin statement --account acme --month 2026-03 --format csv
+    avocado admin console-user create --account acme     # prints a generated password once
 
 The database is ``--database-url``, else ``$AVOCADO_DATABASE_URL``, else ``sqlite:///avocado.db``;
 its schema is created or upgraded first. Amounts are USD, read exactly (at most 6 decimals).
@@ -12,7 +13,6 @@ its schema is created or upgraded first. Amounts are USD, read exactly (at most 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -23,10 +23,12 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
+from avocado_llm.billing.console_users import generate_password
 from avocado_llm.billing.errors import BillingError
 from avocado_llm.billing.money import format_usd, parse_usd
 from avocado_llm.billing.records import Plan
 from avocado_llm.billing.service import Billing
+from avocado_llm.billing.statements import statement_csv
 
 DEFAULT_DATABASE_URL = "sqlite:///avocado.db"
 Action = Callable[[Billing, argparse.Namespace], None]
@@ -112,6 +114,20 @@ def add_admin_command(commands: Any) -> None:
     p.add_argument("--output-per-1m", type=_usd, required=True, metavar="USD")
     p.add_argument("--per-request", type=_usd, default=0, metavar="USD")
     leaf(prices, "list", _prices_list, "list every priced model")
+
+    users = group("console-user", "web console sign-ins (customers and operators)")
+    p = leaf(users, "create", _console_user_create, "create a console sign-in; prints its password")
+    p.add_argument("--account", metavar="NAME", help="the customer's account")
+    p.add_argument("--operator", action="store_true", help="an operator (/console/admin)")
+    p.add_argument("--username", help="sign-in name [the account's name; operators: operator]")
+    p.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable [generate one, printed once]",
+    )
+    leaf(users, "list", _console_user_list, "list console sign-ins")
+    p = leaf(users, "disable", _console_user_disable, "disable a sign-in and end its sessions")
+    p.add_argument("username")
 
     p = leaf(groups, "usage", _usage, "an account's balance and usage")
     p.add_argument("--account", required=True, metavar="NAME")
@@ -200,6 +216,37 @@ def _keys_revoke(billing: Billing, args: argparse.Namespace) -> None:
     print(f"revoked {args.key_id}")
 
 
+def _console_user_create(billing: Billing, args: argparse.Namespace) -> None:
+    if args.account is None and not args.operator:
+        raise ValueError("give --account NAME (a customer) or --operator")
+    username = args.username or args.account or "operator"
+    generated = args.password_env is None
+    if generated:
+        password = generate_password()
+    else:
+        password = os.environ.get(args.password_env, "")
+        if not password:
+            raise ValueError(f"${args.password_env} is empty or not set")
+    billing.create_console_user(username, password, account=args.account, operator=args.operator)
+    role = "operator" if args.operator else f"customer of {args.account!r}"
+    print(f"console user {username!r} ({role}) created")
+    if generated:
+        print(f"password: {password}")
+        print("the password is shown only this once: store it now", file=sys.stderr)
+
+
+def _console_user_list(billing: Billing, args: argparse.Namespace) -> None:
+    for u in billing.console_users():
+        role = "operator" if u["is_operator"] else "customer"
+        state = "disabled" if u["disabled_at"] else "active"
+        print(f"{u['username']}\t{role}\t{u['account'] or '-'}\t{state}")
+
+
+def _console_user_disable(billing: Billing, args: argparse.Namespace) -> None:
+    billing.disable_console_user(args.username)
+    print(f"disabled console user {args.username!r}")
+
+
 def _prices_set(billing: Billing, args: argparse.Namespace) -> None:
     billing.set_price(args.model, args.input_per_1m, args.output_per_1m, args.per_request)
     print(
@@ -263,33 +310,4 @@ def _statement(billing: Billing, args: argparse.Namespace) -> None:
     if args.format == "json":
         print(json.dumps(s, indent=2))
         return
-    columns = [
-        "created_at",
-        "kind",
-        "request_id",
-        "model",
-        "prompt_tokens",
-        "completion_tokens",
-        "amount_micro",
-        "amount_usd",
-        "balance_micro",
-        "balance_usd",
-        "reason",
-    ]
-    writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    rows = [
-        {"created_at": s["period_start"], "kind": "opening", "amount": 0, "balance": s["opening"]},
-        *s["entries"],
-        {"created_at": s["period_end"], "kind": "closing", "amount": 0, "balance": s["closing"]},
-    ]
-    for row in rows:
-        writer.writerow(
-            {
-                **row,
-                "amount_micro": row["amount"],
-                "amount_usd": format_usd(row["amount"]),
-                "balance_micro": row["balance"],
-                "balance_usd": format_usd(row["balance"]),
-            }
-        )
+    sys.stdout.write(statement_csv(s))

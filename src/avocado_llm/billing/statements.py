@@ -9,6 +9,8 @@ as ``held_at_close`` and not as income or expense.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from avocado_llm.billing.errors import NotFound
+from avocado_llm.billing.money import format_usd
 from avocado_llm.billing.schema import Account, HoldRow, LedgerEntry, UsageEvent
 
 FUNDS = ("credit", "charge")  # entry kinds that change available + held
@@ -134,3 +137,42 @@ def open_hold_count(conn: Connection, account_id: int | None = None) -> int:
     if account_id is not None:
         query = query.where(HoldRow.account_id == account_id)
     return int(conn.scalar(query) or 0)
+
+
+CSV_COLUMNS = (
+    "created_at",
+    "kind",
+    "request_id",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "amount_micro",
+    "amount_usd",
+    "balance_micro",
+    "balance_usd",
+    "reason",
+)
+
+
+def statement_csv(s: dict[str, Any]) -> str:
+    """A statement as CSV: an opening line, one line per credit or charge, a closing line
+    (what ``avocado admin statement --format csv`` prints and the console downloads)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    rows = [
+        {"created_at": s["period_start"], "kind": "opening", "amount": 0, "balance": s["opening"]},
+        *s["entries"],
+        {"created_at": s["period_end"], "kind": "closing", "amount": 0, "balance": s["closing"]},
+    ]
+    for row in rows:
+        writer.writerow(
+            {
+                **row,
+                "amount_micro": row["amount"],
+                "amount_usd": format_usd(row["amount"]),
+                "balance_micro": row["balance"],
+                "balance_usd": format_usd(row["balance"]),
+            }
+        )
+    return out.getvalue()
