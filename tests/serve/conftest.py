@@ -1,9 +1,18 @@
 """Fixtures of the serve tests: one in-process engine over the zoo's qwen-tiny for the whole
-session (loading it is the slow part), and per test a fresh SQLite ledger and a real server."""
+session (loading it is the slow part), and per test a fresh ledger and a real server.
+
+The ledger is a SQLite file unless a test asks for PostgreSQL too, with
+``@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)``:
+then a throwaway PostgreSQL cluster is started once for the session (Debian's server
+binaries, on loopback) and each test gets its own database, cloned from a migrated template
+and dropped afterwards.
+``redis_server`` is a throwaway redis-server for the session (shared rate limits).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +21,14 @@ import torch
 from serve_helpers import PRICE, SECRET, World, run_server
 
 from avocado_llm.billing import MICRO, Billing
+from avocado_llm.billing.pgtemp import PostgresNotFound, TempPostgres
 from avocado_llm.serve import ServeSettings, create_app
 from avocado_llm.serve.local_engine import LocalEngine
+from avocado_llm.serve.redistemp import RedisNotFound, TempRedis
 
 MODEL = "qwen-tiny"
+_TEMPLATE = "avocado_serve_template"
+_databases = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +41,50 @@ def engine(zoo_dir: Path) -> Iterator[LocalEngine]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TempPostgres]:
+    """A throwaway PostgreSQL cluster for the session (fails, never skips, without one)."""
+    try:
+        pg = TempPostgres().start()
+    except PostgresNotFound as e:
+        pytest.fail(f"the ledger tests need a PostgreSQL server: {e}", pytrace=False)
+    try:
+        billing = Billing(pg.create_database(_TEMPLATE), SECRET)
+        billing.migrate()
+        billing.close()
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[TempRedis]:
+    """A throwaway redis-server for the session (fails, never skips, without one)."""
+    try:
+        server = TempRedis().start()
+    except RedisNotFound as e:
+        pytest.fail(f"the shared rate-limit tests need a Redis server: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def billing(tmp_path: Path) -> Iterator[Billing]:
-    billing = Billing(f"sqlite:///{tmp_path / 'ledger.db'}", SECRET)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The ledger's URL: a SQLite file [default], or a fresh database on ``postgres``."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    pg: TempPostgres = request.getfixturevalue("postgres")
+    name = f"serve_{next(_databases)}"
+    yield pg.create_database(name, template=_TEMPLATE)
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def billing(database_url: str) -> Iterator[Billing]:
+    billing = Billing(database_url, SECRET)
     billing.migrate()
     billing.set_price(MODEL, PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
     billing.create_account("acme", 5 * MICRO)
@@ -39,19 +93,17 @@ def billing(tmp_path: Path) -> Iterator[Billing]:
 
 
 def settings(tmp_path: Path, zoo_dir: Path, **overrides: object) -> ServeSettings:
-    return ServeSettings(
-        model_dir=zoo_dir / MODEL,
-        model_name=MODEL,
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        secret=SECRET,
-        **overrides,
-    )
+    values: dict[str, object] = {"database_url": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    values.update(overrides)
+    return ServeSettings(model_dir=zoo_dir / MODEL, model_name=MODEL, secret=SECRET, **values)
 
 
 @pytest.fixture
-def world(engine: LocalEngine, billing: Billing, tmp_path: Path, zoo_dir: Path) -> Iterator[World]:
+def world(
+    engine: LocalEngine, billing: Billing, database_url: str, tmp_path: Path, zoo_dir: Path
+) -> Iterator[World]:
     """A running server on loopback; ``world.key`` belongs to account ``acme`` ($5)."""
-    config = settings(tmp_path, zoo_dir, max_body_bytes=64_000)
+    config = settings(tmp_path, zoo_dir, database_url=database_url, max_body_bytes=64_000)
     app = create_app(config, engine=engine, billing=billing)
     key_id, key = billing.create_key("acme")
     with run_server(app) as base_url:
