@@ -22,7 +22,8 @@ from avocado_llm.serve.errors import install_error_handlers
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.serve.metrics import Metrics
 from avocado_llm.serve.middleware import AccessLog, BodyLimit
-from avocado_llm.serve.ratelimit import RateLimiter
+from avocado_llm.serve.ratelimit import Limiter, RateLimiter
+from avocado_llm.serve.ratelimit_redis import RedisRateLimiter
 from avocado_llm.serve.routes import chat, completions, models, system
 from avocado_llm.serve.serving import Services
 from avocado_llm.serve.settings import ServeSettings
@@ -69,7 +70,8 @@ def create_app(
     metrics = Metrics()
     if isinstance(engine, LocalEngine):
         engine.on_batch = metrics.observe_batch
-    services = Services(settings, engine, billing, RateLimiter(), metrics)
+    limiter: Limiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else RateLimiter()
+    services = Services(settings, engine, billing, limiter, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,6 +88,7 @@ def create_app(
                 await services.engine.aclose()
             if owns_billing:
                 services.billing.close()
+            services.limiter.close()
 
     app = FastAPI(
         title="Avocado",

@@ -27,6 +27,7 @@ _FLAGS = {
     "host": "host",
     "port": "port",
     "database_url": "database_url",
+    "redis_url": "redis_url",
     "upstream": "upstream_url",
     "upstream_model": "upstream_model",
     "workers": "workers",
@@ -51,6 +52,7 @@ def add_serve_command(commands: Any) -> None:
     p.add_argument("--host", help="interface to listen on [127.0.0.1]")
     p.add_argument("--port", type=int, help="TCP port [8000]")
     p.add_argument("--database-url", metavar="URL", help="ledger [sqlite:///avocado.db]")
+    p.add_argument("--redis-url", metavar="URL", help="share rate limits across processes")
     p.add_argument("--upstream", metavar="URL", help="forward to this OpenAI-compatible /v1 URL")
     p.add_argument("--upstream-model", metavar="NAME", help="model name sent upstream [NAME]")
     p.add_argument("--workers", type=int, help="server processes (share a PostgreSQL ledger) [1]")
@@ -89,7 +91,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
             "(--database-url postgresql+psycopg://...) for throughput",
             file=sys.stderr,
         )
-    print("note: rate limits are counted per worker process", file=sys.stderr)
+    if settings.redis_url is None:
+        print("note: rate limits are counted per worker process (--redis-url shares them)",
+              file=sys.stderr)  # fmt: skip
     os.environ.update(_as_env(settings.model_copy(update={"manage_ledger_on_start": False})))
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         # uvicorn restarts a worker that does not answer within 5 s by default, and importing

@@ -5,6 +5,10 @@ tokens per second) up to one minute's worth. A request takes one request and its
 tokens (prompt + ``n × max_tokens``, what OpenAI counts too) from both, or from neither; the
 tokens it did not use are given back when it ends. The answer carries OpenAI's
 ``x-ratelimit-*`` headers either way, and a refusal says when to retry.
+
+:class:`RateLimiter` keeps the buckets in this process (the default);
+:class:`~avocado_llm.serve.ratelimit_redis.RedisRateLimiter` keeps them in Redis, shared by
+every server process (``AVOCADO_REDIS_URL``). Both are a :class:`Limiter`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass
@@ -47,8 +52,24 @@ class Decision:
     """``requests`` or ``tokens``: the limit that refused."""
 
 
+class Limiter(Protocol):
+    """What the metering needs of a rate limiter."""
+
+    def acquire(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> Decision:
+        """Take one request and ``tokens`` from ``key_id``'s buckets, or refuse (take neither)."""
+        ...
+
+    def refund(self, key_id: str, tpm: int | None, tokens: int) -> None:
+        """Give back tokens a request reserved but did not use."""
+        ...
+
+    def close(self) -> None:
+        """Let go of connections, if any."""
+        ...
+
+
 class RateLimiter:
-    """Buckets of every key seen; safe to call from any thread."""
+    """Buckets of every key seen, in this process; safe to call from any thread."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -68,15 +89,10 @@ class RateLimiter:
             waits = {kind: b.wait_for(limits[kind][1]) for kind, b in buckets.items()}
             refused = max(waits, key=lambda k: waits[k], default=None)
             if refused is not None and waits[refused] > 0:
-                retry = waits[refused]
-                headers = _headers(buckets)
-                if math.isfinite(retry):
-                    headers["retry-after"] = str(max(1, math.ceil(retry)))
-                    headers["retry-after-ms"] = str(math.ceil(retry * 1000))
-                return Decision(False, headers, retry, refused)
+                return refusal(buckets, refused, waits[refused])
             for kind, bucket in buckets.items():
                 bucket.level -= limits[kind][1]
-            return Decision(True, _headers(buckets))
+            return Decision(True, bucket_headers(buckets))
 
     def refund(self, key_id: str, tpm: int | None, tokens: int) -> None:
         """Give back tokens a request reserved but did not use."""
@@ -86,6 +102,9 @@ class RateLimiter:
             bucket = self._bucket(key_id, "tokens", tpm, self._clock())
             bucket.level = min(bucket.capacity, bucket.level + tokens)
 
+    def close(self) -> None:
+        """Nothing to let go of."""
+
     def _bucket(self, key_id: str, kind: str, limit: int, now: float) -> Bucket:
         # The limit is part of the name, so changing a key's limit starts a fresh bucket.
         bucket = self._buckets.setdefault((key_id, kind, limit), Bucket(limit, limit, now))
@@ -93,7 +112,17 @@ class RateLimiter:
         return bucket
 
 
-def _headers(buckets: dict[str, Bucket]) -> dict[str, str]:
+def refusal(buckets: dict[str, Bucket], limit: str, retry: float) -> Decision:
+    """A 429's decision: the buckets' headers, and when to retry (none if ``retry`` is inf:
+    the request alone is larger than the limit)."""
+    headers = bucket_headers(buckets)
+    if math.isfinite(retry):
+        headers["retry-after"] = str(max(1, math.ceil(retry)))
+        headers["retry-after-ms"] = str(math.ceil(retry * 1000))
+    return Decision(False, headers, retry, limit)
+
+
+def bucket_headers(buckets: dict[str, Bucket]) -> dict[str, str]:
     headers = {}
     for kind, b in buckets.items():
         headers[f"x-ratelimit-limit-{kind}"] = str(int(b.capacity))

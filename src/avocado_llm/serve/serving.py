@@ -16,7 +16,7 @@ from avocado_llm.serve import protocol
 from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import bad_request, model_not_found
 from avocado_llm.serve.metrics import Metrics
-from avocado_llm.serve.ratelimit import RateLimiter
+from avocado_llm.serve.ratelimit import Limiter
 from avocado_llm.serve.settings import ServeSettings
 
 
@@ -27,7 +27,7 @@ class Services:
     settings: ServeSettings
     engine: Engine
     billing: Billing
-    limiter: RateLimiter
+    limiter: Limiter
     metrics: Metrics
     started_at: int = field(default_factory=lambda: int(time.time()))
     """Unix time the app was built (the ``created`` of its model)."""

@@ -18,6 +18,9 @@ class ServeSettings(BaseSettings):
 
     database_url: str = "sqlite:///avocado.db"
     """The ledger (SQLAlchemy URL): SQLite for one process, PostgreSQL for several."""
+    redis_url: str | None = None
+    """Share the per-key rate limits of every server process through this Redis
+    (``redis://host:6379/0``) [in process, each process limiting on its own]."""
     secret: SecretStr = SecretStr("")
     """Server secret under which API keys are HMAC'd; the same for every replica."""
     model_dir: Path | None = None
