@@ -17,6 +17,7 @@ statements.
 
 from avocado_llm.billing.errors import (
     BillingError,
+    HoldClosed,
     IdempotencyConflict,
     IdempotencyInProgress,
     InsufficientCredit,
@@ -32,6 +33,7 @@ __all__ = [
     "Billing",
     "BillingError",
     "Hold",
+    "HoldClosed",
     "IdempotencyConflict",
     "IdempotencyInProgress",
     "InsufficientCredit",

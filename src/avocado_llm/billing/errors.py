@@ -63,6 +63,16 @@ class IdempotencyInProgress(IdempotencyConflict):
     code = "idempotency_request_in_progress"
 
 
+class HoldClosed(BillingError):
+    """A hold was closed by someone else before its request was settled: another server
+    process, starting up, released it as left open by a crash. Nothing was charged, so the
+    answer must not be given; the client may retry (503)."""
+
+    status = 503
+    type = "server_error"
+    code = "hold_released"
+
+
 class NotFound(BillingError):
     """An admin command named an account, key or hold that does not exist."""
 

@@ -21,7 +21,7 @@ from avocado_llm.billing import console_queries, console_users, keys, ledger, st
 from avocado_llm.billing import idempotency as idem
 from avocado_llm.billing.console_users import ConsoleUserInfo
 from avocado_llm.billing.database import READ_ONLY, insert_or, make_engine, migrate
-from avocado_llm.billing.errors import BillingError
+from avocado_llm.billing.errors import BillingError, HoldClosed
 from avocado_llm.billing.money import Price, charge_for
 from avocado_llm.billing.records import Hold, KeyInfo, Plan
 from avocado_llm.billing.schema import Account, LedgerEntry, ModelPrice, utcnow
@@ -111,16 +111,24 @@ class Billing:
         *,
         status: str = "ok",
         idempotency: tuple[str, str, bytes] | None = None,
+        expect_open: bool = False,
     ) -> int:
         """Charge the actual usage (capped at the hold), return the rest, write the usage event
         and ledger entries — and store ``(idem_key, body_hash, response)`` if given — in one
         transaction. Exactly once: settling a closed hold changes nothing and returns the
-        charge recorded the first time (0 if it was released)."""
+        charge recorded the first time (0 if it was released) — or, with ``expect_open``,
+        raises :class:`HoldClosed` (the server must then not give the answer away)."""
         status = status[:STATUS_LENGTH]  # an odd status must never stop a request's billing
         with self._write() as conn:
             closed_now, charge = ledger.settle_hold(
                 conn, hold.id, prompt_tokens, completion_tokens, status
             )
+            if not closed_now and expect_open:
+                raise HoldClosed(
+                    f"the hold of request {hold.request_id!r} was released before it was "
+                    "settled (a server process restarted while it ran); nothing was charged: "
+                    "retry the request"
+                )
             if closed_now and idempotency is not None:
                 idempotency_key, body_hash, response = idempotency
                 idem.save(conn, hold.key_id, idempotency_key, body_hash, response)

@@ -26,7 +26,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from avocado_llm.billing import Hold
+from avocado_llm.billing import Hold, HoldClosed
 from avocado_llm.serve.engine import EngineError, Generation, Usage
 from avocado_llm.serve.errors import APIError, bad_request, envelope
 from avocado_llm.serve.serving import Call, ChoiceResult, Formatter, Services
@@ -146,15 +146,22 @@ class Meter:
         idem = None
         if self.idem_key is not None and answer is not None:
             idem = (self.idem_key, self.call.body_hash, answer)
-        charge = await run_in_threadpool(
-            lambda: s.billing.settle(
-                self.hold,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                status=status,
-                idempotency=idem,
+        try:
+            charge = await run_in_threadpool(
+                lambda: s.billing.settle(
+                    self.hold,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    status=status,
+                    idempotency=idem,
+                    expect_open=True,
+                )
             )
-        )
+        except HoldClosed as e:
+            # Another server process released the hold at its start-up while this request
+            # ran: nothing was charged, so the answer is not given; a retry is charged once.
+            await self.fail()
+            raise APIError(503, e.message, type="server_error", code=e.code) from e
         if self.idem_key is not None and answer is None:
             await run_in_threadpool(s.billing.abandon_idempotency, key.key_id, self.idem_key)
         used = usage.prompt_tokens + usage.completion_tokens

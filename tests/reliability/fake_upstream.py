@@ -1,0 +1,138 @@
+"""A tiny, fast OpenAI-compatible server for the reliability tests: the upstream that
+``avocado serve --upstream`` forwards to, so that the tests exercise the server, the ledger and
+crashes without spending the CPU on a model.
+
+    python fake_upstream.py PORT [DELAY_S]
+
+It answers ``/v1/chat/completions`` and ``/v1/completions`` as a stream (what upstream mode
+always asks for): a role chunk, one chunk per token of every choice (``DELAY_S`` apart, so that
+requests are in flight when a test kills the server in front), a usage chunk and ``[DONE]``.
+Every prompt gets ``tokens_for(text)`` tokens, at most ``max_tokens``; the usage is the truth the
+gateway must bill. Listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODEL = "fake"
+
+
+def tokens_for(text: str) -> int:
+    """How many completion tokens the fake model produces for a prompt: 2 to 6."""
+    return 2 + hashlib.sha256(text.encode()).digest()[0] % 5
+
+
+def prompt_tokens(text: str) -> int:
+    return 1 + len(text.encode()) // 4
+
+
+def _texts(body: dict[str, Any]) -> list[str]:
+    if "messages" in body:
+        return ["\n".join(str(m.get("content") or "") for m in body["messages"])]
+    prompt = body.get("prompt", "")
+    return [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
+
+
+def _logprobs(chat: bool, token: str, top: int) -> dict[str, Any]:
+    alternatives = [(f"alt{i}", -1.0 - i) for i in range(top)]
+    if chat:
+        entry = {
+            "token": token,
+            "logprob": -0.5,
+            "bytes": list(token.encode()),
+            "top_logprobs": [
+                {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in alternatives
+            ],
+        }
+        return {"content": [entry]}
+    return {
+        "tokens": [token],
+        "token_logprobs": [-0.5],
+        "top_logprobs": [dict(alternatives)],
+        "text_offset": [0],
+    }
+
+
+def make_app(delay_s: float) -> Starlette:
+    async def complete(request: Request) -> Response:
+        body = await request.json()
+        chat = request.url.path.endswith("/chat/completions")
+        texts = _texts(body)
+        n = int(body.get("n") or 1)
+        max_tokens = int(body.get("max_tokens") or 16)
+        want_logprobs = bool(body.get("logprobs"))
+        top = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
+        counts = [min(max_tokens, tokens_for(t)) for t in texts]
+        usage = {
+            "prompt_tokens": sum(prompt_tokens(t) for t in texts),
+            "completion_tokens": n * sum(counts),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
+            chunk = {"id": "fake-1", "object": kind, "created": 0, "model": MODEL}
+            chunk |= {"choices": choices, **(extra or {})}
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            if chat:
+                yield event([{"index": i, "delta": {"role": "assistant", "content": ""}}
+                             for i in range(n)])  # fmt: skip
+            for step in range(max(counts)):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                choices = []
+                for p, count in enumerate(counts):
+                    if step >= count:
+                        continue
+                    for j in range(n):
+                        token = f" w{step}"
+                        last = step == count - 1
+                        choice: dict[str, Any] = {"index": p * n + j}
+                        if chat:
+                            choice["delta"] = {"content": token}
+                        else:
+                            choice["text"] = token
+                        choice["finish_reason"] = "length" if last else None
+                        if want_logprobs:
+                            choice["logprobs"] = _logprobs(chat, token, top)
+                        choices.append(choice)
+                yield event(choices)
+            yield event([], {"usage": usage})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
+                                         "owned_by": "test"}]}
+        )  # fmt: skip
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", complete, methods=["POST"]),
+            Route("/v1/completions", complete, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1])
+    delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    uvicorn.run(make_app(delay), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)  # fmt: skip

@@ -1,0 +1,473 @@
+"""Shared by the reliability tests: real server processes on loopback in front of a fake
+upstream, clients that retry with an ``Idempotency-Key``, and an audit of the ledger.
+
+    with FakeUpstream() as upstream, Zygote() as zygote:
+        server = ServerProcess(zygote, port, upstream.url, database_url, log)
+        server.start()             # a forked `avocado serve` process, healthy
+        server.kill()              # SIGKILL
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from avocado_llm.billing import Billing, Price, charge_for
+from avocado_llm.billing.schema import HoldRow, LedgerEntry, UsageEvent
+
+HERE = Path(__file__).resolve().parent
+SECRET = "reliability-secret-not-for-production"
+MODEL = "fake"
+PRICE = Price(input_per_1m=1_000_000, output_per_1m=3_000_000, per_request=7)
+"""1 µ$ per prompt token, 3 µ$ per completion token, 7 µ$ per request."""
+AVOCADO = [sys.executable, "-m", "avocado_llm.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, f"{what} did not listen on {port} in 60 s"
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class FakeUpstream:
+    """``fake_upstream.py`` in a process of its own, on 127.0.0.1 and a free port."""
+
+    def __init__(self, delay_s: float = 0.005) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.delay_s = delay_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FakeUpstream:
+        script = str(HERE / "fake_upstream.py")
+        command = [sys.executable, script, str(self.port), str(self.delay_s)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            _wait_listening(self.port, self.proc, "the fake upstream")
+        except BaseException:
+            _stop(self.proc)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+class Zygote:
+    """``zygote.py``: forks ``avocado serve`` processes that start in a fraction of a second."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.pids: list[int] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Zygote:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "zygote.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        return self
+
+    def spawn(self, argv: list[str], env: dict[str, str], log: Path) -> int:
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        with self._lock:
+            self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "log": str(log)}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        assert line, "the zygote died"
+        pid = int(json.loads(line)["pid"])
+        self.pids.append(pid)
+        return pid
+
+    def __exit__(self, *exc: object) -> None:
+        for pid in self.pids:
+            _kill(pid)
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _kill(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class ServerProcess:
+    """One ``avocado serve --upstream`` process on a fixed port, started by the zygote (or as
+    a plain subprocess of the real command when ``zygote`` is None)."""
+
+    zygote: Zygote | None
+    port: int
+    upstream_url: str
+    database_url: str
+    log: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return ["serve", "--upstream", self.upstream_url, "--model-name", MODEL,
+                "--database-url", self.database_url, "--port", str(self.port),
+                "--host", "127.0.0.1"]  # fmt: skip
+
+    def start(self) -> None:
+        env = {"AVOCADO_SECRET": SECRET, **self.extra_env}
+        if self.zygote is not None:
+            self.pid = self.zygote.spawn(self.argv(), env, self.log)
+        else:
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [*AVOCADO, *self.argv()], stdout=out, stderr=subprocess.STDOUT,
+                    env={**os.environ, **env}, start_new_session=True,
+                )  # fmt: skip
+            self.pid = self.proc.pid
+        self.starts += 1
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.pid is not None and self.alive(), self._died()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"no /health in {timeout_s} s: {self._died()}"
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and _alive(self.pid)
+
+    def kill(self) -> None:
+        """SIGKILL, and wait until the process is gone."""
+        assert self.pid is not None
+        _kill(self.pid)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(self.pid):
+            assert time.monotonic() < deadline, f"pid {self.pid} survived SIGKILL"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful shutdown), then SIGKILL if it hangs."""
+        if self.pid is None or not self.alive():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 40
+        while self.alive() and time.monotonic() < deadline:
+            if self.proc is not None:
+                self.proc.poll()
+            time.sleep(0.05)
+        if self.alive():
+            self.kill()
+
+    def _died(self) -> str:
+        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        return f"the server on port {self.port} died or hangs; its log ends:\n{tail}"
+
+
+@contextmanager
+def running(servers: list[ServerProcess]) -> Iterator[list[ServerProcess]]:
+    """Start the servers; kill whatever is left of them at the end, whatever happened."""
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            if server.pid is not None and server.alive():
+                server.kill()
+
+
+def prepare_ledger(database_url: str, credits: int, account: str = "acme") -> str:
+    """Migrate, price the fake model, create the account with ``credits``; returns a new key."""
+    billing = Billing(database_url, SECRET)
+    try:
+        billing.migrate()
+        billing.set_price(MODEL, PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
+        billing.create_account(account, credits)
+        return billing.create_key(account)[1]
+    finally:
+        billing.close()
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What one client saw of one logical request, after all its retries."""
+
+    index: int
+    idem_key: str
+    request_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+    replayed: bool
+
+
+@dataclass
+class LoadReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    failed_attempts: int = 0
+    unexpected: list[str] = field(default_factory=list)
+    """Answers that no retry can fix (a 4xx other than 409): each is a test failure."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def done(self) -> int:
+        return len(self.outcomes)
+
+
+def request_body(index: int) -> tuple[str, dict[str, Any]]:
+    """Request ``index``'s path and body: chat or completions, streamed or not."""
+    text = f"request {index}: what is {index % 97} + {index % 13}?"
+    stream = index % 3 == 0
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 8, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if index % 2 == 0:
+        return "/v1/chat/completions", body | {"messages": [{"role": "user", "content": text}]}
+    return "/v1/completions", body | {"prompt": text}
+
+
+def _read_answer(response: httpx.Response, stream: bool) -> tuple[str, int, int] | None:
+    """``(id, prompt_tokens, completion_tokens)`` of a whole answer; None if it is cut short."""
+    if not stream:
+        data = response.json()
+        return data["id"], data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"]
+    rid, usage, done = None, None, False
+    for line in response.text.splitlines():
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            done = True
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            return None
+        rid = rid or chunk.get("id")
+        usage = chunk.get("usage") or usage
+    if not done or rid is None or usage is None:
+        return None
+    return rid, usage["prompt_tokens"], usage["completion_tokens"]
+
+
+def run_load(
+    urls: Callable[[], list[str]],
+    key: str,
+    total: int,
+    clients: int,
+    report: LoadReport,
+    seed: int,
+) -> None:
+    """``total`` logical requests from ``clients`` threads; each retries with its
+    Idempotency-Key, on any server of ``urls()``, until it sees a whole answer."""
+    counter = iter(range(total))
+    counter_lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        rng = random.Random(seed * 1000 + n)
+        with httpx.Client(timeout=httpx.Timeout(60, connect=5)) as http:
+            while True:
+                with counter_lock:
+                    index = next(counter, None)
+                if index is None:
+                    return
+                _one_request(http, rng, urls, key, index, report)
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _one_request(
+    http: httpx.Client,
+    rng: random.Random,
+    urls: Callable[[], list[str]],
+    key: str,
+    index: int,
+    report: LoadReport,
+) -> None:
+    path, body = request_body(index)
+    idem_key = f"req-{index}-{uuid.uuid4().hex}"
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem_key}
+    attempts = 0
+    while True:
+        attempts += 1
+        assert attempts < 2000, f"request {index} never succeeded"
+        url = rng.choice(urls())
+        try:
+            response = http.post(url + path, json=body, headers=headers)
+            if response.status_code == 200:
+                answer = _read_answer(response, body["stream"])
+                if answer is not None:
+                    replayed = response.headers.get("idempotent-replayed") == "true"
+                    outcome = Outcome(index, idem_key, *answer, attempts, replayed)
+                    with report.lock:
+                        report.outcomes.append(outcome)
+                    return
+            elif response.status_code not in (409, 429) and response.status_code < 500:
+                with report.lock:
+                    report.unexpected.append(f"{index}: {response.status_code} {response.text}")
+                return
+        except (httpx.HTTPError, json.JSONDecodeError, KeyError):
+            pass  # the server died under us: retry with the same Idempotency-Key
+        with report.lock:
+            report.failed_attempts += 1
+        time.sleep(rng.uniform(0.01, 0.08))
+
+
+# --- the audit ----------------------------------------------------------------------------
+
+
+@dataclass
+class Audit:
+    events: int
+    charges: int
+    credits: int
+    balance: int
+    held: int
+    open_holds: int
+    entries_sum: int
+
+
+def audit_ledger(database_url: str, account: str = "acme") -> tuple[Audit, list[dict[str, Any]]]:
+    """The ledger's totals for the account and its usage events (straight from the database)."""
+    billing = Billing(database_url, SECRET)
+    try:
+        info = billing.account_info(account)
+        with billing.engine.connect() as conn:
+            aid = info["id"]
+            charges = conn.scalar(
+                select(func.coalesce(func.sum(UsageEvent.charge), 0)).where(
+                    UsageEvent.account_id == aid
+                )
+            )
+            credits = conn.scalar(
+                select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                    LedgerEntry.account_id == aid, LedgerEntry.kind == "credit"
+                )
+            )
+            entries = conn.scalar(
+                select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                    LedgerEntry.account_id == aid
+                )
+            )
+            open_holds = conn.scalar(
+                select(func.count()).where(HoldRow.account_id == aid, HoldRow.status == "open")
+            )
+        events = billing.usage(account)
+    finally:
+        billing.close()
+    audit = Audit(
+        events=len(events), charges=int(charges), credits=int(credits),
+        balance=int(info["balance"]), held=int(info["held"]), open_holds=int(open_holds),
+        entries_sum=int(entries),
+    )  # fmt: skip
+    return audit, events
+
+
+def check_exactly_once(report: LoadReport, database_url: str, total: int) -> Audit:
+    """Every request a client saw succeed has exactly one usage event, with the usage the
+    client saw and the price's charge; nothing else was charged; the money adds up."""
+    assert not report.unexpected, report.unexpected[:5]
+    assert report.done == total
+    audit, events = audit_ledger(database_url)
+    by_request = {e["request_id"]: e for e in events}
+    assert len(by_request) == len(events)  # (a unique column: a second event cannot exist)
+    seen = {o.request_id: o for o in report.outcomes}
+    assert len(seen) == total, "two logical requests were answered with the same request id"
+    missing = sorted(set(seen) - set(by_request))
+    extra = sorted(set(by_request) - set(seen))
+    assert not missing, f"{len(missing)} answered requests have no usage event: {missing[:3]}"
+    assert not extra, f"{len(extra)} usage events of no answered request (charged twice?)"
+    for rid, outcome in seen.items():
+        event = by_request[rid]
+        assert (event["prompt_tokens"], event["completion_tokens"]) == (
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+        ), rid
+        assert event["charge"] == charge_for(PRICE, outcome.prompt_tokens,
+                                             outcome.completion_tokens), rid  # fmt: skip
+    assert audit.open_holds == 0 and audit.held == 0
+    assert audit.balance == audit.credits - audit.charges  # to the micro-USD
+    assert audit.entries_sum == audit.balance
+    assert audit.balance >= 0
+    return audit
+
+
+def record_figures(name: str, figures: dict[str, Any]) -> None:
+    """Append a test's figures to ``RELIABILITY_FIGURES`` (a JSON-lines file), if set, so that
+    RELIABILITY.md can quote the last run."""
+    path = os.environ.get("RELIABILITY_FIGURES")
+    line = json.dumps({"test": name, **figures})
+    print(f"figures: {line}")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")

@@ -1,0 +1,137 @@
+"""Crash consistency: concurrent clients that retry with an Idempotency-Key on every failure,
+while ``avocado serve`` is killed with SIGKILL at random moments and restarted. Afterwards every
+request a client saw succeed has exactly one usage event with the usage it saw, nothing else
+was charged, balance = credits − charges to the micro-USD, no hold is open and no balance is
+negative — on SQLite, on PostgreSQL, and with 2 server processes sharing PostgreSQL.
+
+The servers forward to a fake upstream (``fake_upstream.py``) so that the CPU goes to the
+server and the ledger; they are forked by ``zygote.py`` so that a restart takes a fraction of a
+second. The final restart, which releases the holds the last kill left open, runs the real
+``avocado serve`` command.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rel_helpers import (
+    FakeUpstream,
+    LoadReport,
+    ServerProcess,
+    Zygote,
+    check_exactly_once,
+    free_port,
+    prepare_ledger,
+    record_figures,
+    run_load,
+    running,
+)
+
+from avocado_llm.billing import MICRO
+
+
+def crash_run(
+    name: str,
+    database_url: str,
+    servers: int,
+    total: int,
+    kills: int,
+    clients: int,
+    upstream: FakeUpstream,
+    zygote: Zygote,
+    tmp_path: Path,
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    key = prepare_ledger(database_url, 50 * MICRO)
+    procs = [
+        ServerProcess(zygote, free_port(), upstream.url, database_url, tmp_path / f"server{i}.log")
+        for i in range(servers)
+    ]
+    report = LoadReport()
+    kill_points = sorted(rng.sample(range(total // 20, total - total // 20), kills))
+    killed: list[int] = []
+    errors: list[BaseException] = []
+
+    def killer() -> None:
+        try:
+            for point in kill_points:
+                while report.done < point:
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.02))  # a random moment, requests in flight
+                victim = rng.choice(procs)
+                victim.kill()
+                killed.append(report.done)
+                victim.start()
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    started = time.monotonic()
+    with running(procs):
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        run_load(lambda: [p.url for p in procs], key, total, clients, report, seed)
+        thread.join(timeout=120)
+        assert not errors, f"seed {seed}: the killer failed: {errors[0]!r}"
+        for p in procs:  # one last crash, after the load: whatever it leaves open is released
+            p.kill()
+    final = ServerProcess(None, free_port(), upstream.url, database_url, tmp_path / "final.log")
+    with running([final]):  # the real `avocado serve` command: migrate, release stale holds
+        final.stop()
+    elapsed = time.monotonic() - started
+
+    assert len(killed) == kills and all(k < total for k in killed), f"seed {seed}: {killed}"
+    assert report.failed_attempts > 0, "no request was ever interrupted: the kills hit nothing"
+    audit = check_exactly_once(report, database_url, total)
+    replayed = sum(o.replayed for o in report.outcomes)
+    record_figures(
+        name,
+        {
+            "seed": seed, "requests": total, "clients": clients, "servers": servers,
+            "kills": len(killed), "failed_attempts": report.failed_attempts,
+            "answered_from_idempotency_store": replayed, "usage_events": audit.events,
+            "charged_micro_usd": audit.charges, "balance_micro_usd": audit.balance,
+            "seconds": round(elapsed, 1),
+        },
+    )  # fmt: skip
+
+
+def test_sqlite_server_killed_10_times(
+    upstream: FakeUpstream, zygote: Zygote, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    crash_run("crash-sqlite", url, 1, 2000, 10, 12, upstream, zygote, tmp_path)
+
+
+def test_postgres_server_killed_10_times(
+    upstream: FakeUpstream, zygote: Zygote, pg_database: str, tmp_path: Path
+) -> None:
+    crash_run("crash-postgres", pg_database, 1, 2000, 10, 12, upstream, zygote, tmp_path)
+
+
+def test_two_servers_sharing_postgres_killed_10_times(
+    upstream: FakeUpstream, zygote: Zygote, pg_database: str, tmp_path: Path
+) -> None:
+    crash_run("crash-postgres-2-servers", pg_database, 2, 2000, 10, 12, upstream, zygote,
+              tmp_path)  # fmt: skip
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("servers", [1, 2])
+def test_soak_postgres_servers_killed_60_times(
+    servers: int, upstream: FakeUpstream, zygote: Zygote, pg_database: str, tmp_path: Path
+) -> None:
+    crash_run(f"soak-crash-postgres-{servers}", pg_database, servers, 20_000, 60, 24, upstream,
+              zygote, tmp_path)  # fmt: skip
+
+
+@pytest.mark.soak
+def test_soak_sqlite_server_killed_60_times(
+    upstream: FakeUpstream, zygote: Zygote, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    crash_run("soak-crash-sqlite", url, 1, 20_000, 60, 24, upstream, zygote, tmp_path)
