@@ -3,7 +3,8 @@
     app = create_app(ServeSettings(model_dir="zoo/qwen-tiny", secret="..."))
 
 Routes under ``/v1`` need a key (their router depends on ``authenticate``); ``/health``,
-``/metrics`` and ``/openapi.json`` are public; anything else is a 404 in OpenAI's envelope.
+``/metrics`` and ``/openapi.json`` are public; ``/console`` is the web console (its
+own sign-in); anything else is a 404 in OpenAI's envelope.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from avocado_llm.billing import Billing
+from avocado_llm.console import install_console
 from avocado_llm.serve.deps import authenticate
 from avocado_llm.serve.engine import Engine
 from avocado_llm.serve.errors import install_error_handlers
@@ -107,6 +109,7 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(system.router)
+    install_console(app)  # the web console under /console
     return app
 
 
