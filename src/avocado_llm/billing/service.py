@@ -309,7 +309,7 @@ class Billing:
         with self._reader.begin() as conn:
             return console_queries.usage_by_day(conn, account_id, start, end)
 
-    def keys(self, account_id: int | None = None) -> list[dict[str, Any]]:
+    def api_keys(self, account_id: int | None = None) -> list[dict[str, Any]]:
         """API keys (prefix, limits, dates, state; never secrets), of one account or all."""
         with self._reader.begin() as conn:
             return console_queries.list_keys(conn, account_id)
