@@ -203,13 +203,16 @@ class Throttle:
         self._lock = threading.Lock()
 
     def blocked(self, *keys: str) -> bool:
+        """Whether any key is over its allowance (client addresses, ``ip:…``, get 5 times a
+        username's: many people may share one address behind a proxy)."""
         now = time.monotonic()
         with self._lock:
             for key in keys:
                 times = self._failures.get(key)
                 while times and now - times[0] > FAILURE_WINDOW_S:
                     times.popleft()
-                if times and len(times) >= FAILURES_ALLOWED:
+                allowed = FAILURES_ALLOWED * (5 if key.startswith("ip:") else 1)
+                if times and len(times) >= allowed:
                     return True
         return False
 
