@@ -26,8 +26,8 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/avocado zoo list --dir zoo
 	$(VENV)/bin/avocado run recipes/tiny.yaml
-	$(VENV)/bin/avocado demo recipes/tiny.yaml
 	@echo "report: runs/tiny/eval/report.html (also report.md, report.json); student: runs/tiny/student/"
+	$(VENV)/bin/avocado demo recipes/tiny.yaml
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

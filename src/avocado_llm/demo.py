@@ -3,7 +3,9 @@
 Starts ``avocado serve`` on the trained student (loopback, a throwaway SQLite ledger), creates a
 demo account with credit, a price and a key, makes one chat completion with the official
 ``openai`` client, prints the answer, the usage, the charge and the remaining balance, and shuts
-the server down. With ``--keep``, it leaves the server running until Ctrl-C.
+the server down. It then prints the web console's address (``/console``) with a customer and
+an operator sign-in; run from a terminal (stdin is a TTY) or with ``--keep``, it leaves the
+server running until Ctrl-C so the console can be opened.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 
 DEMO_ACCOUNT = "demo"
+DEMO_OPERATOR = "operator"
 DEMO_CREDIT_USD = 5
 PRICE_MICRO = {"input_per_1m": 500_000, "output_per_1m": 1_500_000, "per_request": 100}
 """$0.50 per 1M prompt tokens, $1.50 per 1M completion tokens, $0.0001 per request."""
@@ -52,6 +55,7 @@ def demo(student: Path, model_name: str, prompt: str, keep: bool = False) -> dic
     from openai import OpenAI
 
     from avocado_llm.billing import MICRO, Billing
+    from avocado_llm.billing.console_users import generate_password
 
     workdir = Path(tempfile.mkdtemp(prefix="avocado-demo-"))
     database_url = f"sqlite:///{workdir / 'ledger.db'}"
@@ -62,6 +66,9 @@ def demo(student: Path, model_name: str, prompt: str, keep: bool = False) -> dic
     billing.set_price(model_name, **PRICE_MICRO)
     _, key = billing.create_key(DEMO_ACCOUNT)
     before = billing.balance(DEMO_ACCOUNT)
+    sign_ins = {DEMO_ACCOUNT: generate_password(), DEMO_OPERATOR: generate_password()}
+    billing.create_console_user(DEMO_ACCOUNT, sign_ins[DEMO_ACCOUNT], account=DEMO_ACCOUNT)
+    billing.create_console_user(DEMO_OPERATOR, sign_ins[DEMO_OPERATOR], operator=True)
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -88,9 +95,15 @@ def demo(student: Path, model_name: str, prompt: str, keep: bool = False) -> dic
         print(f"  answer:  {result['answer']}")
         print(f"  usage:   {result['usage']}")
         print(f"  charge:  ${result['charge_usd']:.6f}   balance: ${result['balance_usd']:.6f}")
+        keep = keep or (sys.stdin is not None and sys.stdin.isatty())
+        print(f"\nweb console: {url}/console/")
+        print(f"  customer sign-in: {DEMO_ACCOUNT} / {sign_ins[DEMO_ACCOUNT]}")
+        print(f"  operator sign-in: {DEMO_OPERATOR} / {sign_ins[DEMO_OPERATOR]}  (/console/admin)")
         if keep:
             print(f"\nthe server keeps running; try it with the key {key}\nCtrl-C to stop")
             proc.wait()
+        else:
+            print("  (stopped now: run it in a terminal, or with --keep, to open the console)")
         return result
     finally:
         proc.terminate()
@@ -112,7 +125,11 @@ def add_demo_command(commands: Any) -> None:
     )
     p.add_argument("recipe", type=Path)
     p.add_argument("--prompt", default="What is 27 plus 15?", help="the question to sell")
-    p.add_argument("--keep", action="store_true", help="keep the server running until Ctrl-C")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the server running until Ctrl-C (the default when run from a terminal)",
+    )
     p.set_defaults(func=run_demo_command)
 
 
