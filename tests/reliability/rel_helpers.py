@@ -253,6 +253,36 @@ def prepare_ledger(database_url: str, credits: int, account: str = "acme") -> st
         billing.close()
 
 
+@dataclass
+class Gateway:
+    """One real ``avocado serve --upstream`` process (the command itself, its output in
+    ``log``) on a SQLite ledger, with keys of every kind."""
+
+    url: str
+    database_url: str
+    log: Path
+    key: str
+    """Account ``acme``'s key (logprobs and n ≤ 4 allowed, so that fuzzing reaches them)."""
+    other_key: str
+    """Account ``globex``'s key."""
+    revoked_key: str
+    expired_key: str
+    restricted_key: str
+    """An ``acme`` key that may only call a model this server does not serve."""
+    used: list[str] = field(default_factory=list)
+    """Every key-like secret sent so far: none may appear in the log."""
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def balance(self, account: str = "acme") -> int:
+        billing = Billing(self.database_url, SECRET)
+        try:
+            return billing.balance(account)
+        finally:
+            billing.close()
+
+
 # --- clients ------------------------------------------------------------------------------
 
 
