@@ -13,6 +13,7 @@ Commands (``avocado <command> --help`` describes each):
 - ``admin``: the billing ledger (accounts, credits, keys, prices, usage, statements);
 - ``serve``: the model behind an OpenAI-compatible API that only paying keys can call;
 - ``demo``: serve a recipe's student and sell it one call, end to end.
+- ``watermark detect`` / ``watermark suspect``: find Avocado's keyed watermark in text or a model.
 """
 
 from __future__ import annotations
@@ -321,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     from avocado_llm.demo import add_demo_command
 
     add_demo_command(commands)
+
+    from avocado_llm.protect.command import add_watermark_command
+
+    add_watermark_command(commands)
     return parser
 
 

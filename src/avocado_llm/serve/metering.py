@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from avocado_llm.billing import Hold, HoldClosed
+from avocado_llm.protect.serving import with_watermark
 from avocado_llm.serve.engine import EngineError, Generation, Usage
 from avocado_llm.serve.errors import APIError, bad_request, envelope
 from avocado_llm.serve.serving import Call, ChoiceResult, Formatter, Services
@@ -109,7 +110,8 @@ async def _run(
     meter = Meter(services, call, hold, reserved, idem_key, started)
     services.metrics.in_flight.inc()
     try:
-        generation = services.engine.generate(call.prompts, call.options)
+        options = with_watermark(call.options, services.settings.secret, key)
+        generation = services.engine.generate(call.prompts, options)
     except EngineError as e:
         await meter.fail()
         raise APIError(e.status, e.message, code=e.code) from e

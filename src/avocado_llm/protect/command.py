@@ -1,0 +1,234 @@
+"""``avocado watermark detect | suspect``: is this text (or this model) Avocado's, and whose?
+
+    AVOCADO_SECRET=... avocado watermark detect answers.jsonl --model runs/tiny/student \\
+        --by-account --database-url sqlite:///avocado.db
+    AVOCADO_SECRET=... avocado watermark suspect --url http://host/v1 --api-key-env SUSPECT_KEY \\
+        --model-dir runs/tiny/student --accounts 1,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from avocado_llm.protect.detect import Answer, Attribution, Detector, read_answers
+from avocado_llm.protect.scheme import DEFAULT_PARAMS, Score, WatermarkParams, account_key
+
+
+def add_watermark_command(commands: Any) -> None:
+    """Register ``watermark`` on the ``avocado`` parser's subcommands."""
+    p = commands.add_parser(
+        "watermark",
+        help="detect Avocado's keyed watermark in text or in a suspect model",
+        description="The API's answers carry a watermark keyed by the server secret and the "
+        "account. `detect` scores text; `suspect` asks a model through its OpenAI-compatible "
+        "API and tests whether it was distilled from Avocado. The secret comes from "
+        "AVOCADO_SECRET (or --secret-env VAR).",
+    )
+    sub = p.add_subparsers(dest="watermark_command", required=True, metavar="<cmd>")
+
+    d = sub.add_parser(
+        "detect",
+        help="score a file of answers (plain text lines or JSONL)",
+        description="Score answers for the watermark: distinct (context, token) pairs, green "
+        "pairs, z-score and the exact binomial p-value. JSONL lines may carry `messages` or "
+        "`prompt`: then only the positions where the model hesitates are scored (stronger).",
+    )
+    d.add_argument("file", type=Path, metavar="FILE", help="answers: text lines or JSONL")
+    _common(d)
+
+    s = sub.add_parser(
+        "suspect",
+        help="ask a suspect model tiny-world prompts and test its answers for the watermark",
+        description="Closed-model radioactivity test (Sander et al. 2024): query the suspect "
+        "through its OpenAI-compatible API at temperature 0, de-duplicate (context, token) "
+        "pairs, and test them under every candidate account's key (Bonferroni-corrected).",
+    )
+    s.add_argument("--url", required=True, help="the suspect's OpenAI-compatible base URL (/v1)")
+    s.add_argument("--api-key-env", metavar="VAR", help="environment variable with its API key")
+    s.add_argument("--suspect-model", metavar="NAME", help="model to ask [its first listed]")
+    s.add_argument("--prompts", type=int, default=150, metavar="N", help="prompts per family")
+    s.add_argument("--save", type=Path, metavar="FILE", help="write the answers here (JSONL)")
+    _common(s, model_flag="--model-dir")
+    s.set_defaults(by_account=True)
+    p.set_defaults(func=run_watermark_command)
+
+
+def _common(p: argparse.ArgumentParser, model_flag: str = "--model") -> None:
+    p.add_argument(
+        model_flag,
+        dest="model",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the served model's directory (its tokenizer; its weights for gating)",
+    )
+    who = p.add_argument_group("whose key")
+    who.add_argument("--account", type=int, metavar="ID", help="test this account's key")
+    if p.prog.split()[-1] == "detect":
+        who.add_argument(
+            "--by-account",
+            action="store_true",
+            help="find the account whose key explains the text best",
+        )
+    who.add_argument("--accounts", metavar="IDS", help="candidate account ids, comma-separated")
+    who.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="take the candidates from this ledger [AVOCADO_DATABASE_URL]",
+    )
+    who.add_argument(
+        "--secret-env",
+        default="AVOCADO_SECRET",
+        metavar="VAR",
+        help="variable holding the server secret [AVOCADO_SECRET]",
+    )
+    scheme = p.add_argument_group("scheme (must match the server's)")
+    scheme.add_argument("--gamma", type=float, default=DEFAULT_PARAMS.gamma)
+    scheme.add_argument("--context", type=int, default=DEFAULT_PARAMS.context)
+    scheme.add_argument("--min-entropy", type=float, default=DEFAULT_PARAMS.min_entropy)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_watermark_command(args: argparse.Namespace) -> int:
+    secret = os.environ.get(args.secret_env, "")
+    if not secret:
+        print(
+            f"error: set {args.secret_env} (the server secret the keys derive from)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.account is None and not args.by_account:
+        print("error: name the account (--account ID) or use --by-account", file=sys.stderr)
+        return 2
+    try:
+        accounts = [args.account] if args.account is not None else candidate_accounts(args)
+        params = WatermarkParams(args.gamma, args.context, args.min_entropy)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.watermark_command == "detect":
+        if not args.file.is_file():
+            print(f"error: no file {args.file}", file=sys.stderr)
+            return 2
+        answers = read_answers(args.file)
+        extra: dict[str, Any] = {"file": str(args.file)}
+    else:
+        from avocado_llm.protect.suspect import ask_suspect, suspect_prompts
+
+        got = ask_suspect(
+            args.url, args.api_key_env, suspect_prompts(args.prompts), model=args.suspect_model
+        )
+        answers = got.answers
+        extra = {"url": args.url, "model": got.model}
+        if args.save is not None:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            lines = [json.dumps({"messages": a.messages, "text": a.text}) for a in answers]
+            args.save.write_text("".join(line + "\n" for line in lines))
+    detector = Detector.from_model_dir(args.model, params, min_entropy=params.min_entropy)
+    result = attribute(detector, answers, secret, accounts)
+    report = {**extra, "answers": len(answers), **result_json(result, params)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def attribute(
+    detector: Detector, answers: list[Answer], secret: str, accounts: list[int]
+) -> Attribution:
+    """Score the answers under each candidate account (prompts used when every answer has
+    one; otherwise every position is scored)."""
+    texts = [a.text for a in answers]
+    prompts = [a.messages for a in answers]
+    have_prompts = bool(answers) and all(p is not None for p in prompts)
+    return detector.by_account(texts, secret, accounts, prompts if have_prompts else None)  # type: ignore[arg-type]
+
+
+def candidate_accounts(args: argparse.Namespace) -> list[int]:
+    """``--accounts``, or every account of the ledger."""
+    if args.accounts:
+        try:
+            return [int(a) for a in args.accounts.split(",") if a.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--accounts takes account ids (1,2,3), not {args.accounts!r}"
+            ) from None
+    url = args.database_url or os.environ.get("AVOCADO_DATABASE_URL")
+    if not url:
+        raise ValueError("give the candidates: --accounts IDS or --database-url URL")
+    return ledger_accounts(url)
+
+
+def ledger_accounts(database_url: str) -> list[int]:
+    """Every account id in the ledger."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(text("SELECT id FROM accounts ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+def score_json(score: Score) -> dict[str, Any]:
+    return {
+        "scored_tokens": score.scored,
+        "green": score.green,
+        "green_fraction": round(score.green_fraction, 4),
+        "z": round(score.z, 3),
+        "p_value": score.p_value,
+        "tokens": score.tokens,
+    }
+
+
+def result_json(result: Attribution, params: WatermarkParams) -> dict[str, Any]:
+    best = result.best
+    return {
+        "scheme": {
+            "gamma": params.gamma,
+            "context": params.context,
+            "min_entropy": params.min_entropy,
+        },
+        "account": best.account,
+        **score_json(best.score),
+        "accounts_tested": len(result.scores),
+        "p_value_corrected": result.corrected_p,
+        "by_account": [{"account": s.account, **score_json(s.score)} for s in result.scores],
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    where = r.get("file") or f"{r.get('url')} ({r.get('model')})"
+    print(f"{where}: {r['answers']} answers, {r['tokens']} tokens")
+    print(f"  scored tokens (distinct (context, token) pairs): {r['scored_tokens']}")
+    print(f"  green: {r['green']} ({r['green_fraction']:.1%}; chance {r['scheme']['gamma']:.0%})")
+    print(f"  z-score: {r['z']:.2f}")
+    print(f"  p-value (exact binomial): {r['p_value']:.3g}")
+    if r["accounts_tested"] > 1:
+        print(
+            f"  best account: {r['account']} of {r['accounts_tested']} tested; "
+            f"p-value corrected for them: {r['p_value_corrected']:.3g}"
+        )
+        for s in r["by_account"][:5]:
+            print(
+                f"    account {s['account']}: {s['green']}/{s['scored_tokens']} green, "
+                f"p={s['p_value']:.3g}"
+            )
+    else:
+        print(f"  account: {r['account']}")
+    flagged = r["p_value_corrected"] < 1e-3
+    print(
+        "  verdict: "
+        + ("WATERMARKED" if flagged else "no evidence of the watermark")
+        + " (threshold p < 1e-3)"
+    )
+
+
+__all__ = ["account_key", "add_watermark_command", "run_watermark_command"]

@@ -1,0 +1,277 @@
+"""The watermark: a keyed green list over the previous ``h`` answer tokens (Kirchenbauer et al.).
+
+**Scheme.** For every answer position the vocabulary is split pseudo-randomly into a *green*
+fraction ``gamma`` and a red rest, by a keyed hash of the ``h`` answer tokens before it (fewer
+than ``h`` at the start: a fixed start marker stands in, so the split is reproducible from the
+answer's text alone, without its prompt). The engine adds ``delta`` to the logits of the green
+tokens before it picks a token, greedily or by sampling; so watermarked text holds more green
+tokens than the ``gamma`` share chance gives.
+
+**Key.** ``account_key(secret, account_id)`` is an HMAC-SHA256 of the server secret and the
+account: every account's answers carry its own green lists, so a leaked text (or a model
+distilled from it) can be traced to the account that received it.
+
+**Detection.** Re-tokenise the text with the served model's tokenizer, keep each distinct
+(context, token) pair once (repeated pairs — "The answer is", a template, a copied answer —
+are not independent evidence, Sander et al. 2024), count the green ones, and take the exact
+binomial tail ``P[Bin(n, gamma) >= green]``. Under no watermark each distinct pair is green with
+probability ``gamma`` independently (the hash is a keyed PRF of the pair), so the p-value is
+exact and conservative — no normal approximation.
+
+**Why this scheme.** The API must watermark greedy answers too (the tiny world, and most
+distillers, ask at temperature 0), and distortion-free schemes (Gumbel-max, SynthID's
+tournament) change nothing under greedy decoding: only a logit bias moves an argmax. A bias
+changes the answer only where the model hesitates — the top token within ``delta`` of a green
+one — so a confident model's answers stay as they were, which is what keeps the quality cost
+small; and ``h = 1`` makes the bias a property of token *pairs*, which a student trained on the
+text learns and reproduces: the watermark is *radioactive* (Sander et al. 2024).
+
+**Entropy gate (optional).** ``min_entropy > 0`` biases only positions whose distribution has
+at least that entropy (nats), as SWEET does; the detector still scores every pair (it cannot
+see the entropy from text alone), so this trades detection power for quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+MASK31 = (1 << 31) - 1
+START = MASK31  # the context token before an answer's first token (no real token id)
+_M1, _M2, _M3 = 0x5BD1E995 & MASK31, 0x27D4EB2F & MASK31, 0x165667B1 & MASK31
+
+
+@dataclass(frozen=True)
+class WatermarkParams:
+    """How green lists are drawn; the detector must use the same values as the engine."""
+
+    gamma: float = 0.25
+    """Share of the vocabulary that is green at each position."""
+    context: int = 1
+    """``h``: how many previous answer tokens seed the green list."""
+    min_entropy: float = 0.0
+    """Bias only positions whose next-token entropy (nats) reaches this; 0: every position.
+    A detector with the model and the prompts scores only those positions."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"gamma must be in (0, 1), not {self.gamma}")
+        if self.context < 1:
+            raise ValueError(f"context must be at least 1, not {self.context}")
+        if self.min_entropy < 0:
+            raise ValueError(f"min_entropy must be at least 0, not {self.min_entropy}")
+
+
+DEFAULT_PARAMS = WatermarkParams()
+DEFAULT_DELTA = 3.0
+"""Logit bias of green tokens for plans that do not set one (see the README's numbers)."""
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """What one request's rows carry into the engine: whose key, how strong."""
+
+    key: int
+    """The account's 31-bit key (:func:`account_key`)."""
+    delta: float = DEFAULT_DELTA
+    """Logit bias added to green tokens."""
+    params: WatermarkParams = DEFAULT_PARAMS
+
+
+def account_key(secret: str | bytes, account_id: int | str) -> int:
+    """The watermark key of an account: HMAC-SHA256(secret, account), truncated to 31 bits."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    mac = hmac.new(raw, f"avocado-watermark/v1/account/{account_id}".encode(), hashlib.sha256)
+    return int.from_bytes(mac.digest()[:4], "big") & MASK31
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 31-bit integer finaliser (murmur-style) on int64 tensors; no overflow, so the engine
+    and the detector get the same bits on any device."""
+    x = x & MASK31
+    x = ((x ^ (x >> 16)) * _M1) & MASK31
+    x = ((x ^ (x >> 13)) * _M2) & MASK31
+    x = ((x ^ (x >> 16)) * _M3) & MASK31
+    return x ^ (x >> 15)
+
+
+def seeds(keys: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Per-position seeds from keys (N,) and contexts (N, h) of token ids (or START)."""
+    s = _mix(keys.long())
+    for j in range(context.shape[-1]):
+        s = _mix(s ^ _mix(context[..., j].long() + j + 1))
+    return s
+
+
+def uniform(seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Pseudo-uniform numbers in [0, 1) for (seed, token) pairs (broadcasting)."""
+    return _mix(seed ^ _mix(tokens.long() * 2 + 1)).double() / float(1 << 31)
+
+
+def green_mask(keys: torch.Tensor, context: torch.Tensor, vocab: int, gamma: float) -> torch.Tensor:
+    """(B, V) bool: the green tokens of each row, for keys (B,) and contexts (B, h)."""
+    vocab_ids = torch.arange(vocab, device=keys.device)
+    return uniform(seeds(keys, context)[:, None], vocab_ids[None, :]) < gamma
+
+
+def is_green(key: int, context: Sequence[int], token: int, params: WatermarkParams) -> bool:
+    """Whether one token is green after ``context`` (its ``h`` previous answer tokens)."""
+    ctx = torch.tensor([list(context)], dtype=torch.long)
+    return bool(uniform(seeds(torch.tensor([key]), ctx), torch.tensor([token]))[0] < params.gamma)
+
+
+def contexts(ids: Sequence[int], h: int) -> list[tuple[int, ...]]:
+    """The context of every position of one answer: its ``h`` previous tokens, START-padded."""
+    padded = [START] * h + list(ids)
+    return [tuple(padded[i : i + h]) for i in range(len(ids))]
+
+
+# --- the engine side --------------------------------------------------------------------
+
+
+class WatermarkState:
+    """The watermark of one batch in the decode loop: a (B,) key, strength and gamma per row
+    and the (B, h) contexts, all tensors; rows without a watermark have strength 0.
+
+    ``apply`` costs a few integer operations on a (B, V) tensor per step — the same order as
+    the softmax the sampler already does."""
+
+    def __init__(self, marks: Sequence[Watermark | None], device: torch.device) -> None:
+        self.h = max((m.params.context for m in marks if m is not None), default=1)
+        self.keys = torch.tensor([m.key if m else 0 for m in marks], device=device)
+        self.delta = torch.tensor([m.delta if m else 0.0 for m in marks], device=device)
+        self.gamma = torch.tensor([m.params.gamma if m else 0.0 for m in marks], device=device)
+        self.min_entropy = torch.tensor(
+            [m.params.min_entropy if m else 0.0 for m in marks], device=device
+        )
+        self.width = torch.tensor(
+            [m.params.context if m else 1 for m in marks], device=device
+        )  # each row's own h (the last h columns of the context)
+        self.context = torch.full((len(marks), self.h), START, dtype=torch.long, device=device)
+        self.gated = bool((self.min_entropy > 0).any())
+
+    @classmethod
+    def for_rows(
+        cls, marks: Sequence[Watermark | None], device: torch.device
+    ) -> WatermarkState | None:
+        """The state for a batch, or None when no row is watermarked (nothing to do)."""
+        if not any(m is not None and m.delta != 0 for m in marks):
+            return None
+        return cls(marks, device)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) with each row's green tokens raised by its ``delta``."""
+        bias = self.delta
+        if self.gated:
+            logp = torch.log_softmax(logits, dim=-1)
+            entropy = -(logp.exp() * logp).sum(dim=-1)
+            bias = torch.where(entropy >= self.min_entropy, bias, torch.zeros_like(bias))
+        ctx = self.context
+        if bool((self.width < self.h).any()):  # rows with a shorter h: START-pad the front
+            cols = torch.arange(self.h, device=ctx.device)[None, :]
+            ctx = torch.where(cols >= self.h - self.width[:, None], ctx, START)
+        vocab_ids = torch.arange(logits.shape[-1], device=logits.device)
+        green = uniform(seeds(self.keys, ctx)[:, None], vocab_ids[None, :]) < self.gamma[:, None]
+        return logits + green.to(logits.dtype) * bias.to(logits.dtype)[:, None]
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Shift each row's new token into its context."""
+        self.context = torch.cat([self.context[:, 1:], tokens[:, None].long()], dim=1)
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only these rows (finished rows left the batch)."""
+        for name in ("keys", "delta", "gamma", "min_entropy", "width", "context"):
+            setattr(self, name, getattr(self, name)[index])
+
+
+# --- the detector side ------------------------------------------------------------------
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """Exact ``P[Bin(n, p) >= k]``, summed in log space (no scipy, no normal approximation)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+
+    def term(i: int) -> float:
+        return (
+            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+            + i * log_p + (n - i) * log_q
+        )  # fmt: skip
+
+    logs = [term(i) for i in range(k, n + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
+
+
+@dataclass(frozen=True)
+class Score:
+    """The detector's verdict on some text under one key."""
+
+    scored: int
+    """Distinct (context, token) pairs scored."""
+    green: int
+    gamma: float
+    tokens: int
+    """Tokens seen before de-duplication."""
+
+    @property
+    def p_value(self) -> float:
+        """``P[Bin(scored, gamma) >= green]``: the chance of this many green pairs (or more)
+        in text that does not carry this key's watermark."""
+        return binomial_tail(self.green, self.scored, self.gamma)
+
+    @property
+    def z(self) -> float:
+        """The z-score (for display; the p-value is the exact tail)."""
+        if self.scored == 0:
+            return 0.0
+        sd = math.sqrt(self.scored * self.gamma * (1 - self.gamma))
+        return (self.green - self.gamma * self.scored) / sd
+
+    @property
+    def green_fraction(self) -> float:
+        return self.green / self.scored if self.scored else 0.0
+
+
+def distinct_pairs(
+    answers: Iterable[Sequence[int]],
+    params: WatermarkParams,
+    keep: Iterable[Sequence[bool]] | None = None,
+) -> list[tuple[tuple[int, ...], int]]:
+    """Every distinct (context, token) pair of the answers' token ids, in first-seen order;
+    with ``keep``, only the positions it marks (the entropy gate's)."""
+    seen: dict[tuple[tuple[int, ...], int], None] = {}
+    masks = iter(keep) if keep is not None else None
+    for ids in answers:
+        mask = next(masks) if masks is not None else [True] * len(ids)
+        for ctx, tok, k in zip(contexts(ids, params.context), ids, mask, strict=True):
+            if k:
+                seen.setdefault((ctx, int(tok)), None)
+    return list(seen)
+
+
+def score_pairs(
+    pairs: Sequence[tuple[tuple[int, ...], int]],
+    keys: Sequence[int],
+    params: WatermarkParams,
+    tokens: int = 0,
+) -> list[Score]:
+    """One :class:`Score` per key, over the same distinct pairs (vectorised over both)."""
+    if not pairs:
+        return [Score(0, 0, params.gamma, tokens) for _ in keys]
+    ctx = torch.tensor([c for c, _ in pairs], dtype=torch.long)  # (N, h)
+    tok = torch.tensor([t for _, t in pairs], dtype=torch.long)  # (N,)
+    out = []
+    for key in keys:
+        s = seeds(torch.full((len(pairs),), key, dtype=torch.long), ctx)
+        green = int((uniform(s, tok) < params.gamma).sum())
+        out.append(Score(len(pairs), green, params.gamma, tokens))
+    return out
