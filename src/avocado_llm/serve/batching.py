@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from avocado_llm.protect.scheme import WatermarkState
 from avocado_llm.serve.engine import SamplingOptions, TokenLogprob
 
 
@@ -177,7 +178,10 @@ def decode(
     logits = forward(ids, positions)
     last = positions[:, -1]  # (B,)
     live = rows
+    marks = WatermarkState.for_rows([r.options.watermark for r in rows], device)
     while True:
+        if marks is not None:  # each row's account key biases its own green tokens
+            logits = marks.apply(logits)
         tokens = sample(logits, live)
         logprobs = _logprobs(logits, tokens, live, text_of)
         for row, token, lp in zip(live, tokens.tolist(), logprobs, strict=True):
@@ -188,9 +192,13 @@ def decode(
         keep = [i for i, row in enumerate(live) if row.finish is None]
         if not keep:
             return
+        if marks is not None:
+            marks.advance(tokens)
         if len(keep) < len(live):  # drop finished rows from the batch and its KV cache
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
+            if marks is not None:
+                marks.select(index)
             mask, last, tokens = mask[index], last[index], tokens[index]
             live = [live[i] for i in keep]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from avocado_llm.protect.scheme import Watermark
 
 
 class EngineError(Exception):
@@ -44,6 +47,8 @@ class SamplingOptions:
     logprobs: int | None = None
     """Return each token's log-probability and this many alternatives; None: none."""
     ignore_eos: bool = False
+    watermark: Watermark | None = None
+    """The account's keyed watermark (in-process engine; set by the server from the plan)."""
 
 
 @dataclass(frozen=True)
