@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
-from console_helpers import MODEL, PRICE, Console, money, shot, usd_text
+from console_helpers import ARTIFACTS, MODEL, PRICE, Console, money, shot, usd_text
 from playwright.sync_api import BrowserContext, Page
 from sqlalchemy import update
 
@@ -120,6 +120,12 @@ def test_customer_journey(
     assert ledger["closing"] == info["balance"] + info["held"]
     assert ledger["opening"] + ledger["credits"] - ledger["charges"] == ledger["closing"]
     shot(page, "statement")
+    pdf = page.pdf(format="A4")  # "print to PDF": the print stylesheet drops the navigation
+    assert pdf.startswith(b"%PDF")
+    (ARTIFACTS / "statement.pdf").write_bytes(pdf)
+    page.emulate_media(media="print")
+    assert not page.locator("header.top").is_visible() and page.locator("#statement").is_visible()
+    page.emulate_media(media="screen")
     _, downloaded_json = _download(page, "#statement-json")
     assert json.loads(downloaded_json) == ledger
     _, downloaded_csv = _download(page, "#statement-csv")

@@ -289,3 +289,20 @@ def test_admin_cli_creates_console_users(
     assert avocado(["admin", "--database-url", url, "console-user", "create"]) == 1
     assert avocado(["admin", "--database-url", url, "console-user", "create",
                     "--account", "hooli"]) == 1  # fmt: skip
+
+
+def test_repeated_failed_sign_ins_are_throttled(console: Console) -> None:
+    console.billing.create_account("umbrella", 1_000_000)
+    console.billing.create_console_user("umbrella", "umbrella-password", account="umbrella")
+    client = httpx.Client(base_url=console.origin)
+
+    def attempt(password: str) -> int:
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/console/login").text)
+        assert token
+        data = {"csrf": token[1], "username": "umbrella", "password": password}
+        return client.post("/console/login", data=data).status_code
+
+    assert [attempt(f"guess-number-{i}") for i in range(10)] == [401] * 10
+    assert attempt("umbrella-password") == 429  # even the right one, for a while
+    assert "avocado_console" not in client.cookies
+    client.close()
