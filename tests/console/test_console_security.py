@@ -192,6 +192,10 @@ def test_operator_pages_refuse_customer_sessions(console: Console, context: Brow
         assert "Operators only" in page.inner_text("main")
     shot(page, "admin-refused")
     console.problems[:] = [p for p in console.problems if "403 (Forbidden)" not in p]
+    missing = page.goto(console.url("/no-such-page"))
+    assert missing is not None and missing.status == 404
+    assert "There is no such console page" in page.inner_text("main")
+    console.problems[:] = [p for p in console.problems if "404 (Not Found)" not in p]
     # and without any session, every console page sends you to sign in
     anonymous = httpx.Client(base_url=console.origin)
     for path in ["/", "/usage", "/keys", "/statements", "/prices", *ADMIN_PAGES]:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -97,14 +97,7 @@ def _sign_in_redirect(request: Request) -> Response:
     target = request.url.path
     if request.url.query:
         target += "?" + request.url.query
-    response = redirect(f"{PREFIX}/login?next={_quote(target)}")
-    return response
-
-
-def _quote(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(path, safe="/")
+    return redirect(f"{PREFIX}/login?next={quote(target, safe='/')}")
 
 
 def safe_next(target: str, default: str) -> str:

@@ -441,3 +441,10 @@ async def console_prices(request: Request) -> Response:
     return render(
         request, "prices.html", session=session, page="prices", prices=sorted(prices.items())
     )
+
+
+@router.get("/{anything:path}")
+async def console_not_found(request: Request, anything: str) -> Response:
+    """Unknown console pages get an HTML 404 (the API's are JSON)."""
+    session = await auth.current_session(request)
+    return error_page(request, 404, "Not found", "There is no such console page.", session=session)
