@@ -26,6 +26,13 @@ from avocado_llm.console.views import PREFIX, error_page, redirect, render, secu
 router = APIRouter()
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
+USD_TICKS = {
+    "style": "currency",
+    "currency": "USD",
+    "notation": "standard",
+    "maximumSignificantDigits": 3,
+}
+"""Intl.NumberFormat options: Chart.js formats the spend axis and tooltips as dollars."""
 PALETTE = ["#2f7d32", "#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#c62828", "#5d4037"]
 
 
@@ -174,7 +181,9 @@ def _usage_charts(rows: list[dict[str, Any]], first: date, last: date) -> dict[s
         tokens[r["model"]][i] += r["prompt_tokens"] + r["completion_tokens"]
         spend[r["model"]][i] += usd_float(r["charge"])
 
-    def config(series: dict[str, list[Any]], title: str) -> dict[str, Any]:
+    def config(
+        series: dict[str, list[Any]], title: str, y_format: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "type": "bar",
             "data": {
@@ -193,13 +202,16 @@ def _usage_charts(rows: list[dict[str, Any]], first: date, last: date) -> dict[s
                 "responsive": True,
                 "maintainAspectRatio": False,
                 "plugins": {"title": {"display": True, "text": title}},
-                "scales": {"x": {"stacked": True}, "y": {"stacked": True, "beginAtZero": True}},
+                "scales": {
+                    "x": {"stacked": True},
+                    "y": {"stacked": True, "beginAtZero": True, "ticks": {"format": y_format}},
+                },
             },
         }
 
     return {
-        "tokens": config(tokens, "Tokens per day (prompt + completion)"),
-        "spend": config(spend, "Spend per day (USD)"),
+        "tokens": config(tokens, "Tokens per day (prompt + completion)", {}),
+        "spend": config(spend, "Spend per day (USD)", USD_TICKS),
     }
 
 
