@@ -20,7 +20,7 @@ from avocado_llm.billing import Billing
 from avocado_llm.console import install_console
 from avocado_llm.serve.deps import authenticate
 from avocado_llm.serve.engine import Engine
-from avocado_llm.serve.errors import install_error_handlers
+from avocado_llm.serve.errors import ERROR_RESPONSES, install_error_handlers
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.serve.metrics import Metrics
 from avocado_llm.serve.middleware import AccessLog, BodyLimit
@@ -104,7 +104,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, model=engine.model)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
     for module in (models, chat, completions):
         v1.include_router(module.router)
     app.include_router(v1)

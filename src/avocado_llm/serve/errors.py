@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from avocado_llm.billing import BillingError
@@ -20,6 +21,45 @@ from avocado_llm.billing import BillingError
 log = logging.getLogger("avocado.serve")
 
 _TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error envelope, as the OpenAPI document describes it."""
+
+    error: ErrorDetail
+
+
+_STATUSES = {
+    400: "Invalid request: the message names the parameter and what to fix",
+    401: "No API key, or an unknown, revoked or expired one",
+    404: "Unknown model (or one this key may not call), or unknown route",
+    409: "Idempotency-Key reused with another body, or its first request still runs",
+    413: "Request body over the server's size cap",
+    429: "Rate limit reached, or not enough credit",
+    500: "Unexpected server error",
+    502: "The upstream model server failed",
+    503: "Temporarily unavailable: retry",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _STATUSES.items()
+}
+"""The error answers of every ``/v1`` operation, for the OpenAPI document."""
+_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {"schema": _EVENT}},
+        "description": "The answer; with ``stream``, server-sent events whose data are chunks "
+        "(JSON) then ``[DONE]``",
+    }
+}
+"""The 200 of the generating operations, which stream when asked."""
 
 
 class APIError(Exception):
@@ -110,6 +150,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     message = f"Invalid value for {param!r}: {reasons}" if param else reasons
     if errors[0].get("type") == "missing":
         message = f"Missing required parameter: {param!r}."
+        if param is None:  # no body at all
+            message = (
+                "The request has no body: send a JSON object (Content-Type: application/json)."
+            )
     elif "input" in errors[0]:
         message += f" (got {errors[0]['input']!r:.80})"
     if len(errors) > len(same):
@@ -138,6 +182,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"Invalid URL ({request.method} {request.url.path})"
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        message = "The request body could not be read: send a JSON object encoded in UTF-8."
     else:
         message = str(exc.detail)
     error = APIError(exc.status_code, message, headers=dict(exc.headers or {}))

@@ -23,9 +23,10 @@ Stop = Annotated[str | Annotated[list[str], Field(max_length=4)] | None, AfterVa
 
 
 class Request(BaseModel):
-    """Base of request bodies: unknown arguments are errors."""
+    """Base of request bodies: unknown arguments are errors, and so are values of another
+    JSON type than the schema says (``true`` or ``"5"`` for an integer), never coerced."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(Request):

@@ -127,9 +127,14 @@ def resolve_max_tokens(
     limit = services.settings.max_prompt_tokens or context
     longest = max(p.tokens for p in prompts)
     if limit is not None and longest >= limit:
+        known = (
+            "The"
+            if context is None
+            else (f"This model's maximum context length is {context} tokens, and the")
+        )
         raise bad_request(
-            f"This model's maximum context length is {context} tokens, and the prompt has "
-            f"{longest} tokens (the server takes prompts of at most {limit - 1}); shorten it.",
+            f"{known} prompt has {longest} tokens (the server takes prompts of at most "
+            f"{limit - 1}); shorten it.",
             param="messages",
             code="context_length_exceeded",
         )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from avocado_llm.serve import protocol as p
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
-from avocado_llm.serve.errors import bad_request
+from avocado_llm.serve.errors import STREAM, bad_request
 from avocado_llm.serve.metering import respond
 from avocado_llm.serve.serving import (
     Call,
@@ -25,7 +25,7 @@ from avocado_llm.serve.serving import (
 router = APIRouter()
 
 
-@router.post("/chat/completions", response_model=p.ChatCompletion)
+@router.post("/chat/completions", response_model=p.ChatCompletion, responses=STREAM)
 async def create_chat_completion(
     body: p.ChatCompletionRequest, request: Request, services: ServicesDep, key: KeyDep
 ) -> Response:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from avocado_llm.serve import protocol as p
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
-from avocado_llm.serve.errors import bad_request
+from avocado_llm.serve.errors import STREAM, bad_request
 from avocado_llm.serve.metering import respond
 from avocado_llm.serve.serving import (
     Call,
@@ -25,7 +25,7 @@ from avocado_llm.serve.serving import (
 router = APIRouter()
 
 
-@router.post("/completions", response_model=p.Completion)
+@router.post("/completions", response_model=p.Completion, responses=STREAM)
 async def create_completion(
     body: p.CompletionRequest, request: Request, services: ServicesDep, key: KeyDep
 ) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 
 from avocado_llm.serve.deps import ServicesDep
 from avocado_llm.serve.metrics import CONTENT_TYPE
@@ -16,7 +17,7 @@ async def health(services: ServicesDep) -> dict[str, str]:
     return {"status": "ok", "model": services.engine.model}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)
