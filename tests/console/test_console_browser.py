@@ -288,6 +288,12 @@ def test_operator_console(console: Console, context: BrowserContext) -> None:
     assert "globex" in all_keys and "acme" in all_keys
     assert key not in page.content()
     shot(page, "admin-keys")
+    globex_key = next(k for k in billing.api_keys() if key.startswith(k["prefix"]))
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"tr[data-key-id='{globex_key['id']}'] button:has-text('Revoke')")
+    page.wait_for_url("**/admin/keys")
+    assert "revoked" in page.locator(f"tr[data-key-id='{globex_key['id']}']").inner_text()
+    assert console.billing.authenticate(key) is None
 
     page.click("nav >> text=Prices")
     page.fill("#set-price input[name=model]", "avocado-xl")

@@ -131,6 +131,8 @@ def test_forms_without_the_csrf_token_are_refused(console: Console) -> None:
     price_form = {"model": "m", "input_per_1m": "0", "output_per_1m": "0"}
     assert ops.post("/console/admin/prices", data=price_form).status_code == 403
     assert billing.price("m") is None
+    assert ops.post(f"/console/admin/keys/{key_id}/revoke").status_code == 403
+    assert next(k for k in billing.api_keys(account_id) if k["id"] == key_id)["state"] == "active"
 
     # the sign-in form has its own token (login CSRF): without it, no session
     fresh = httpx.Client(base_url=console.origin)
@@ -177,6 +179,10 @@ def test_a_customer_cannot_reach_another_accounts_data(console: Console) -> None
     # the operator pages that do list every account refuse a customer (403), whatever the id
     for path in [*ADMIN_PAGES, f"/admin/accounts/{acme_id}", "/admin/keys?account=acme"]:
         assert globex.get(f"/console{path}").status_code == 403, path
+    # nor revoke acme's key through the operator's form (with globex's valid token)
+    answer = globex.post(f"/console/admin/keys/{victim_key_id}/revoke", data={"csrf": token})
+    assert answer.status_code == 403
+    assert {k["id"]: k for k in billing.api_keys(acme_id)}[victim_key_id]["state"] == "active"
     # a just-created key flashed to another session's cookie is not shown to globex
     globex.cookies.set("avocado_console_new_key", f"{victim_key_id}:{victim_key}",
                        path="/console/keys")  # fmt: skip

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from avocado_llm.billing import BillingError, Price, parse_usd
+from avocado_llm.billing import BillingError, NotFound, Price, parse_usd
 from avocado_llm.console import auth
 from avocado_llm.console.auth import Session, billing_of
 from avocado_llm.console.rates import RateSampler
@@ -125,6 +125,22 @@ async def console_admin_keys(request: Request) -> Response:
         return session
     keys = await run_in_threadpool(billing_of(request).api_keys, None)
     return render(request, "admin/keys.html", session=session, page="admin/keys", keys=keys)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def console_admin_keys_revoke(request: Request, key_id: str) -> Response:
+    """Revoke any account's key (a leaked one, say)."""
+    session = await auth.operator(request)
+    if isinstance(session, Response):
+        return session
+    form = await auth.checked_form(request, session)
+    if isinstance(form, Response):
+        return form
+    try:
+        await run_in_threadpool(billing_of(request).revoke_key, key_id)
+    except NotFound:
+        return error_page(request, 404, "No such key", "No key has this id.", session=session)
+    return redirect(f"{PREFIX}/admin/keys")
 
 
 async def _prices_page(
