@@ -5,11 +5,15 @@ Layout of ``runs/<name>/harvest/``::
     data/<teacher>/part-<seq>-<uuid>.parquet   records, at most ``shard_size`` rows each
     manifest.json                              shards (rows, bytes, sha256), teachers, recipe
     failures.jsonl                             one line per record that failed: key, reason, time
+    damaged/<teacher>/part-….parquet           shards found damaged, moved out of the way
 
 The shards are the truth. Each is written whole to a temporary file in its own directory,
 fsynced and renamed into place, so it either exists complete or not at all. The manifest is an
 index rebuilt from the shards whenever a store is opened, so a crash between a shard and the
-manifest loses nothing. ``datasets.load_dataset("parquet", data_files=".../data/**/*.parquet")``
+manifest loses nothing. Opening a store for writing also checks every shard (its SHA-256
+against the manifest, its Parquet page checksums): a damaged one (a bad disk, a bad copy) is
+reported by name, moved to ``damaged/``, and its records are harvested again.
+``datasets.load_dataset("parquet", data_files=".../data/**/*.parquet")``
 reads the records as they are.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import uuid
@@ -74,6 +79,10 @@ INDEX_COLUMNS = [
 ]
 """What opening a store reads of every shard: enough to resume and to report status."""
 SHARD_NAME = re.compile(r"part-(\d+)-[0-9a-f]+\.parquet")
+DAMAGED = "damaged"
+"""Where shards found damaged are moved (beside ``data/``, so readers no longer see them)."""
+
+log = logging.getLogger("avocado.harvest")
 
 
 class HarvestError(RuntimeError):
@@ -164,6 +173,43 @@ def scan_shards(root: Path, known: dict[str, Shard]) -> tuple[list[Shard], Shard
     return shards, index
 
 
+def shard_damage(file: Path, known: Shard | None) -> str | None:
+    """Why the shard ``file`` is damaged, or None: its bytes differ from what the manifest
+    recorded when it was written, or Parquet cannot read it back (footer, page checksums)."""
+    if known is not None:
+        size = file.stat().st_size
+        if size != known.bytes:
+            return f"it has {size} bytes, the manifest recorded {known.bytes}"
+        if _sha256(file) != known.sha256:
+            return "its SHA-256 differs from the one the manifest recorded"
+    try:
+        pq.read_table(file, schema=SCHEMA, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as error:
+        return f"Parquet cannot read it ({error})"
+    return None
+
+
+def quarantine_damaged(root: Path, known: dict[str, Shard]) -> list[str]:
+    """Move every damaged shard to ``damaged/<teacher>/``, warning with its name; returns the
+    shards' paths (relative to ``root``). Their records are then missing, so harvested again."""
+    moved = []
+    for file in shard_files(root):
+        rel = file.relative_to(root).as_posix()
+        reason = shard_damage(file, known.get(rel))
+        if reason is None:
+            continue
+        target = root / DAMAGED / file.parent.name / file.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, target)
+        _fsync_dir(file.parent)
+        log.warning(
+            "damaged shard %s: %s; moved to %s, its records will be harvested again",
+            rel, reason, target.relative_to(root).as_posix(),
+        )  # fmt: skip
+        moved.append(rel)
+    return moved
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     try:
         return json.loads((root / "manifest.json").read_text())
@@ -191,6 +237,8 @@ class HarvestStore:
         manifest = read_manifest(self.root)
         known = {s["path"]: Shard(**s) for s in manifest.get("shards", [])}
         self.teachers: dict[str, dict[str, Any]] = manifest.get("teachers", {})
+        self.damaged = quarantine_damaged(self.root, known)
+        """Shards found damaged when this store was opened (moved to ``damaged/``)."""
         self.shards, self.index = scan_shards(self.root, known)
         self._write_manifest()
 
@@ -234,7 +282,8 @@ class HarvestStore:
         seqs = [int(m[1]) for p in folder.iterdir() if (m := SHARD_NAME.fullmatch(p.name))]
         path = folder / f"part-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.parquet"
         buffer = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer, compression="zstd")
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        pq.write_table(table, buffer, compression="zstd", write_page_checksum=True)
         data = buffer.getvalue().to_pybytes()
         atomic_write(path, data)
         rel = path.relative_to(self.root).as_posix()
