@@ -118,6 +118,23 @@ class Zygote:
         self.pids.append(pid)
         return pid
 
+    def kill(self, pid: int) -> None:
+        """SIGKILL one of its children, and wait until it is gone."""
+        _kill(pid)
+        deadline = time.monotonic() + 30
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"pid {pid} survived SIGKILL"
+            time.sleep(0.01)
+
+    def run(self, argv: list[str], log: Path, timeout_s: float = 600) -> int:
+        """Run an ``avocado`` command to its end; its exit code."""
+        pid = self.spawn(argv, {}, log)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"avocado {argv[0]} ran over {timeout_s} s"
+            time.sleep(0.05)
+        return int(Path(f"{log}.rc").read_text())
+
     def __exit__(self, *exc: object) -> None:
         for pid in self.pids:
             _kill(pid)

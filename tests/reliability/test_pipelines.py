@@ -2,6 +2,9 @@
 exactly the records of an uninterrupted run, each once; a damaged Parquet shard is detected when
 the harvest is resumed, reported by name, moved aside and its records harvested again.
 
+The harvests are ``avocado harvest`` processes forked by ``zygote.py`` (the command's own
+code, without importing torch at every start).
+
 (tests/harvest/test_harvest_kill.py covers Ctrl-C plus 3 kills with two teachers, checking that
 each record exists once; tests/distill/test_train.py covers training killed twice and resumed,
 ending at the same loss and weights. These add the comparison with an uninterrupted run, more
@@ -12,17 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import yaml
-from rel_helpers import record_figures
+from rel_helpers import Zygote, record_figures
 
 from avocado_llm.harvest import read_records
 
@@ -50,16 +49,8 @@ def write_recipe(path: Path, out: Path, zoo: Path, prompts: int, batch: int) -> 
     return path
 
 
-def harvest_command(recipe: Path) -> list[str]:
-    return [sys.executable, "-m", "avocado_llm.cli", "harvest", str(recipe), "--device", "cpu"]
-
-
-def run_harvest(recipe: Path, log: Path) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with log.open("wb") as out:
-        return subprocess.run(
-            harvest_command(recipe), stdout=out, stderr=subprocess.STDOUT, timeout=600, env=env
-        )
+def harvest_argv(recipe: Path) -> list[str]:
+    return ["harvest", str(recipe), "--device", "cpu"]
 
 
 def shards(out: Path) -> list[Path]:
@@ -81,14 +72,14 @@ def assert_manifest_matches_files(out: Path) -> None:
 
 
 def test_harvest_killed_5_times_ends_with_the_records_of_an_uninterrupted_run(
-    tmp_path: Path, zoo_dir: Path
+    tmp_path: Path, zoo_dir: Path, zygote: Zygote
 ) -> None:
-    straight = write_recipe(tmp_path / "straight.yaml", tmp_path / "straight", zoo_dir, 24, 2)
-    killed = write_recipe(tmp_path / "killed.yaml", tmp_path / "killed", zoo_dir, 24, 2)
-    done = run_harvest(straight, tmp_path / "straight.log")
-    assert done.returncode == 0, (tmp_path / "straight.log").read_text()[-2000:]
+    straight = write_recipe(tmp_path / "straight.yaml", tmp_path / "straight", zoo_dir, 40, 2)
+    killed = write_recipe(tmp_path / "killed.yaml", tmp_path / "killed", zoo_dir, 40, 2)
+    done = zygote.run(harvest_argv(straight), tmp_path / "straight.log")
+    assert done == 0, (tmp_path / "straight.log").read_text()[-2000:]
     expected = records(tmp_path / "straight" / "reliability" / "harvest")
-    assert len(expected) == 48
+    assert len(expected) == 80
 
     out = tmp_path / "killed" / "reliability" / "harvest"
     seed = random.randrange(1 << 30)
@@ -96,23 +87,20 @@ def test_harvest_killed_5_times_ends_with_the_records_of_an_uninterrupted_run(
     partial = []
     for attempt in range(KILLS):
         log = tmp_path / f"killed-{attempt}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(harvest_command(killed), stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        pid = zygote.spawn(harvest_argv(killed), {}, log)
         try:
             before, deadline = len(shards(out)), time.monotonic() + 120
             while len(shards(out)) <= before:  # started: a new shard since the last kill
-                assert proc.poll() is None, f"seed {seed}: {log.read_text()[-2000:]}"
+                assert not Path(f"{log}.rc").exists(), f"seed {seed}: {log.read_text()[-2000:]}"
                 assert time.monotonic() < deadline, "no shard written in 120 s"
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.4))  # then a random moment, mid-batch or mid-write
+            time.sleep(rng.uniform(0.0, 0.3))  # then a random moment, mid-batch or mid-write
         finally:
-            proc.send_signal(signal.SIGKILL)
-            code = proc.wait(timeout=60)
-        assert code == -signal.SIGKILL, f"seed {seed}: the harvest finished before kill {attempt}"
+            zygote.kill(pid)
+        assert not Path(f"{log}.rc").exists(), f"seed {seed}: it finished before kill {attempt}"
         partial.append(len(read_records(out)))
-    final = run_harvest(killed, tmp_path / "final.log")
-    assert final.returncode == 0, (tmp_path / "final.log").read_text()[-2000:]
+    final = zygote.run(harvest_argv(killed), tmp_path / "final.log")
+    assert final == 0, (tmp_path / "final.log").read_text()[-2000:]
 
     got = records(out)
     assert partial[-1] < len(got), f"seed {seed}: nothing was left to do after the kills"
@@ -138,12 +126,12 @@ def damage(path: Path, how: str) -> None:
 
 
 def test_a_damaged_shard_is_reported_by_name_moved_aside_and_redone(
-    tmp_path: Path, zoo_dir: Path
+    tmp_path: Path, zoo_dir: Path, zygote: Zygote
 ) -> None:
     recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "runs", zoo_dir, 6, 2)
     out = tmp_path / "runs" / "reliability" / "harvest"
-    first = run_harvest(recipe, tmp_path / "first.log")
-    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-2000:]
+    first = zygote.run(harvest_argv(recipe), tmp_path / "first.log")
+    assert first == 0, (tmp_path / "first.log").read_text()[-2000:]
     expected = records(out)
     files = shards(out)
     assert len(expected) == 12 and len(files) == 6
@@ -151,9 +139,9 @@ def test_a_damaged_shard_is_reported_by_name_moved_aside_and_redone(
     damage(flipped, "flip")
     damage(cut, "cut")
 
-    again = run_harvest(recipe, tmp_path / "again.log")
+    again = zygote.run(harvest_argv(recipe), tmp_path / "again.log")
     log = (tmp_path / "again.log").read_text()
-    assert again.returncode == 0, log[-2000:]
+    assert again == 0, log[-2000:]
     for bad, why in ((flipped, "SHA-256 differs"), (cut, "bytes, the manifest recorded")):
         rel = bad.relative_to(out).as_posix()
         line = next((x for x in log.splitlines() if f"damaged shard {rel}" in x), None)
@@ -165,5 +153,5 @@ def test_a_damaged_shard_is_reported_by_name_moved_aside_and_redone(
     assert len(shards(out)) == 6
     assert_manifest_matches_files(out)
 
-    clean = run_harvest(recipe, tmp_path / "clean.log")  # nothing damaged: nothing reported
-    assert clean.returncode == 0 and "damaged shard" not in (tmp_path / "clean.log").read_text()
+    clean = zygote.run(harvest_argv(recipe), tmp_path / "clean.log")  # nothing damaged now
+    assert clean == 0 and "damaged shard" not in (tmp_path / "clean.log").read_text()

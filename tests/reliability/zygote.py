@@ -1,9 +1,10 @@
-"""Starts ``avocado serve`` processes quickly, so that a test can kill and restart one often.
+"""Starts ``avocado`` commands quickly, so that a test can kill and restart one often.
 
-Importing the server (torch, transformers) takes seconds; this process imports it once, then
-for every request on stdin forks a child that runs exactly what the ``avocado`` command runs
-(``avocado_llm.cli.main(["serve", ...])``) in a new session, with its output appended to a log
-file. The child is an ordinary server process: the tests kill it with SIGKILL by pid.
+Importing the server or the harvest (torch, transformers) takes seconds; this process imports
+them once, then for every request on stdin forks a child that runs exactly what the ``avocado``
+command runs (``avocado_llm.cli.main(["serve", ...])``) in a new session, with its output
+appended to a log file and, when it exits, its exit code written to ``<log>.rc``. The child is
+an ordinary process of that command: the tests kill it with SIGKILL by pid.
 
 Protocol, one JSON object per line: ``{"argv": [...], "env": {...}, "log": "path"}`` in,
 ``{"pid": N}`` out. When stdin closes, every child still running is killed and this exits.
@@ -18,8 +19,10 @@ import signal
 import sys
 
 import avocado_llm.cli
+import avocado_llm.harvest
 import avocado_llm.serve.app
-import avocado_llm.serve.command  # all imported once here, before any fork
+import avocado_llm.serve.command
+import avocado_llm.teachers.hf  # all imported once here, before any fork
 
 
 def _serve_in_child(argv: list[str], env: dict[str, str], log: str) -> None:
@@ -45,6 +48,8 @@ def _serve_in_child(argv: list[str], env: dict[str, str], log: str) -> None:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        with open(f"{log}.rc", "w") as f:
+            f.write(str(code))
         os._exit(code)
 
 
