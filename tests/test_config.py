@@ -341,3 +341,36 @@ def test_describe_lists_every_field_with_type_default_and_doc() -> None:
     assert "name: str (required)" in text
     assert "Peak learning rate" in text
     assert text.count("\n    ") >= sum(len(dataclasses.fields(c)) for c in _schema_classes(Recipe))
+
+
+def test_extends_starts_from_another_recipe(tmp_path: Path) -> None:
+    write(tmp_path, MINIMAL + "training:\n  steps: 77\n  batch_size: 4\n", "base.yaml")
+    child = write(
+        tmp_path,
+        """\
+        extends: base.yaml
+        name: child
+        training:
+          steps: 5
+        harvest:
+          from_run: tiny
+        """,
+        "child.yaml",
+    )
+    recipe = load_recipe(child)
+    assert recipe.name == "child"
+    assert [t.name for t in recipe.teachers] == ["qwen", "gemma"]  # inherited
+    assert (recipe.training.steps, recipe.training.batch_size) == (5, 4)  # merged key by key
+    assert recipe.run_dir == recipe.output_dir / "child"
+    assert recipe.harvest_dir == recipe.output_dir / "tiny" / "harvest"
+    assert load_recipe(tmp_path / "base.yaml").harvest_dir == recipe.output_dir / "tiny" / "harvest"
+
+
+def test_extends_loops_and_bad_from_run_are_reported(tmp_path: Path) -> None:
+    write(tmp_path, "extends: b.yaml\n" + MINIMAL, "a.yaml")
+    write(tmp_path, "extends: a.yaml\n" + MINIMAL, "b.yaml")
+    assert "loop" in problems_of(tmp_path / "a.yaml")["extends"].message
+    missing = write(tmp_path, "extends: nowhere.yaml\n" + MINIMAL, "c.yaml")
+    assert "cannot read it" in str(problems_of(missing))
+    bad = write(tmp_path, MINIMAL + "harvest:\n  from_run: ../elsewhere\n", "d.yaml")
+    assert "bad run name" in problems_of(bad)["harvest.from_run"].message

@@ -47,11 +47,11 @@ def fuse_stage(recipe: Recipe, strategy: str, device: str) -> Path:
 
     out = recipe.run_dir / "fusion"
     path = out / f"{strategy_slug(strategy)}.parquet"
-    manifest = recipe.run_dir / "harvest" / "manifest.json"
+    manifest = recipe.harvest_dir / "manifest.json"
     if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
         console.print(f"fusion {strategy}: up to date ({path})")
         return path
-    records = read_records(recipe.run_dir / "harvest")
+    records = read_records(recipe.harvest_dir)
     scorers: dict[str, Any] = {}
     local = [t.name for t in recipe.teachers if t.kind == "local"]
     for name in scorers_needed(strategy, local, recipe.fusion.judge_teacher):
@@ -95,7 +95,7 @@ def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str)
             console.print(f"eval {name}: up to date")
             continue
         evaluate_model(recipe, ModelSource(path=path), name=name, role=role, device=device)
-    write_report(eval_dir, {"run_dir": recipe.run_dir})
+    write_report(eval_dir, {"run_dir": recipe.run_dir, "harvest_dir": recipe.harvest_dir})
     return load_report(eval_dir)
 
 
@@ -108,9 +108,17 @@ def run(recipe: Recipe, device: str = "auto") -> dict:
     _stage("1/5 zoo")
     ensure_zoo(recipe)
     _stage("2/5 harvest")
-    summary = asyncio.run(harvest(recipe, device=device))
-    if not summary.ok:
-        raise RuntimeError("the harvest has failed records; rerun to retry them")
+    if recipe.harvest.from_run is None:
+        summary = asyncio.run(harvest(recipe, device=device))
+        if not summary.ok:
+            raise RuntimeError("the harvest has failed records; rerun to retry them")
+    elif not (recipe.harvest_dir / "manifest.json").exists():
+        raise RuntimeError(
+            f"no harvest at {recipe.harvest_dir} to reuse (harvest.from_run): "
+            f"run the recipe of run {recipe.harvest.from_run!r} first"
+        )
+    else:
+        console.print(f"harvest: reusing {recipe.harvest_dir}")
     _stage("3/5 fuse")
     strategies = [recipe.fusion.strategy, *recipe.eval.baselines]
     for s in dict.fromkeys(s for s in strategies if s != "sft"):

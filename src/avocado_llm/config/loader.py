@@ -85,9 +85,15 @@ def _apply_override(data: dict[str, Any], text: str, where: str, b: _Build) -> N
         node = node[k]
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing everything wrong."""
-    path = Path(path)
+def _merge(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """A recipe file's data, with ``extends: OTHER.yaml`` (relative to it) merged underneath."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
     except OSError as error:
@@ -97,6 +103,26 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         ) from error
     except yaml.YAMLError as error:
         raise RecipeError(str(path), [_yaml_problem(error)]) from error
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    parent = data.pop("extends")
+    if not isinstance(parent, str):
+        fix = "write extends: tiny.yaml (a path relative to this recipe)"
+        raise RecipeError(str(path), [Problem("extends", f"is {_show(parent)}", fix)])
+    base = (path.parent / parent).resolve()
+    if base in chain or base == path.resolve():
+        fix = "a recipe cannot extend itself, directly or through others"
+        raise RecipeError(str(path), [Problem("extends", f"{parent!r} makes a loop", fix)])
+    return _merge(_read(base, (*chain, path.resolve())), data)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing everything wrong.
+
+    ``extends: OTHER.yaml`` at the top of a recipe starts from that recipe: mappings are merged
+    key by key, lists and values are replaced."""
+    path = Path(path)
+    data = _read(path)
     b = _Build()
     for i, text in enumerate(overrides or []):
         if isinstance(data, dict):

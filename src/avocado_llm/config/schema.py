@@ -165,9 +165,17 @@ class HarvestConfig:
     """Retries per failed request (with exponential backoff) before the run stops."""
     request_timeout_s: float = 60.0
     """Seconds to wait for one request to an endpoint."""
+    from_run: str | None = None
+    """Reuse (read only) the harvest of the run of this name under the same output_dir instead
+    of asking the teachers again, e.g. so that ablations train on the very same answers."""
 
     def check(self) -> list[Check]:
+        problems: list[Check] = []
+        if self.from_run is not None and not re.fullmatch(r"[a-z0-9_-]+", self.from_run):
+            fix = "name a run in the same output_dir, e.g. 'tiny'"
+            problems.append(("from_run", f"bad run name {self.from_run!r}", fix))
         return [
+            *problems,
             *_range(self, "prompts_per_family", 1),
             *_range(self, "samples_per_prompt", 1),
             *_range(self, "temperature", 0),
@@ -278,6 +286,9 @@ class TrainingConfig:
     """Token-level distillation loss against the teachers' top-k distributions."""
     jsd_beta: float = 0.5
     """Interpolation of the generalized Jensen-Shannon divergence (kd_loss: jsd)."""
+    balance_families: bool = True
+    """Draw every task family equally often, whatever its number of examples (a family with few
+    prompts, such as facts, is not drowned out); false draws examples uniformly."""
     eval_every: int = 0
     """Evaluate on held-out prompts every this many steps; 0 only at the end."""
     checkpoint_every: int = 200
@@ -318,13 +329,15 @@ class EvalConfig:
     max_new_tokens: int = 32
     """Longest answer generated per prompt."""
     baselines: list[str] = field(default_factory=lambda: ["all"])
-    """Fusion strategies that also train a student, as baselines for the chosen strategy."""
+    """Fusion strategies that also train a student, as baselines for the chosen strategy; ``sft``
+    is the chosen strategy trained without token-level KD (cross-entropy only)."""
 
     def check(self) -> list[Check]:
         problems = [*_range(self, "heldout_per_family", 1), *_range(self, "batch_size", 1)]
         problems += _range(self, "max_new_tokens", 1)
         for i, strategy in enumerate(self.baselines):
-            problems += _strategy_checks(strategy, f"baselines[{i}]")
+            if strategy != "sft":
+                problems += _strategy_checks(strategy, f"baselines[{i}]")
         return problems
 
 
@@ -374,6 +387,11 @@ class Recipe:
     def run_dir(self) -> Path:
         """Where this run's harvest, checkpoints and reports go."""
         return self.output_dir / self.name
+
+    @property
+    def harvest_dir(self) -> Path:
+        """This run's harvest, or the one it reuses (``harvest.from_run``)."""
+        return self.output_dir / (self.harvest.from_run or self.name) / "harvest"
 
     def check(self) -> list[Check]:
         problems: list[Check] = []

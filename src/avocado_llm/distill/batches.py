@@ -35,6 +35,8 @@ class DistillItem:
     completion_start: int
     """Index of the first completion token in ``input_ids``."""
     teachers: list[TeacherTargets] = field(default_factory=list)
+    group: str = ""
+    """The task family, for balanced sampling."""
 
     @property
     def n_targets(self) -> int:

@@ -41,7 +41,7 @@ def default_paths(
     strategy = strategy or recipe.fusion.strategy
     run = recipe.run_dir
     return DistillPaths(
-        harvest=run / "harvest",
+        harvest=recipe.harvest_dir,
         fused=run / "fusion" / f"{strategy_slug(strategy)}.parquet",
         out=out or run / "student",
     )
@@ -80,6 +80,7 @@ def build_items(
     items, stats = [], {"examples": 0, "kd_positions": 0, "kd_dropped": 0}
     for ex in fused:
         item = encode_item(tok, ex.messages, ex.target)
+        item.group = ex.family
         for teacher, weight in ex.weights.items():
             row = records.get(ex.record_keys.get(teacher, ""))
             if not use_kd or weight <= 0 or row is None or row["top_tokens"] is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -53,11 +54,31 @@ def lr_lambda(cfg: TrainingConfig) -> Callable[[int], float]:
     return f
 
 
-def step_indices(seed: int, step: int, n_items: int, batch: int, micro: int) -> list[list[int]]:
-    """The items of every micro-batch of ``step`` on every rank: a pure function of the step."""
+def step_indices(
+    seed: int,
+    step: int,
+    n_items: int,
+    batch: int,
+    micro: int,
+    weights: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """The items of every micro-batch of ``step`` on every rank: a pure function of the step.
+
+    Drawn with replacement, uniformly or in proportion to ``weights`` (n_items,)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    flat = torch.randint(n_items, (micro * batch,), generator=gen).tolist()
+    if weights is None:
+        flat = torch.randint(n_items, (micro * batch,), generator=gen).tolist()
+    else:
+        flat = torch.multinomial(weights, micro * batch, replacement=True, generator=gen).tolist()
     return [flat[i * batch : (i + 1) * batch] for i in range(micro)]
+
+
+def sampling_weights(items: list[DistillItem], balance: bool) -> torch.Tensor | None:
+    """Per-item weights that give every group (task family) the same share; ``None``: uniform."""
+    groups = Counter(item.group for item in items)
+    if not balance or len(groups) < 2:
+        return None
+    return torch.tensor([1.0 / groups[item.group] for item in items], dtype=torch.float64)
 
 
 def batch_loss(
@@ -121,10 +142,13 @@ def train(
     history: list[StepLoss] = []
     world = acc.num_processes
     last = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
+    weights = sampling_weights(items, cfg.balance_families)
     with _progress(acc.is_main_process) as progress:
         task = progress.add_task("distill", total=cfg.steps, completed=start, loss=float("nan"))
         for step in range(start, last):
-            micro = step_indices(seed, step, len(items), cfg.batch_size * world, cfg.grad_accum)
+            micro = step_indices(
+                seed, step, len(items), cfg.batch_size * world, cfg.grad_accum, weights
+            )
             batches = [
                 collate_items([items[i] for i in idx[acc.process_index :: world]], pad_id)
                 for idx in micro

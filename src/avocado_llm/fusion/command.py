@@ -48,7 +48,7 @@ def run_fuse_command(args: argparse.Namespace) -> int:
     if recipe is None:
         return 1
     strategy = args.strategy or recipe.fusion.strategy
-    harvest_dir = args.harvest or recipe.run_dir / "harvest"
+    harvest_dir = args.harvest or recipe.harvest_dir
     out = args.out or recipe.run_dir / "fusion"
     records = read_records(harvest_dir)
     if records.num_rows == 0:

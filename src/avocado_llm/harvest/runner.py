@@ -100,7 +100,12 @@ async def harvest(
     (default ``run_dir/harvest``), skipping every record already there."""
     if limit is not None and limit < 1:
         raise HarvestError(f"limit must be at least 1, got {limit}")
-    out = Path(out_dir) if out_dir is not None else recipe.run_dir / "harvest"
+    if out_dir is None and recipe.harvest.from_run is not None:
+        raise HarvestError(
+            f"recipe {recipe.name!r} reuses the harvest of run {recipe.harvest.from_run!r} "
+            "(harvest.from_run): harvest with that run's recipe, or remove from_run"
+        )
+    out = Path(out_dir) if out_dir is not None else recipe.harvest_dir
     prompts = harvest_prompts(recipe, limit)
     params = sampling_params(recipe.harvest, recipe.seed)
     store = HarvestStore(out, recipe.name, recipe.harvest.shard_size)
