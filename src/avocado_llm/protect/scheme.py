@@ -50,11 +50,11 @@ _M1, _M2, _M3 = 0x5BD1E995 & MASK31, 0x27D4EB2F & MASK31, 0x165667B1 & MASK31
 class WatermarkParams:
     """How green lists are drawn; the detector must use the same values as the engine."""
 
-    gamma: float = 0.25
+    gamma: float = 0.5
     """Share of the vocabulary that is green at each position."""
-    context: int = 1
+    context: int = 2
     """``h``: how many previous answer tokens seed the green list."""
-    min_entropy: float = 0.0
+    min_entropy: float = 1.75
     """Bias only positions whose next-token entropy (nats) reaches this; 0: every position.
     A detector with the model and the prompts scores only those positions."""
 
@@ -68,7 +68,7 @@ class WatermarkParams:
 
 
 DEFAULT_PARAMS = WatermarkParams()
-DEFAULT_DELTA = 3.0
+DEFAULT_DELTA = 1.25
 """Logit bias of green tokens for plans that do not set one (see the README's numbers)."""
 
 

@@ -1,0 +1,458 @@
+"""The watermark, proved on the tiny world — one command:
+
+    python bench/radioactivity.py            # → runs/watermark/radioactivity/results.json
+
+1. **Serve** the student (``runs/tiny/student``, else the zoo's ``qwen-tiny``) behind the real
+   metered API on loopback, with a ledger of four accounts; answers are watermarked with each
+   account's key (the default plan).
+2. **Quality**: held-out accuracy (greedy, every family) through the API with the watermark on
+   (default plan) and off (a plan with ``watermark: 0``), on the same prompts.
+3. **Detection**: watermarked answers pooled in random order until 200 scored (distinct,
+   gated) tokens: exact p-value, and which account the text is attributed to
+   (``avocado watermark detect --by-account``).
+4. **Radioactivity**: student **B** is distilled with Avocado's own harvest, using the
+   watermarked API as an OpenAI-compatible endpoint teacher (the ``rival`` account's key), from
+   ≥ 2,000 answers; student **C** the same way from the three zoo teachers directly. Each is
+   then served behind its own API (another ledger and secret, no watermark of its own), and
+   ``avocado watermark suspect`` asks it tiny-world prompts and tests the answers for
+   Avocado's watermark under every account of our ledger (Bonferroni-corrected).
+
+Tiny students, short training, one torch thread: about 10–20 minutes on 2 shared cores.
+``--prompts-per-family`` and ``--steps`` scale it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "radioactivity-bench-secret (server secret of the Avocado API)"
+SUSPECT_SECRET = "the suspect's own server secret"
+MODEL_NAME = "avocado-tiny"
+ACCOUNTS = ("acme", "rival", "globex", "initech")  # rival distills the API into student B
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextmanager
+def serving(model_dir: Path, database_url: str, secret: str) -> Iterator[str]:
+    """The real Avocado server (``create_app``) on 127.0.0.1, in a thread; yields its /v1 URL."""
+    import uvicorn
+
+    from avocado_llm.serve import ServeSettings, create_app
+
+    settings = ServeSettings(
+        model_dir=model_dir,
+        model_name=MODEL_NAME,
+        secret=secret,
+        database_url=database_url,
+        threads=1,
+        max_batch_size=64,
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=_free_port(),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{config.port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ledger(path: Path, secret: str, accounts: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """A fresh SQLite ledger with a price, the accounts, and per account a key with the default
+    plan (watermark on) and one with ``watermark: 0``."""
+    from avocado_llm.billing import MICRO, Billing, Plan
+
+    path.unlink(missing_ok=True)
+    url = f"sqlite:///{path}"
+    billing = Billing(url, secret)
+    billing.migrate()
+    billing.set_price(MODEL_NAME, 0, 0, 0)
+    keys: dict[str, Any] = {}
+    for name in accounts:
+        account_id = billing.create_account(name, 1000 * MICRO)
+        _, on = billing.create_key(name, plan=Plan(name="default", max_tokens=64))
+        _, off = billing.create_key(
+            name, plan=Plan(name="no-watermark", max_tokens=64, watermark=0)
+        )
+        keys[name] = {"id": account_id, "on": on, "off": off}
+    billing.close()
+    return url, keys
+
+
+def endpoint_accuracy(url: str, key: str, examples: list, out: Path | None) -> dict[str, Any]:
+    """Greedy held-out accuracy through the API (the evaluation's endpoint runner); the
+    answers (with their prompts) go to ``out`` as JSONL."""
+    from avocado_llm.evaluate.runner import evaluate_endpoint
+    from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
+
+    os.environ["BENCH_EVAL_KEY"] = key
+    teacher = OpenAICompatTeacher(
+        "api",
+        url,
+        MODEL_NAME,
+        api_key_env="BENCH_EVAL_KEY",
+        supports_logprobs=False,
+        max_concurrency=16,
+    )
+    result = asyncio.run(evaluate_endpoint(teacher, examples, max_new_tokens=24))
+    answers = [a for _, a, _ in result.answers]
+    if out is not None:
+        rows = [{"messages": e.messages, "text": a} for e, a in zip(examples, answers, strict=True)]
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    families = {f: round(s.accuracy, 4) for f, s in result.families.items()}
+    correct = sum(ok for _, _, ok in result.answers)
+    return {
+        "overall": result.overall,
+        "micro": correct / len(examples),
+        "families": families,
+        "answers": answers,
+    }
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``avocado ARGS --json`` in a fresh process; its JSON answer."""
+    cmd = [sys.executable, "-m", "avocado_llm.cli", *args, "--json"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def pooled_detection(
+    answers_file: Path, served: Path, out: Path, database_url: str, target: int, seed: int = 0
+) -> dict[str, Any]:
+    """Answers in random order until ``target`` scored tokens, then ``watermark detect``."""
+    from avocado_llm.protect.detect import Detector, read_answers
+    from avocado_llm.protect.scheme import DEFAULT_PARAMS
+
+    answers = read_answers(answers_file)
+    random.Random(seed).shuffle(answers)
+    detector = Detector.from_model_dir(served, DEFAULT_PARAMS, DEFAULT_PARAMS.min_entropy)
+    ids = [detector.token_ids(a.text) for a in answers]
+    keep = None
+    if detector.gate is not None:
+        keep = detector.gate.keep([a.messages or [] for a in answers], ids)
+    from avocado_llm.protect.scheme import distinct_pairs
+
+    n = len(answers)
+    for n in range(1, len(answers) + 1):
+        pairs = distinct_pairs(ids[:n], DEFAULT_PARAMS, keep[:n] if keep else None)
+        if len(pairs) >= target:
+            break
+    rows = [{"messages": a.messages, "text": a.text} for a in answers[:n]]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {"AVOCADO_SECRET": SECRET}
+    return cli(
+        "watermark",
+        "detect",
+        str(out),
+        "--model",
+        str(served),
+        "--by-account",
+        "--database-url",
+        database_url,
+        env=env,
+    )
+
+
+def recipe_for(
+    name: str,
+    out_dir: Path,
+    teachers: list[dict[str, Any]],
+    args: argparse.Namespace,
+    top_logprobs: int = 0,
+) -> Any:
+    """A tiny-world recipe: SFT-only distillation (endpoints give no log-probabilities)."""
+    from avocado_llm.config import recipe_from_dict
+
+    families = ["arithmetic", "reverse", "facts", "counting", "sorting", "units"]
+    data = {
+        "name": name,
+        "seed": 1,
+        "output_dir": str(out_dir),
+        "world": {
+            "families": families,
+            "train_per_family": args.prompts_per_family,
+            "heldout_per_family": 50,
+            "zoo_dir": str(ROOT / "zoo"),
+        },
+        "teachers": teachers,
+        "harvest": {
+            "prompts_per_family": args.prompts_per_family,
+            "samples_per_prompt": 1,
+            "temperature": 0.0,
+            "max_new_tokens": 24,
+            "top_logprobs": top_logprobs,
+            "batch_size": 64,
+        },
+        "fusion": {"strategy": args.fusion},
+        "student": {
+            "architecture": "qwen3",
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "intermediate_size": 160,
+            "tokenizer_type": "char_bpe",
+            "vocab_size": 512,
+        },
+        "training": {
+            "steps": args.steps,
+            "batch_size": 32,
+            "learning_rate": 3e-3,
+            "alpha_ce": 1.0,
+            "checkpoint_every": 100000,
+        },
+        "eval": {
+            "heldout_per_family": 50,
+            "batch_size": 64,
+            "max_new_tokens": 24,
+            "baselines": [],
+        },
+    }
+    return recipe_from_dict(data, base_dir=ROOT)
+
+
+def distill_student(recipe: Any) -> Path:
+    """Harvest → fuse → distill (SFT), as ``avocado run`` does; returns the student dir."""
+    from avocado_llm.distill.pipeline import distill
+    from avocado_llm.harvest import harvest
+    from avocado_llm.run import fuse_stage
+
+    student = recipe.run_dir / "student"
+    if (student / "avocado.json").exists():
+        log(f"  {student}: already trained")
+        return student
+    t0 = time.monotonic()
+    summary = asyncio.run(harvest(recipe, device="cpu", progress=False))
+    if not summary.ok:
+        raise RuntimeError(f"harvest of {recipe.name} has failed records")
+    log(f"  harvest: {summary}" if len(str(summary)) < 300 else "  harvest done")
+    log(f"  harvested in {time.monotonic() - t0:.0f}s; fusing")
+    fuse_stage(recipe, recipe.fusion.strategy, "cpu")
+    t0 = time.monotonic()
+    distill(recipe, use_kd=False, out=student)
+    log(f"  distilled in {time.monotonic() - t0:.0f}s → {student}")
+    return student
+
+
+def suspect_check(
+    student: Path, served: Path, database_url: str, out: Path, per_family: int
+) -> dict[str, Any]:
+    """Serve the suspect behind its own API, then ``avocado watermark suspect`` against it."""
+    url_db, keys = ledger(out / "suspect-ledger.db", SUSPECT_SECRET, ("customer",))
+    with serving(student, url_db, SUSPECT_SECRET) as url:
+        env = {"AVOCADO_SECRET": SECRET, "SUSPECT_API_KEY": keys["customer"]["off"]}
+        return cli(
+            "watermark",
+            "suspect",
+            "--url",
+            url,
+            "--api-key-env",
+            "SUSPECT_API_KEY",
+            "--model-dir",
+            str(served),
+            "--database-url",
+            database_url,
+            "--prompts",
+            str(per_family),
+            "--save",
+            str(out / "suspect-answers.jsonl"),
+            env=env,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/watermark/radioactivity")
+    parser.add_argument("--model", type=Path, help="student to serve [runs/tiny/student]")
+    parser.add_argument("--heldout", type=int, default=300, help="held-out prompts per family")
+    parser.add_argument(
+        "--prompts-per-family",
+        type=int,
+        default=400,
+        help="harvest prompts per family for B and C [400: 2,400 answers]",
+    )
+    parser.add_argument("--steps", type=int, default=1200, help="training steps of B and C")
+    parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
+    parser.add_argument("--suspect-prompts", type=int, default=150, help="per family")
+    parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    t_start = time.monotonic()
+    from avocado_llm.protect.scheme import DEFAULT_DELTA, DEFAULT_PARAMS
+    from avocado_llm.world.tasks import FAMILIES, generate
+
+    out: Path = args.out
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = args.model or ROOT / "runs/tiny/student"
+    if not (source / "config.json").exists():
+        source = ROOT / "zoo/qwen-tiny"
+    served = out / "served"
+    if not (served / "config.json").exists():  # a frozen copy: runs/tiny may be rebuilt meanwhile
+        shutil.copytree(source, served, ignore=shutil.ignore_patterns("checkpoints"))
+    log(
+        f"served model: {source} (copied to {served}); scheme {DEFAULT_PARAMS}, "
+        f"delta {DEFAULT_DELTA}"
+    )
+    database_url, keys = ledger(out / "ledger.db", SECRET, ACCOUNTS)
+    results: dict[str, Any] = {
+        "served_model": str(source),
+        "scheme": vars(DEFAULT_PARAMS) | {"delta": DEFAULT_DELTA},
+        "accounts": {n: k["id"] for n, k in keys.items()},
+    }
+    heldout = generate(list(FAMILIES), "heldout", args.heldout, seed=0)
+
+    with serving(served, database_url, SECRET) as url:
+        log(f"Avocado API on {url}")
+        # 1. quality: the same held-out prompts with the watermark on (acme) and off
+        on = endpoint_accuracy(url, keys["acme"]["on"], heldout, out / "answers-on.jsonl")
+        off = endpoint_accuracy(url, keys["acme"]["off"], heldout, None)
+        changed = sum(a != b for a, b in zip(on["answers"], off["answers"], strict=True))
+        results["quality"] = {
+            "heldout": len(heldout),
+            "accuracy_on": on["overall"],
+            "accuracy_off": off["overall"],
+            "cost_points": round(100 * (off["overall"] - on["overall"]), 2),
+            "families_on": on["families"],
+            "families_off": off["families"],
+            "answers_changed": changed,
+        }
+        log(
+            f"quality: off {off['overall']:.2%}, on {on['overall']:.2%} "
+            f"({changed} of {len(heldout)} answers differ)"
+        )
+        # 2. detection: pooled to 200 scored tokens, attributed to the account
+        det = pooled_detection(
+            out / "answers-on.jsonl", served, out / "pool-200.jsonl", database_url, 200
+        )
+        results["detection"] = {
+            k: det[k]
+            for k in (
+                "answers",
+                "scored_tokens",
+                "green",
+                "green_fraction",
+                "p_value",
+                "account",
+                "p_value_corrected",
+            )
+        }
+        log(
+            f"detection: {det['answers']} answers, {det['scored_tokens']} scored tokens, "
+            f"p = {det['p_value']:.3g}, attributed to account {det['account']} "
+            f"(acme is {keys['acme']['id']})"
+        )
+        # 3. student B: Avocado's harvest with the watermarked API as an endpoint teacher
+        os.environ["RIVAL_API_KEY"] = keys["rival"]["on"]
+        api_teacher = {
+            "name": "avocado-api",
+            "kind": "openai",
+            "base_url": url,
+            "model": MODEL_NAME,
+            "api_key_env": "RIVAL_API_KEY",
+            "supports_logprobs": False,
+            "max_concurrency": 16,
+            "licence": "Avocado API terms",
+        }
+        log("student B: distilling the watermarked API")
+        b = distill_student(recipe_for("student-b", out, [api_teacher], args))
+    # 4. student C: the same way, from the zoo teachers directly
+    zoo = [
+        {"name": n, "zoo": True, "licence": "Apache-2.0"}
+        for n in ("gemma-tiny", "gpt-oss-tiny", "qwen-tiny")
+    ]
+    log("student C: distilling the zoo teachers")
+    c = distill_student(recipe_for("student-c", out, zoo, args))
+    # 5. the radioactivity check through their APIs
+    for name, student in (("B", b), ("C", c)):
+        log(f"suspect {name}: serving {student} and asking it")
+        r = suspect_check(student, served, database_url, student.parent, args.suspect_prompts)
+        results[f"student_{name}"] = {
+            k: r[k]
+            for k in (
+                "answers",
+                "scored_tokens",
+                "green",
+                "green_fraction",
+                "p_value",
+                "account",
+                "p_value_corrected",
+            )
+        }
+        log(
+            f"suspect {name}: {r['scored_tokens']} scored tokens, green {r['green_fraction']:.2%}"
+            f", best account {r['account']}, p = {r['p_value']:.3g}, corrected for "
+            f"{r['accounts_tested']} accounts: {r['p_value_corrected']:.3g}"
+        )
+    results["rival_account"] = keys["rival"]["id"]
+    results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    q, d = results["quality"], results["detection"]
+    bb, cc = results["student_B"], results["student_C"]
+    print()
+    print(
+        f"quality   held-out accuracy off {q['accuracy_off']:.2%}  on {q['accuracy_on']:.2%}  "
+        f"cost {q['cost_points']:+.2f} points   (target ≤ 1)"
+    )
+    print(
+        f"detection {d['scored_tokens']} scored tokens  p = {d['p_value']:.3g}  account "
+        f"{d['account']}   (target p < 1e-6)"
+    )
+    print(
+        f"student B p = {bb['p_value_corrected']:.3g} (account {bb['account']}; rival is "
+        f"{results['rival_account']})   (target < 1e-3)"
+    )
+    print(f"student C p = {cc['p_value_corrected']:.3g}   (target > 0.05)")
+    print(f"{results['minutes']} min; {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

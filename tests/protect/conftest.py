@@ -1,0 +1,70 @@
+"""Fixtures of the watermark tests: one in-process engine over the zoo's qwen-tiny for the whole
+session, and a helper that asks it prompts with a given watermark."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from avocado_llm.protect.scheme import Watermark
+from avocado_llm.serve.engine import SamplingOptions
+from avocado_llm.serve.local_engine import LocalEngine
+
+MODEL = "qwen-tiny"
+SECRET = "test-watermark-secret"
+
+
+@pytest.fixture(scope="session")
+def engine(zoo_dir: Path) -> Iterator[LocalEngine]:
+    threads = torch.get_num_threads()
+    engine = LocalEngine(zoo_dir / MODEL, model_name=MODEL, batch_wait_ms=20, threads=1)
+    yield engine
+    asyncio.run(engine.aclose())
+    torch.set_num_threads(threads)
+
+
+async def ask(
+    engine: LocalEngine,
+    conversations: Sequence[list[dict[str, str]]],
+    marks: Sequence[Watermark | None],
+    temperature: float = 0.0,
+    max_tokens: int = 24,
+) -> list[str]:
+    """One request per conversation, all submitted at once (so they share batches)."""
+    await engine.start()
+
+    async def collect(gen: object) -> str:
+        return "".join([d.text async for d in gen])  # type: ignore[attr-defined]
+
+    gens = []
+    for i, (messages, mark) in enumerate(zip(conversations, marks, strict=True)):
+        options = SamplingOptions(
+            max_tokens=max_tokens, temperature=temperature, seed=i, watermark=mark
+        )
+        gens.append(engine.generate([engine.chat_prompt(messages)], options))
+    return list(await asyncio.gather(*[collect(g) for g in gens]))
+
+
+@pytest.fixture(scope="session")
+def uncertain_model(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model that hesitates everywhere: qwen-tiny's architecture and tokenizer with freshly
+    initialised (seeded) weights, so every position has high entropy and the default,
+    entropy-gated watermark acts on every token. (The zoo's teachers are too sure of
+    themselves for that; the tiny world's own numbers come from bench/radioactivity.py.)"""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("uncertain-model")
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(zoo_dir / MODEL)
+    config.initializer_range = 0.1  # answers that depend on the prompt, entropy ~6 nats
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(zoo_dir / MODEL).save_pretrained(out)
+    for name in ("generation_config.json", "chat_template.jinja"):
+        if (zoo_dir / MODEL / name).exists():
+            (out / name).write_bytes((zoo_dir / MODEL / name).read_bytes())
+    return out

@@ -1,0 +1,108 @@
+"""The scheme's arithmetic: exact p-values, per-account keys, green lists the engine and the
+detector agree on, and calibration on text that carries no watermark."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from avocado_llm.protect.scheme import (
+    START,
+    Watermark,
+    WatermarkParams,
+    WatermarkState,
+    account_key,
+    binomial_tail,
+    contexts,
+    distinct_pairs,
+    green_mask,
+    is_green,
+    score_pairs,
+)
+
+PARAMS = WatermarkParams(gamma=0.25, context=1)
+
+
+def test_binomial_tail_is_exact() -> None:
+    for n in (1, 5, 20):
+        for p in (0.25, 0.5):
+            for k in range(n + 2):
+                brute = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+                assert math.isclose(binomial_tail(k, n, p), min(brute, 1.0), rel_tol=1e-9)
+    # far in the tail, where a normal approximation is off by orders of magnitude
+    exact = binomial_tail(150, 200, 0.25)
+    assert 0 < exact < 1e-40
+    assert math.isclose(exact, sum(math.comb(200, i) * 0.25**i * 0.75 ** (200 - i)
+                                   for i in range(150, 201)), rel_tol=1e-9)  # fmt: skip
+
+
+def test_keys_differ_per_account_and_secret() -> None:
+    keys = {account_key("secret", a) for a in range(1000)}
+    assert len(keys) == 1000
+    assert account_key("secret", 1) == account_key("secret", 1)
+    assert account_key("secret", 1) != account_key("other secret", 1)
+    assert all(0 <= k < 2**31 for k in keys)
+
+
+def test_green_lists_have_gamma_share_and_match_the_detector() -> None:
+    keys = torch.tensor([account_key("s", a) for a in range(8)])
+    ctx = torch.tensor([[START], [5], [17], [5], [300], [1], [2], [3]])
+    mask = green_mask(keys, ctx, 4096, 0.25)
+    assert abs(mask.float().mean().item() - 0.25) < 0.01
+    for row in range(8):
+        for tok in (0, 7, 4095):
+            assert bool(mask[row, tok]) == is_green(int(keys[row]), ctx[row].tolist(), tok, PARAMS)
+    # another key, another list
+    assert (mask[1] != mask[3]).any()
+
+
+def test_engine_state_biases_each_row_with_its_own_key() -> None:
+    marks = [
+        Watermark(account_key("s", 1), 2.0, PARAMS),
+        None,
+        Watermark(account_key("s", 2), 4.0, PARAMS),
+    ]
+    state = WatermarkState.for_rows(marks, torch.device("cpu"))
+    assert state is not None
+    logits = torch.zeros(3, 64)
+    out = state.apply(logits)
+    assert torch.equal(out[1], logits[1])  # no watermark: untouched
+    for row, mark in ((0, marks[0]), (2, marks[2])):
+        assert mark is not None
+        for tok in range(64):
+            green = is_green(mark.key, [START], tok, PARAMS)
+            assert out[row, tok].item() == (mark.delta if green else 0.0)
+    state.advance(torch.tensor([7, 8, 9]))
+    state.select(torch.tensor([0, 2]))
+    out = state.apply(torch.zeros(2, 64))
+    for row, (mark, prev) in enumerate(((marks[0], 7), (marks[2], 9))):
+        assert mark is not None
+        for tok in range(64):
+            assert (out[row, tok].item() > 0) == is_green(mark.key, [prev], tok, PARAMS)
+    assert WatermarkState.for_rows([None, Watermark(1, 0.0)], torch.device("cpu")) is None
+
+
+def test_distinct_pairs_drop_repeats() -> None:
+    answers = [[5, 6, 7], [5, 6, 7], [5, 6, 8]]
+    pairs = distinct_pairs(answers, PARAMS)
+    assert pairs == [((START,), 5), ((5,), 6), ((6,), 7), ((6,), 8)]
+    assert contexts([1, 2, 3], 2) == [(START, START), (START, 1), (1, 2)]
+    keep = [[True, False, True], [True, True, True], [False, False, False]]
+    assert distinct_pairs(answers, PARAMS, keep) == [((START,), 5), ((6,), 7), ((5,), 6)]
+
+
+def test_calibrated_on_unwatermarked_token_streams() -> None:
+    """500 texts that no key watermarked: at most 2% get p < 0.01 (the test is exact, so
+    about 1% or fewer), and about 5% or fewer get p < 0.05."""
+    rng = random.Random(0)
+    p_values = []
+    for i in range(500):
+        ids = [rng.randrange(512) for _ in range(60)]
+        pairs = distinct_pairs([ids], PARAMS)
+        [score] = score_pairs(pairs, [account_key("s", i % 50)], PARAMS)
+        p_values.append(score.p_value)
+    assert sum(p < 0.01 for p in p_values) / 500 <= 0.02
+    assert sum(p < 0.05 for p in p_values) / 500 <= 0.08
+    assert 0.35 < sum(p_values) / 500 < 0.7  # roughly uniform, not piled at 0 or 1

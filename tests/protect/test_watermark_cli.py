@@ -1,0 +1,268 @@
+"""The watermark end to end through the real API on loopback: answers of each account carry
+its key, `avocado watermark detect` finds the account (JSONL with prompts, plain text), a plan
+with `watermark: 0` gives unmarked answers, and `avocado watermark suspect` flags a model
+that answers with our watermark."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+
+from avocado_llm.billing import MICRO, Billing, Plan
+from avocado_llm.cli import main
+from avocado_llm.serve import ServeSettings, create_app
+from avocado_llm.world.tasks import FAMILIES, generate
+from conftest import SECRET
+
+NAME = "uncertain"
+PROMPTS = [e.messages for e in generate(list(FAMILIES), "heldout", 5, seed=5)]
+
+
+@contextmanager
+def run_server(app: object) -> Iterator[str]:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",  # type: ignore[arg-type]
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@dataclass
+class Api:
+    url: str
+    database_url: str
+    model_dir: Path
+    accounts: dict[str, int]
+    keys: dict[str, str]
+
+    def answers(self, key: str, temperature: float) -> list[str]:
+        client = openai.OpenAI(base_url=self.url, api_key=key, max_retries=0)
+        out = []
+        for i, messages in enumerate(PROMPTS):
+            r = client.chat.completions.create(
+                model=NAME, messages=messages, max_tokens=24, temperature=temperature, seed=i
+            )  # type: ignore[arg-type]
+            out.append(r.choices[0].message.content or "")
+        client.close()
+        return out
+
+
+@pytest.fixture(scope="module")
+def api(uncertain_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp("watermark-api")
+    database_url = f"sqlite:///{tmp / 'ledger.db'}"
+    billing = Billing(database_url, SECRET)
+    billing.migrate()
+    billing.set_price(NAME, 0, 0, 0)
+    accounts, keys = {}, {}
+    for name in ("acme", "rival", "globex"):
+        accounts[name] = billing.create_account(name, 10 * MICRO)
+        keys[name] = billing.create_key(name)[1]  # the default plan: watermark on
+    keys["acme-off"] = billing.create_key("acme", plan=Plan(watermark=0))[1]
+    settings = ServeSettings(
+        model_dir=uncertain_model,
+        model_name=NAME,
+        secret=SECRET,
+        database_url=database_url,
+        threads=1,
+    )
+    with run_server(create_app(settings, billing=billing)) as url:
+        yield Api(url, database_url, uncertain_model, accounts, keys)
+    billing.close()
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr().out
+    return rc, (json.loads(out) if rc == 0 and "--json" in args else {"text": out})
+
+
+def write_jsonl(path: Path, texts: list[str], with_prompts: bool = True) -> Path:
+    rows = [
+        {"messages": m, "text": t} if with_prompts else {"text": t}
+        for m, t in zip(PROMPTS, texts, strict=True)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_detect_finds_the_account_that_received_the_answers(
+    api: Api,
+    tmp_path: Path,
+    temperature: float,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    texts = api.answers(api.keys["rival"], temperature)
+    path = write_jsonl(tmp_path / "answers.jsonl", texts)
+    rc, r = run_cli(
+        [
+            "watermark",
+            "detect",
+            str(path),
+            "--model",
+            str(api.model_dir),
+            "--by-account",
+            "--database-url",
+            api.database_url,
+            "--json",
+        ],
+        capsys,
+    )
+    assert rc == 0
+    assert r["account"] == api.accounts["rival"]
+    assert r["accounts_tested"] == 3
+    assert r["scored_tokens"] >= 100
+    assert r["p_value"] < 1e-6
+    assert r["p_value_corrected"] < 1e-6
+    others = [s for s in r["by_account"] if s["account"] != api.accounts["rival"]]
+    assert all(s["p_value"] > 1e-3 for s in others)
+
+
+def test_detect_plain_text_and_human_report(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    texts = api.answers(api.keys["globex"], 0.0)
+    path = tmp_path / "answers.txt"
+    path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    ids = ",".join(str(i) for i in api.accounts.values())
+    rc, r = run_cli(
+        [
+            "watermark",
+            "detect",
+            str(path),
+            "--model",
+            str(api.model_dir),
+            "--by-account",
+            "--accounts",
+            ids,
+        ],
+        capsys,
+    )
+    assert rc == 0
+    text = r["text"]
+    assert f"best account: {api.accounts['globex']} of 3" in text
+    assert "p-value (exact binomial)" in text and "scored tokens" in text
+    assert "WATERMARKED" in text
+
+
+def test_a_plan_without_watermark_gives_unmarked_answers(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    path = write_jsonl(tmp_path / "off.jsonl", api.answers(api.keys["acme-off"], 0.0))
+    rc, r = run_cli(
+        [
+            "watermark",
+            "detect",
+            str(path),
+            "--model",
+            str(api.model_dir),
+            "--account",
+            str(api.accounts["acme"]),
+            "--json",
+        ],
+        capsys,
+    )
+    assert rc == 0
+    assert r["scored_tokens"] >= 100
+    assert r["p_value"] > 1e-3
+
+
+def test_suspect_flags_a_model_answering_with_our_watermark(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    monkeypatch.setenv("SUSPECT_KEY", api.keys["globex"])
+    saved = tmp_path / "suspect.jsonl"
+    rc, r = run_cli(
+        [
+            "watermark",
+            "suspect",
+            "--url",
+            api.url,
+            "--api-key-env",
+            "SUSPECT_KEY",
+            "--model-dir",
+            str(api.model_dir),
+            "--database-url",
+            api.database_url,
+            "--prompts",
+            "4",
+            "--save",
+            str(saved),
+            "--json",
+        ],
+        capsys,
+    )
+    assert rc == 0
+    assert r["model"] == NAME and r["answers"] == 4 * len(FAMILIES)
+    assert r["account"] == api.accounts["globex"]
+    assert r["p_value_corrected"] < 1e-3
+    assert len(saved.read_text().splitlines()) == r["answers"]
+    # a suspect that answers without our watermark is not flagged
+    monkeypatch.setenv("SUSPECT_KEY", api.keys["acme-off"])
+    rc, r = run_cli(
+        [
+            "watermark",
+            "suspect",
+            "--url",
+            api.url,
+            "--api-key-env",
+            "SUSPECT_KEY",
+            "--model-dir",
+            str(api.model_dir),
+            "--database-url",
+            api.database_url,
+            "--prompts",
+            "4",
+            "--json",
+        ],
+        capsys,
+    )
+    assert rc == 0
+    assert r["p_value_corrected"] > 0.05
+
+
+def test_detect_refuses_without_secret_or_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("The answer is 42.\n")
+    monkeypatch.delenv("AVOCADO_SECRET", raising=False)
+    assert (
+        main(["watermark", "detect", str(path), "--model", "zoo/qwen-tiny", "--account", "1"]) == 2
+    )
+    assert "AVOCADO_SECRET" in capsys.readouterr().err
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    assert main(["watermark", "detect", str(path), "--model", "zoo/qwen-tiny"]) == 2
+    assert "--by-account" in capsys.readouterr().err
