@@ -150,11 +150,11 @@ def _harvest(args: argparse.Namespace) -> int:
     recipe = load_recipe_or_report(args.recipe, args.set)
     if recipe is None:
         return 1
-    out = args.out if args.out is not None else recipe.run_dir / "harvest"
+    out = args.out if args.out is not None else recipe.harvest_dir
     if args.status:
         return _harvest_status(out)
     try:
-        summary = asyncio.run(harvest(recipe, out, limit=args.limit, device=args.device))
+        summary = asyncio.run(harvest(recipe, args.out, limit=args.limit, device=args.device))
     except KeyboardInterrupt:
         print(f"interrupted: what was written is kept in {out}; run the same command to resume",
               file=sys.stderr)  # fmt: skip
