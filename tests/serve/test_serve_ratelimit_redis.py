@@ -210,25 +210,21 @@ def test_rpm_is_shared_by_two_servers(two_servers: tuple[World, World]) -> None:
 def test_unused_tokens_are_given_back_to_the_shared_bucket(
     two_servers: tuple[World, World],
 ) -> None:
-    """tpm=400 and requests reserving 220 each: the second fits (on the other server) only
+    """tpm=300 and requests reserving 220 each: the second (on the other server) fits only
     because the first gave back what it did not use."""
     a, b = two_servers
-    _, key = a.new_key(tpm=400)
+    _, key = a.new_key(tpm=300)
     first = a.client(key).chat.completions.with_raw_response.create(
         model=MODEL, messages=QUESTION, max_tokens=200, temperature=0.0
     )
-    usage = first.parse().usage
-    assert usage is not None and usage.total_tokens < 100  # a short answer
-    reserved = usage.prompt_tokens + 200
-    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 400 - reserved
+    used = first.parse().usage
+    assert used is not None and used.total_tokens < 100  # a short answer
+    reserved = used.prompt_tokens + 200
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 300 - reserved
+    # Without the refund 300 - reserved = 80 tokens were left, far from 220 (28 s of refill).
     second = b.client(key).chat.completions.with_raw_response.create(
         model=MODEL, messages=QUESTION, max_tokens=200, temperature=0.0
     )
-    # Without the refund, 400 - 2 × reserved < 0: the second would have been refused.
-    assert (
-        int(second.headers["x-ratelimit-remaining-tokens"]) >= 400 - usage.total_tokens - reserved
-    )
-    with pytest.raises(openai.RateLimitError) as e:  # a third at once does not fit
-        a.client(key).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=200)
-    assert e.value.code == "rate_limit_exceeded"
-    assert e.value.response.headers["x-ratelimit-limit-tokens"] == "400"
+    remaining = int(second.headers["x-ratelimit-remaining-tokens"])
+    assert remaining >= 300 - used.total_tokens - reserved
+    assert second.headers["x-ratelimit-limit-tokens"] == "300"
