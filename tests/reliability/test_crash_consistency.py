@@ -17,12 +17,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from rel_helpers import (
     FakeUpstream,
     LoadReport,
     ServerProcess,
     Zygote,
+    audit_ledger,
     check_exactly_once,
     free_port,
     prepare_ledger,
@@ -91,13 +93,19 @@ def crash_run(
     record_figures(
         name,
         {
-            "seed": seed, "requests": total, "clients": clients, "servers": servers,
-            "kills": len(killed), "failed_attempts": report.failed_attempts,
-            "answered_from_idempotency_store": replayed, "usage_events": audit.events,
-            "charged_micro_usd": audit.charges, "balance_micro_usd": audit.balance,
+            "seed": seed,
+            "requests": total,
+            "clients": clients,
+            "servers": servers,
+            "kills": len(killed),
+            "failed_attempts": report.failed_attempts,
+            "answered_from_idempotency_store": replayed,
+            "usage_events": audit.events,
+            "charged_micro_usd": audit.charges,
+            "balance_micro_usd": audit.balance,
             "seconds": round(elapsed, 1),
         },
-    )  # fmt: skip
+    )
 
 
 def test_sqlite_server_killed_10_times(
@@ -116,22 +124,74 @@ def test_postgres_server_killed_10_times(
 def test_two_servers_sharing_postgres_killed_10_times(
     upstream: FakeUpstream, zygote: Zygote, pg_database: str, tmp_path: Path
 ) -> None:
-    crash_run("crash-postgres-2-servers", pg_database, 2, 2000, 10, 12, upstream, zygote,
-              tmp_path)  # fmt: skip
+    crash_run("crash-postgres-2-servers", pg_database, 2, 2000, 10, 12, upstream, zygote, tmp_path)
 
 
 @pytest.mark.soak
 @pytest.mark.parametrize("servers", [1, 2])
-def test_soak_postgres_servers_killed_60_times(
+def test_soak_postgres_servers_killed_40_times(
     servers: int, upstream: FakeUpstream, zygote: Zygote, pg_database: str, tmp_path: Path
 ) -> None:
-    crash_run(f"soak-crash-postgres-{servers}", pg_database, servers, 20_000, 60, 24, upstream,
-              zygote, tmp_path)  # fmt: skip
+    crash_run(
+        f"soak-crash-postgres-{servers}",
+        pg_database,
+        servers,
+        10_000,
+        40,
+        24,
+        upstream,
+        zygote,
+        tmp_path,
+    )
 
 
 @pytest.mark.soak
-def test_soak_sqlite_server_killed_60_times(
+def test_soak_sqlite_server_killed_40_times(
     upstream: FakeUpstream, zygote: Zygote, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    crash_run("soak-crash-sqlite", url, 1, 20_000, 60, 24, upstream, zygote, tmp_path)
+    crash_run("soak-crash-sqlite", url, 1, 10_000, 40, 24, upstream, zygote, tmp_path)
+
+
+def test_a_server_starting_up_does_not_let_another_serve_an_unbilled_answer(
+    zygote: Zygote, pg_database: str, tmp_path: Path
+) -> None:
+    """The bug the 2-server crash test found, step by step: server B starts while server A
+    serves a request, and releases A's hold as left open by a crash. A must not then give its
+    answer away unbilled: it answers 503, and the retry with the same Idempotency-Key is served
+    and charged once."""
+    key = prepare_ledger(pg_database, 50 * MICRO)
+    body = {"model": "fake", "messages": [{"role": "user", "content": "slow"}], "max_tokens": 8}
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "slow-1"}
+    with FakeUpstream(delay_s=0.5) as slow:  # 2 to 6 tokens, 0.5 s apart
+        a, b = (
+            ServerProcess(zygote, free_port(), slow.url, pg_database, tmp_path / f"{n}.log")
+            for n in "ab"
+        )
+        with running([a]):
+            answers: list[httpx.Response] = []
+            first = threading.Thread(
+                target=lambda: answers.append(
+                    httpx.post(
+                        f"{a.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+                    )
+                )
+            )
+            first.start()
+            audit_open = 0
+            while audit_open == 0:  # wait until A holds credit for the request
+                audit_open = audit_ledger(pg_database)[0].open_holds
+                time.sleep(0.01)
+            with running([b]):  # B's start-up releases every open hold, A's included
+                first.join(timeout=60)
+                refused = answers[0]
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"]["code"] == "hold_released"
+                assert audit_ledger(pg_database)[0].events == 0  # nothing charged, nothing given
+                retry = httpx.post(
+                    f"{b.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+                )
+                assert retry.status_code == 200, retry.text
+    audit, events = audit_ledger(pg_database)
+    assert [e["request_id"] for e in events] == [retry.json()["id"]]
+    assert audit.balance == audit.credits - audit.charges and audit.open_holds == 0
