@@ -103,6 +103,14 @@ def add_admin_command(commands: Any) -> None:
         metavar="K",
         help="allow logprobs with up to K top_logprobs [0: no logprobs]",
     )
+    p.add_argument(
+        "--watermark",
+        type=float,
+        default=Plan.watermark,
+        metavar="DELTA",
+        help=f"watermark strength of the answers (see `avocado watermark`) [{Plan.watermark}; "
+        "0: off]",
+    )
     p.add_argument("--json", action="store_true", help="print key_id and key as JSON")
     p = leaf(keys, "revoke", _keys_revoke, "revoke a key by its id (key_…)")
     p.add_argument("key_id")
@@ -200,6 +208,7 @@ def _keys_create(billing: Billing, args: argparse.Namespace) -> None:
         max_n=args.max_n,
         logprobs=args.top_logprobs > 0,
         max_top_logprobs=args.top_logprobs,
+        watermark=args.watermark,
     )
     key_id, key = billing.create_key(
         args.account, models=args.models, rpm=args.rpm, tpm=args.tpm, expires_at=expires, plan=plan
