@@ -58,8 +58,10 @@ test-real: install
 	$(PY) -m pip install --quiet $(REAL_SPEC)
 	$(PY) -m pytest -m real $(PYTEST_ARGS)
 
-bench: install
+bench: install postgres
 	$(PY) bench/harvest_throughput.py --threads 1
+	$(PY) bench/gateway_overhead.py
+	$(PY) bench/serve_throughput.py --threads 1
 
 zoo: install
 	$(VENV)/bin/avocado zoo build --out zoo
