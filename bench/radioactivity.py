@@ -319,7 +319,7 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=1200, help="training steps of B and C")
     parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
-    parser.add_argument("--suspect-prompts", type=int, default=150, help="per family")
+    parser.add_argument("--suspect-prompts", type=int, default=300, help="per family")
     parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
     args = parser.parse_args()
     torch.set_num_threads(1)

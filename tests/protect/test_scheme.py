@@ -106,3 +106,16 @@ def test_calibrated_on_unwatermarked_token_streams() -> None:
     assert sum(p < 0.01 for p in p_values) / 500 <= 0.02
     assert sum(p < 0.05 for p in p_values) / 500 <= 0.08
     assert 0.35 < sum(p_values) / 500 < 0.7  # roughly uniform, not piled at 0 or 1
+
+
+def test_entropy_gate_leaves_confident_positions_alone() -> None:
+    params = WatermarkParams(gamma=0.5, context=2, min_entropy=1.75)
+    marks = [Watermark(account_key("s", 1), 1.0, params)] * 2
+    state = WatermarkState.for_rows(marks, torch.device("cpu"))
+    assert state is not None
+    logits = torch.zeros(2, 64)
+    logits[0, 3] = 20.0  # a sure model: entropy ~0
+    out = state.apply(logits)
+    assert torch.equal(out[0], logits[0])
+    green = [is_green(marks[1].key, [START, START], t, params) for t in range(64)]
+    assert out[1].tolist() == [1.0 if g else 0.0 for g in green]

@@ -68,7 +68,7 @@ class WatermarkParams:
 
 
 DEFAULT_PARAMS = WatermarkParams()
-DEFAULT_DELTA = 1.25
+DEFAULT_DELTA = 1.0
 """Logit bias of green tokens for plans that do not set one (see the README's numbers)."""
 
 

@@ -1,0 +1,111 @@
+"""Watermark overhead in the batching engine: the same batches decoded with every row
+watermarked (its own account key, the default entropy-gated scheme) and with none, interleaved
+and repeated; medians side by side.
+
+(a) the in-process engine (``LocalEngine`` → ``batching.decode``), 32 requests of 24 tokens each
+    (``ignore_eos``, so both sides decode exactly the same number of steps), greedy and sampled;
+(b) the watermark step alone (``WatermarkState.apply`` on a (32, V) logits tensor) for the
+    model's vocabulary and for a 152k vocabulary (Qwen3/gpt-oss size), against the softmax the
+    sampler already does on the same tensor.
+
+The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off>``.
+
+    .venv/bin/python bench/watermark_overhead.py [--model zoo/qwen-tiny] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from avocado_llm.protect.scheme import Watermark, WatermarkState, account_key
+from avocado_llm.serve.engine import SamplingOptions
+from avocado_llm.serve.local_engine import LocalEngine
+from avocado_llm.world.tasks import FAMILIES, generate
+
+BATCH = 32
+TOKENS = 24
+
+
+async def run_batch(engine: LocalEngine, prompts: list, temperature: float, marked: bool) -> float:
+    """Seconds to decode one batch of ``BATCH`` requests (one per account when marked)."""
+    gens = []
+    t0 = time.perf_counter()
+    for i, messages in enumerate(prompts):
+        mark = Watermark(account_key("bench", i)) if marked else None
+        opts = SamplingOptions(
+            max_tokens=TOKENS, temperature=temperature, seed=i, ignore_eos=True, watermark=mark
+        )
+        gens.append(engine.generate([engine.chat_prompt(messages)], opts))
+
+    async def drain(g: object) -> None:
+        async for _ in g:  # type: ignore[attr-defined]
+            pass
+
+    await asyncio.gather(*[drain(g) for g in gens])
+    return time.perf_counter() - t0
+
+
+def step_cost(vocab: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``apply`` and of a softmax on (BATCH, vocab) logits."""
+    marks = [Watermark(account_key("bench", i)) for i in range(BATCH)]
+    state = WatermarkState.for_rows(marks, torch.device("cpu"))
+    assert state is not None
+    state.advance(torch.randint(vocab, (BATCH,)))
+    logits = torch.randn(BATCH, vocab)
+    apply_t, soft_t = [], []
+    for _ in range(repeats * 4):
+        t0 = time.perf_counter()
+        state.apply(logits)
+        apply_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch.softmax(logits, dim=-1)
+        soft_t.append(time.perf_counter() - t0)
+    return statistics.median(apply_t), statistics.median(soft_t)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    engine = LocalEngine(args.model, threads=args.threads, max_batch_size=BATCH, batch_wait_ms=50)
+    await engine.start()
+    prompts = [e.messages for e in generate(list(FAMILIES), "heldout", 6, seed=1)][:BATCH]
+    ratios = {}
+    for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
+        await run_batch(engine, prompts, temperature, True)  # warm-up
+        on, off = [], []
+        for _ in range(args.repeats):
+            off.append(await run_batch(engine, prompts, temperature, False))
+            on.append(await run_batch(engine, prompts, temperature, True))
+        m_on, m_off = statistics.median(on), statistics.median(off)
+        ratios[name] = m_on / m_off
+        print(
+            f"(a) engine {name:7s}: off {m_off * 1000:7.1f} ms  on {m_on * 1000:7.1f} ms  "
+            f"per batch of {BATCH}×{TOKENS} tokens  ratio {ratios[name]:.3f}"
+        )
+    await engine.aclose()
+    vocab = int(engine.hf_model.config.vocab_size)
+    for v in (vocab, 151_936):
+        a, s = step_cost(v, args.repeats)
+        print(
+            f"(b) vocab {v:>7d}: watermark step {a * 1e3:.3f} ms, softmax {s * 1e3:.3f} ms "
+            f"(ratio {a / s:.2f})"
+        )
+    print(f"ratio_greedy={ratios['greedy']:.3f} ratio_sampled={ratios['sampled']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("zoo/qwen-tiny"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
