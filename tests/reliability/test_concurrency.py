@@ -169,3 +169,33 @@ def test_requests_per_minute_hold_across_three_servers_with_redis(
         record_figures("rpm-redis", figures | {"seconds": round(seconds, 2)})
     else:  # the control: without Redis each process has its own bucket
         assert statuses[200] > RPM + refilled, (statuses, seconds)
+
+
+def test_one_idempotency_key_sent_at_once_to_three_servers_runs_once(
+    zygote: Zygote, upstream: FakeUpstream, pg_database: str, tmp_path: Path
+) -> None:
+    """The same request with the same Idempotency-Key, 30 times at once over 3 servers (a
+    client retrying too eagerly): it runs once; the others get 409 (the first still runs) or
+    the stored answer; every answer is the same one, and it is charged once."""
+    key = prepare_ledger(pg_database, 10**9)
+    procs = servers(zygote, upstream, pg_database, tmp_path, {})
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "once-only"}
+    barrier = threading.Barrier(30)
+
+    def one(i: int) -> tuple[int, str]:
+        barrier.wait()
+        for _ in range(500):  # retry 409s until the first attempt has finished
+            response = httpx.post(f"{procs[i % SERVERS].url}/v1/chat/completions",
+                                  json=body(7), headers=headers, timeout=60)  # fmt: skip
+            if response.status_code != 409:
+                break
+            time.sleep(0.02)
+        return response.status_code, response.json().get("id", "")
+
+    with running(procs), ThreadPoolExecutor(max_workers=30) as pool:
+        answers = list(pool.map(one, range(30)))
+    assert {status for status, _ in answers} == {200}
+    assert len({rid for _, rid in answers}) == 1
+    audit, events = audit_ledger(pg_database)
+    assert [e["request_id"] for e in events] == [answers[0][1]]
+    assert audit.balance == audit.credits - audit.charges and audit.open_holds == 0
