@@ -55,7 +55,8 @@ def crash_run(
         for i in range(servers)
     ]
     report = LoadReport()
-    kill_points = sorted(rng.sample(range(total // 20, total - total // 20), kills))
+    # Random moments over the first 80% of the load, so that every kill lands before its end.
+    kill_points = sorted(rng.sample(range(total // 20, total * 4 // 5), kills))
     killed: list[int] = []
     errors: list[BaseException] = []
 
