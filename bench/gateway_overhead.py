@@ -11,7 +11,9 @@ that the client's own cost is small and the same for every path). Each setting r
 - ``direct``: the clients call the upstream;
 - ``sqlite`` / ``postgresql``: the clients call the gateway, whose ledger is SQLite (WAL) or a
   throwaway PostgreSQL server on loopback; every request is authenticated, held, forwarded,
-  settled and recorded (checked at the end: one usage event per request sent).
+  settled and recorded (checked at the end: one usage event per request sent);
+- ``sqlite+redis`` (``--redis``): as ``sqlite``, with a key whose rpm/tpm limits (too high to
+  refuse) are kept in a throwaway Redis: two more Redis round trips per request.
 
 Added latency is the gateway's percentile minus direct's, per concurrency. The last line is
 ``overhead_p50_ms=<x> overhead_p99_ms=<y> rps_ratio=<metered/direct>`` for SQLite at the
@@ -120,15 +122,17 @@ def run_gateway(settings: dict[str, Any], sock: socket.socket, log_file: str) ->
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def prepare_ledger(database_url: str) -> str:
-    """Migrate, price the model, fund an account; returns a key for it (no rate limits)."""
+def prepare_ledger(database_url: str, limited: bool = False) -> str:
+    """Migrate, price the model, fund an account; returns a key for it: with rate limits too
+    high to refuse anything when ``limited`` (so that every request runs the limiter)."""
     from avocado_llm.billing import MICRO, Billing
 
     billing = Billing(database_url, SECRET)
     billing.migrate()
     billing.set_price(MODEL, 500_000, 1_500_000, 0)
     billing.create_account("bench", 1_000_000 * MICRO)
-    _, key = billing.create_key("bench")
+    limits = {"rpm": 10**9, "tpm": 10**12} if limited else {}
+    _, key = billing.create_key("bench", **limits)  # type: ignore[arg-type]
     billing.close()
     return key
 
@@ -251,7 +255,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="per setting and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL ledger")
-    parser.add_argument("--redis", action="store_true", help="also SQLite + Redis rate limits")
+    parser.add_argument(
+        "--redis", action="store_true", help="also SQLite + rate limits shared through Redis"
+    )
     args = parser.parse_args()
 
     spawn = multiprocessing.get_context("spawn")
@@ -281,7 +287,7 @@ def main() -> None:
         ports: dict[str, tuple[int, str | None]] = {"direct": (up_port, None)}
         pids: dict[str, int | None] = {"direct": processes[0].pid}
         for name, url in ledgers.items():
-            key = prepare_ledger(url)
+            key = prepare_ledger(url, limited=name == "sqlite+redis")
             settings = {"upstream_url": f"http://127.0.0.1:{up_port}/v1", "model_name": MODEL,
                         "database_url": url, "secret": SECRET}  # fmt: skip
             if name == "sqlite+redis":
