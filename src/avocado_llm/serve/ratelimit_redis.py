@@ -4,7 +4,8 @@ The same token buckets as :class:`~avocado_llm.serve.ratelimit.RateLimiter` (one
 of capacity, continuous refill, both buckets or neither, unused tokens given back, the same
 ``x-ratelimit-*`` headers and ``Retry-After``), kept in Redis hashes and changed only by Lua
 scripts, which Redis runs atomically: two processes can never both take the last request.
-The time is Redis's own clock (``TIME``), so the servers' clocks do not matter.
+The time is Redis's own clock (``TIME``), so the servers' clocks do not matter (Redis 5 or later:
+scripts that read the clock and then write need its effects replication).
 
 A bucket is a hash ``{level, updated}`` under ``<prefix>:{<key id>}:<requests|tokens>:<limit>``
 (the limit is part of the name, as in process: a new limit starts a fresh bucket; the braces
