@@ -199,6 +199,36 @@ def pooled_detection(
     )
 
 
+def robustness(answers_file: Path, served: Path, account_id: int) -> dict[str, Any]:
+    """What edits do to detection, on the same watermarked answers: the text alone (no
+    prompts, so every position is scored), and a share of each answer's tokens replaced by
+    random ones (a crude stand-in for paraphrasing)."""
+    from avocado_llm.protect.detect import Detector, read_answers
+    from avocado_llm.protect.scheme import DEFAULT_PARAMS, account_key, distinct_pairs, score_pairs
+
+    answers = read_answers(answers_file)
+    detector = Detector.from_model_dir(served, DEFAULT_PARAMS, DEFAULT_PARAMS.min_entropy)
+    assert detector.gate is not None
+    key = account_key(SECRET, account_id)
+    ids = [detector.token_ids(a.text) for a in answers]
+    prompts = [a.messages or [] for a in answers]
+    out: dict[str, Any] = {}
+    [s] = score_pairs(distinct_pairs(ids, DEFAULT_PARAMS), [key], DEFAULT_PARAMS)
+    out["text_only_all_answers"] = {"scored_tokens": s.scored, "p_value": s.p_value}
+    vocab = len(detector.tokenizer)
+    for share in (0.1, 0.25, 0.5):
+        rng = random.Random(1)
+        edited = [[rng.randrange(vocab) if rng.random() < share else t for t in row] for row in ids]
+        keep = detector.gate.keep(prompts, edited)
+        [s] = score_pairs(distinct_pairs(edited, DEFAULT_PARAMS, keep), [key], DEFAULT_PARAMS)
+        out[f"tokens_replaced_{int(share * 100)}pct"] = {
+            "scored_tokens": s.scored,
+            "green_fraction": round(s.green_fraction, 4),
+            "p_value": s.p_value,
+        }
+    return out
+
+
 def recipe_for(
     name: str,
     out_dir: Path,
@@ -314,12 +344,12 @@ def main() -> int:
     parser.add_argument(
         "--prompts-per-family",
         type=int,
-        default=400,
-        help="harvest prompts per family for B and C [400: 2,400 answers]",
+        default=560,
+        help="harvest prompts per family for B and C [560: ~3,300 answers, ~2,400 kept by fusion]",
     )
-    parser.add_argument("--steps", type=int, default=1200, help="training steps of B and C")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of B and C")
     parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
-    parser.add_argument("--suspect-prompts", type=int, default=300, help="per family")
+    parser.add_argument("--suspect-prompts", type=int, default=600, help="per family")
     parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -389,6 +419,8 @@ def main() -> int:
             f"p = {det['p_value']:.3g}, attributed to account {det['account']} "
             f"(acme is {keys['acme']['id']})"
         )
+        results["robustness"] = robustness(out / "answers-on.jsonl", served, keys["acme"]["id"])
+        log(f"robustness: {json.dumps(results['robustness'])}")
         # 3. student B: Avocado's harvest with the watermarked API as an endpoint teacher
         os.environ["RIVAL_API_KEY"] = keys["rival"]["on"]
         api_teacher = {

@@ -119,3 +119,32 @@ def test_entropy_gate_leaves_confident_positions_alone() -> None:
     assert torch.equal(out[0], logits[0])
     green = [is_green(marks[1].key, [START, START], t, params) for t in range(64)]
     assert out[1].tolist() == [1.0 if g else 0.0 for g in green]
+
+
+def full_bias(logits: torch.Tensor, marks: list[Watermark], ctx: torch.Tensor) -> torch.Tensor:
+    """The textbook watermark: every green token of the vocabulary raised by delta."""
+    keys = torch.tensor([m.key for m in marks])
+    green = green_mask(keys, ctx, logits.shape[-1], marks[0].params.gamma)
+    return logits + green.float() * torch.tensor([m.delta for m in marks])[:, None]
+
+
+def test_engine_step_equals_the_full_green_list_bias() -> None:
+    """The engine hashes only the tokens that can be picked; greedy choices are exactly those
+    of biasing the whole vocabulary, and sampled rows get the bias on every token within reach."""
+    params = WatermarkParams(gamma=0.5, context=2, min_entropy=0.0)
+    marks = [Watermark(account_key("s", a), 1.5, params) for a in range(16)]
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 3000, generator=gen) * 3
+    for temperature in (0.0, 1.0):
+        state = WatermarkState.for_rows(marks, torch.device("cpu"), [temperature] * 16)
+        assert state is not None
+        state.advance(torch.randint(3000, (16,), generator=gen))
+        state.advance(torch.randint(3000, (16,), generator=gen))
+        reference = full_bias(logits, marks, state.context)
+        out = state.apply(logits)
+        assert torch.equal(out.argmax(-1), reference.argmax(-1))
+        if temperature > 0:  # within 12 nats (+ delta) of the top: the full bias; else none
+            reach = logits >= logits.max(-1, keepdim=True).values - (12.0 + 1.5)
+            assert torch.equal(out[reach], reference[reach])
+            assert torch.equal(out[~reach], logits[~reach])
+            assert reach.float().mean() > 0.5

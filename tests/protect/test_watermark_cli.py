@@ -24,7 +24,7 @@ from avocado_llm.world.tasks import FAMILIES, generate
 from conftest import SECRET
 
 NAME = "uncertain"
-PROMPTS = [e.messages for e in generate(list(FAMILIES), "heldout", 5, seed=5)]
+PROMPTS = [e.messages for e in generate(list(FAMILIES), "heldout", 8, seed=5)]
 
 
 @contextmanager

@@ -101,7 +101,8 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 def seeds(keys: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Per-position seeds from keys (N,) and contexts (N, h) of token ids (or START)."""
+    """Per-position seeds from keys (N,) and contexts (N, h) of token ids (or START):
+    ``s = mix(key); s = mix(s ^ mix(c_j + j + 1))`` for each context column ``j``."""
     s = _mix(keys.long())
     for j in range(context.shape[-1]):
         s = _mix(s ^ _mix(context[..., j].long() + j + 1))
@@ -109,8 +110,34 @@ def seeds(keys: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Pseudo-uniform numbers in [0, 1) for (seed, token) pairs (broadcasting)."""
+    """Pseudo-uniform numbers in [0, 1) for (seed, token) pairs (broadcasting):
+    ``mix(seed ^ mix(2 t + 1)) / 2^31``."""
     return _mix(seed ^ _mix(tokens.long() * 2 + 1)).double() / float(1 << 31)
+
+
+class HashTables:
+    """The hash's per-token parts for one vocabulary, computed once: ``mix(2 t + 1)`` and
+    ``mix(c + j + 1)`` for every token (index ``vocab`` stands for START), so a decode step
+    only mixes the row seeds and the candidate tokens (the same values as :func:`seeds` and
+    :func:`uniform`)."""
+
+    def __init__(self, vocab: int, h: int, device: torch.device) -> None:
+        ids = torch.arange(vocab + 1, device=device)
+        ids[vocab] = START
+        self.vocab = vocab
+        self.token = _mix(ids[:vocab] * 2 + 1)  # (V,)
+        self.context = torch.stack([_mix(ids + j + 1) for j in range(h)])  # (h, V + 1)
+
+    def seeds(self, key_mix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        s = key_mix
+        idx = context.clamp(max=self.vocab)  # START → the last index
+        for j in range(context.shape[-1]):
+            s = _mix(s ^ self.context[j][idx[:, j]])
+        return s
+
+    def hashes(self, seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``uniform(seed, tokens) * 2^31`` as integers."""
+        return _mix(seed ^ self.token[tokens])
 
 
 def green_mask(keys: torch.Tensor, context: torch.Tensor, vocab: int, gamma: float) -> torch.Tensor:
@@ -134,14 +161,27 @@ def contexts(ids: Sequence[int], h: int) -> list[tuple[int, ...]]:
 # --- the engine side --------------------------------------------------------------------
 
 
+SPREAD = 12.0
+"""Sampled rows: tokens more than ``SPREAD × temperature`` nats below the top token (relative
+probability under e^-12 ≈ 6e-6) keep their logit unbiased; greedy rows need only the tokens
+within ``delta`` of the top (no other can become the argmax), so greedy decoding is exact."""
+
+
 class WatermarkState:
-    """The watermark of one batch in the decode loop: a (B,) key, strength and gamma per row
-    and the (B, h) contexts, all tensors; rows without a watermark have strength 0.
+    """The watermark of one batch in the decode loop: a (B,) key, strength, gamma, gate and
+    temperature per row and the (B, h) contexts, all tensors; rows without a watermark have
+    strength 0.
 
-    ``apply`` costs a few integer operations on a (B, V) tensor per step — the same order as
-    the softmax the sampler already does."""
+    ``apply`` is vectorised over the batch: the entropy gate (one log-softmax), then the keyed
+    hash only for the tokens that could be picked — those within reach of each row's top
+    token — so its cost does not grow with the vocabulary beyond a few elementwise passes."""
 
-    def __init__(self, marks: Sequence[Watermark | None], device: torch.device) -> None:
+    def __init__(
+        self,
+        marks: Sequence[Watermark | None],
+        device: torch.device,
+        temperatures: Sequence[float] | None = None,
+    ) -> None:
         self.h = max((m.params.context for m in marks if m is not None), default=1)
         self.keys = torch.tensor([m.key if m else 0 for m in marks], device=device)
         self.delta = torch.tensor([m.delta if m else 0.0 for m in marks], device=device)
@@ -149,35 +189,57 @@ class WatermarkState:
         self.min_entropy = torch.tensor(
             [m.params.min_entropy if m else 0.0 for m in marks], device=device
         )
-        self.width = torch.tensor(
-            [m.params.context if m else 1 for m in marks], device=device
-        )  # each row's own h (the last h columns of the context)
+        temps = temperatures if temperatures is not None else [0.0] * len(marks)
+        self.temperature = torch.tensor([max(float(t), 0.0) for t in temps], device=device)
+        widths = [m.params.context if m else 1 for m in marks]
+        self.width = torch.tensor(widths, device=device)  # each row's own h
+        self.mixed = any(w < self.h for w in widths)
         self.context = torch.full((len(marks), self.h), START, dtype=torch.long, device=device)
-        self.gated = bool((self.min_entropy > 0).any())
+        self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
+        self.key_mix = _mix(self.keys.long())
+        self.threshold = self.gamma.double() * float(1 << 31)  # green: hash < gamma · 2^31
+        self.tables: HashTables | None = None
 
     @classmethod
     def for_rows(
-        cls, marks: Sequence[Watermark | None], device: torch.device
+        cls,
+        marks: Sequence[Watermark | None],
+        device: torch.device,
+        temperatures: Sequence[float] | None = None,
     ) -> WatermarkState | None:
         """The state for a batch, or None when no row is watermarked (nothing to do)."""
         if not any(m is not None and m.delta != 0 for m in marks):
             return None
-        return cls(marks, device)
+        return cls(marks, device, temperatures)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits (B, V) with each row's green tokens raised by its ``delta``."""
+        """Logits (B, V) with each row's green tokens raised by its ``delta`` (where the row's
+        entropy reaches its gate)."""
         bias = self.delta
         if self.gated:
-            logp = torch.log_softmax(logits, dim=-1)
+            logp = torch.log_softmax(logits.float(), dim=-1)
             entropy = -(logp.exp() * logp).sum(dim=-1)
             bias = torch.where(entropy >= self.min_entropy, bias, torch.zeros_like(bias))
-        ctx = self.context
-        if bool((self.width < self.h).any()):  # rows with a shorter h: START-pad the front
+        rows = bias.nonzero().flatten()
+        if rows.numel() == 0:  # a confident step: nothing to bias
+            return logits
+        sub, row_bias = logits[rows], bias[rows]
+        reach = row_bias + SPREAD * self.temperature[rows]
+        top = sub.max(dim=-1, keepdim=True).values
+        r, tok = (sub >= top - reach[:, None]).nonzero(as_tuple=True)  # candidate tokens
+        ctx = self.context[rows]
+        if self.mixed:  # rows with a shorter h: START-pad the front of their context
             cols = torch.arange(self.h, device=ctx.device)[None, :]
-            ctx = torch.where(cols >= self.h - self.width[:, None], ctx, START)
-        vocab_ids = torch.arange(logits.shape[-1], device=logits.device)
-        green = uniform(seeds(self.keys, ctx)[:, None], vocab_ids[None, :]) < self.gamma[:, None]
-        return logits + green.to(logits.dtype) * bias.to(logits.dtype)[:, None]
+            ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
+        vocab = logits.shape[-1]
+        if self.tables is None or self.tables.vocab != vocab:
+            self.tables = HashTables(vocab, self.h, logits.device)
+        s = self.tables.seeds(self.key_mix[rows], ctx)
+        green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
+        out = logits.clone()
+        add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
+        out.index_put_((rows[r], tok), add, accumulate=True)
+        return out
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Shift each row's new token into its context."""
@@ -185,7 +247,17 @@ class WatermarkState:
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only these rows (finished rows left the batch)."""
-        for name in ("keys", "delta", "gamma", "min_entropy", "width", "context"):
+        for name in (
+            "keys",
+            "key_mix",
+            "delta",
+            "gamma",
+            "threshold",
+            "min_entropy",
+            "temperature",
+            "width",
+            "context",
+        ):
             setattr(self, name, getattr(self, name)[index])
 
 
@@ -202,9 +274,12 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 
     def term(i: int) -> float:
         return (
-            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-            + i * log_p + (n - i) * log_q
-        )  # fmt: skip
+            math.lgamma(n + 1)
+            - math.lgamma(i + 1)
+            - math.lgamma(n - i + 1)
+            + i * log_p
+            + (n - i) * log_q
+        )
 
     logs = [term(i) for i in range(k, n + 1)]
     top = max(logs)

@@ -178,7 +178,9 @@ def decode(
     logits = forward(ids, positions)
     last = positions[:, -1]  # (B,)
     live = rows
-    marks = WatermarkState.for_rows([r.options.watermark for r in rows], device)
+    marks = WatermarkState.for_rows(
+        [r.options.watermark for r in rows], device, [r.options.temperature for r in rows]
+    )
     while True:
         if marks is not None:  # each row's account key biases its own green tokens
             logits = marks.apply(logits)
