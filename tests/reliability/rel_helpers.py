@@ -9,6 +9,7 @@ upstream, clients that retry with an ``Idempotency-Key``, and an audit of the le
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -341,13 +343,13 @@ def request_body(index: int) -> tuple[str, dict[str, Any]]:
     return "/v1/completions", body | {"prompt": text}
 
 
-def _read_answer(response: httpx.Response, stream: bool) -> tuple[str, int, int] | None:
+def _read_answer(text: str, stream: bool) -> tuple[str, int, int] | None:
     """``(id, prompt_tokens, completion_tokens)`` of a whole answer; None if it is cut short."""
     if not stream:
-        data = response.json()
+        data = json.loads(text)
         return data["id"], data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"]
     rid, usage, done = None, None, False
-    for line in response.text.splitlines():
+    for line in text.splitlines():
         if not line.startswith("data: "):
             continue
         if line == "data: [DONE]":
@@ -361,6 +363,36 @@ def _read_answer(response: httpx.Response, stream: bool) -> tuple[str, int, int]
     if not done or rid is None or usage is None:
         return None
     return rid, usage["prompt_tokens"], usage["completion_tokens"]
+
+
+class KeepAlive:
+    """One keep-alive HTTP/1.1 connection per server, for one client thread: the standard
+    library's client, which costs the load's CPU far less than httpx. Any failure closes the
+    connection; the next request opens a new one."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
+        """``(status, Idempotent-Replayed header, body)``."""
+        parsed = urllib.parse.urlsplit(url)
+        conn = self.connections.get(parsed.netloc)
+        if conn is None:
+            conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+            self.connections[parsed.netloc] = conn
+        try:
+            conn.request("POST", parsed.path, body, headers)
+            response = conn.getresponse()
+            text = response.read().decode()
+            return response.status, response.getheader("idempotent-replayed", ""), text
+        except BaseException:
+            conn.close()
+            del self.connections[parsed.netloc]
+            raise
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            conn.close()
 
 
 def run_load(
@@ -378,13 +410,16 @@ def run_load(
 
     def worker(n: int) -> None:
         rng = random.Random(seed * 1000 + n)
-        with httpx.Client(timeout=httpx.Timeout(60, connect=5)) as http:
+        client = KeepAlive()
+        try:
             while True:
                 with counter_lock:
                     index = next(counter, None)
                 if index is None:
                     return
-                _one_request(http, rng, urls, key, index, report)
+                _one_request(client, rng, urls, key, index, report)
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(clients)]
     for t in threads:
@@ -394,7 +429,7 @@ def run_load(
 
 
 def _one_request(
-    http: httpx.Client,
+    client: KeepAlive,
     rng: random.Random,
     urls: Callable[[], list[str]],
     key: str,
@@ -402,28 +437,29 @@ def _one_request(
     report: LoadReport,
 ) -> None:
     path, body = request_body(index)
+    payload = json.dumps(body).encode()
     idem_key = f"req-{index}-{uuid.uuid4().hex}"
-    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem_key}
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem_key,
+               "Content-Type": "application/json"}  # fmt: skip
     attempts = 0
     while True:
         attempts += 1
         assert attempts < 2000, f"request {index} never succeeded"
         url = rng.choice(urls())
         try:
-            response = http.post(url + path, json=body, headers=headers)
-            if response.status_code == 200:
-                answer = _read_answer(response, body["stream"])
+            status, replayed, text = client.post(url + path, payload, headers)
+            if status == 200:
+                answer = _read_answer(text, body["stream"])
                 if answer is not None:
-                    replayed = response.headers.get("idempotent-replayed") == "true"
-                    outcome = Outcome(index, idem_key, *answer, attempts, replayed)
+                    outcome = Outcome(index, idem_key, *answer, attempts, replayed == "true")
                     with report.lock:
                         report.outcomes.append(outcome)
                     return
-            elif response.status_code not in (409, 429) and response.status_code < 500:
+            elif status not in (409, 429) and status < 500:
                 with report.lock:
-                    report.unexpected.append(f"{index}: {response.status_code} {response.text}")
+                    report.unexpected.append(f"{index}: {status} {text}")
                 return
-        except (httpx.HTTPError, json.JSONDecodeError, KeyError):
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
             pass  # the server died under us: retry with the same Idempotency-Key
         with report.lock:
             report.failed_attempts += 1
