@@ -9,6 +9,7 @@ upstream, clients that retry with an ``Idempotency-Key``, and an audit of the le
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
@@ -39,6 +40,13 @@ MODEL = "fake"
 PRICE = Price(input_per_1m=1_000_000, output_per_1m=3_000_000, per_request=7)
 """1 µ$ per prompt token, 3 µ$ per completion token, 7 µ$ per request."""
 AVOCADO = [sys.executable, "-m", "avocado_llm.cli"]
+
+
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``): be killed when the process that started it dies,
+    so that no server outlives a test run that was itself killed (Linux; elsewhere a no-op)."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -80,7 +88,7 @@ class FakeUpstream:
     def __enter__(self) -> FakeUpstream:
         script = str(HERE / "fake_upstream.py")
         command = [sys.executable, script, str(self.port), str(self.delay_s)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
         try:
             _wait_listening(self.port, self.proc, "the fake upstream")
         except BaseException:
@@ -106,6 +114,7 @@ class Zygote:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "zygote.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         return self
 
@@ -196,6 +205,7 @@ class ServerProcess:
                 self.proc = subprocess.Popen(
                     [*AVOCADO, *self.argv()], stdout=out, stderr=subprocess.STDOUT,
                     env={**os.environ, **env}, start_new_session=True,
+                    preexec_fn=die_with_parent,
                 )  # fmt: skip
             self.pid = self.proc.pid
         self.starts += 1

@@ -13,6 +13,7 @@ Protocol, one JSON object per line: ``{"argv": [...], "env": {...}, "log": "path
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -32,6 +33,8 @@ def _serve_in_child(argv: list[str], env: dict[str, str], log: str) -> None:
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        with contextlib.suppress(OSError, AttributeError):  # die with the zygote (Linux)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
