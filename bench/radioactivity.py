@@ -310,6 +310,20 @@ def distill_student(recipe: Any) -> Path:
     return student
 
 
+def data_sizes(recipe: Any) -> dict[str, int]:
+    """Answers harvested and examples fusion kept for the student."""
+    import pyarrow.parquet as pq
+
+    from avocado_llm.fusion import strategy_slug
+    from avocado_llm.harvest import read_records
+
+    fused = recipe.run_dir / "fusion" / f"{strategy_slug(recipe.fusion.strategy)}.parquet"
+    return {
+        "answers_harvested": read_records(recipe.harvest_dir).num_rows,
+        "examples_fused": pq.read_metadata(fused).num_rows,
+    }
+
+
 def suspect_check(
     student: Path, served: Path, database_url: str, out: Path, per_family: int
 ) -> dict[str, Any]:
@@ -362,7 +376,11 @@ def main() -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     source = args.model or ROOT / "runs/tiny/student"
-    if not (source / "config.json").exists():
+    if not any(source.glob("*.safetensors")):  # missing, or being rebuilt right now
+        log(
+            f"no trained model in {source}: serving the zoo's qwen-tiny instead (a confident "
+            "model: the entropy gate leaves it little to mark)"
+        )
         source = ROOT / "zoo/qwen-tiny"
     served = out / "served"
     if not (served / "config.json").exists():  # a frozen copy: runs/tiny may be rebuilt meanwhile
@@ -434,30 +452,31 @@ def main() -> int:
             "licence": "Avocado API terms",
         }
         log("student B: distilling the watermarked API")
-        b = distill_student(recipe_for("student-b", out, [api_teacher], args))
+        b_recipe = recipe_for("student-b", out, [api_teacher], args)
+        b = distill_student(b_recipe)
     # 4. student C: the same way, from the zoo teachers directly
     zoo = [
         {"name": n, "zoo": True, "licence": "Apache-2.0"}
         for n in ("gemma-tiny", "gpt-oss-tiny", "qwen-tiny")
     ]
     log("student C: distilling the zoo teachers")
-    c = distill_student(recipe_for("student-c", out, zoo, args))
+    c_recipe = recipe_for("student-c", out, zoo, args)
+    c = distill_student(c_recipe)
+    sizes = {"B": data_sizes(b_recipe), "C": data_sizes(c_recipe)}
     # 5. the radioactivity check through their APIs
     for name, student in (("B", b), ("C", c)):
         log(f"suspect {name}: serving {student} and asking it")
         r = suspect_check(student, served, database_url, student.parent, args.suspect_prompts)
-        results[f"student_{name}"] = {
-            k: r[k]
-            for k in (
-                "answers",
-                "scored_tokens",
-                "green",
-                "green_fraction",
-                "p_value",
-                "account",
-                "p_value_corrected",
-            )
-        }
+        keys_kept = (
+            "answers",
+            "scored_tokens",
+            "green",
+            "green_fraction",
+            "p_value",
+            "account",
+            "p_value_corrected",
+        )
+        results[f"student_{name}"] = {k: r[k] for k in keys_kept} | sizes[name]
         log(
             f"suspect {name}: {r['scored_tokens']} scored tokens, green {r['green_fraction']:.2%}"
             f", best account {r['account']}, p = {r['p_value']:.3g}, corrected for "
