@@ -1,21 +1,17 @@
 """Fixtures of the watermark tests: one in-process engine over the zoo's qwen-tiny for the whole
-session, and a helper that asks it prompts with a given watermark."""
+session, and a model that hesitates everywhere (for the API and CLI tests)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from watermark_helpers import MODEL
 
-from avocado_llm.protect.scheme import Watermark
-from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.local_engine import LocalEngine
-
-MODEL = "qwen-tiny"
-SECRET = "test-watermark-secret"
 
 
 @pytest.fixture(scope="session")
@@ -25,28 +21,6 @@ def engine(zoo_dir: Path) -> Iterator[LocalEngine]:
     yield engine
     asyncio.run(engine.aclose())
     torch.set_num_threads(threads)
-
-
-async def ask(
-    engine: LocalEngine,
-    conversations: Sequence[list[dict[str, str]]],
-    marks: Sequence[Watermark | None],
-    temperature: float = 0.0,
-    max_tokens: int = 24,
-) -> list[str]:
-    """One request per conversation, all submitted at once (so they share batches)."""
-    await engine.start()
-
-    async def collect(gen: object) -> str:
-        return "".join([d.text async for d in gen])  # type: ignore[attr-defined]
-
-    gens = []
-    for i, (messages, mark) in enumerate(zip(conversations, marks, strict=True)):
-        options = SamplingOptions(
-            max_tokens=max_tokens, temperature=temperature, seed=i, watermark=mark
-        )
-        gens.append(engine.generate([engine.chat_prompt(messages)], options))
-    return list(await asyncio.gather(*[collect(g) for g in gens]))
 
 
 @pytest.fixture(scope="session")

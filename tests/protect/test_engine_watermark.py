@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from watermark_helpers import SECRET, ask
 
 from avocado_llm.protect.detect import Detector, EntropyGate
 from avocado_llm.protect.scheme import Watermark, WatermarkParams, account_key
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.world.tasks import FAMILIES, generate
-from conftest import SECRET, ask
 
 # qwen-tiny is a confident model (few positions with entropy), so the mechanism is tested at a
 # strength that flips most positions; the default scheme is measured by bench/radioactivity.py.

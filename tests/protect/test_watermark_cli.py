@@ -16,12 +16,12 @@ from pathlib import Path
 import openai
 import pytest
 import uvicorn
+from watermark_helpers import SECRET
 
 from avocado_llm.billing import MICRO, Billing, Plan
 from avocado_llm.cli import main
 from avocado_llm.serve import ServeSettings, create_app
 from avocado_llm.world.tasks import FAMILIES, generate
-from conftest import SECRET
 
 NAME = "uncertain"
 PROMPTS = [e.messages for e in generate(list(FAMILIES), "heldout", 8, seed=5)]
