@@ -23,12 +23,19 @@ distillers, ask at temperature 0), and distortion-free schemes (Gumbel-max, Synt
 tournament) change nothing under greedy decoding: only a logit bias moves an argmax. A bias
 changes the answer only where the model hesitates — the top token within ``delta`` of a green
 one — so a confident model's answers stay as they were, which is what keeps the quality cost
-small; and ``h = 1`` makes the bias a property of token *pairs*, which a student trained on the
-text learns and reproduces: the watermark is *radioactive* (Sander et al. 2024).
+small; and a short context (``h = 2``) makes the bias a property of short token sequences,
+which a student trained on the text learns and reproduces: the watermark is *radioactive*
+(Sander et al. 2024).
 
-**Entropy gate (optional).** ``min_entropy > 0`` biases only positions whose distribution has
-at least that entropy (nats), as SWEET does; the detector still scores every pair (it cannot
-see the entropy from text alone), so this trades detection power for quality.
+**Entropy gate (on by default).** The bias applies only where the next-token distribution has
+at least ``min_entropy`` nats (as SWEET does), so answers the model is sure of are untouched.
+A detector given the prompts (JSONL with ``messages``; the suspect check, which chose them) and
+the served model recomputes the entropies and scores only those positions — far fewer tokens
+are then needed; the selection depends on the model and the prompt, never on the key, so the
+binomial test stays exact. From text alone every position is scored (weaker, still exact).
+
+**Defaults** (``DEFAULT_PARAMS``, ``DEFAULT_DELTA``): gamma 0.5, h 2, gate 1.75 nats, delta 1.0,
+chosen by a sweep on the tiny world (README, "Protect"): 0.2 points of held-out accuracy.
 """
 
 from __future__ import annotations
