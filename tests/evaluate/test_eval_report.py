@@ -123,6 +123,14 @@ def test_markdown_table_bolds_the_best_of_each_column_and_gives_the_verdict(
         "student beats every teacher: yes (student-verify 82.5% overall; "
         "best teacher gemma-tiny 50.0%)" in md
     )
+    assert (
+        "within 3 points of the best teacher on every family: no (student-verify: "
+        "arithmetic 75.0% < 85.0% − 3; facts 90.0% < 95.0% − 3)" in md
+    )
+    close = scored("student", 1, {"arithmetic": (33, 40), "facts": (38, 40)})  # 82.5 ≥ 85 − 3
+    assert "on every family: yes (student-verify: 2 families)" in render_markdown(
+        update_report(tmp_path, "student-verify", close)
+    )
     weak = scored("student", 1, {"arithmetic": (1, 40), "facts": (1, 40)})
     assert "student beats every teacher: no" in render_markdown(
         update_report(tmp_path, "student-verify", weak)

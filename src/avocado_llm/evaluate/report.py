@@ -180,8 +180,13 @@ def summary_table(report: dict[str, Any]) -> Table:
     return table
 
 
+FAMILY_MARGIN = 0.03
+"""The quality bar: on every family, at least the best teacher's accuracy minus this."""
+
+
 def verdicts(report: dict[str, Any]) -> list[str]:
-    """One line per student: does it beat every teacher on overall accuracy?"""
+    """Per student: does it beat every teacher overall, and is it within FAMILY_MARGIN of the best
+    teacher on every family (the families it falls short on are named)?"""
     models = report["models"]
     teachers = [n for n in models if models[n]["role"] == "teacher"]
     if not teachers:
@@ -193,6 +198,17 @@ def verdicts(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"student beats every teacher: {'yes' if beats else 'no'} ({s} "
             f"{models[s]['overall']:.1%} overall; best teacher {top} {models[top]['overall']:.1%})"
+        )
+        short = []
+        for family, score in models[s]["families"].items():
+            rivals = [models[t]["families"][family]["accuracy"] for t in teachers
+                      if family in models[t]["families"]]  # fmt: skip
+            if rivals and score["accuracy"] < max(rivals) - FAMILY_MARGIN - 1e-9:
+                short.append(f"{family} {score['accuracy']:.1%} < {max(rivals):.1%} − 3")
+        detail = "; ".join(short) if short else f"{len(models[s]['families'])} families"
+        lines.append(
+            f"within 3 points of the best teacher on every family: {'no' if short else 'yes'} "
+            f"({s}: {detail})"
         )
     return lines
 
