@@ -91,3 +91,33 @@ def test_run_every_stage_then_skip_them(tmp_path: Path, zoo_dir: Path) -> None:
     assert third.returncode == 0, third.stderr[-3000:]
     steps = [json.loads(x)["step"] for x in (student / "loss.jsonl").read_text().splitlines()]
     assert steps == list(range(12))
+
+
+def test_ablations_reuse_the_harvest_of_another_run(tmp_path: Path, zoo_dir: Path) -> None:
+    recipe = _recipe(tmp_path, zoo_dir)
+    ablations = tmp_path / "mini-ablations.yaml"
+    ablations.write_text(
+        "extends: mini.yaml\nname: mini-ablations\nharvest:\n  from_run: tiny\n"
+        "eval:\n  baselines: [sft]\n"
+    )
+    early = _avocado("run", str(ablations))  # nothing to reuse yet: a clear error, no harvest
+    assert early.returncode == 1 and "no harvest at" in early.stderr, early.stderr[-3000:]
+    assert not (tmp_path / "runs" / "tiny" / "harvest").exists()
+
+    assert _avocado("harvest", str(recipe)).returncode == 0
+    done = _avocado("run", str(ablations))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "mini-ablations"
+    assert not (run / "harvest").exists()
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["models"]["student"]["role"] == "student"
+    assert report["models"]["baseline-sft"]["role"] == "baseline"
+    meta = {
+        name: json.loads((path / "avocado.json").read_text())
+        for name, path in (("kd", run / "student"), ("sft", run / "baselines" / "sft"))
+    }
+    assert meta["kd"]["token_level_kd"] and not meta["sft"]["token_level_kd"]
+    assert meta["kd"]["items"]["kd_positions"] > 0
+    manifest = tmp_path / "runs" / "tiny" / "harvest" / "manifest.json"
+    assert meta["kd"]["harvest_manifest_sha256"] == meta["sft"]["harvest_manifest_sha256"]
+    assert manifest.exists()
