@@ -38,12 +38,15 @@ def console_engine(zoo_dir: Path) -> Iterator[LocalEngine]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def console(
     console_engine: LocalEngine, tmp_path_factory: pytest.TempPathFactory, zoo_dir: Path
 ) -> Iterator[Console]:
     """A server with accounts acme ($5), globex ($3), an account named with a <script>, an
-    operator, and a second priced model whose name holds a <script>."""
+    operator, and a second priced model whose name holds a <script>.
+
+    Per module, not per session: while Playwright's sync API is open it keeps an event loop
+    running in the main thread, and every later test that calls ``asyncio.run`` would fail."""
     assert CHROMIUM.is_file(), f"Chromium is missing at {CHROMIUM}: `apt-get install -y chromium`"
     db = tmp_path_factory.mktemp("console") / "ledger.db"
     url = f"sqlite:///{db}"
