@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "radioactivity-bench-secret (server secret of the Avocado API)"
 SUSPECT_SECRET = "the suspect's own server secret"
 MODEL_NAME = "avocado-tiny"
+POOL_SEED = 4242  # train-split prompts of the extra detection pool
 ACCOUNTS = ("acme", "rival", "globex", "initech")  # rival distills the API into student B
 
 
@@ -361,6 +362,13 @@ def main() -> int:
         default=560,
         help="harvest prompts per family for B and C [560: ~3,300 answers, ~2,400 kept by fusion]",
     )
+    parser.add_argument(
+        "--pool-extra",
+        type=int,
+        default=600,
+        help="extra watermarked answers per family (train-split prompts) for the detection "
+        "pool [600]",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="training steps of B and C")
     parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
     parser.add_argument("--suspect-prompts", type=int, default=600, help="per family")
@@ -416,9 +424,17 @@ def main() -> int:
             f"quality: off {off['overall']:.2%}, on {on['overall']:.2%} "
             f"({changed} of {len(heldout)} answers differ)"
         )
-        # 2. detection: pooled to 200 scored tokens, attributed to the account
+        # 2. detection: pooled to 200 scored tokens, attributed to the account. A confident
+        # model leaves few positions open to the gate (a few in a hundred answers), so the
+        # pool is the held-out answers plus more answers of the same account to other prompts
+        pool = (out / "answers-on.jsonl").read_text()
+        if args.pool_extra:
+            extra = generate(list(FAMILIES), "train", args.pool_extra, seed=POOL_SEED)
+            endpoint_accuracy(url, keys["acme"]["on"], extra, out / "answers-extra.jsonl")
+            pool += (out / "answers-extra.jsonl").read_text()
+        (out / "answers-pool.jsonl").write_text(pool)
         det = pooled_detection(
-            out / "answers-on.jsonl", served, out / "pool-200.jsonl", database_url, 200
+            out / "answers-pool.jsonl", served, out / "pool-200.jsonl", database_url, 200
         )
         results["detection"] = {
             k: det[k]

@@ -9,6 +9,8 @@ import random
 import torch
 
 from avocado_llm.protect.scheme import (
+    DEFAULT_DELTA,
+    DEFAULT_PARAMS,
     START,
     Watermark,
     WatermarkParams,
@@ -109,7 +111,7 @@ def test_calibrated_on_unwatermarked_token_streams() -> None:
 
 
 def test_entropy_gate_leaves_confident_positions_alone() -> None:
-    params = WatermarkParams(gamma=0.5, context=2, min_entropy=1.75)
+    params = DEFAULT_PARAMS
     marks = [Watermark(account_key("s", 1), 1.0, params)] * 2
     state = WatermarkState.for_rows(marks, torch.device("cpu"))
     assert state is not None
@@ -117,7 +119,7 @@ def test_entropy_gate_leaves_confident_positions_alone() -> None:
     logits[0, 3] = 20.0  # a sure model: entropy ~0
     out = state.apply(logits)
     assert torch.equal(out[0], logits[0])
-    green = [is_green(marks[1].key, [START, START], t, params) for t in range(64)]
+    green = [is_green(marks[1].key, [START] * params.context, t, params) for t in range(64)]
     assert out[1].tolist() == [1.0 if g else 0.0 for g in green]
 
 
@@ -148,3 +150,22 @@ def test_engine_step_equals_the_full_green_list_bias() -> None:
             assert torch.equal(out[reach], reference[reach])
             assert torch.equal(out[~reach], logits[~reach])
             assert reach.float().mean() > 0.5
+
+
+def test_default_gate_opens_on_a_two_way_hesitation_only() -> None:
+    """The default gate (0.8 nats): a position split three ways (1.1 nats) is biased, one where
+    the top token has 90% (0.33 nats) is not."""
+    assert math.log(1 / 0.9) < DEFAULT_PARAMS.min_entropy < math.log(3)
+    marks = [Watermark(account_key("s", 1), DEFAULT_DELTA, DEFAULT_PARAMS)] * 2
+    state = WatermarkState.for_rows(marks, torch.device("cpu"))
+    assert state is not None
+    logits = torch.full((2, 64), -30.0)
+    logits[0, 3] = logits[0, 4] = logits[0, 5] = 0.0  # three-way: ln 3 ≈ 1.1 nats
+    logits[1, 3], logits[1, 4] = 2.2, 0.0  # 90/10: 0.33 nats, below the gate
+    out = state.apply(logits)
+    assert torch.equal(out[1], logits[1])
+    green = [
+        is_green(marks[0].key, [START] * DEFAULT_PARAMS.context, t, DEFAULT_PARAMS)
+        for t in (3, 4, 5)
+    ]
+    assert [out[0, t].item() for t in (3, 4, 5)] == [DEFAULT_DELTA if g else 0.0 for g in green]

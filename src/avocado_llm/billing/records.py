@@ -20,7 +20,7 @@ class Plan:
     """Whether ``logprobs`` may be requested at all; off by default for a closed model."""
     max_top_logprobs: int = 0
     """The largest ``top_logprobs`` when ``logprobs`` is allowed."""
-    watermark: float = 1.0
+    watermark: float = 3.0
     """Strength of the keyed watermark on this key's answers (the logit bias of green tokens,
     see ``avocado_llm.protect``); 0 turns it off. On by default: answers can be traced."""
 

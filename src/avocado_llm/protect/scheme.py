@@ -34,8 +34,16 @@ the served model recomputes the entropies and scores only those positions — fa
 are then needed; the selection depends on the model and the prompt, never on the key, so the
 binomial test stays exact. From text alone every position is scored (weaker, still exact).
 
-**Defaults** (``DEFAULT_PARAMS``, ``DEFAULT_DELTA``): gamma 0.5, h 2, gate 1.75 nats, delta 1.0,
-chosen by a sweep on the tiny world (README, "Protect"): 0.2 points of held-out accuracy.
+**Defaults** (``DEFAULT_PARAMS``, ``DEFAULT_DELTA``; ``Plan.watermark`` defaults to the same
+delta): gamma 0.5, h 2, gate 0.8 nats, delta 3.0, chosen for the confident tiny student (92.6%
+held-out accuracy) by a sweep (``bench/watermark_sweep.py``) on held-out prompts disjoint from
+the ones the README reports. Such a model hesitates at few positions (a few digits per hundred
+answers; its answer template is near-certain), so the gate must be low enough to open there,
+and the bias strong enough that the gated positions come out green almost always (83% on the
+sweep); the gate keeps the bias off every position the model is sure of, which keeps the cost
+under a point (0.65 on the sweep split, 0.5 on the reported one). A lower gate (0.3-0.65) or a
+larger delta (4) cost 0.87-3.5 points on the sweep; a gate of 1.0 costs less but scores half as
+many positions; h = 1 made the distilled student carry less of the watermark, not more.
 """
 
 from __future__ import annotations
@@ -61,8 +69,9 @@ class WatermarkParams:
     """Share of the vocabulary that is green at each position."""
     context: int = 2
     """``h``: how many previous answer tokens seed the green list."""
-    min_entropy: float = 1.75
+    min_entropy: float = 0.8
     """Bias only positions whose next-token entropy (nats) reaches this; 0: every position.
+    0.8 nats: a three-way hesitation opens the gate, a 90/10 one does not.
     A detector with the model and the prompts scores only those positions."""
 
     def __post_init__(self) -> None:
@@ -75,8 +84,8 @@ class WatermarkParams:
 
 
 DEFAULT_PARAMS = WatermarkParams()
-DEFAULT_DELTA = 1.0
-"""Logit bias of green tokens for plans that do not set one (see the README's numbers)."""
+DEFAULT_DELTA = 3.0
+"""Logit bias of green tokens (``Plan.watermark``'s default too; see the README's numbers)."""
 
 
 @dataclass(frozen=True)
