@@ -93,7 +93,9 @@ def test_report_renders_in_headless_chromium(make_recipe, zoo_dir: Path) -> None
             assert first_cells == ["gemma-tiny", "qwen-tiny", "student-verify", "baseline-all"]
             assert page.locator("#accuracy td.best").count() == 3  # arithmetic, facts, overall
             assert page.locator("#accuracy").bounding_box()["height"] > 100  # type: ignore[index]
-            assert "student beats every teacher: yes" in page.locator(".verdict").inner_text()
+            verdicts = " ".join(page.locator(".verdict").all_inner_texts())
+            assert "student beats every teacher: yes" in verdicts
+            assert "within 3 points of the best teacher on every family: no" in verdicts
 
             images = page.eval_on_selector_all(
                 "img",

@@ -9,7 +9,26 @@ endpoint), ``serving`` + ``metering`` (what a request may ask; hold → generate
 batching), ``upstream`` (any OpenAI-compatible server), ``ratelimit``, ``metrics``.
 """
 
-from avocado_llm.serve.app import create_app
-from avocado_llm.serve.settings import ServeSettings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from avocado_llm.serve.app import create_app
+    from avocado_llm.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: ``avocado --help`` (which loads ``serve.command``) must not pay
+    for FastAPI, torch and transformers."""
+    if name == "create_app":
+        from avocado_llm.serve.app import create_app
+
+        return create_app
+    if name == "ServeSettings":
+        from avocado_llm.serve.settings import ServeSettings
+
+        return ServeSettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
