@@ -7,9 +7,10 @@
    account's key (the default plan).
 2. **Quality**: held-out accuracy (greedy, every family) through the API with the watermark on
    (default plan) and off (a plan with ``watermark: 0``), on the same prompts.
-3. **Detection**: watermarked answers pooled in random order until 200 scored (distinct,
-   gated) tokens: exact p-value, and which account the text is attributed to
-   (``avocado watermark detect --by-account``).
+3. **Detection**: watermarked answers (the held-out ones, plus ``--pool-extra`` per family to
+   train-split prompts) pooled in random order until 200 scored (distinct, gated) tokens, or
+   all of them when they hold fewer (a confident model: few gated positions): exact p-value,
+   and which account the text is attributed to (``avocado watermark detect --by-account``).
 4. **Radioactivity**: student **B** is distilled with Avocado's own harvest, using the
    watermarked API as an OpenAI-compatible endpoint teacher (the ``rival`` account's key), from
    ≥ 2,000 answers; student **C** the same way from the three zoo teachers directly. Each is
