@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from serve_helpers import World, charge
+from serve_helpers import SECRET, World, charge, run_server
+
+from avocado_llm.billing import MICRO, Billing
+from avocado_llm.serve import ServeSettings, create_app
+from avocado_llm.serve.local_engine import LocalEngine
 
 QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
 
@@ -127,3 +132,30 @@ def test_concurrent_requests_never_overdraw_and_are_each_charged_once(world: Wor
         assert events[a.id]["charge"] == expected
         total += expected
     assert total == 50 * worst - world.balance("tight")
+
+
+def test_start_up_releases_only_holds_older_than_stale_hold_after_s(
+    engine: LocalEngine, billing: Billing, database_url: str, zoo_dir: Path
+) -> None:
+    """Several servers on one ledger: a starting one must leave the others' requests alone."""
+    _, key = billing.create_key("acme")
+    info = billing.authenticate(key)
+    billing.hold(info, engine.model, 10, 10, "in-flight-elsewhere")
+    held = billing.account_info("acme")["held"]
+    assert held > 0
+
+    def settings(**overrides: float) -> ServeSettings:
+        model = engine.model
+        return ServeSettings(model_dir=zoo_dir / model, model_name=model, secret=SECRET,
+                             database_url=database_url, **overrides)  # fmt: skip
+
+    patient = settings(stale_hold_after_s=3600)
+    with run_server(create_app(patient, engine=engine, billing=billing)):
+        pass
+    assert billing.account_info("acme")["held"] == held  # too recent to be a crash's
+
+    eager = settings()  # 0: every open hold
+    with run_server(create_app(eager, engine=engine, billing=billing)):
+        pass
+    assert billing.account_info("acme")["held"] == 0
+    assert billing.balance("acme") == 5 * MICRO

@@ -79,7 +79,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.manage_ledger_on_start:
             await run_in_threadpool(services.billing.migrate)
-            released = await run_in_threadpool(services.billing.release_stale_holds)
+            released = await run_in_threadpool(
+                services.billing.release_stale_holds, settings.stale_hold_after_s
+            )
             if released:
                 log.warning("released %d hold(s) left open by an earlier crash", released)
         await services.engine.start()

@@ -28,6 +28,7 @@ _FLAGS = {
     "port": "port",
     "database_url": "database_url",
     "redis_url": "redis_url",
+    "stale_hold_after_s": "stale_hold_after_s",
     "upstream": "upstream_url",
     "upstream_model": "upstream_model",
     "workers": "workers",
@@ -53,6 +54,12 @@ def add_serve_command(commands: Any) -> None:
     p.add_argument("--port", type=int, help="TCP port [8000]")
     p.add_argument("--database-url", metavar="URL", help="ledger [sqlite:///avocado.db]")
     p.add_argument("--redis-url", metavar="URL", help="share rate limits across processes")
+    p.add_argument(
+        "--stale-hold-after-s",
+        type=float,
+        metavar="S",
+        help="at start-up release only holds older than this (several servers on one ledger) [0]",
+    )
     p.add_argument("--upstream", metavar="URL", help="forward to this OpenAI-compatible /v1 URL")
     p.add_argument("--upstream-model", metavar="NAME", help="model name sent upstream [NAME]")
     p.add_argument("--workers", type=int, help="server processes (share a PostgreSQL ledger) [1]")
@@ -111,7 +118,7 @@ def _prepare_ledger(settings: ServeSettings) -> None:
     billing = Billing(settings.database_url, settings.secret.get_secret_value())
     try:
         billing.migrate()
-        released = billing.release_stale_holds()
+        released = billing.release_stale_holds(settings.stale_hold_after_s)
         if released:
             print(f"released {released} hold(s) left open by an earlier crash", file=sys.stderr)
     finally:

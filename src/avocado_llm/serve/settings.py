@@ -58,6 +58,11 @@ class ServeSettings(BaseSettings):
     manage_ledger_on_start: bool = True
     """At start-up, migrate the ledger and release the holds a crash left open. Off in each of
     several workers: ``avocado serve --workers N`` does it once before starting them."""
+    stale_hold_after_s: float = Field(default=0.0, ge=0)
+    """At start-up, release only holds older than this. 0 (one server): every open hold is a
+    crash's. Several independent servers on one ledger: more than the longest request lasts, so
+    a starting server leaves the requests the others are serving alone (were one released, its
+    server answers 503 and the client's retry is charged once: never a free answer)."""
 
     @model_validator(mode="after")
     def _one_engine(self) -> ServeSettings:
