@@ -74,12 +74,15 @@ def assert_manifest_matches_files(out: Path) -> None:
 def test_harvest_killed_5_times_ends_with_the_records_of_an_uninterrupted_run(
     tmp_path: Path, zoo_dir: Path, zygote: Zygote
 ) -> None:
-    straight = write_recipe(tmp_path / "straight.yaml", tmp_path / "straight", zoo_dir, 40, 2)
-    killed = write_recipe(tmp_path / "killed.yaml", tmp_path / "killed", zoo_dir, 40, 2)
+    # 120 batches: enough that 5 kills, each up to ~0.3 s after a new shard, leave work to do
+    # on a quiet machine too (with 40 batches the harvest sometimes finished before kill 3).
+    prompts = 120
+    straight = write_recipe(tmp_path / "straight.yaml", tmp_path / "straight", zoo_dir, prompts, 2)
+    killed = write_recipe(tmp_path / "killed.yaml", tmp_path / "killed", zoo_dir, prompts, 2)
     done = zygote.run(harvest_argv(straight), tmp_path / "straight.log")
     assert done == 0, (tmp_path / "straight.log").read_text()[-2000:]
     expected = records(tmp_path / "straight" / "reliability" / "harvest")
-    assert len(expected) == 80
+    assert len(expected) == 2 * prompts
 
     out = tmp_path / "killed" / "reliability" / "harvest"
     seed = random.randrange(1 << 30)
