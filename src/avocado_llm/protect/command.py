@@ -13,10 +13,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from avocado_llm.protect.detect import Answer, Attribution, Detector, read_answers
-from avocado_llm.protect.scheme import DEFAULT_PARAMS, Score, WatermarkParams, account_key
+if TYPE_CHECKING:  # torch loads only when a watermark command runs, not for every `avocado`
+    from avocado_llm.protect.detect import Answer, Attribution, Detector
+    from avocado_llm.protect.scheme import Score, WatermarkParams
 
 
 def add_watermark_command(commands: Any) -> None:
@@ -88,13 +89,16 @@ def _common(p: argparse.ArgumentParser, model_flag: str = "--model") -> None:
         help="variable holding the server secret [AVOCADO_SECRET]",
     )
     scheme = p.add_argument_group("scheme (must match the server's)")
-    scheme.add_argument("--gamma", type=float, default=DEFAULT_PARAMS.gamma)
-    scheme.add_argument("--context", type=int, default=DEFAULT_PARAMS.context)
-    scheme.add_argument("--min-entropy", type=float, default=DEFAULT_PARAMS.min_entropy)
+    scheme.add_argument("--gamma", type=float, help="green share [the scheme's default]")
+    scheme.add_argument("--context", type=int, help="tokens hashed [the scheme's default]")
+    scheme.add_argument("--min-entropy", type=float, help="entropy gate [the scheme's]")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run_watermark_command(args: argparse.Namespace) -> int:
+    from avocado_llm.protect.detect import Detector, read_answers
+    from avocado_llm.protect.scheme import DEFAULT_PARAMS, WatermarkParams
+
     secret = os.environ.get(args.secret_env, "")
     if not secret:
         print(
@@ -107,7 +111,11 @@ def run_watermark_command(args: argparse.Namespace) -> int:
         return 2
     try:
         accounts = [args.account] if args.account is not None else candidate_accounts(args)
-        params = WatermarkParams(args.gamma, args.context, args.min_entropy)
+        params = WatermarkParams(
+            DEFAULT_PARAMS.gamma if args.gamma is None else args.gamma,
+            DEFAULT_PARAMS.context if args.context is None else args.context,
+            DEFAULT_PARAMS.min_entropy if args.min_entropy is None else args.min_entropy,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -231,4 +239,4 @@ def print_report(r: dict[str, Any]) -> None:
     )
 
 
-__all__ = ["account_key", "add_watermark_command", "run_watermark_command"]
+__all__ = ["add_watermark_command", "run_watermark_command"]
