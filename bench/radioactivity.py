@@ -30,10 +30,8 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,9 +58,8 @@ def log(msg: str) -> None:
 @contextmanager
 def serving(model_dir: Path, database_url: str, secret: str) -> Iterator[str]:
     """The real Avocado server (``create_app``) on 127.0.0.1, in a thread; yields its /v1 URL."""
-    import uvicorn
-
     from avocado_llm.serve import ServeSettings, create_app
+    from avocado_llm.serve.background import serve_in_thread
 
     settings = ServeSettings(
         model_dir=model_dir,
@@ -72,33 +69,8 @@ def serving(model_dir: Path, database_url: str, secret: str) -> Iterator[str]:
         threads=1,
         max_batch_size=64,
     )
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=_free_port(),
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{config.port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with serve_in_thread(create_app(settings)) as origin:
+        yield f"{origin}/v1"
 
 
 def ledger(path: Path, secret: str, accounts: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
@@ -231,6 +203,18 @@ def robustness(answers_file: Path, served: Path, account_id: int) -> dict[str, A
     return out
 
 
+def hesitant(served: Path, examples: list) -> list:
+    """The examples whose unwatermarked answer (by the served model) has gated positions — the
+    prompts whose API answers carry the mark (``avocado watermark suspect`` chooses the same
+    way); the choice depends on the model, not on a key."""
+    from avocado_llm.protect.detect import EntropyGate
+    from avocado_llm.protect.scheme import DEFAULT_PARAMS
+
+    gate = EntropyGate.from_model_dir(served, DEFAULT_PARAMS.min_entropy)
+    counts = gate.hesitations([e.messages for e in examples])
+    return [e for e, c in zip(examples, counts, strict=True) if c > 0]
+
+
 def recipe_for(
     name: str,
     out_dir: Path,
@@ -346,6 +330,8 @@ def suspect_check(
             database_url,
             "--prompts",
             str(per_family),
+            "--max-prompts",
+            "3000",
             "--save",
             str(out / "suspect-answers.jsonl"),
             env=env,
@@ -360,19 +346,25 @@ def main() -> int:
     parser.add_argument(
         "--prompts-per-family",
         type=int,
-        default=560,
-        help="harvest prompts per family for B and C [560: ~3,300 answers, ~2,400 kept by fusion]",
+        default=2000,
+        help="harvest prompts per family for B and C [2000: ~9,300 answers (facts and units "
+        "have fewer prompts)]",
     )
     parser.add_argument(
         "--pool-extra",
         type=int,
-        default=600,
-        help="extra watermarked answers per family (train-split prompts) for the detection "
-        "pool [600]",
+        default=4000,
+        help="candidate prompts per family and split (train, and held-out beyond the quality "
+        "set) for the detection pool; the ones the served model hesitates on are asked [4000]",
     )
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of B and C")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of B and C")
     parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
-    parser.add_argument("--suspect-prompts", type=int, default=600, help="per family")
+    parser.add_argument(
+        "--suspect-prompts",
+        type=int,
+        default=4000,
+        help="candidate prompts per family of the suspect check (it asks the hesitant ones)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -430,7 +422,15 @@ def main() -> int:
         # pool is the held-out answers plus more answers of the same account to other prompts
         pool = (out / "answers-on.jsonl").read_text()
         if args.pool_extra:
-            extra = generate(list(FAMILIES), "train", args.pool_extra, seed=POOL_SEED)
+            asked = {e.id for e in heldout}
+            candidates = generate(list(FAMILIES), "train", args.pool_extra, seed=POOL_SEED)
+            candidates += [
+                e
+                for e in generate(list(FAMILIES), "heldout", args.pool_extra, seed=POOL_SEED)
+                if e.id not in asked
+            ]
+            extra = hesitant(served, candidates)
+            log(f"detection pool: {len(extra)} more prompts the served model hesitates on")
             endpoint_accuracy(url, keys["acme"]["on"], extra, out / "answers-extra.jsonl")
             pool += (out / "answers-extra.jsonl").read_text()
         (out / "answers-pool.jsonl").write_text(pool)

@@ -20,12 +20,12 @@ from console_helpers import (
     PRICE,
     SECRET,
     Console,
-    run_server,
 )
 from playwright.sync_api import BrowserContext, sync_playwright
 
 from avocado_llm.billing import MICRO, Billing
 from avocado_llm.serve import ServeSettings, create_app
+from avocado_llm.serve.background import serve_in_thread
 from avocado_llm.serve.local_engine import LocalEngine
 
 
@@ -65,7 +65,7 @@ def console(
         model_dir=zoo_dir / MODEL, model_name=MODEL, database_url=url, secret=SECRET
     )
     app = create_app(settings, engine=console_engine, billing=billing)
-    with run_server(app) as origin, sync_playwright() as p:
+    with serve_in_thread(app) as origin, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
         try:
             yield Console(origin, billing, url, browser)

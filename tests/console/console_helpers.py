@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
-from fastapi import FastAPI
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
 
 from avocado_llm.billing import Billing, Price
@@ -47,31 +41,6 @@ PASSWORDS = {
     "evil": "evil-console-password!",
     "ops": "operator-console-password",
 }
-
-
-@contextmanager
-def run_server(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 and a free port until the block ends; yields its origin."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="avocado-console-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5)
 
 
 @dataclass

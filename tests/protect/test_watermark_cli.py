@@ -6,8 +6,6 @@ that answers with our watermark."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,12 +13,12 @@ from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
 from watermark_helpers import SECRET
 
 from avocado_llm.billing import MICRO, Billing, Plan
 from avocado_llm.cli import main
 from avocado_llm.serve import ServeSettings, create_app
+from avocado_llm.serve.background import serve_in_thread
 from avocado_llm.world.tasks import FAMILIES, generate
 
 NAME = "uncertain"
@@ -29,27 +27,8 @@ PROMPTS = [e.messages for e in generate(list(FAMILIES), "heldout", 8, seed=5)]
 
 @contextmanager
 def run_server(app: object) -> Iterator[str]:
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",  # type: ignore[arg-type]
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve_in_thread(app) as origin:
+        yield f"{origin}/v1"
 
 
 @dataclass

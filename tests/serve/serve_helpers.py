@@ -7,17 +7,16 @@ SQLite ledger in a temporary directory, and the official ``openai`` client to ca
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import openai
-import uvicorn
 from fastapi import FastAPI
 
 from avocado_llm.billing import Billing, Plan, Price, charge_for
+from avocado_llm.serve.background import serve_in_thread
 
 SECRET = "test-secret-not-for-production"
 PRICE = Price(input_per_1m=1_000_000, output_per_1m=2_000_000, per_request=10)
@@ -27,26 +26,8 @@ PRICE = Price(input_per_1m=1_000_000, output_per_1m=2_000_000, per_request=10)
 @contextmanager
 def run_server(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 and a free port until the block ends; yields the /v1 URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="avocado-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5)
+    with serve_in_thread(app) as origin:
+        yield f"{origin}/v1"
 
 
 @dataclass

@@ -52,7 +52,22 @@ def add_watermark_command(commands: Any) -> None:
     s.add_argument("--url", required=True, help="the suspect's OpenAI-compatible base URL (/v1)")
     s.add_argument("--api-key-env", metavar="VAR", help="environment variable with its API key")
     s.add_argument("--suspect-model", metavar="NAME", help="model to ask [its first listed]")
-    s.add_argument("--prompts", type=int, default=150, metavar="N", help="prompts per family")
+    s.add_argument(
+        "--prompts",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="candidate tiny-world prompts per family [2000]; the served model picks the ones "
+        "it hesitates on (where its answers carry the mark)",
+    )
+    s.add_argument(
+        "--max-prompts", type=int, default=1500, metavar="N", help="ask at most N of them [1500]"
+    )
+    s.add_argument(
+        "--ask-all",
+        action="store_true",
+        help="ask every candidate (no choice by the served model's hesitation)",
+    )
     s.add_argument("--save", type=Path, metavar="FILE", help="write the answers here (JSONL)")
     _common(s, model_flag="--model-dir")
     s.set_defaults(by_account=True)
@@ -119,25 +134,39 @@ def run_watermark_command(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.watermark_command == "detect" and not args.file.is_file():
+        print(f"error: no file {args.file}", file=sys.stderr)
+        return 2
+    if not (args.model / "config.json").is_file():
+        print(f"error: no model in {args.model} (no config.json)", file=sys.stderr)
+        return 2
+    detector = Detector.from_model_dir(args.model, params, min_entropy=params.min_entropy)
     if args.watermark_command == "detect":
-        if not args.file.is_file():
-            print(f"error: no file {args.file}", file=sys.stderr)
-            return 2
         answers = read_answers(args.file)
         extra: dict[str, Any] = {"file": str(args.file)}
     else:
-        from avocado_llm.protect.suspect import ask_suspect, suspect_prompts
+        from avocado_llm.protect.suspect import ask_suspect, choose_prompts, suspect_prompts
 
-        got = ask_suspect(
-            args.url, args.api_key_env, suspect_prompts(args.prompts), model=args.suspect_model
-        )
+        prompts = suspect_prompts(args.prompts)
+        candidates = len(prompts)
+        if detector.gate is not None and not args.ask_all:
+            prompts = choose_prompts(detector.gate, prompts, args.max_prompts)
+        else:
+            prompts = prompts[: args.max_prompts]
+        if not prompts:
+            print(
+                "error: the served model hesitates on none of the candidate prompts: "
+                "raise --prompts or use --ask-all",
+                file=sys.stderr,
+            )
+            return 2
+        got = ask_suspect(args.url, args.api_key_env, prompts, model=args.suspect_model)
         answers = got.answers
-        extra = {"url": args.url, "model": got.model}
+        extra = {"url": args.url, "model": got.model, "candidate_prompts": candidates}
         if args.save is not None:
             args.save.parent.mkdir(parents=True, exist_ok=True)
             lines = [json.dumps({"messages": a.messages, "text": a.text}) for a in answers]
             args.save.write_text("".join(line + "\n" for line in lines))
-    detector = Detector.from_model_dir(args.model, params, min_entropy=params.min_entropy)
     result = attribute(detector, answers, secret, accounts)
     report = {**extra, "answers": len(answers), **result_json(result, params)}
     if args.json:

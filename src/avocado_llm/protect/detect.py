@@ -222,3 +222,44 @@ class EntropyGate:
         self, prompts: Sequence[list[dict[str, str]]], answers: Sequence[Sequence[int]]
     ) -> list[list[bool]]:
         return [[e >= self.threshold for e in row] for row in self.entropies(prompts, answers)]
+
+    def hesitations(
+        self, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 24
+    ) -> list[int]:
+        """For each prompt, how many positions of the model's own greedy answer — without
+        any watermark, so the count depends on the model and the prompt, never on a key —
+        reach the gate: the positions where the served API's answer to it was marked."""
+        import torch
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        eos = {tok.eos_token_id, pad} - {None}
+        out: list[int] = []
+        for start in range(0, len(prompts), self.batch_size):
+            rows = [self.prompt_ids(m) for m in prompts[start : start + self.batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):  # left padding
+                ids[r, width - len(row) :] = torch.tensor(row)
+                mask[r, width - len(row) :] = 1
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            new = gen.sequences[:, width:]
+            logp = torch.stack(gen.scores, dim=1).float().log_softmax(-1)
+            ent = -(logp.exp() * logp).sum(-1)  # (B, T)
+            done = torch.zeros(len(rows), dtype=torch.bool)
+            count = torch.zeros(len(rows), dtype=torch.long)
+            for t in range(new.shape[1]):  # the answer's tokens (not its end): what is scored
+                done |= torch.tensor([int(x) in eos for x in new[:, t]])
+                count += (~done & (ent[:, t] >= self.threshold)).long()
+            out.extend(count.tolist())
+        return out

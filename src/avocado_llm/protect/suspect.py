@@ -1,6 +1,12 @@
 """The radioactivity check (Sander et al. 2024, closed-model setting): ask a suspect model,
 through its OpenAI-compatible API, prompts of our choosing, and test its answers for Avocado's
-watermark. A model distilled from watermarked answers reproduces their green pairs."""
+watermark. A model distilled from watermarked answers reproduces their green pairs.
+
+The mark sits only where the served model hesitates (the entropy gate), so the check asks
+where it hesitated: :func:`choose_prompts` runs the served model itself, unwatermarked, over
+many candidate prompts and keeps the ones whose answer has gated positions — the prompts whose
+API answers were marked. The choice depends on our model and the prompts, never on a key, so
+the suspect's test stays exact."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from avocado_llm.protect.detect import Answer
+from avocado_llm.protect.detect import Answer, EntropyGate
 from avocado_llm.teachers.base import SamplingParams
 from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 from avocado_llm.world.tasks import FAMILIES, generate
@@ -21,6 +27,19 @@ QUERY_SEED = 7919
 def suspect_prompts(per_family: int, seed: int = QUERY_SEED) -> list[list[dict[str, str]]]:
     """Tiny-world prompts of every family, ``per_family`` each."""
     return [e.messages for e in generate(list(FAMILIES), "train", per_family, seed=seed)]
+
+
+def choose_prompts(
+    gate: EntropyGate,
+    candidates: list[list[dict[str, str]]],
+    limit: int | None = None,
+    max_new_tokens: int = 24,
+) -> list[list[dict[str, str]]]:
+    """The candidates whose unwatermarked answer (by the served model) has positions at the
+    gate, most such positions first (stable), at most ``limit``."""
+    counts = gate.hesitations(candidates, max_new_tokens)
+    order = sorted((i for i, c in enumerate(counts) if c > 0), key=lambda i: -counts[i])
+    return [candidates[i] for i in order[:limit]]
 
 
 @dataclass(frozen=True)

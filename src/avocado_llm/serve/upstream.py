@@ -6,20 +6,19 @@ and so that a client who hangs up closes the upstream connection too (vLLM then 
 request). Until the upstream's final usage arrives, each chunk that carries text counts as one
 produced token: that is what a client pays for when it leaves mid-stream.
 
-Connections are pooled here, not by httpx: one httpx client per connection, reused last in,
-first out. httpx's own pool scans all its connections (and each against all the others) on
-every request, which at 64 concurrent requests took about 40% of the gateway's CPU.
+The client is aiohttp's (its HTTP parser is compiled; its pool hands out the most recently
+used idle connection): per forwarded request it costs a fraction of httpx's CPU, and the
+upstream hop is most of the gateway's own work (``bench/gateway_overhead.py``).
 """
 
 from __future__ import annotations
 
 import json
-import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from avocado_llm.serve.engine import (
     Delta,
@@ -35,64 +34,38 @@ from avocado_llm.serve.engine import (
 _TEMPLATE_ALLOWANCE = 16
 
 
-class Connections:
-    """httpx clients of one connection each: a request takes the last one given back (its
-    connection is the most likely to be alive) or a new one, and gives it back when done."""
-
-    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
-        self._make = make
-        self._idle: list[httpx.AsyncClient] = []
-        self._all: set[httpx.AsyncClient] = set()
-
-    def take(self) -> httpx.AsyncClient:
-        if self._idle:
-            return self._idle.pop()
-        client = self._make()
-        self._all.add(client)
-        return client
-
-    def give_back(self, client: httpx.AsyncClient) -> None:
-        if client in self._all:  # not closed meanwhile
-            self._idle.append(client)
-
-    async def aclose(self) -> None:
-        clients, self._all, self._idle = self._all, set(), []
-        for client in clients:
-            await client.aclose()
-
-
 class UpstreamGeneration:
     """One forwarded request, read as the upstream streams it."""
 
-    def __init__(self, connections: Connections, path: str, body: dict[str, Any]) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> None:
         self.usage = Usage(prompt_tokens=0)
-        self._connections = connections
-        self._path = path
+        self._session = session
+        self._url = url
         self._body = body
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
-        client = self._connections.take()
         try:
-            async with client.stream("POST", self._path, json=self._body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise _upstream_error(response)
+            # Leaving this block before the body's end (the client hung up) closes the
+            # connection rather than pooling it: the upstream sees the hang-up.
+            async with self._session.post(self._url, json=self._body) as response:
+                if response.status != 200:
+                    raise _upstream_error(response.status, await response.read())
                 done = False
-                async for line in response.aiter_lines():
+                async for raw in response.content:
                     # After [DONE], read on to the end of the body (nothing more, normally):
                     # a connection left mid-body is closed, not kept alive for the next request.
-                    if done or not line.startswith("data:"):
+                    line = raw.strip()
+                    if done or not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         done = True
                         continue
                     for delta in self._read(json.loads(data)):
                         yield delta
-        except httpx.HTTPError as e:
-            raise EngineError(f"the upstream server failed: {type(e).__name__}: {e}", 502) from e
-        finally:
-            self._connections.give_back(client)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            name = "timeout" if isinstance(e, TimeoutError) else type(e).__name__
+            raise EngineError(f"the upstream server failed: {name}: {e}", 502) from e
 
     def _read(self, chunk: dict[str, Any]) -> list[Delta]:
         if "error" in chunk:
@@ -134,36 +107,31 @@ class UpstreamEngine:
         self.context_length: int | None = None
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = httpx.Timeout(timeout_s, connect=10.0)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=10.0)
         self._tokenizer_dir = tokenizer_dir
         self._tokenizer: Any = None
-        self._connections: Connections | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        if self._connections is not None:
+        if self._session is not None:
             return
         if self._tokenizer_dir is not None:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_dir)
-        tls: ssl.SSLContext = httpx.create_ssl_context()  # once: building one takes ~50 ms
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-
-        def make() -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                base_url=self._base_url,
-                headers=self._headers,
-                timeout=self._timeout,
-                limits=one,
-                verify=tls,
-            )
-
-        self._connections = Connections(make)
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            timeout=self._timeout,
+            # no cap on connections (the limits are ours, per key), keep idle ones 60 s
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            auto_decompress=False,
+            trust_env=False,
+        )
 
     async def aclose(self) -> None:
-        if self._connections is not None:
-            await self._connections.aclose()
-            self._connections = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
         if self._tokenizer is not None and self._tokenizer.chat_template:
@@ -187,7 +155,7 @@ class UpstreamEngine:
         return Prompt(tokens=tokens, text=text)
 
     def generate(self, prompts: Sequence[Prompt], options: SamplingOptions) -> UpstreamGeneration:
-        if self._connections is None:
+        if self._session is None:
             raise EngineError("the upstream engine is not started", status=503)
         body: dict[str, Any] = {
             "model": self.upstream_model,
@@ -213,22 +181,21 @@ class UpstreamEngine:
             body["prompt"] = [p.text for p in prompts]
             if options.logprobs is not None:
                 body["logprobs"] = options.logprobs
-        generation = UpstreamGeneration(
-            self._connections, "/chat/completions" if chat else "/completions", body
-        )
+        path = "/chat/completions" if chat else "/completions"
+        generation = UpstreamGeneration(self._session, self._base_url + path, body)
         generation.usage.prompt_tokens = sum(p.tokens for p in prompts)
         return generation
 
 
-def _upstream_error(response: httpx.Response) -> EngineError:
+def _upstream_error(status: int, body: bytes) -> EngineError:
     """A client error upstream (bad parameters) stays 400; anything else is our 502."""
     try:
-        message = str(response.json()["error"]["message"])
+        message = str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        message = response.text[:500]
-    if response.status_code in (400, 404, 413, 422):
+        message = body[:500].decode("utf-8", "replace")
+    if status in (400, 404, 413, 422):
         return EngineError(f"the model server refused the request: {message}", 400)
-    return EngineError(f"the upstream server answered {response.status_code}: {message}", 502)
+    return EngineError(f"the upstream server answered {status}: {message}", 502)
 
 
 def _logprobs(raw: dict[str, Any] | None) -> list[TokenLogprob]:
