@@ -22,16 +22,14 @@ from rel_helpers import (
     FakeUpstream,
     ServerProcess,
     Zygote,
-    audit_ledger,
-    charge_for,
     free_port,
     prepare_ledger,
-    record_figures,
     running,
 )
+from rel_load import audit_ledger, record_figures
 from sqlalchemy import select
 
-from avocado_llm.billing import Billing
+from avocado_llm.billing import Billing, charge_for
 from avocado_llm.billing.schema import Account
 from avocado_llm.serve.redistemp import RedisNotFound, TempRedis
 

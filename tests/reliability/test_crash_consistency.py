@@ -19,19 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from rel_helpers import (
-    FakeUpstream,
-    LoadReport,
-    ServerProcess,
-    Zygote,
-    audit_ledger,
-    check_exactly_once,
-    free_port,
-    prepare_ledger,
-    record_figures,
-    run_load,
-    running,
-)
+from rel_helpers import FakeUpstream, ServerProcess, Zygote, free_port, prepare_ledger, running
+from rel_load import LoadReport, audit_ledger, check_exactly_once, record_figures, run_load
 
 from avocado_llm.billing import MICRO
 

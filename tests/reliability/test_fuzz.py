@@ -18,7 +18,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from rel_helpers import MODEL, Gateway, record_figures
+from rel_helpers import MODEL, Gateway
+from rel_load import record_figures
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import yaml
-from rel_helpers import Zygote, record_figures
+from rel_helpers import Zygote
+from rel_load import record_figures
 
 from avocado_llm.harvest import read_records
 
