@@ -7,16 +7,18 @@
    account's key (the default plan).
 2. **Quality**: held-out accuracy (greedy, every family) through the API with the watermark on
    (default plan) and off (a plan with ``watermark: 0``), on the same prompts.
-3. **Detection**: watermarked answers (the held-out ones, plus ``--pool-extra`` per family to
-   train-split prompts) pooled in random order until 200 scored (distinct, gated) tokens, or
-   all of them when they hold fewer (a confident model: few gated positions): exact p-value,
-   and which account the text is attributed to (``avocado watermark detect --by-account``).
+3. **Detection**: watermarked answers (the held-out ones, plus answers to the prompts among
+   ``--pool-extra`` per family and split that the served model hesitates on) pooled in random
+   order until 200 scored (distinct, gated) tokens, or all of them when they hold fewer (a
+   confident model: few gated positions): exact p-value, and which account the text is
+   attributed to (``avocado watermark detect --by-account``).
 4. **Radioactivity**: student **B** is distilled with Avocado's own harvest, using the
    watermarked API as an OpenAI-compatible endpoint teacher (the ``rival`` account's key), from
-   ≥ 2,000 answers; student **C** the same way from the three zoo teachers directly. Each is
-   then served behind its own API (another ledger and secret, no watermark of its own), and
-   ``avocado watermark suspect`` asks it tiny-world prompts and tests the answers for
-   Avocado's watermark under every account of our ledger (Bonferroni-corrected).
+   ≥ 2,000 answers; student **C** the same way from the three zoo teachers directly (the same
+   prompts, fusion and training). Each is then served behind its own API (another ledger and
+   secret, no watermark of its own), and ``avocado watermark suspect`` asks it the prompts our
+   model hesitates on and runs its two tests under every account of our ledger
+   (Bonferroni-corrected): the reference test (the verdict) and the text test.
 
 Tiny students, short training, one torch thread: about 10–20 minutes on 2 shared cores.
 ``--prompts-per-family`` and ``--steps`` scale it.
@@ -353,9 +355,9 @@ def main() -> int:
     parser.add_argument(
         "--pool-extra",
         type=int,
-        default=4000,
+        default=10000,
         help="candidate prompts per family and split (train, and held-out beyond the quality "
-        "set) for the detection pool; the ones the served model hesitates on are asked [4000]",
+        "set) for the detection pool; the ones the served model hesitates on are asked [10000]",
     )
     parser.add_argument("--steps", type=int, default=3000, help="training steps of B and C")
     parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
@@ -493,17 +495,23 @@ def main() -> int:
             "account",
             "p_value_corrected",
         )
-        results[f"student_{name}"] = {k: r[k] for k in keys_kept} | sizes[name]
+        ref = r["reference"]
+        results[f"student_{name}"] = {
+            "text_test": {k: r[k] for k in keys_kept},
+            "reference_test": ref,
+        } | sizes[name]
         log(
-            f"suspect {name}: {r['scored_tokens']} scored tokens, green {r['green_fraction']:.2%}"
-            f", best account {r['account']}, p = {r['p_value']:.3g}, corrected for "
-            f"{r['accounts_tested']} accounts: {r['p_value_corrected']:.3g}"
+            f"suspect {name}: text test {r['scored_tokens']} scored tokens, green "
+            f"{r['green_fraction']:.2%}, best account {r['account']}, corrected p "
+            f"{r['p_value_corrected']:.3g}; reference test: follows {ref['followed']} of "
+            f"{ref['flipped']} changes of account {ref['account']} ({ref['rate']:.1%}, random "
+            f"keys {ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
         )
     results["rival_account"] = keys["rival"]["id"]
     results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     q, d = results["quality"], results["detection"]
-    bb, cc = results["student_B"], results["student_C"]
+    bb, cc = results["student_B"]["reference_test"], results["student_C"]["reference_test"]
     print()
     print(
         f"quality   held-out accuracy off {q['accuracy_off']:.2%}  on {q['accuracy_on']:.2%}  "
@@ -514,10 +522,10 @@ def main() -> int:
         f"{d['account']}   (target p < 1e-6)"
     )
     print(
-        f"student B p = {bb['p_value_corrected']:.3g} (account {bb['account']}; rival is "
-        f"{results['rival_account']})   (target < 1e-3)"
+        f"student B p = {bb['p_value_corrected']:.3g} (reference test; account {bb['account']}; "
+        f"rival is {results['rival_account']})   (target < 1e-3)"
     )
-    print(f"student C p = {cc['p_value_corrected']:.3g}   (target > 0.05)")
+    print(f"student C p = {cc['p_value_corrected']:.3g} (reference test)   (target > 0.05)")
     print(f"{results['minutes']} min; {out / 'results.json'}")
     return 0
 

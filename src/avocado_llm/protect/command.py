@@ -45,9 +45,12 @@ def add_watermark_command(commands: Any) -> None:
     s = sub.add_parser(
         "suspect",
         help="ask a suspect model tiny-world prompts and test its answers for the watermark",
-        description="Closed-model radioactivity test (Sander et al. 2024): query the suspect "
-        "through its OpenAI-compatible API at temperature 0, de-duplicate (context, token) "
-        "pairs, and test them under every candidate account's key (Bonferroni-corrected).",
+        description="Closed-model radioactivity check: ask the suspect, through its "
+        "OpenAI-compatible API at temperature 0, the prompts the served model hesitates on, "
+        "then run two tests under every candidate account's key (Bonferroni-corrected): the "
+        "reference test (does it repeat the answers that account's watermark changed, more "
+        "than a random key's? exact Monte Carlo p; the verdict) and the text test (green "
+        "share of de-duplicated (context, token) pairs, Sander et al. 2024; exact binomial p).",
     )
     s.add_argument("--url", required=True, help="the suspect's OpenAI-compatible base URL (/v1)")
     s.add_argument("--api-key-env", metavar="VAR", help="environment variable with its API key")
@@ -69,6 +72,20 @@ def add_watermark_command(commands: Any) -> None:
         help="ask every candidate (no choice by the served model's hesitation)",
     )
     s.add_argument("--save", type=Path, metavar="FILE", help="write the answers here (JSONL)")
+    s.add_argument(
+        "--delta",
+        type=float,
+        metavar="D",
+        help="the watermark strength the accounts were served with, for the reference test "
+        "[the default plan's]",
+    )
+    s.add_argument(
+        "--random-keys",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="random keys of the reference test's Monte Carlo null [20000: p resolves 5e-5]",
+    )
     _common(s, model_flag="--model-dir")
     s.set_defaults(by_account=True)
     p.set_defaults(func=run_watermark_command)
@@ -169,11 +186,56 @@ def run_watermark_command(args: argparse.Namespace) -> int:
             args.save.write_text("".join(line + "\n" for line in lines))
     result = attribute(detector, answers, secret, accounts)
     report = {**extra, "answers": len(answers), **result_json(result, params)}
+    if args.watermark_command == "suspect" and detector.gate is not None:
+        report["reference"] = reference_json(args, detector, answers, secret, accounts, params)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
     return 0
+
+
+def reference_json(
+    args: argparse.Namespace,
+    detector: Detector,
+    answers: list[Answer],
+    secret: str,
+    accounts: list[int],
+    params: WatermarkParams,
+) -> dict[str, Any]:
+    """The reference test (``protect.reference``): does the suspect repeat the answers each
+    account's watermark changed, more often than it repeats a random key's changes?"""
+    from avocado_llm.protect.reference import flip_table, reference_test
+    from avocado_llm.protect.scheme import DEFAULT_DELTA, account_key
+
+    gate = detector.gate
+    assert gate is not None
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    prompts = [a.messages or [] for a in answers]
+    table = flip_table(gate.model, gate.tokenizer, prompts, delta, params)
+    suspect = [detector.token_ids(a.text) for a in answers]
+    keys = [account_key(secret, a) for a in accounts]
+    result = reference_test(table, suspect, keys, random_keys=args.random_keys)
+    rows = sorted(
+        zip(accounts, result.account_scores, result.p_values, strict=True),
+        key=lambda r: (r[2], -r[1].rate),
+    )
+    account, best, p = rows[0]
+    return {
+        "delta": delta,
+        "account": account,
+        "flipped": best.flipped,
+        "followed": best.followed,
+        "rate": round(best.rate, 4),
+        "null_rate": round(result.null_rate, 4),
+        "random_keys": result.random_keys,
+        "p_value": p,
+        "p_value_corrected": min(1.0, p * len(accounts)),
+        "by_account": [
+            {"account": a, "flipped": s.flipped, "followed": s.followed, "p_value": q}
+            for a, s, q in rows
+        ],
+    }
 
 
 def attribute(
@@ -260,11 +322,21 @@ def print_report(r: dict[str, Any]) -> None:
             )
     else:
         print(f"  account: {r['account']}")
-    flagged = r["p_value_corrected"] < 1e-3
+    ref = r.get("reference")
+    if ref is not None:
+        print(
+            f"  reference test: the suspect follows {ref['followed']} of the {ref['flipped']} "
+            f"answers account {ref['account']}'s watermark changed ({ref['rate']:.1%}; "
+            f"{ref['null_rate']:.1%} for a random key); p = {ref['p_value']:.3g} "
+            f"(Monte Carlo, {ref['random_keys']} keys), corrected for "
+            f"{r['accounts_tested']} accounts: {ref['p_value_corrected']:.3g}"
+        )
+    p = ref["p_value_corrected"] if ref is not None else r["p_value_corrected"]
+    test = "reference test" if ref is not None else "text test"
     print(
         "  verdict: "
-        + ("WATERMARKED" if flagged else "no evidence of the watermark")
-        + " (threshold p < 1e-3)"
+        + ("WATERMARKED" if p < 1e-3 else "no evidence of the watermark")
+        + f" ({test}, threshold p < 1e-3)"
     )
 
 

@@ -151,6 +151,14 @@ class HashTables:
             s = _mix(s ^ self.context[j][idx[:, j]])
         return s
 
+    def seeds_many(self, key_mix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(K, N) seeds: every one of K mixed keys with every one of N contexts (N, h)."""
+        s = key_mix[:, None]
+        idx = context.clamp(max=self.vocab)
+        for j in range(context.shape[-1]):
+            s = _mix(s ^ self.context[j][idx[:, j]][None, :])
+        return s
+
     def hashes(self, seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``uniform(seed, tokens) * 2^31`` as integers."""
         return _mix(seed ^ self.token[tokens])
