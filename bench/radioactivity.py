@@ -348,9 +348,9 @@ def main() -> int:
     parser.add_argument(
         "--prompts-per-family",
         type=int,
-        default=2000,
-        help="harvest prompts per family for B and C [2000: ~9,300 answers (facts and units "
-        "have fewer prompts)]",
+        default=5000,
+        help="harvest prompts per family for B and C [5000: ~20,000 answers; arithmetic, "
+        "facts and units have fewer train prompts, and the distiller asks them all]",
     )
     parser.add_argument(
         "--pool-extra",
@@ -359,8 +359,13 @@ def main() -> int:
         help="candidate prompts per family and split (train, and held-out beyond the quality "
         "set) for the detection pool; the ones the served model hesitates on are asked [10000]",
     )
-    parser.add_argument("--steps", type=int, default=3000, help="training steps of B and C")
-    parser.add_argument("--fusion", default="verify", help="fusion strategy of B and C")
+    parser.add_argument("--steps", type=int, default=10000, help="training steps of B and C")
+    parser.add_argument(
+        "--fusion",
+        default="vote",
+        help="fusion strategy of B and C [vote: a distiller has no gold answers; `verify` "
+        "drops the answers the watermark made wrong]",
+    )
     parser.add_argument(
         "--suspect-prompts",
         type=int,

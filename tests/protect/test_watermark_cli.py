@@ -197,6 +197,8 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
             api.database_url,
             "--prompts",
             "4",
+            "--random-keys",
+            "2000",
             "--save",
             str(saved),
             "--json",
@@ -208,6 +210,13 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
     assert r["account"] == api.accounts["globex"]
     assert r["p_value_corrected"] < 1e-3
     assert len(saved.read_text().splitlines()) == r["answers"]
+    # the reference test: it repeats the answers globex's watermark changed (not all of them
+    # as re-tokenised: this random model's odd token sequences do not survive a text round
+    # trip; test_reference.py checks the replay on a trained model), far more than a random key's
+    ref = r["reference"]
+    assert ref["account"] == api.accounts["globex"] and ref["flipped"] >= 10
+    assert ref["followed"] >= ref["flipped"] // 2 and ref["null_rate"] < 0.2
+    assert ref["p_value"] == pytest.approx(1 / (ref["random_keys"] + 1))
     # a suspect that answers without our watermark is not flagged
     monkeypatch.setenv("SUSPECT_KEY", api.keys["acme-off"])
     rc, r = run_cli(
@@ -224,12 +233,15 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
             api.database_url,
             "--prompts",
             "4",
+            "--random-keys",
+            "2000",
             "--json",
         ],
         capsys,
     )
     assert rc == 0
     assert r["p_value_corrected"] > 0.05
+    assert r["reference"]["followed"] == 0 and r["reference"]["p_value_corrected"] == 1.0
 
 
 def test_detect_refuses_without_secret_or_account(

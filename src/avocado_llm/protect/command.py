@@ -58,13 +58,13 @@ def add_watermark_command(commands: Any) -> None:
     s.add_argument(
         "--prompts",
         type=int,
-        default=2000,
+        default=4000,
         metavar="N",
-        help="candidate tiny-world prompts per family [2000]; the served model picks the ones "
+        help="candidate tiny-world prompts per family [4000]; the served model picks the ones "
         "it hesitates on (where its answers carry the mark)",
     )
     s.add_argument(
-        "--max-prompts", type=int, default=1500, metavar="N", help="ask at most N of them [1500]"
+        "--max-prompts", type=int, default=3000, metavar="N", help="ask at most N of them [3000]"
     )
     s.add_argument(
         "--ask-all",
