@@ -250,11 +250,11 @@ def recipe_for(
         "fusion": {"strategy": args.fusion},
         "student": {
             "architecture": "qwen3",
-            "hidden_size": 64,
-            "num_layers": 2,
+            "hidden_size": args.student_hidden,
+            "num_layers": args.student_layers,
             "num_heads": 4,
             "num_kv_heads": 2,
-            "intermediate_size": 160,
+            "intermediate_size": args.student_hidden * 5 // 2,
             "tokenizer_type": "char_bpe",
             "vocab_size": 512,
         },
@@ -360,6 +360,12 @@ def main() -> int:
         "set) for the detection pool; the ones the served model hesitates on are asked [10000]",
     )
     parser.add_argument("--steps", type=int, default=10000, help="training steps of B and C")
+    parser.add_argument(
+        "--student-hidden", type=int, default=64, help="hidden size of B and C [64: Avocado's]"
+    )
+    parser.add_argument(
+        "--student-layers", type=int, default=2, help="layers of B and C [2: Avocado's]"
+    )
     parser.add_argument(
         "--fusion",
         default="vote",

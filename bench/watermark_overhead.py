@@ -8,7 +8,10 @@ and repeated; medians side by side.
     model's vocabulary and for a 152k vocabulary (Qwen3/gpt-oss size), against the softmax the
     sampler already does on the same tensor.
 
-The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off>``.
+(c) the answers as served: the same requests greedy, each stopping at its end (time per
+    token produced, on against off).
+
+The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off> ratio_served=<on/off>``.
 
     .venv/bin/python bench/watermark_overhead.py [--model zoo/qwen-tiny] [--repeats 5]
 """
@@ -32,14 +35,21 @@ BATCH = 32
 TOKENS = 24
 
 
-async def run_batch(engine: LocalEngine, prompts: list, temperature: float, marked: bool) -> float:
-    """Seconds to decode one batch of ``BATCH`` requests (one per account when marked)."""
+async def run_batch(
+    engine: LocalEngine, prompts: list, temperature: float, marked: bool, ignore_eos: bool = True
+) -> tuple[float, int]:
+    """Seconds to decode one batch of ``BATCH`` requests (one per account when marked), and
+    the tokens produced."""
     gens = []
     t0 = time.perf_counter()
     for i, messages in enumerate(prompts):
         mark = Watermark(account_key("bench", i)) if marked else None
         opts = SamplingOptions(
-            max_tokens=TOKENS, temperature=temperature, seed=i, ignore_eos=True, watermark=mark
+            max_tokens=TOKENS,
+            temperature=temperature,
+            seed=i,
+            ignore_eos=ignore_eos,
+            watermark=mark,
         )
         gens.append(engine.generate([engine.chat_prompt(messages)], opts))
 
@@ -48,7 +58,7 @@ async def run_batch(engine: LocalEngine, prompts: list, temperature: float, mark
             pass
 
     await asyncio.gather(*[drain(g) for g in gens])
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, sum(g.usage.completion_tokens for g in gens)
 
 
 def synthetic_logits(vocab: int, hesitant: bool) -> torch.Tensor:
@@ -97,14 +107,28 @@ async def main_async(args: argparse.Namespace) -> None:
         await run_batch(engine, prompts, temperature, True)  # warm-up
         on, off = [], []
         for _ in range(args.repeats):
-            off.append(await run_batch(engine, prompts, temperature, False))
-            on.append(await run_batch(engine, prompts, temperature, True))
+            off.append((await run_batch(engine, prompts, temperature, False))[0])
+            on.append((await run_batch(engine, prompts, temperature, True))[0])
         m_on, m_off = statistics.median(on), statistics.median(off)
         ratios[name] = m_on / m_off
         print(
             f"(a) engine {name:7s}: off {m_off * 1000:7.1f} ms  on {m_on * 1000:7.1f} ms  "
             f"per batch of {BATCH}×{TOKENS} tokens  ratio {ratios[name]:.3f}"
         )
+    # (c) the answers as served: each row stops at its end (the watermark may change a few
+    # answers and so their length: compare time per token produced)
+    on_c, off_c = [], []
+    for _ in range(args.repeats):
+        t, n = await run_batch(engine, prompts, 0.0, False, ignore_eos=False)
+        off_c.append(t / n)
+        t, n = await run_batch(engine, prompts, 0.0, True, ignore_eos=False)
+        on_c.append(t / n)
+    m_on, m_off = statistics.median(on_c), statistics.median(off_c)
+    ratios["served"] = m_on / m_off
+    print(
+        f"(c) answers as served (greedy, stop at the end): off {m_off * 1000:.3f} ms  on "
+        f"{m_on * 1000:.3f} ms per token  ratio {ratios['served']:.3f}"
+    )
     await engine.aclose()
     vocab = int(engine.hf_model.config.vocab_size)
     for v in (vocab, 151_936):
@@ -113,7 +137,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"(b) vocab {v:>7d} {case:16s}: watermark step {a * 1e3:7.3f} ms, "
                 f"softmax {soft * 1e3:7.3f} ms (ratio {a / soft:.2f})"
             )
-    print(f"ratio_greedy={ratios['greedy']:.3f} ratio_sampled={ratios['sampled']:.3f}")
+    print(
+        f"ratio_greedy={ratios['greedy']:.3f} ratio_sampled={ratios['sampled']:.3f} "
+        f"ratio_served={ratios['served']:.3f}"
+    )
 
 
 def main() -> None:

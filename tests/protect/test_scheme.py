@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
 import torch
 
 from avocado_llm.protect.scheme import (
@@ -169,3 +170,58 @@ def test_default_gate_opens_on_a_two_way_hesitation_only() -> None:
         for t in (3, 4, 5)
     ]
     assert [out[0, t].item() for t in (3, 4, 5)] == [DEFAULT_DELTA if g else 0.0 for g in green]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_scalar_and_tensor_hash_paths_bias_the_same_tokens(
+    temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few candidates are hashed on Python ints, many on tensors: the same bits either way."""
+    import avocado_llm.protect.scheme as scheme
+
+    gen = torch.Generator().manual_seed(3)
+    params = WatermarkParams(min_entropy=0.0)
+    marks = [Watermark(account_key("s", i), 2.5, params) for i in range(8)]
+    logits = [torch.randn(8, 300, generator=gen) * 2 for _ in range(4)]
+    tokens = [torch.randint(0, 300, (8,), generator=gen) for _ in range(4)]
+    outs = []
+    for limit in (10**6, 0):  # every step scalar, then every step on tensors
+        monkeypatch.setattr(scheme, "SCALAR_CANDIDATES", limit)
+        state = WatermarkState.for_rows(marks, torch.device("cpu"), [temperature] * 8)
+        assert state is not None
+        steps = []
+        for step_logits, step_tokens in zip(logits, tokens, strict=True):
+            steps.append(state.apply(step_logits))
+            state.advance(step_tokens)
+        outs.append(torch.stack(steps))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], torch.stack(logits))  # something was biased
+
+
+def test_greedy_fast_path_picks_what_the_general_path_picks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Greedy rows look at their top tokens only; the argmax is the general path's, and so are
+    the biased logits of every token that could win."""
+    import avocado_llm.protect.scheme as scheme
+
+    gen = torch.Generator().manual_seed(5)
+    marks = [
+        Watermark(account_key("s", i), 3.0, WatermarkParams(min_entropy=0.5)) for i in range(32)
+    ]
+    logits = torch.randn(6, 32, 500, generator=gen)
+    logits[:, :, :4] += 6 + 2 * torch.randn(6, 32, 4, generator=gen)  # a few plausible tokens
+    tokens = torch.randint(0, 500, (6, 32), generator=gen)
+    picks = []
+    for top in (scheme.GREEDY_TOP, 1):  # the fast path, then the general one
+        monkeypatch.setattr(scheme, "GREEDY_TOP", top)
+        state = WatermarkState.for_rows(marks, torch.device("cpu"))
+        assert state is not None and state.greedy
+        steps = []
+        for step in range(6):
+            out = state.apply(logits[step])
+            steps.append(out.argmax(-1))
+            state.advance(tokens[step])
+        picks.append(torch.stack(steps))
+    assert torch.equal(picks[0], picks[1])
+    assert not torch.equal(picks[0], logits.argmax(-1))  # the watermark changed some picks

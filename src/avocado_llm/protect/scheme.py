@@ -116,6 +116,15 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
+def mix_int(x: int) -> int:
+    """:func:`_mix` on one Python int: the same bits (every product stays below 2^62)."""
+    x &= MASK31
+    x = ((x ^ (x >> 16)) * _M1) & MASK31
+    x = ((x ^ (x >> 13)) * _M2) & MASK31
+    x = ((x ^ (x >> 16)) * _M3) & MASK31
+    return x ^ (x >> 15)
+
+
 def seeds(keys: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """Per-position seeds from keys (N,) and contexts (N, h) of token ids (or START):
     ``s = mix(key); s = mix(s ^ mix(c_j + j + 1))`` for each context column ``j``."""
@@ -143,6 +152,14 @@ class HashTables:
         self.vocab = vocab
         self.token = _mix(ids[:vocab] * 2 + 1)  # (V,)
         self.context = torch.stack([_mix(ids + j + 1) for j in range(h)])  # (h, V + 1)
+        self._lists: tuple[list[int], list[list[int]]] | None = None
+
+    def lists(self) -> tuple[list[int], list[list[int]]]:
+        """The same tables as Python lists (made once), for :meth:`WatermarkState.apply`'s
+        scalar path."""
+        if self._lists is None:
+            self._lists = (self.token.tolist(), self.context.tolist())
+        return self._lists
 
     def seeds(self, key_mix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         s = key_mix
@@ -185,6 +202,15 @@ def contexts(ids: Sequence[int], h: int) -> list[tuple[int, ...]]:
 # --- the engine side --------------------------------------------------------------------
 
 
+SCALAR_CANDIDATES = 96
+"""Up to this many candidate tokens in a step, the keyed hash runs on Python ints (a few µs
+each) instead of ~50 tensor operations (~4 µs each, whatever their size): a decode step of a
+hesitant row then costs tens of µs, not a quarter of a millisecond. Same bits either way."""
+
+GREEDY_TOP = 8
+"""Greedy rows: the tokens looked at per row (those within ``delta`` of the top one, almost
+never more; when more, the general path runs)."""
+
 SPREAD = 12.0
 """Sampled rows: tokens more than ``SPREAD × temperature`` nats below the top token (relative
 probability under e^-12 ≈ 6e-6) keep their logit unbiased; greedy rows need only the tokens
@@ -215,6 +241,7 @@ class WatermarkState:
         )
         temps = temperatures if temperatures is not None else [0.0] * len(marks)
         self.temperature = torch.tensor([max(float(t), 0.0) for t in temps], device=device)
+        self.greedy = all(float(t) <= 0 for t in temps)
         widths = [m.params.context if m else 1 for m in marks]
         self.width = torch.tensor(widths, device=device)  # each row's own h
         self.mixed = any(w < self.h for w in widths)
@@ -239,6 +266,10 @@ class WatermarkState:
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) with each row's green tokens raised by its ``delta`` (where the row's
         entropy reaches its gate)."""
+        if self.greedy:
+            fast = self._apply_greedy(logits)
+            if fast is not None:
+                return fast
         bias = self.delta
         if self.gated:
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -258,12 +289,79 @@ class WatermarkState:
         vocab = logits.shape[-1]
         if self.tables is None or self.tables.vocab != vocab:
             self.tables = HashTables(vocab, self.h, logits.device)
-        s = self.tables.seeds(self.key_mix[rows], ctx)
-        green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
         out = logits.clone()
-        add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
+        if tok.numel() <= SCALAR_CANDIDATES:
+            add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
+        else:
+            s = self.tables.seeds(self.key_mix[rows], ctx)
+            green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
+            add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
         out.index_put_((rows[r], tok), add, accumulate=True)
         return out
+
+    def _apply_greedy(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """Every row greedy: only the tokens within ``delta`` of a row's top token can become
+        its argmax, so look at its top ``GREEDY_TOP`` tokens only, and at its entropy only
+        when its runner-up is within ``delta``: a dozen tensor operations a step. None when
+        some open row has more candidates than that (the general path then)."""
+        k = min(GREEDY_TOP, logits.shape[-1])
+        if k < 2:
+            return None
+        top2 = logits.topk(2, dim=-1).values  # cheaper than the top k, on every row
+        rows = ((top2[:, 0] - top2[:, 1]) <= self.delta).nonzero().flatten()
+        if rows.numel() == 0:  # no runner-up within reach: no argmax can move
+            return logits
+        if self.gated:
+            logp = torch.log_softmax(logits[rows].float(), dim=-1)
+            entropy = -(logp.exp() * logp).sum(dim=-1)
+            rows = rows[entropy >= self.min_entropy[rows]]
+            if rows.numel() == 0:
+                return logits
+        row_bias = self.delta[rows]
+        values, index = logits[rows].topk(k, dim=-1)  # (R, k), the top token first
+        within = values >= values[:, :1] - row_bias[:, None]
+        if bool(within[:, -1].any()):  # more candidates than the top k hold
+            return None
+        r, c = within.nonzero(as_tuple=True)
+        tok = index[r, c]
+        ctx = self.context[rows]
+        if self.mixed:
+            cols = torch.arange(self.h, device=ctx.device)[None, :]
+            ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
+        vocab = logits.shape[-1]
+        if self.tables is None or self.tables.vocab != vocab:
+            self.tables = HashTables(vocab, self.h, logits.device)
+        add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
+        out = logits.clone()
+        out.index_put_((rows[r], tok), add, accumulate=True)
+        return out
+
+    def _scalar_bias(
+        self,
+        rows: torch.Tensor,
+        ctx: torch.Tensor,
+        r: torch.Tensor,
+        tok: torch.Tensor,
+        row_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """The bias of each candidate (row ``r``, token ``tok``), hashed on Python ints."""
+        assert self.tables is not None
+        token_mix, context_mix = self.tables.lists()
+        vocab = self.tables.vocab
+        keys = self.key_mix[rows].tolist()
+        thresholds = self.threshold[rows].tolist()
+        biases = row_bias.tolist()
+        row_seeds = []
+        for key, context in zip(keys, ctx.tolist(), strict=True):
+            s = key
+            for j, c in enumerate(context):
+                s = mix_int(s ^ context_mix[j][min(c, vocab)])  # START → the last index
+            row_seeds.append(s)
+        add = [
+            biases[i] if mix_int(row_seeds[i] ^ token_mix[t]) < thresholds[i] else 0.0
+            for i, t in zip(r.tolist(), tok.tolist(), strict=True)
+        ]
+        return torch.tensor(add, dtype=row_bias.dtype)
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Shift each row's new token into its context."""
