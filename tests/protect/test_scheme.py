@@ -211,6 +211,7 @@ def test_greedy_fast_path_picks_what_the_general_path_picks(
     ]
     logits = torch.randn(6, 32, 500, generator=gen)
     logits[:, :, :4] += 6 + 2 * torch.randn(6, 32, 4, generator=gen)  # a few plausible tokens
+    logits[:, :3, :12] = logits[:, :3, :1] - torch.rand(6, 3, 12, generator=gen)  # many, close
     tokens = torch.randint(0, 500, (6, 32), generator=gen)
     picks = []
     for top in (scheme.GREEDY_TOP, 1):  # the fast path, then the general one

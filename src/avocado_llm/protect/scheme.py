@@ -301,9 +301,9 @@ class WatermarkState:
 
     def _apply_greedy(self, logits: torch.Tensor) -> torch.Tensor | None:
         """Every row greedy: only the tokens within ``delta`` of a row's top token can become
-        its argmax, so look at its top ``GREEDY_TOP`` tokens only, and at its entropy only
-        when its runner-up is within ``delta``: a dozen tensor operations a step. None when
-        some open row has more candidates than that (the general path then)."""
+        its argmax, so look at its top ``GREEDY_TOP`` tokens (all of the row's when more are
+        that close), and at its entropy only when its runner-up is within ``delta``: a dozen
+        tensor operations a step. None: use the general path (``GREEDY_TOP`` below 2)."""
         k = min(GREEDY_TOP, logits.shape[-1])
         if k < 2:
             return None
@@ -320,10 +320,13 @@ class WatermarkState:
         row_bias = self.delta[rows]
         values, index = logits[rows].topk(k, dim=-1)  # (R, k), the top token first
         within = values >= values[:, :1] - row_bias[:, None]
-        if bool(within[:, -1].any()):  # more candidates than the top k hold
-            return None
-        r, c = within.nonzero(as_tuple=True)
-        tok = index[r, c]
+        if bool(within[:, -1].any()):  # more candidates than the top k hold: all of them
+            sub = logits[rows]
+            top = values[:, :1]
+            r, tok = (sub >= top - row_bias[:, None]).nonzero(as_tuple=True)
+        else:
+            r, c = within.nonzero(as_tuple=True)
+            tok = index[r, c]
         ctx = self.context[rows]
         if self.mixed:
             cols = torch.arange(self.h, device=ctx.device)[None, :]
@@ -331,7 +334,12 @@ class WatermarkState:
         vocab = logits.shape[-1]
         if self.tables is None or self.tables.vocab != vocab:
             self.tables = HashTables(vocab, self.h, logits.device)
-        add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
+        if tok.numel() <= SCALAR_CANDIDATES:
+            add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
+        else:
+            s = self.tables.seeds(self.key_mix[rows], ctx)
+            green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
+            add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
         out = logits.clone()
         out.index_put_((rows[r], tok), add, accumulate=True)
         return out
