@@ -88,8 +88,9 @@ def step_cost(vocab: int, repeats: int) -> dict[str, tuple[float, float]]:
         logits = synthetic_logits(vocab, hesitant)
         apply_t, soft_t = [], []
         for _ in range(repeats * 4):
+            fresh = logits.clone()  # apply biases in place
             t0 = time.perf_counter()
-            state.apply(logits)
+            state.apply(fresh)
             apply_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             torch.softmax(logits, dim=-1)

@@ -70,7 +70,7 @@ def stats(gate: EntropyGate, prompts: list, answers: list) -> tuple[list, list]:
             p = gate.prompt_ids(messages)
             logits = gate.model(input_ids=torch.tensor([p + a])).logits[0].float()
             lg = logits[len(p) - 1 : len(p) - 1 + len(a)]
-            logp = torch.log_softmax(lg, dim=-1)
+            logp = torch.log_softmax(lg, dim=-1)  # the gate_entropy of a vocabulary this small
             ent.append((-(logp.exp() * logp).sum(-1)).tolist())
             top2 = lg.topk(2, dim=-1).values
             mar.append((top2[:, 0] - top2[:, 1]).tolist())

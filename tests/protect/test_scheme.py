@@ -70,7 +70,7 @@ def test_engine_state_biases_each_row_with_its_own_key() -> None:
     state = WatermarkState.for_rows(marks, torch.device("cpu"))
     assert state is not None
     logits = torch.zeros(3, 64)
-    out = state.apply(logits)
+    out = state.apply(logits.clone())  # apply biases in place
     assert torch.equal(out[1], logits[1])  # no watermark: untouched
     for row, mark in ((0, marks[0]), (2, marks[2])):
         assert mark is not None
@@ -118,7 +118,7 @@ def test_entropy_gate_leaves_confident_positions_alone() -> None:
     assert state is not None
     logits = torch.zeros(2, 64)
     logits[0, 3] = 20.0  # a sure model: entropy ~0
-    out = state.apply(logits)
+    out = state.apply(logits.clone())  # apply biases in place
     assert torch.equal(out[0], logits[0])
     green = [is_green(marks[1].key, [START] * params.context, t, params) for t in range(64)]
     assert out[1].tolist() == [1.0 if g else 0.0 for g in green]
@@ -144,7 +144,7 @@ def test_engine_step_equals_the_full_green_list_bias() -> None:
         state.advance(torch.randint(3000, (16,), generator=gen))
         state.advance(torch.randint(3000, (16,), generator=gen))
         reference = full_bias(logits, marks, state.context)
-        out = state.apply(logits)
+        out = state.apply(logits.clone())  # apply biases in place
         assert torch.equal(out.argmax(-1), reference.argmax(-1))
         if temperature > 0:  # within 12 nats (+ delta) of the top: the full bias; else none
             reach = logits >= logits.max(-1, keepdim=True).values - (12.0 + 1.5)
@@ -163,7 +163,7 @@ def test_default_gate_opens_on_a_two_way_hesitation_only() -> None:
     logits = torch.full((2, 64), -30.0)
     logits[0, 3] = logits[0, 4] = logits[0, 5] = 0.0  # three-way: ln 3 ≈ 1.1 nats
     logits[1, 3], logits[1, 4] = 2.2, 0.0  # 90/10: 0.33 nats, below the gate
-    out = state.apply(logits)
+    out = state.apply(logits.clone())  # apply biases in place
     assert torch.equal(out[1], logits[1])
     green = [
         is_green(marks[0].key, [START] * DEFAULT_PARAMS.context, t, DEFAULT_PARAMS)
@@ -191,7 +191,7 @@ def test_scalar_and_tensor_hash_paths_bias_the_same_tokens(
         assert state is not None
         steps = []
         for step_logits, step_tokens in zip(logits, tokens, strict=True):
-            steps.append(state.apply(step_logits))
+            steps.append(state.apply(step_logits.clone()))  # apply biases in place
             state.advance(step_tokens)
         outs.append(torch.stack(steps))
     assert torch.equal(outs[0], outs[1])
@@ -220,7 +220,7 @@ def test_greedy_fast_path_picks_what_the_general_path_picks(
         assert state is not None and state.greedy
         steps = []
         for step in range(6):
-            out = state.apply(logits[step])
+            out = state.apply(logits[step].clone())  # apply biases in place
             steps.append(out.argmax(-1))
             state.advance(tokens[step])
         picks.append(torch.stack(steps))

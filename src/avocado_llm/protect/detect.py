@@ -20,6 +20,7 @@ from avocado_llm.protect.scheme import (
     WatermarkParams,
     account_key,
     distinct_pairs,
+    gate_entropy,
     score_pairs,
 )
 
@@ -210,8 +211,7 @@ class EntropyGate:
                 logits = self.model(
                     input_ids=ids, attention_mask=mask, position_ids=positions
                 ).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            ent = -(logp.exp() * logp).sum(-1)  # (B, W): entropy of the next token
+            ent = gate_entropy(logits)  # (B, W): the gate's entropy of the next token
             for r, (_, a) in enumerate(seqs):
                 # answer token j is predicted at position width - len(a) - 1 + j
                 first = width - len(a) - 1
@@ -254,8 +254,7 @@ class EntropyGate:
                     return_dict_in_generate=True,
                 )
             new = gen.sequences[:, width:]
-            logp = torch.stack(gen.scores, dim=1).float().log_softmax(-1)
-            ent = -(logp.exp() * logp).sum(-1)  # (B, T)
+            ent = gate_entropy(torch.stack(gen.scores, dim=1).float())  # (B, T)
             done = torch.zeros(len(rows), dtype=torch.bool)
             count = torch.zeros(len(rows), dtype=torch.long)
             for t in range(new.shape[1]):  # the answer's tokens (not its end): what is scored

@@ -30,7 +30,14 @@ from typing import Any
 
 import torch
 
-from avocado_llm.protect.scheme import MASK31, START, HashTables, WatermarkParams, _mix
+from avocado_llm.protect.scheme import (
+    MASK31,
+    START,
+    HashTables,
+    WatermarkParams,
+    _mix,
+    gate_entropy,
+)
 
 MAX_CANDIDATES = 8
 """Tokens within ``delta`` of the top one kept per position (more almost never fit)."""
@@ -98,8 +105,7 @@ def flip_table(
         new = out.sequences[:, width:]
         scores = torch.stack(out.scores, dim=1).float()  # (B, T, V)
         vocab = scores.shape[-1]
-        logp = scores.log_softmax(-1)
-        entropy = -(logp.exp() * logp).sum(-1)  # (B, T)
+        entropy = gate_entropy(scores)  # (B, T)
         for r in range(len(chunk)):
             tokens = new[r].tolist()
             length = next((t + 1 for t, tok in enumerate(tokens) if tok in ends), len(tokens))

@@ -116,6 +116,27 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
+GATE_TOP = 64
+"""Vocabularies larger than ``FULL_ENTROPY_MAX_VOCAB``: the gate's entropy is that of the top
+``GATE_TOP`` tokens (renormalised): one top-k instead of five passes over every logit."""
+FULL_ENTROPY_MAX_VOCAB = 4096
+
+
+def gate_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The entropy (nats) the gate compares with ``min_entropy``, over the last dimension: of
+    the whole distribution for a vocabulary up to ``FULL_ENTROPY_MAX_VOCAB`` tokens, of the top
+    ``GATE_TOP`` tokens above. Engine, detector and reference test all use this function."""
+    if logits.shape[-1] > FULL_ENTROPY_MAX_VOCAB:
+        logits = logits.topk(GATE_TOP, dim=-1).values
+    return top_entropy(logits)
+
+
+def top_entropy(values: torch.Tensor) -> torch.Tensor:
+    """The entropy of the softmax of ``values`` (all of them), over the last dimension."""
+    logp = torch.log_softmax(values.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
 def mix_int(x: int) -> int:
     """:func:`_mix` on one Python int: the same bits (every product stays below 2^62)."""
     x &= MASK31
@@ -265,15 +286,14 @@ class WatermarkState:
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) with each row's green tokens raised by its ``delta`` (where the row's
-        entropy reaches its gate)."""
+        entropy reaches its gate). Biases ``logits`` in place and returns them."""
         if self.greedy:
             fast = self._apply_greedy(logits)
             if fast is not None:
                 return fast
         bias = self.delta
         if self.gated:
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            entropy = -(logp.exp() * logp).sum(dim=-1)
+            entropy = gate_entropy(logits)
             bias = torch.where(entropy >= self.min_entropy, bias, torch.zeros_like(bias))
         rows = bias.nonzero().flatten()
         if rows.numel() == 0:  # a confident step: nothing to bias
@@ -289,7 +309,7 @@ class WatermarkState:
         vocab = logits.shape[-1]
         if self.tables is None or self.tables.vocab != vocab:
             self.tables = HashTables(vocab, self.h, logits.device)
-        out = logits.clone()
+        out = logits  # in place: the engine only uses the biased logits (no copy of B × V)
         if tok.numel() <= SCALAR_CANDIDATES:
             add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
         else:
@@ -304,21 +324,29 @@ class WatermarkState:
         its argmax, so look at its top ``GREEDY_TOP`` tokens (all of the row's when more are
         that close), and at its entropy only when its runner-up is within ``delta``: a dozen
         tensor operations a step. None: use the general path (``GREEDY_TOP`` below 2)."""
-        k = min(GREEDY_TOP, logits.shape[-1])
+        vocab = logits.shape[-1]
+        k = min(GREEDY_TOP, vocab)
         if k < 2:
             return None
-        top2 = logits.topk(2, dim=-1).values  # cheaper than the top k, on every row
+        big = vocab > FULL_ENTROPY_MAX_VOCAB
+        if big:  # one top-k serves the margin, the gate and the candidates
+            top_values, top_index = logits.topk(GATE_TOP, dim=-1)
+            top2 = top_values[:, :2]
+        else:
+            top2 = logits.topk(2, dim=-1).values  # cheaper than the top k, on every row
         rows = ((top2[:, 0] - top2[:, 1]) <= self.delta).nonzero().flatten()
         if rows.numel() == 0:  # no runner-up within reach: no argmax can move
             return logits
         if self.gated:
-            logp = torch.log_softmax(logits[rows].float(), dim=-1)
-            entropy = -(logp.exp() * logp).sum(dim=-1)
+            entropy = top_entropy(top_values[rows]) if big else gate_entropy(logits[rows])
             rows = rows[entropy >= self.min_entropy[rows]]
             if rows.numel() == 0:
                 return logits
         row_bias = self.delta[rows]
-        values, index = logits[rows].topk(k, dim=-1)  # (R, k), the top token first
+        if big:
+            values, index = top_values[rows, :k], top_index[rows, :k]
+        else:
+            values, index = logits[rows].topk(k, dim=-1)  # (R, k), the top token first
         within = values >= values[:, :1] - row_bias[:, None]
         if bool(within[:, -1].any()):  # more candidates than the top k hold: all of them
             sub = logits[rows]
@@ -331,7 +359,6 @@ class WatermarkState:
         if self.mixed:
             cols = torch.arange(self.h, device=ctx.device)[None, :]
             ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
-        vocab = logits.shape[-1]
         if self.tables is None or self.tables.vocab != vocab:
             self.tables = HashTables(vocab, self.h, logits.device)
         if tok.numel() <= SCALAR_CANDIDATES:
@@ -340,7 +367,7 @@ class WatermarkState:
             s = self.tables.seeds(self.key_mix[rows], ctx)
             green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
             add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
-        out = logits.clone()
+        out = logits  # in place: the engine only uses the biased logits (no copy of B × V)
         out.index_put_((rows[r], tok), add, accumulate=True)
         return out
 
