@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from avocado_llm.protect.scheme import Watermark, WatermarkState, account_key
+from avocado_llm.protect.marking import WatermarkState
+from avocado_llm.protect.scheme import Watermark, account_key
 from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.world.tasks import FAMILIES, generate

@@ -9,17 +9,18 @@ import random
 import pytest
 import torch
 
+from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import (
     DEFAULT_DELTA,
     DEFAULT_PARAMS,
     START,
     Watermark,
     WatermarkParams,
-    WatermarkState,
     account_key,
     binomial_tail,
     contexts,
     distinct_pairs,
+    gate_entropy,
     green_mask,
     is_green,
     score_pairs,
@@ -177,7 +178,7 @@ def test_scalar_and_tensor_hash_paths_bias_the_same_tokens(
     temperature: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Few candidates are hashed on Python ints, many on tensors: the same bits either way."""
-    import avocado_llm.protect.scheme as scheme
+    import avocado_llm.protect.marking as marking
 
     gen = torch.Generator().manual_seed(3)
     params = WatermarkParams(min_entropy=0.0)
@@ -186,7 +187,7 @@ def test_scalar_and_tensor_hash_paths_bias_the_same_tokens(
     tokens = [torch.randint(0, 300, (8,), generator=gen) for _ in range(4)]
     outs = []
     for limit in (10**6, 0):  # every step scalar, then every step on tensors
-        monkeypatch.setattr(scheme, "SCALAR_CANDIDATES", limit)
+        monkeypatch.setattr(marking, "SCALAR_CANDIDATES", limit)
         state = WatermarkState.for_rows(marks, torch.device("cpu"), [temperature] * 8)
         assert state is not None
         steps = []
@@ -198,24 +199,25 @@ def test_scalar_and_tensor_hash_paths_bias_the_same_tokens(
     assert not torch.equal(outs[0], torch.stack(logits))  # something was biased
 
 
+@pytest.mark.parametrize("vocab", [500, 5000])  # full entropy / top-64 entropy
 def test_greedy_fast_path_picks_what_the_general_path_picks(
-    monkeypatch: pytest.MonkeyPatch,
+    vocab: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Greedy rows look at their top tokens only; the argmax is the general path's, and so are
     the biased logits of every token that could win."""
-    import avocado_llm.protect.scheme as scheme
+    import avocado_llm.protect.marking as marking
 
     gen = torch.Generator().manual_seed(5)
     marks = [
         Watermark(account_key("s", i), 3.0, WatermarkParams(min_entropy=0.5)) for i in range(32)
     ]
-    logits = torch.randn(6, 32, 500, generator=gen)
+    logits = torch.randn(6, 32, vocab, generator=gen)
     logits[:, :, :4] += 6 + 2 * torch.randn(6, 32, 4, generator=gen)  # a few plausible tokens
     logits[:, :3, :12] = logits[:, :3, :1] - torch.rand(6, 3, 12, generator=gen)  # many, close
-    tokens = torch.randint(0, 500, (6, 32), generator=gen)
+    tokens = torch.randint(0, vocab, (6, 32), generator=gen)
     picks = []
-    for top in (scheme.GREEDY_TOP, 1):  # the fast path, then the general one
-        monkeypatch.setattr(scheme, "GREEDY_TOP", top)
+    for top in (marking.GREEDY_TOP, 1):  # the fast path, then the general one
+        monkeypatch.setattr(marking, "GREEDY_TOP", top)
         state = WatermarkState.for_rows(marks, torch.device("cpu"))
         assert state is not None and state.greedy
         steps = []
@@ -226,3 +228,13 @@ def test_greedy_fast_path_picks_what_the_general_path_picks(
         picks.append(torch.stack(steps))
     assert torch.equal(picks[0], picks[1])
     assert not torch.equal(picks[0], logits.argmax(-1))  # the watermark changed some picks
+
+
+def test_gate_entropy_is_the_full_entropy_up_to_4096_tokens_then_the_top_64s() -> None:
+    gen = torch.Generator().manual_seed(1)
+    small, big = torch.randn(3, 4096, generator=gen), torch.randn(3, 4097, generator=gen)
+    full = -(small.softmax(-1) * small.log_softmax(-1)).sum(-1)
+    assert torch.allclose(gate_entropy(small), full)
+    top = big.topk(64, dim=-1).values
+    assert torch.allclose(gate_entropy(big), -(top.softmax(-1) * top.log_softmax(-1)).sum(-1))
+    assert (gate_entropy(big) <= math.log(64) + 1e-5).all()

@@ -29,6 +29,8 @@ which a student trained on the text learns and reproduces: the watermark is *rad
 
 **Entropy gate (on by default).** The bias applies only where the next-token distribution has
 at least ``min_entropy`` nats (as SWEET does), so answers the model is sure of are untouched.
+For vocabularies above 4,096 tokens the entropy is that of the top 64 tokens
+(:func:`gate_entropy`, shared by the engine and both detectors): one top-k per step.
 A detector given the prompts (JSONL with ``messages``; the suspect check, which chose them) and
 the served model recomputes the entropies and scores only those positions — far fewer tokens
 are then needed; the selection depends on the model and the prompt, never on the key, so the
@@ -176,7 +178,7 @@ class HashTables:
         self._lists: tuple[list[int], list[list[int]]] | None = None
 
     def lists(self) -> tuple[list[int], list[list[int]]]:
-        """The same tables as Python lists (made once), for :meth:`WatermarkState.apply`'s
+        """The same tables as Python lists (made once), for :meth:`~avocado_llm.protect.marking.WatermarkState.apply`'s
         scalar path."""
         if self._lists is None:
             self._lists = (self.token.tolist(), self.context.tolist())
@@ -218,204 +220,6 @@ def contexts(ids: Sequence[int], h: int) -> list[tuple[int, ...]]:
     """The context of every position of one answer: its ``h`` previous tokens, START-padded."""
     padded = [START] * h + list(ids)
     return [tuple(padded[i : i + h]) for i in range(len(ids))]
-
-
-# --- the engine side --------------------------------------------------------------------
-
-
-SCALAR_CANDIDATES = 96
-"""Up to this many candidate tokens in a step, the keyed hash runs on Python ints (a few µs
-each) instead of ~50 tensor operations (~4 µs each, whatever their size): a decode step of a
-hesitant row then costs tens of µs, not a quarter of a millisecond. Same bits either way."""
-
-GREEDY_TOP = 8
-"""Greedy rows: the tokens looked at per row (those within ``delta`` of the top one, almost
-never more; when more, the general path runs)."""
-
-SPREAD = 12.0
-"""Sampled rows: tokens more than ``SPREAD × temperature`` nats below the top token (relative
-probability under e^-12 ≈ 6e-6) keep their logit unbiased; greedy rows need only the tokens
-within ``delta`` of the top (no other can become the argmax), so greedy decoding is exact."""
-
-
-class WatermarkState:
-    """The watermark of one batch in the decode loop: a (B,) key, strength, gamma, gate and
-    temperature per row and the (B, h) contexts, all tensors; rows without a watermark have
-    strength 0.
-
-    ``apply`` is vectorised over the batch: the entropy gate (one log-softmax), then the keyed
-    hash only for the tokens that could be picked — those within reach of each row's top
-    token — so its cost does not grow with the vocabulary beyond a few elementwise passes."""
-
-    def __init__(
-        self,
-        marks: Sequence[Watermark | None],
-        device: torch.device,
-        temperatures: Sequence[float] | None = None,
-    ) -> None:
-        self.h = max((m.params.context for m in marks if m is not None), default=1)
-        self.keys = torch.tensor([m.key if m else 0 for m in marks], device=device)
-        self.delta = torch.tensor([m.delta if m else 0.0 for m in marks], device=device)
-        self.gamma = torch.tensor([m.params.gamma if m else 0.0 for m in marks], device=device)
-        self.min_entropy = torch.tensor(
-            [m.params.min_entropy if m else 0.0 for m in marks], device=device
-        )
-        temps = temperatures if temperatures is not None else [0.0] * len(marks)
-        self.temperature = torch.tensor([max(float(t), 0.0) for t in temps], device=device)
-        self.greedy = all(float(t) <= 0 for t in temps)
-        widths = [m.params.context if m else 1 for m in marks]
-        self.width = torch.tensor(widths, device=device)  # each row's own h
-        self.mixed = any(w < self.h for w in widths)
-        self.context = torch.full((len(marks), self.h), START, dtype=torch.long, device=device)
-        self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
-        self.key_mix = _mix(self.keys.long())
-        self.threshold = self.gamma.double() * float(1 << 31)  # green: hash < gamma · 2^31
-        self.tables: HashTables | None = None
-
-    @classmethod
-    def for_rows(
-        cls,
-        marks: Sequence[Watermark | None],
-        device: torch.device,
-        temperatures: Sequence[float] | None = None,
-    ) -> WatermarkState | None:
-        """The state for a batch, or None when no row is watermarked (nothing to do)."""
-        if not any(m is not None and m.delta != 0 for m in marks):
-            return None
-        return cls(marks, device, temperatures)
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits (B, V) with each row's green tokens raised by its ``delta`` (where the row's
-        entropy reaches its gate). Biases ``logits`` in place and returns them."""
-        if self.greedy:
-            fast = self._apply_greedy(logits)
-            if fast is not None:
-                return fast
-        bias = self.delta
-        if self.gated:
-            entropy = gate_entropy(logits)
-            bias = torch.where(entropy >= self.min_entropy, bias, torch.zeros_like(bias))
-        rows = bias.nonzero().flatten()
-        if rows.numel() == 0:  # a confident step: nothing to bias
-            return logits
-        sub, row_bias = logits[rows], bias[rows]
-        reach = row_bias + SPREAD * self.temperature[rows]
-        top = sub.max(dim=-1, keepdim=True).values
-        r, tok = (sub >= top - reach[:, None]).nonzero(as_tuple=True)  # candidate tokens
-        ctx = self.context[rows]
-        if self.mixed:  # rows with a shorter h: START-pad the front of their context
-            cols = torch.arange(self.h, device=ctx.device)[None, :]
-            ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
-        vocab = logits.shape[-1]
-        if self.tables is None or self.tables.vocab != vocab:
-            self.tables = HashTables(vocab, self.h, logits.device)
-        out = logits  # in place: the engine only uses the biased logits (no copy of B × V)
-        if tok.numel() <= SCALAR_CANDIDATES:
-            add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
-        else:
-            s = self.tables.seeds(self.key_mix[rows], ctx)
-            green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
-            add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
-        out.index_put_((rows[r], tok), add, accumulate=True)
-        return out
-
-    def _apply_greedy(self, logits: torch.Tensor) -> torch.Tensor | None:
-        """Every row greedy: only the tokens within ``delta`` of a row's top token can become
-        its argmax, so look at its top ``GREEDY_TOP`` tokens (all of the row's when more are
-        that close), and at its entropy only when its runner-up is within ``delta``: a dozen
-        tensor operations a step. None: use the general path (``GREEDY_TOP`` below 2)."""
-        vocab = logits.shape[-1]
-        k = min(GREEDY_TOP, vocab)
-        if k < 2:
-            return None
-        big = vocab > FULL_ENTROPY_MAX_VOCAB
-        if big:  # one top-k serves the margin, the gate and the candidates
-            top_values, top_index = logits.topk(GATE_TOP, dim=-1)
-            top2 = top_values[:, :2]
-        else:
-            top2 = logits.topk(2, dim=-1).values  # cheaper than the top k, on every row
-        rows = ((top2[:, 0] - top2[:, 1]) <= self.delta).nonzero().flatten()
-        if rows.numel() == 0:  # no runner-up within reach: no argmax can move
-            return logits
-        if self.gated:
-            entropy = top_entropy(top_values[rows]) if big else gate_entropy(logits[rows])
-            rows = rows[entropy >= self.min_entropy[rows]]
-            if rows.numel() == 0:
-                return logits
-        row_bias = self.delta[rows]
-        if big:
-            values, index = top_values[rows, :k], top_index[rows, :k]
-        else:
-            values, index = logits[rows].topk(k, dim=-1)  # (R, k), the top token first
-        within = values >= values[:, :1] - row_bias[:, None]
-        if bool(within[:, -1].any()):  # more candidates than the top k hold: all of them
-            sub = logits[rows]
-            top = values[:, :1]
-            r, tok = (sub >= top - row_bias[:, None]).nonzero(as_tuple=True)
-        else:
-            r, c = within.nonzero(as_tuple=True)
-            tok = index[r, c]
-        ctx = self.context[rows]
-        if self.mixed:
-            cols = torch.arange(self.h, device=ctx.device)[None, :]
-            ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
-        if self.tables is None or self.tables.vocab != vocab:
-            self.tables = HashTables(vocab, self.h, logits.device)
-        if tok.numel() <= SCALAR_CANDIDATES:
-            add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
-        else:
-            s = self.tables.seeds(self.key_mix[rows], ctx)
-            green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
-            add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
-        out = logits  # in place: the engine only uses the biased logits (no copy of B × V)
-        out.index_put_((rows[r], tok), add, accumulate=True)
-        return out
-
-    def _scalar_bias(
-        self,
-        rows: torch.Tensor,
-        ctx: torch.Tensor,
-        r: torch.Tensor,
-        tok: torch.Tensor,
-        row_bias: torch.Tensor,
-    ) -> torch.Tensor:
-        """The bias of each candidate (row ``r``, token ``tok``), hashed on Python ints."""
-        assert self.tables is not None
-        token_mix, context_mix = self.tables.lists()
-        vocab = self.tables.vocab
-        keys = self.key_mix[rows].tolist()
-        thresholds = self.threshold[rows].tolist()
-        biases = row_bias.tolist()
-        row_seeds = []
-        for key, context in zip(keys, ctx.tolist(), strict=True):
-            s = key
-            for j, c in enumerate(context):
-                s = mix_int(s ^ context_mix[j][min(c, vocab)])  # START → the last index
-            row_seeds.append(s)
-        add = [
-            biases[i] if mix_int(row_seeds[i] ^ token_mix[t]) < thresholds[i] else 0.0
-            for i, t in zip(r.tolist(), tok.tolist(), strict=True)
-        ]
-        return torch.tensor(add, dtype=row_bias.dtype)
-
-    def advance(self, tokens: torch.Tensor) -> None:
-        """Shift each row's new token into its context."""
-        self.context = torch.cat([self.context[:, 1:], tokens[:, None].long()], dim=1)
-
-    def select(self, index: torch.Tensor) -> None:
-        """Keep only these rows (finished rows left the batch)."""
-        for name in (
-            "keys",
-            "key_mix",
-            "delta",
-            "gamma",
-            "threshold",
-            "min_entropy",
-            "temperature",
-            "width",
-            "context",
-        ):
-            setattr(self, name, getattr(self, name)[index])
 
 
 # --- the detector side ------------------------------------------------------------------

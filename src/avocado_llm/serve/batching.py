@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from avocado_llm.protect.scheme import WatermarkState
+from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.serve.engine import SamplingOptions, TokenLogprob
 
 
