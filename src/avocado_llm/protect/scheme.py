@@ -178,8 +178,8 @@ class HashTables:
         self._lists: tuple[list[int], list[list[int]]] | None = None
 
     def lists(self) -> tuple[list[int], list[list[int]]]:
-        """The same tables as Python lists (made once), for :meth:`~avocado_llm.protect.marking.WatermarkState.apply`'s
-        scalar path."""
+        """The same tables as Python lists (made once), for the scalar path of
+        ``marking.WatermarkState.apply``."""
         if self._lists is None:
             self._lists = (self.token.tolist(), self.context.tolist())
         return self._lists
