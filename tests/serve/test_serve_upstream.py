@@ -73,3 +73,30 @@ def test_upstream_refusal_is_a_400_and_costs_nothing(gateway: World) -> None:
         )
     assert "context length" in e.value.message
     assert gateway.balance() == before and gateway.held() == 0
+
+
+def test_a_client_hang_up_reaches_the_upstream_and_both_charge_what_was_produced(
+    gateway: World, world: World
+) -> None:
+    """A stream cut at the gateway closes the gateway's upstream connection too, so the upstream
+    stops generating (vLLM aborts the request) and settles for what it produced; the gateway
+    charges its customer for the tokens that had reached it."""
+    max_tokens = 200
+    stream = gateway.client().chat.completions.create(
+        model=gateway.model, messages=QUESTION, max_tokens=max_tokens, temperature=1.0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 3:
+            break
+    stream.close()  # hang up
+    gateway.wait_settled()
+    world.wait_settled()
+    [upstream] = world.billing.usage(world.account)
+    assert upstream["status"] == "cancelled"  # it saw the hang-up, not a finished answer
+    assert 3 <= upstream["completion_tokens"] < max_tokens
+    [ours] = gateway.billing.usage(gateway.account)
+    assert ours["status"] == "cancelled"
+    assert 3 <= ours["completion_tokens"] <= upstream["completion_tokens"]
