@@ -29,7 +29,7 @@ ACCOUNT, OTHER = 123_456_789, 987_654_321
 def setup(zoo_dir: Path, engine: LocalEngine) -> tuple[FlipTable, list, Detector, LocalEngine]:
     gate = EntropyGate.from_model_dir(zoo_dir / MODEL, PARAMS.min_entropy)
     prompts = choose_prompts(gate, suspect_prompts(40))
-    table = flip_table(gate.model, gate.tokenizer, prompts, DELTA, PARAMS)
+    table = flip_table(gate, prompts, DELTA, PARAMS)
     return table, prompts, Detector(gate.tokenizer, PARAMS, gate), engine
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 from fastapi import FastAPI
@@ -74,3 +75,13 @@ def charge(prompt_tokens: int, completion_tokens: int) -> int:
 
 
 LOGPROBS_PLAN = Plan(name="research", max_tokens=64, max_n=4, logprobs=True, max_top_logprobs=3)
+
+
+def hang_up_after(stream: Any, chunks_with_text: int) -> None:
+    """Read an ``openai`` stream until that many chunks carried text, then close it."""
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == chunks_with_text:
+            break
+    stream.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_helpers import SECRET, World, charge, run_server
+from serve_helpers import SECRET, World, charge, hang_up_after, run_server
 
 from avocado_llm.billing import MICRO, Billing
 from avocado_llm.serve import ServeSettings, create_app
@@ -67,12 +67,7 @@ def test_a_stream_cut_by_the_client_is_charged_for_what_was_produced(world: Worl
         model=world.model, messages=QUESTION, max_tokens=max_tokens, temperature=1.0,
         stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )  # fmt: skip
-    received = 0
-    for chunk in stream:
-        received += bool(chunk.choices and chunk.choices[0].delta.content)
-        if received == 3:
-            break
-    stream.close()  # hang up
+    hang_up_after(stream, 3)
     world.wait_settled()
     [event] = world.billing.usage(world.account)
     assert event["status"] == "cancelled"

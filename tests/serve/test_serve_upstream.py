@@ -8,7 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from serve_helpers import PRICE, SECRET, World, charge, run_server
+from serve_helpers import PRICE, SECRET, World, charge, hang_up_after, run_server
 
 from avocado_llm.billing import MICRO, Billing
 from avocado_llm.serve import ServeSettings, create_app
@@ -86,12 +86,7 @@ def test_a_client_hang_up_reaches_the_upstream_and_both_charge_what_was_produced
         model=gateway.model, messages=QUESTION, max_tokens=max_tokens, temperature=1.0,
         stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )  # fmt: skip
-    received = 0
-    for chunk in stream:
-        received += bool(chunk.choices and chunk.choices[0].delta.content)
-        if received == 3:
-            break
-    stream.close()  # hang up
+    hang_up_after(stream, 3)
     gateway.wait_settled()
     world.wait_settled()
     [upstream] = world.billing.usage(world.account)

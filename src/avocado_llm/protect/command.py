@@ -212,7 +212,7 @@ def reference_json(
     assert gate is not None
     delta = DEFAULT_DELTA if args.delta is None else args.delta
     prompts = [a.messages or [] for a in answers]
-    table = flip_table(gate.model, gate.tokenizer, prompts, delta, params)
+    table = flip_table(gate, prompts, delta, params)
     suspect = [detector.token_ids(a.text) for a in answers]
     keys = [account_key(secret, a) for a in accounts]
     result = reference_test(table, suspect, keys, random_keys=args.random_keys)

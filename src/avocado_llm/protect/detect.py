@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,13 +199,8 @@ class EntropyGate:
         for start in range(0, len(answers), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(answers)))
             seqs = [(self.prompt_ids(prompts[i]), list(answers[i])) for i in chunk]
-            width = max(len(p) + len(a) for p, a in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, (p, a) in enumerate(seqs):  # left padding
-                row = p + a
-                ids[r, width - len(row) :] = torch.tensor(row)
-                mask[r, width - len(row) :] = 1
+            ids, mask = left_pad([p + a for p, a in seqs], pad)
+            width = ids.shape[1]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
                 logits = self.model(
@@ -235,14 +230,28 @@ class EntropyGate:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         eos = {tok.eos_token_id, pad} - {None}
         out: list[int] = []
+        for _, new, scores in self.greedy(prompts, max_new_tokens):
+            ent = gate_entropy(scores)  # (B, T)
+            rows = new.shape[0]
+            done = torch.zeros(rows, dtype=torch.bool)
+            count = torch.zeros(rows, dtype=torch.long)
+            for t in range(new.shape[1]):  # the answer's tokens (not its end): what is scored
+                done |= torch.tensor([int(x) in eos for x in new[:, t]])
+                count += (~done & (ent[:, t] >= self.threshold)).long()
+            out.extend(count.tolist())
+        return out
+
+    def greedy(
+        self, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 24
+    ) -> Iterator[tuple[int, Any, Any]]:
+        """The model's own greedy answers (no watermark), a batch at a time: the index of the
+        batch's first prompt, the new tokens (B, T) and the float logits before each (B, T, V)."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(prompts), self.batch_size):
-            rows = [self.prompt_ids(m) for m in prompts[start : start + self.batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, row in enumerate(rows):  # left padding
-                ids[r, width - len(row) :] = torch.tensor(row)
-                mask[r, width - len(row) :] = 1
+            chunk = prompts[start : start + self.batch_size]
+            ids, mask = left_pad([self.prompt_ids(m) for m in chunk], pad)
             with torch.inference_mode():
                 gen = self.model.generate(
                     input_ids=ids,
@@ -253,12 +262,17 @@ class EntropyGate:
                     output_scores=True,
                     return_dict_in_generate=True,
                 )
-            new = gen.sequences[:, width:]
-            ent = gate_entropy(torch.stack(gen.scores, dim=1).float())  # (B, T)
-            done = torch.zeros(len(rows), dtype=torch.bool)
-            count = torch.zeros(len(rows), dtype=torch.long)
-            for t in range(new.shape[1]):  # the answer's tokens (not its end): what is scored
-                done |= torch.tensor([int(x) in eos for x in new[:, t]])
-                count += (~done & (ent[:, t] >= self.threshold)).long()
-            out.extend(count.tolist())
-        return out
+            yield start, gen.sequences[:, ids.shape[1] :], torch.stack(gen.scores, dim=1).float()
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any]:
+    """Token rows as one left-padded batch: ids and attention mask, (B, longest)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[r, width - len(row) :] = 1
+    return ids, mask

@@ -8,6 +8,7 @@ batch with its own account's green list (the scheme is in :mod:`avocado_llm.prot
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,12 @@ SPREAD = 12.0
 """Sampled rows: tokens more than ``SPREAD × temperature`` nats below the top token (relative
 probability under e^-12 ≈ 6e-6) keep their logit unbiased; greedy rows need only the tokens
 within ``delta`` of the top (no other can become the argmax), so greedy decoding is exact."""
+
+
+@functools.cache
+def hash_tables(vocab: int, h: int, device: torch.device) -> HashTables:
+    """The hash tables of a vocabulary, made once per process (not once per batch)."""
+    return HashTables(vocab, h, device)
 
 
 class WatermarkState:
@@ -71,7 +78,6 @@ class WatermarkState:
         self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
         self.key_mix = _mix(self.keys.long())
         self.threshold = self.gamma.double() * float(1 << 31)  # green: hash < gamma · 2^31
-        self.tables: HashTables | None = None
 
     @classmethod
     def for_rows(
@@ -103,22 +109,32 @@ class WatermarkState:
         reach = row_bias + SPREAD * self.temperature[rows]
         top = sub.max(dim=-1, keepdim=True).values
         r, tok = (sub >= top - reach[:, None]).nonzero(as_tuple=True)  # candidate tokens
+        return self._bias(logits, rows, r, tok, row_bias)
+
+    def _bias(
+        self,
+        logits: torch.Tensor,
+        rows: torch.Tensor,
+        r: torch.Tensor,
+        tok: torch.Tensor,
+        row_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """Add each candidate's bias (row ``rows[r]``, token ``tok``) when it is green, in
+        place: the engine only uses the biased logits (no copy of B × V)."""
         ctx = self.context[rows]
         if self.mixed:  # rows with a shorter h: START-pad the front of their context
             cols = torch.arange(self.h, device=ctx.device)[None, :]
             ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
-        vocab = logits.shape[-1]
-        if self.tables is None or self.tables.vocab != vocab:
-            self.tables = HashTables(vocab, self.h, logits.device)
-        out = logits  # in place: the engine only uses the biased logits (no copy of B × V)
+        tables = hash_tables(logits.shape[-1], self.h, logits.device)
         if tok.numel() <= SCALAR_CANDIDATES:
-            add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
+            add = self._scalar_bias(tables, rows, ctx, r, tok, row_bias)
+            add = add.to(logits.device, logits.dtype)
         else:
-            s = self.tables.seeds(self.key_mix[rows], ctx)
-            green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
+            s = tables.seeds(self.key_mix[rows], ctx)
+            green = tables.hashes(s[r], tok).double() < self.threshold[rows][r]
             add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
-        out.index_put_((rows[r], tok), add, accumulate=True)
-        return out
+        logits.index_put_((rows[r], tok), add, accumulate=True)
+        return logits
 
     def _apply_greedy(self, logits: torch.Tensor) -> torch.Tensor | None:
         """Every row greedy: only the tokens within ``delta`` of a row's top token can become
@@ -156,24 +172,11 @@ class WatermarkState:
         else:
             r, c = within.nonzero(as_tuple=True)
             tok = index[r, c]
-        ctx = self.context[rows]
-        if self.mixed:
-            cols = torch.arange(self.h, device=ctx.device)[None, :]
-            ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
-        if self.tables is None or self.tables.vocab != vocab:
-            self.tables = HashTables(vocab, self.h, logits.device)
-        if tok.numel() <= SCALAR_CANDIDATES:
-            add = self._scalar_bias(rows, ctx, r, tok, row_bias).to(logits.device, logits.dtype)
-        else:
-            s = self.tables.seeds(self.key_mix[rows], ctx)
-            green = self.tables.hashes(s[r], tok).double() < self.threshold[rows][r]
-            add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
-        out = logits  # in place: the engine only uses the biased logits (no copy of B × V)
-        out.index_put_((rows[r], tok), add, accumulate=True)
-        return out
+        return self._bias(logits, rows, r, tok, row_bias)
 
     def _scalar_bias(
         self,
+        tables: HashTables,
         rows: torch.Tensor,
         ctx: torch.Tensor,
         r: torch.Tensor,
@@ -181,9 +184,8 @@ class WatermarkState:
         row_bias: torch.Tensor,
     ) -> torch.Tensor:
         """The bias of each candidate (row ``r``, token ``tok``), hashed on Python ints."""
-        assert self.tables is not None
-        token_mix, context_mix = self.tables.lists()
-        vocab = self.tables.vocab
+        token_mix, context_mix = tables.lists()
+        vocab = tables.vocab
         keys = self.key_mix[rows].tolist()
         thresholds = self.threshold[rows].tolist()
         biases = row_bias.tolist()

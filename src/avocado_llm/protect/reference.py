@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +38,9 @@ from avocado_llm.protect.scheme import (
     _mix,
     gate_entropy,
 )
+
+if TYPE_CHECKING:
+    from avocado_llm.protect.detect import EntropyGate
 
 MAX_CANDIDATES = 8
 """Tokens within ``delta`` of the top one kept per position (more almost never fit)."""
@@ -68,45 +71,25 @@ class FlipTable:
 
 
 def flip_table(
-    model: Any,
-    tokenizer: Any,
+    gate: EntropyGate,
     prompts: Sequence[list[dict[str, str]]],
     delta: float,
     params: WatermarkParams,
     max_new_tokens: int = 24,
-    batch_size: int = 64,
 ) -> FlipTable:
-    """Answer every prompt greedily (no watermark) and record each gated position."""
+    """Answer every prompt greedily with the gate's model (no watermark) and record each
+    position where ``params``' gate opens."""
+    tokenizer = gate.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
     ends = {eos, pad}
     answers: list[list[int]] = []
     rows: list[tuple[int, int, tuple[int, ...], list[int], list[float]]] = []
     vocab = 0
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        ids = [_prompt_ids(tokenizer, m) for m in chunk]
-        width = max(len(r) for r in ids)
-        batch = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for r, row in enumerate(ids):  # left padding
-            batch[r, width - len(row) :] = torch.tensor(row)
-            mask[r, width - len(row) :] = 1
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=batch,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-        new = out.sequences[:, width:]
-        scores = torch.stack(out.scores, dim=1).float()  # (B, T, V)
+    for start, new, scores in gate.greedy(prompts, max_new_tokens):
         vocab = scores.shape[-1]
         entropy = gate_entropy(scores)  # (B, T)
-        for r in range(len(chunk)):
+        for r in range(new.shape[0]):
             tokens = new[r].tolist()
             length = next((t + 1 for t, tok in enumerate(tokens) if tok in ends), len(tokens))
             answer = tokens[:length]
@@ -144,11 +127,6 @@ def flip_table(
         delta=delta,
         params=params,
     )
-
-
-def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @dataclass(frozen=True)
