@@ -6,14 +6,19 @@ and repeated; medians side by side.
     (``ignore_eos``, so both sides decode exactly the same number of steps), greedy and sampled;
 (b) the watermark step alone (``WatermarkState.apply`` on a (32, V) logits tensor) for the
     model's vocabulary and for a 152k vocabulary (Qwen3/gpt-oss size), against the softmax the
-    sampler already does on the same tensor.
+    sampler already does on the same tensor;
+(c) the answers as served: the same requests greedy, each stopping at its end: the mean
+    latency of a request (its whole answer), on against off.
 
-(c) the answers as served: the same requests greedy, each stopping at its end (time per
-    token produced, on against off).
+Each repeat runs three arms in turn — off, on, and off again — each first in turn; a ratio is the
+median over repeats of the arm's time over the same repeat's "off". "off again / off" is the
+noise floor of the machine: the watermark costs nothing measurable where ``on / off`` is as
+close to 1 as it is.
 
-The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off> ratio_served=<on/off>``.
+The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off> ratio_served=<on/off>
+noise=<largest |off again/off - 1|>``.
 
-    .venv/bin/python bench/watermark_overhead.py [--model zoo/qwen-tiny] [--repeats 5]
+    .venv/bin/python bench/watermark_overhead.py [--model zoo/qwen-tiny] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -38,9 +43,9 @@ TOKENS = 24
 
 async def run_batch(
     engine: LocalEngine, prompts: list, temperature: float, marked: bool, ignore_eos: bool = True
-) -> tuple[float, int]:
-    """Seconds to decode one batch of ``BATCH`` requests (one per account when marked), and
-    the tokens produced."""
+) -> tuple[float, float, int]:
+    """Decode one batch of ``BATCH`` requests (one per account when marked): seconds for the
+    whole batch, the mean seconds a request waited for its whole answer, the tokens produced."""
     gens = []
     t0 = time.perf_counter()
     for i, messages in enumerate(prompts):
@@ -54,12 +59,14 @@ async def run_batch(
         )
         gens.append(engine.generate([engine.chat_prompt(messages)], opts))
 
-    async def drain(g: object) -> None:
+    async def drain(g: object) -> float:
         async for _ in g:  # type: ignore[attr-defined]
             pass
+        return time.perf_counter() - t0
 
-    await asyncio.gather(*[drain(g) for g in gens])
-    return time.perf_counter() - t0, sum(g.usage.completion_tokens for g in gens)
+    latencies = await asyncio.gather(*[drain(g) for g in gens])
+    tokens = sum(g.usage.completion_tokens for g in gens)
+    return time.perf_counter() - t0, statistics.fmean(latencies), tokens
 
 
 def synthetic_logits(vocab: int, hesitant: bool) -> torch.Tensor:
@@ -104,33 +111,35 @@ async def main_async(args: argparse.Namespace) -> None:
     engine = LocalEngine(args.model, threads=args.threads, max_batch_size=BATCH, batch_wait_ms=50)
     await engine.start()
     prompts = [e.messages for e in generate(list(FAMILIES), "heldout", 6, seed=1)][:BATCH]
-    ratios = {}
-    for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
-        await run_batch(engine, prompts, temperature, True)  # warm-up
-        on, off = [], []
-        for _ in range(args.repeats):
-            off.append((await run_batch(engine, prompts, temperature, False))[0])
-            on.append((await run_batch(engine, prompts, temperature, True))[0])
-        m_on, m_off = statistics.median(on), statistics.median(off)
-        ratios[name] = m_on / m_off
-        print(
-            f"(a) engine {name:7s}: off {m_off * 1000:7.1f} ms  on {m_on * 1000:7.1f} ms  "
-            f"per batch of {BATCH}×{TOKENS} tokens  ratio {ratios[name]:.3f}"
+    ratios, noise = {}, {}
+    settings = (("greedy", 0.0, True), ("sampled", 1.0, True), ("served", 0.0, False))
+    for name, temperature, ignore_eos in settings:
+        await run_batch(engine, prompts, temperature, True, ignore_eos)  # warm-up
+        times: dict[str, list[float]] = {"off": [], "on": [], "off again": []}
+        tokens: dict[str, int] = {}
+        for r in range(args.repeats):
+            arms = list(times)
+            for arm in arms[r % 3 :] + arms[: r % 3]:  # each arm first in turn (drift cancels)
+                total, latency, tokens[arm] = await run_batch(
+                    engine, prompts, temperature, arm == "on", ignore_eos
+                )
+                times[arm].append(total if ignore_eos else latency)
+        paired = {
+            arm: statistics.median(a / b for a, b in zip(times[arm], times["off"], strict=True))
+            for arm in ("on", "off again")
+        }
+        ratios[name], noise[name] = paired["on"], paired["off again"]
+        m_off = statistics.median(times["off"])
+        what = (
+            f"per batch of {BATCH}×{TOKENS} tokens"
+            if ignore_eos
+            else f"mean request latency, each answer to its end ({tokens['off']} tokens off, "
+            f"{tokens['on']} on)"
         )
-    # (c) the answers as served: each row stops at its end (the watermark may change a few
-    # answers and so their length: compare time per token produced)
-    on_c, off_c = [], []
-    for _ in range(args.repeats):
-        t, n = await run_batch(engine, prompts, 0.0, False, ignore_eos=False)
-        off_c.append(t / n)
-        t, n = await run_batch(engine, prompts, 0.0, True, ignore_eos=False)
-        on_c.append(t / n)
-    m_on, m_off = statistics.median(on_c), statistics.median(off_c)
-    ratios["served"] = m_on / m_off
-    print(
-        f"(c) answers as served (greedy, stop at the end): off {m_off * 1000:.3f} ms  on "
-        f"{m_on * 1000:.3f} ms per token  ratio {ratios['served']:.3f}"
-    )
+        print(
+            f"({'a' if ignore_eos else 'c'}) {name:7s}: off {m_off * 1000:7.2f} ms {what}  "
+            f"ratio on/off {ratios[name]:.3f}  (off again/off {noise[name]:.3f})"
+        )
     await engine.aclose()
     vocab = int(engine.hf_model.config.vocab_size)
     for v in (vocab, 151_936):
@@ -139,16 +148,17 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"(b) vocab {v:>7d} {case:16s}: watermark step {a * 1e3:7.3f} ms, "
                 f"softmax {soft * 1e3:7.3f} ms (ratio {a / soft:.2f})"
             )
+    spread = max(abs(v - 1) for v in noise.values())
     print(
         f"ratio_greedy={ratios['greedy']:.3f} ratio_sampled={ratios['sampled']:.3f} "
-        f"ratio_served={ratios['served']:.3f}"
+        f"ratio_served={ratios['served']:.3f} noise={spread:.3f}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("zoo/qwen-tiny"))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -8,42 +8,27 @@ batch with its own account's green list (the scheme is in :mod:`avocado_llm.prot
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 
+from avocado_llm.protect import kernel
+from avocado_llm.protect.kernel import CompiledState
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
+    SPREAD,
     START,
-    HashTables,
     Watermark,
     _mix,
     gate_entropy,
-    mix_int,
+    hash_tables,
     top_entropy,
 )
-
-SCALAR_CANDIDATES = 96
-"""Up to this many candidate tokens in a step, the keyed hash runs on Python ints (a few µs
-each) instead of ~50 tensor operations (~4 µs each, whatever their size): a decode step of a
-hesitant row then costs tens of µs, not a quarter of a millisecond. Same bits either way."""
 
 GREEDY_TOP = 8
 """Greedy rows: the tokens looked at per row (those within ``delta`` of the top one, almost
 never more; when more, the general path runs)."""
-
-SPREAD = 12.0
-"""Sampled rows: tokens more than ``SPREAD × temperature`` nats below the top token (relative
-probability under e^-12 ≈ 6e-6) keep their logit unbiased; greedy rows need only the tokens
-within ``delta`` of the top (no other can become the argmax), so greedy decoding is exact."""
-
-
-@functools.cache
-def hash_tables(vocab: int, h: int, device: torch.device) -> HashTables:
-    """The hash tables of a vocabulary, made once per process (not once per batch)."""
-    return HashTables(vocab, h, device)
 
 
 class WatermarkState:
@@ -53,7 +38,9 @@ class WatermarkState:
 
     ``apply`` is vectorised over the batch: the entropy gate (:func:`gate_entropy`), then the keyed
     hash only for the tokens that could be picked — those within reach of each row's top
-    token — so its cost does not grow with the vocabulary beyond a few elementwise passes."""
+    token — so its cost does not grow with the vocabulary beyond a few elementwise passes.
+    This is the GPU's path; on the CPU :meth:`for_rows` gives a
+    :class:`~avocado_llm.protect.kernel.CompiledState` (the same biases, one compiled call)."""
 
     def __init__(
         self,
@@ -85,10 +72,16 @@ class WatermarkState:
         marks: Sequence[Watermark | None],
         device: torch.device,
         temperatures: Sequence[float] | None = None,
-    ) -> WatermarkState | None:
-        """The state for a batch, or None when no row is watermarked (nothing to do)."""
+        compiled: bool | None = None,
+    ) -> WatermarkState | CompiledState | None:
+        """The state for a batch, or None when no row is watermarked (nothing to do). On the
+        CPU (or with ``compiled``) the compiled kernel's state, where numba runs."""
         if not any(m is not None and m.delta != 0 for m in marks):
             return None
+        if compiled is None:
+            compiled = device.type == "cpu" and kernel.available()
+        if compiled:
+            return CompiledState(marks, temperatures)
         return cls(marks, device, temperatures)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
@@ -126,13 +119,9 @@ class WatermarkState:
             cols = torch.arange(self.h, device=ctx.device)[None, :]
             ctx = torch.where(cols >= self.h - self.width[rows][:, None], ctx, START)
         tables = hash_tables(logits.shape[-1], self.h, logits.device)
-        if tok.numel() <= SCALAR_CANDIDATES:
-            add = self._scalar_bias(tables, rows, ctx, r, tok, row_bias)
-            add = add.to(logits.device, logits.dtype)
-        else:
-            s = tables.seeds(self.key_mix[rows], ctx)
-            green = tables.hashes(s[r], tok).double() < self.threshold[rows][r]
-            add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
+        s = tables.seeds(self.key_mix[rows], ctx)
+        green = tables.hashes(s[r], tok).double() < self.threshold[rows][r]
+        add = (green.to(row_bias.dtype) * row_bias[r]).to(logits.dtype)
         logits.index_put_((rows[r], tok), add, accumulate=True)
         return logits
 
@@ -173,33 +162,6 @@ class WatermarkState:
             r, c = within.nonzero(as_tuple=True)
             tok = index[r, c]
         return self._bias(logits, rows, r, tok, row_bias)
-
-    def _scalar_bias(
-        self,
-        tables: HashTables,
-        rows: torch.Tensor,
-        ctx: torch.Tensor,
-        r: torch.Tensor,
-        tok: torch.Tensor,
-        row_bias: torch.Tensor,
-    ) -> torch.Tensor:
-        """The bias of each candidate (row ``r``, token ``tok``), hashed on Python ints."""
-        token_mix, context_mix = tables.lists()
-        vocab = tables.vocab
-        keys = self.key_mix[rows].tolist()
-        thresholds = self.threshold[rows].tolist()
-        biases = row_bias.tolist()
-        row_seeds = []
-        for key, context in zip(keys, ctx.tolist(), strict=True):
-            s = key
-            for j, c in enumerate(context):
-                s = mix_int(s ^ context_mix[j][min(c, vocab)])  # START → the last index
-            row_seeds.append(s)
-        add = [
-            biases[i] if mix_int(row_seeds[i] ^ token_mix[t]) < thresholds[i] else 0.0
-            for i, t in zip(r.tolist(), tok.tolist(), strict=True)
-        ]
-        return torch.tensor(add, dtype=row_bias.dtype)
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Shift each row's new token into its context."""

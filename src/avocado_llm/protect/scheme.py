@@ -50,6 +50,7 @@ many positions; h = 1 made the distilled student carry less of the watermark, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -134,9 +135,10 @@ def gate_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def top_entropy(values: torch.Tensor) -> torch.Tensor:
-    """The entropy of the softmax of ``values`` (all of them), over the last dimension."""
+    """The entropy of the softmax of ``values`` (all of them), over the last dimension; a token
+    of probability 0 (a logit of -inf) adds 0."""
     logp = torch.log_softmax(values.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    return -(logp.exp() * logp).nan_to_num(nan=0.0).sum(dim=-1)
 
 
 def mix_int(x: int) -> int:
@@ -163,6 +165,18 @@ def uniform(seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return _mix(seed ^ _mix(tokens.long() * 2 + 1)).double() / float(1 << 31)
 
 
+SPREAD = 12.0
+"""Sampled rows: tokens more than ``SPREAD × temperature`` nats below the top token (relative
+probability under e^-12 ≈ 6e-6) keep their logit unbiased; greedy rows need only the tokens
+within ``delta`` of the top (no other can become the argmax), so greedy decoding is exact."""
+
+
+@functools.cache
+def hash_tables(vocab: int, h: int, device: torch.device) -> HashTables:
+    """The hash tables of a vocabulary, made once per process (not once per batch)."""
+    return HashTables(vocab, h, device)
+
+
 class HashTables:
     """The hash's per-token parts for one vocabulary, computed once: ``mix(2 t + 1)`` and
     ``mix(c + j + 1)`` for every token (index ``vocab`` stands for START), so a decode step
@@ -175,14 +189,8 @@ class HashTables:
         self.vocab = vocab
         self.token = _mix(ids[:vocab] * 2 + 1)  # (V,)
         self.context = torch.stack([_mix(ids + j + 1) for j in range(h)])  # (h, V + 1)
-        self._lists: tuple[list[int], list[list[int]]] | None = None
-
-    def lists(self) -> tuple[list[int], list[list[int]]]:
-        """The same tables as Python lists (made once), for the scalar path of
-        ``marking.WatermarkState.apply``."""
-        if self._lists is None:
-            self._lists = (self.token.tolist(), self.context.tolist())
-        return self._lists
+        if device.type == "cpu":  # the compiled decode step's views (no copies)
+            self.token_np, self.context_np = self.token.numpy(), self.context.numpy()
 
     def seeds(self, key_mix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         s = key_mix

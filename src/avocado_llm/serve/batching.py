@@ -185,6 +185,8 @@ def decode(
         if marks is not None:  # each row's account key biases its own green tokens
             logits = marks.apply(logits)
         tokens = sample(logits, live)
+        if marks is not None:  # before on_step wakes the event loop (see CompiledState)
+            marks.advance(tokens)
         logprobs = _logprobs(logits, tokens, live, text_of)
         for row, token, lp in zip(live, tokens.tolist(), logprobs, strict=True):
             row.advance(token, eos_ids, lp)
@@ -194,8 +196,6 @@ def decode(
         keep = [i for i, row in enumerate(live) if row.finish is None]
         if not keep:
             return
-        if marks is not None:
-            marks.advance(tokens)
         if len(keep) < len(live):  # drop finished rows from the batch and its KV cache
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from avocado_llm.protect import kernel
 from avocado_llm.serve.batching import Row, TextTracker, decode
 from avocado_llm.serve.engine import Delta, EngineError, Prompt, SamplingOptions, Usage
 from avocado_llm.teachers.hf import END_OF_TURN, pick_device
@@ -159,6 +160,8 @@ class LocalEngine:
         self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
         self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
         self.eos_ids = frozenset(self._eos_ids())
+        if self.device.type == "cpu":  # compile (or load) the watermark kernel now, not mid-request
+            kernel.available()
 
     def _eos_ids(self) -> list[int]:
         """The generation config's stop tokens, the tokenizer's EOS and the chat template's

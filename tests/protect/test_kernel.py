@@ -1,0 +1,151 @@
+"""The compiled watermark step (CPU) against the tensor one (GPU): the same biases, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avocado_llm.protect import kernel
+from avocado_llm.protect.marking import WatermarkState
+from avocado_llm.protect.scheme import Watermark, WatermarkParams, account_key, gate_entropy
+
+
+def run(
+    marks: list[Watermark | None],
+    temperatures: list[float],
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    compiled: bool,
+) -> list[torch.Tensor]:
+    """Each step's logits after ``apply``, the contexts advancing by ``tokens``; after the
+    second step two rows leave the batch (``select``), as finished rows do."""
+    state = WatermarkState.for_rows(marks, torch.device("cpu"), temperatures, compiled)
+    assert state is not None
+    rows = torch.arange(logits.shape[1])
+    out = []
+    for step in range(logits.shape[0]):
+        out.append(state.apply(logits[step, rows].clone()))  # apply biases in place
+        state.advance(tokens[step, rows])
+        if step == 1:
+            keep = torch.tensor([i for i in range(len(rows)) if i not in (1, 4)])
+            state.select(keep)
+            rows = rows[keep]
+    return out
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def changed_rows(out: list[torch.Tensor], logits: torch.Tensor) -> int:
+    """How many (step, row) pairs the watermark changed (the first two steps: every row)."""
+    return sum(int((o != logits[i, : o.shape[0]]).any(-1).sum()) for i, o in enumerate(out[:2]))
+
+
+def hesitant_logits(steps: int, batch: int, vocab: int, seed: int) -> torch.Tensor:
+    """Logits of four kinds of rows, in turn: sure of one token (no bias can move it), torn
+    between two, a few plausible tokens, many close ones; and in the unsure rows one token
+    exactly ``delta`` (2, 3 or 4) below the top, the edge of the candidates."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(steps, batch, vocab, generator=gen) * 2
+    kind = torch.arange(batch) % 4
+    logits[:, kind == 0, 7] += 25
+    logits[:, kind == 1, 7:9] += 10 + torch.rand(steps, int((kind == 1).sum()), 2, generator=gen)
+    few = int((kind == 2).sum())
+    logits[:, kind == 2, :6] += 5 + 2 * torch.randn(steps, few, 6, generator=gen)
+    many = logits[:, kind == 3]
+    many[:, :, :12] = 20 - torch.rand(steps, many.shape[1], 12, generator=gen)
+    logits[:, kind == 3] = many
+    top = logits.max(-1).values  # (steps, B)
+    edge = top - (2.0 + torch.arange(batch) % 3)  # each row's delta in the tests below
+    logits[:, kind != 0, vocab - 1] = edge[:, kind != 0]  # (the sure rows stay sure)
+    return logits
+
+
+def test_the_kernel_compiles_here() -> None:
+    """numba is a dependency: CPU decoding must not silently fall back to the tensor path."""
+    assert kernel.available()
+    state = WatermarkState.for_rows([Watermark(1)], torch.device("cpu"))
+    assert isinstance(state, kernel.CompiledState)
+
+
+@pytest.mark.parametrize("vocab", [500, 5000])  # full entropy / top-64 entropy
+@pytest.mark.parametrize(
+    "temperatures",
+    [[0.0] * 16, [0.8] * 16, [0.0, 1.0] * 8],
+    ids=["greedy", "sampled", "mixed"],
+)
+@pytest.mark.parametrize("min_entropy", [0.0, 0.8])
+def test_kernel_biases_what_the_tensor_path_biases(
+    vocab: int, temperatures: list[float], min_entropy: float
+) -> None:
+    marks: list[Watermark | None] = [
+        Watermark(account_key("k", i), 2.0 + (i % 3), WatermarkParams(min_entropy=min_entropy))
+        for i in range(16)
+    ]
+    marks[5] = None  # a row without a watermark in the batch
+    gen = torch.Generator().manual_seed(vocab)
+    logits = hesitant_logits(5, 16, vocab, seed=vocab)
+    tokens = torch.randint(0, vocab, (5, 16), generator=gen)
+    compiled = run(marks, temperatures, logits, tokens, compiled=True)
+    assert same(compiled, run(marks, temperatures, logits, tokens, compiled=False))
+    assert changed_rows(compiled, logits) >= 5  # the watermark was at work
+    assert all(torch.equal(compiled[i][5], logits[i, 5]) for i in range(2))  # not the unmarked
+
+
+def test_rows_with_their_own_context_width_and_masked_tokens() -> None:
+    """Rows of h = 1 and h = 3 in one batch (START-padded contexts), and logits of -inf (masked
+    tokens add nothing to the gate's entropy, on both paths)."""
+    marks: list[Watermark | None] = [
+        Watermark(account_key("w", i), 3.0, WatermarkParams(context=1 + i % 3, min_entropy=0.5))
+        for i in range(12)
+    ]
+    logits = hesitant_logits(6, 12, 300, seed=9)
+    logits[:, :, 200:] = float("-inf")
+    gen = torch.Generator().manual_seed(9)
+    tokens = torch.randint(0, 200, (6, 12), generator=gen)
+    for temperatures in ([0.0] * 12, [0.7] * 12):
+        compiled = run(marks, temperatures, logits, tokens, compiled=True)
+        assert same(compiled, run(marks, temperatures, logits, tokens, compiled=False))
+        assert changed_rows(compiled, logits) >= 5
+    assert torch.isfinite(gate_entropy(logits[0])).all()
+
+
+def test_a_confident_greedy_row_is_left_alone() -> None:
+    """Greedy: a row whose runner-up is more than delta below its top cannot change its pick,
+    so the kernel does not touch it; a close runner-up gets the bias where it is green."""
+    marks = [Watermark(account_key("c", 1), 2.0, WatermarkParams(min_entropy=0.0))] * 2
+    state = WatermarkState.for_rows(marks, torch.device("cpu"))
+    assert isinstance(state, kernel.CompiledState)
+    logits = torch.zeros(2, 64)
+    logits[0, 3] = 2.5  # margin 2.5 > delta
+    logits[1, 3] = 1.5  # margin 1.5: every token within delta of the top is a candidate
+    out = state.apply(logits.clone())
+    assert torch.equal(out[0], logits[0])
+    assert (out[1] != logits[1]).sum() > 10
+
+
+@pytest.mark.parametrize("vocab", [64, 500, 5000, 50_000])
+def test_kernel_entropy_is_the_gate_entropy(vocab: int) -> None:
+    """The kernel's gate entropy (float64, a heap of the top 64 above 4,096 tokens) against
+    :func:`gate_entropy` (float32 tensors)."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(8, vocab, generator=gen) * torch.linspace(0.5, 6, 8)[:, None]
+    ours = torch.tensor([kernel._gate_entropy(row.numpy()) for row in logits], dtype=torch.float64)
+    assert torch.allclose(ours, gate_entropy(logits).double(), atol=1e-5)
+
+
+@pytest.mark.parametrize("support", [2, 64, 512])
+def test_entropy_bound_holds_and_closes_the_gate_of_a_sure_row(support: int) -> None:
+    """The bound the kernel uses to skip the gate's sum is never below the true entropy, on
+    rows from spread out to sure, and is under the default gate once the top is far ahead."""
+    gen = torch.Generator().manual_seed(support)
+    for spread in (0.1, 1.0, 3.0, 8.0):
+        logits = torch.randn(200, support, generator=gen, dtype=torch.float64) * spread
+        top2 = logits.topk(min(2, support), dim=-1).values
+        true = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        for row in range(200):
+            margin = float(top2[row, 0] - top2[row, 1])
+            assert kernel._entropy_bound(margin, support) >= float(true[row]) - 1e-9
+    assert kernel._entropy_bound(14.0, support) < 0.8 - 1e-3
+    assert kernel._entropy_bound(0.0, support) == float("inf")
