@@ -149,3 +149,28 @@ def test_entropy_bound_holds_and_closes_the_gate_of_a_sure_row(support: int) -> 
             assert kernel._entropy_bound(margin, support) >= float(true[row]) - 1e-9
     assert kernel._entropy_bound(14.0, support) < 0.8 - 1e-3
     assert kernel._entropy_bound(0.0, support) == float("inf")
+
+
+@pytest.mark.parametrize("vocab", [300, 5000])
+def test_picks_are_the_argmax_of_the_biased_logits_ties_included(vocab: int) -> None:
+    """The kernel's greedy pick is ``argmax`` of what it left in the logits (the first token
+    on a tie), for marked rows, unmarked rows and rows of tied logits."""
+    marks: list[Watermark | None] = [
+        Watermark(account_key("p", i), 2.0, WatermarkParams(min_entropy=0.3)) for i in range(16)
+    ]
+    marks[3] = None
+    logits = hesitant_logits(4, 16, vocab, seed=vocab + 1)
+    logits[:, 8] = 0.0  # every token tied
+    logits[:, 9, 10:20] = 50.0  # ten tied at the top
+    logits[:, [3, 10], 40] = logits[:, [3, 10], 7] = 50.0  # two tied (and row 3 unmarked)
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, vocab, (4, 16), generator=gen)
+    for temperatures in ([0.0] * 16, [0.0, 0.9] * 8):
+        state = WatermarkState.for_rows(marks, torch.device("cpu"), temperatures)
+        assert isinstance(state, kernel.CompiledState)
+        for step in range(4):
+            out = state.apply(logits[step].clone())
+            assert state.picks is not None
+            assert torch.equal(state.picks, out.argmax(-1))
+            state.advance(tokens[step])
+        assert not torch.equal(out.argmax(-1), logits[3].argmax(-1))  # the bias moved some

@@ -74,6 +74,23 @@ def _top_k(row: np.ndarray, k: int, values: np.ndarray, index: np.ndarray) -> No
             floor = values[0]
 
 
+def _top_two(values: np.ndarray) -> tuple[float, float, int]:
+    """The largest value, the runner-up (equal to it on a tie) and where the largest first
+    stands (``argmax``'s choice on a tie)."""
+    top = values[0]
+    second = np.float32(-np.inf)
+    where = 0
+    for i in range(1, values.shape[0]):
+        v = values[i]
+        if v > top:
+            second = top
+            top = v
+            where = i
+        elif v > second:
+            second = v
+    return top, second, where
+
+
 def _sift(values: np.ndarray, index: np.ndarray, i: int, k: int) -> None:
     """Restore the min-heap property below ``i`` (the first ``k`` entries are the heap)."""
     while True:
@@ -145,44 +162,46 @@ def _mark_rows(
     floats: np.ndarray,  # (B, 4) float32: delta, min_entropy, temperature, gamma
     token_mix: np.ndarray,  # (V,) int64
     context_mix: np.ndarray,  # (h, V + 1) int64
+    picks: np.ndarray,  # (B,) int64, written: each row's argmax after the bias
     all_greedy: bool,
     gated: bool,
     spread: float,
 ) -> int:
     """Shift ``tokens`` into the contexts, then bias every row's green tokens within reach of
-    its top logit; returns the rows biased. The same decisions as ``WatermarkState`` on
+    its top logit, and write each row's greedy pick (``argmax`` of the biased logits, the first
+    token on a tie) into ``picks``: the sampler needs no pass of its own. Returns the rows
+    biased. The same decisions as ``WatermarkState`` on
     tensors: greedy batches skip rows whose runner-up is more than ``delta`` below the top (no
     argmax can move), gated rows need ``min_entropy``, and candidates are the tokens within
     ``delta + spread × temperature`` (float32 arithmetic, as the tensors do it).
 
-    One pass per row keeps its top ``k`` tokens: the top two for a vocabulary up to
-    ``FULL_ENTROPY_MAX_VOCAB`` tokens, else the top ``GATE_TOP`` (the gate's), which hold every
-    candidate when the last of them is below the cut (a greedy row, almost always); otherwise
-    one more pass finds the candidates."""
+    One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
+    top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
+    the cut (a greedy row, almost always); otherwise one more pass finds the candidates."""
     batch, vocab = logits.shape
     h = ints.shape[1] - ROW_CONTEXT
     if tokens.shape[0]:
         _shift(ints, tokens)
     big = vocab > FULL_ENTROPY_MAX_VOCAB
-    k = min(GATE_TOP if big else 2, vocab)
-    values = np.empty(k, dtype=logits.dtype)
-    index = np.empty(k, dtype=np.int64)
+    k = min(GATE_TOP, vocab) if big else vocab
+    values = np.empty(k if big else 1, dtype=logits.dtype)
+    index = np.empty(k if big else 1, dtype=np.int64)
     biased = 0
     for b in range(batch):
         d = floats[b, ROW_DELTA]
+        row = logits[b]
+        if big:
+            _top_k(row, k, values, index)
+            top, second, where = _top_two(values)
+            pick = index[where]
+            for i in range(k):  # argmax's choice on a tie: the first token
+                if values[i] == top and index[i] < pick:
+                    pick = index[i]
+        else:  # the top two in one pass: cheaper than a heap of two
+            top, second, pick = _top_two(row)
+        picks[b] = pick
         if d == 0:
             continue
-        row = logits[b]
-        _top_k(row, k, values, index)
-        first = 0
-        for i in range(1, k):
-            if values[i] > values[first]:
-                first = i
-        top = values[first]
-        second = np.float32(-np.inf)
-        for i in range(k):
-            if i != first and values[i] > second:
-                second = values[i]
         if all_greedy and top - second > d:
             continue
         if gated:
@@ -200,14 +219,28 @@ def _mark_rows(
         for j in range(h):
             c = ints[b, ROW_CONTEXT + j] if j >= h - ints[b, ROW_WIDTH] else START
             s = _mix(s ^ context_mix[j, min(c, vocab)])
-        if k == vocab or values[0] < cut:  # every token at or above the cut is kept
+        # the pick after the bias is a candidate (the top is one; no other token can reach it)
+        best = np.float32(-np.inf)
+        if big and values[0] < cut:  # every token at or above the cut is kept
             for i in range(k):
-                if values[i] >= cut and _mix(s ^ token_mix[index[i]]) < threshold:
-                    row[index[i]] += d
+                v = values[i]
+                if v >= cut:
+                    t = index[i]
+                    if _mix(s ^ token_mix[t]) < threshold:
+                        v += d
+                        row[t] = v
+                    if v > best or (v == best and t < pick):
+                        best, pick = v, t
         else:
             for t in range(vocab):
-                if row[t] >= cut and _mix(s ^ token_mix[t]) < threshold:
-                    row[t] += d
+                v = row[t]
+                if v >= cut:
+                    if _mix(s ^ token_mix[t]) < threshold:
+                        v += d
+                        row[t] = v
+                    if v > best:
+                        best, pick = v, t
+        picks[b] = pick
         biased += 1
     return biased
 
@@ -226,6 +259,7 @@ if njit is not None:
     _shift = njit(cache=True)(_shift)
     _sift = njit(cache=True)(_sift)
     _top_k = njit(cache=True)(_top_k)
+    _top_two = njit(cache=True)(_top_two)
     _entropy = njit(cache=True)(_entropy)
     _entropy_bound = njit(cache=True)(_entropy_bound)
     _gate_entropy = njit(cache=True)(_gate_entropy)
@@ -256,9 +290,10 @@ class CompiledState:
     """:class:`~avocado_llm.protect.marking.WatermarkState` for logits on the CPU: the same
     interface (``apply``, ``advance``, ``select``, ``context``) and the same biases, with the
     batch's state in two arrays and each step one compiled call (``advance`` only keeps the
-    tokens: the next ``apply`` shifts them in). Every Python-level operation in a decode step
-    counts here: right after the model's forward pass the caches are cold, and a call that
-    takes 0.3 µs in a loop takes ~20 µs there."""
+    tokens: the next ``apply`` shifts them in), which also leaves each row's greedy pick in
+    ``picks`` (the sampler's argmax, done in the same pass). Every Python-level operation in a
+    decode step counts here: right after the model's forward pass the caches are cold, and a
+    call that takes 0.3 µs in a loop takes ~20 µs there."""
 
     def __init__(
         self, marks: Sequence[Watermark | None], temperatures: Sequence[float] | None = None
@@ -275,6 +310,7 @@ class CompiledState:
             self.floats[i] = (m.delta, m.params.min_entropy, t, m.params.gamma) if m else (
                 0.0, 0.0, t, 0.0)  # fmt: skip
         self._tokens = _NO_TOKENS
+        self.picks: torch.Tensor | None = None  # after ``apply``: argmax of the biased logits
 
     @property
     def context(self) -> torch.Tensor:
@@ -283,12 +319,15 @@ class CompiledState:
         return torch.from_numpy(self.ints[:, ROW_CONTEXT:].copy())
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them."""
+        """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them.
+        ``picks`` is then each row's argmax of the biased logits (the sampler's greedy pick)."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
         tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
+        picks = np.empty(logits.shape[0], dtype=np.int64)
         _mark_rows(logits.numpy(), self._tokens, self.ints, self.floats, tables.token_np,
-                   tables.context_np, self.greedy, self.gated, SPREAD)  # fmt: skip
+                   tables.context_np, picks, self.greedy, self.gated, SPREAD)  # fmt: skip
         self._tokens = _NO_TOKENS
+        self.picks = torch.from_numpy(picks)
         return logits
 
     def advance(self, tokens: torch.Tensor) -> None:

@@ -65,6 +65,7 @@ class WatermarkState:
         self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
         self.key_mix = _mix(self.keys.long())
         self.threshold = self.gamma.double() * float(1 << 31)  # green: hash < gamma · 2^31
+        self.picks: torch.Tensor | None = None  # the sampler takes its own argmax
 
     @classmethod
     def for_rows(

@@ -98,10 +98,13 @@ class Row:
             self.finish = "length"
 
 
-def sample(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor, rows: Sequence[Row], picks: torch.Tensor | None = None
+) -> torch.Tensor:
     """One token per row from (B, V) float logits: greedy where temperature is 0, else
-    temperature + top-p (nucleus) sampling with the row's own generator."""
-    tokens = logits.argmax(dim=-1)  # (B,)
+    temperature + top-p (nucleus) sampling with the row's own generator. ``picks``: each row's
+    argmax, when the watermark's pass already found it."""
+    tokens = picks if picks is not None else logits.argmax(dim=-1)  # (B,)
     temps = torch.tensor([r.options.temperature for r in rows], device=logits.device)
     sampled = (temps > 0).nonzero().flatten().tolist()
     if not sampled:
@@ -184,7 +187,7 @@ def decode(
     while True:
         if marks is not None:  # each row's account key biases its own green tokens
             logits = marks.apply(logits)
-        tokens = sample(logits, live)
+        tokens = sample(logits, live, marks.picks if marks is not None else None)
         if marks is not None:  # before on_step wakes the event loop (see CompiledState)
             marks.advance(tokens)
         logprobs = _logprobs(logits, tokens, live, text_of)
