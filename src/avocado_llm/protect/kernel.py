@@ -302,13 +302,18 @@ class CompiledState:
         temps = [max(float(t), 0.0) for t in temperatures or [0.0] * len(marks)]
         self.greedy = all(t == 0 for t in temps)
         self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
-        self.ints = np.full((len(marks), ROW_CONTEXT + self.h), START, dtype=np.int64)
-        self.floats = np.zeros((len(marks), 4), dtype=np.float32)
-        for i, (m, t) in enumerate(zip(marks, temps, strict=True)):
-            self.ints[i, ROW_KEY] = mix_int(m.key if m else 0)
-            self.ints[i, ROW_WIDTH] = m.params.context if m else 1
-            self.floats[i] = (m.delta, m.params.min_entropy, t, m.params.gamma) if m else (
-                0.0, 0.0, t, 0.0)  # fmt: skip
+        start = [START] * self.h
+        self.ints = np.array(
+            [[mix_int(m.key), m.params.context, *start] if m else [0, 1, *start] for m in marks],
+            dtype=np.int64,
+        ).reshape(len(marks), ROW_CONTEXT + self.h)
+        self.floats = np.array(
+            [
+                (m.delta, m.params.min_entropy, t, m.params.gamma) if m else (0.0, 0.0, t, 0.0)
+                for m, t in zip(marks, temps, strict=True)
+            ],
+            dtype=np.float32,
+        ).reshape(len(marks), 4)
         self._tokens = _NO_TOKENS
         self.picks: torch.Tensor | None = None  # after ``apply``: argmax of the biased logits
 
@@ -337,9 +342,10 @@ class CompiledState:
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only these rows (finished rows left the batch)."""
-        self._flush()
         rows = index.numpy()
         self.ints, self.floats = self.ints[rows], self.floats[rows]
+        if self._tokens.shape[0]:  # still to shift in: theirs too
+            self._tokens = self._tokens[rows]
 
     def _flush(self) -> None:
         if self._tokens.shape[0]:
