@@ -1,11 +1,12 @@
-"""The watermark step for logits on the CPU as one compiled pass per row (numba).
+"""The watermark step for logits on the CPU as one compiled call per decode step (numba).
 
 :meth:`WatermarkState.apply <avocado_llm.protect.marking.WatermarkState.apply>` on tensors costs
 a few dozen small tensor operations a step, ~4 µs each whatever their size: ~0.2 ms, as much as
-6% of a tiny model's decode step. This kernel does the same work in one call — per row: the top
-two logits, the entropy gate, the keyed hash of the tokens within reach — and adds exactly the
-same biases (tested bit for bit against the tensor path, ``tests/protect/test_kernel.py``). The
-tensor path stays for logits on a GPU, where the model's step dwarfs it.
+6% of a tiny model's decode step. :class:`CompiledState` does the same work in one call — per
+row: the top two logits (or top 64), the entropy gate, the keyed hash of the tokens within
+reach — adds exactly the same biases (tested bit for bit against the tensor path,
+``tests/protect/test_kernel.py``), and hands the sampler each row's argmax from the same pass.
+The tensor path stays for logits on a GPU, where the model's step dwarfs it.
 
 The one difference: the gate's entropy is summed in float64 here and in float32 by
 :func:`~avocado_llm.protect.scheme.gate_entropy`, so a row whose entropy lies within float32
@@ -17,7 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -254,18 +256,28 @@ def _shift(ints: np.ndarray, tokens: np.ndarray) -> None:
         ints[b, width - 1] = tokens[b]
 
 
+def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """``numba.njit`` with its on-disk cache (next to this file, else the user's cache
+    directory); without one (nowhere writable) compiled anew in each process."""
+    assert njit is not None
+    try:
+        return njit(cache=True, **options)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(**options)(fn)
+
+
 if njit is not None:
-    _mix = njit(inline="always", cache=True)(_mix)
-    _shift = njit(cache=True)(_shift)
-    _sift = njit(cache=True)(_sift)
-    _top_k = njit(cache=True)(_top_k)
-    _top_two = njit(cache=True)(_top_two)
-    _entropy = njit(cache=True)(_entropy)
-    _entropy_bound = njit(cache=True)(_entropy_bound)
-    _gate_entropy = njit(cache=True)(_gate_entropy)
+    _mix = _compile(_mix, inline="always")
+    _shift = _compile(_shift)
+    _sift = _compile(_sift)
+    _top_k = _compile(_top_k)
+    _top_two = _compile(_top_two)
+    _entropy = _compile(_entropy)
+    _entropy_bound = _compile(_entropy_bound)
+    _gate_entropy = _compile(_gate_entropy)
     # keeps the GIL: the step is short, and a thread that lets the GIL go mid-step waits for
     # the server's event loop to hand it back
-    _mark_rows = njit(cache=True)(_mark_rows)
+    _mark_rows = _compile(_mark_rows)
 
 
 @functools.cache
