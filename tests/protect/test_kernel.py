@@ -65,6 +65,7 @@ def hesitant_logits(steps: int, batch: int, vocab: int, seed: int) -> torch.Tens
 def test_the_kernel_compiles_here() -> None:
     """numba is a dependency: CPU decoding must not silently fall back to the tensor path."""
     assert kernel.available()
+    assert kernel._mark_rows_entry is not None  # called past numba's dispatcher
     state = WatermarkState.for_rows([Watermark(1)], torch.device("cpu"))
     assert isinstance(state, kernel.CompiledState)
 
