@@ -175,3 +175,20 @@ def test_picks_are_the_argmax_of_the_biased_logits_ties_included(vocab: int) -> 
             assert torch.equal(state.picks, out.argmax(-1))
             state.advance(tokens[step])
         assert not torch.equal(out.argmax(-1), logits[3].argmax(-1))  # the bias moved some
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 3])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_tiny_vocabularies_and_an_empty_batch(vocab: int, temperature: float) -> None:
+    marks: list[Watermark | None] = [
+        Watermark(account_key("t", i), 2.0, WatermarkParams(min_entropy=0.0)) for i in range(4)
+    ]
+    logits = torch.randn(2, 4, vocab, generator=torch.Generator().manual_seed(vocab))
+    tokens = torch.zeros(2, 4, dtype=torch.long)
+    temps = [temperature] * 4
+    compiled = run(marks, temps, logits, tokens, compiled=True)
+    assert same(compiled, run(marks, temps, logits, tokens, compiled=False))
+    state = WatermarkState.for_rows(marks, torch.device("cpu"), temps)
+    assert state is not None
+    state.select(torch.tensor([], dtype=torch.long))
+    assert state.apply(torch.zeros(0, vocab)).shape == (0, vocab)

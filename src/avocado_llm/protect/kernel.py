@@ -28,14 +28,11 @@ from avocado_llm.protect import scheme
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
-    MASK31,
     SPREAD,
     START,
     Watermark,
     mix_int,
 )
-
-M1, M2, M3 = scheme._M1, scheme._M2, scheme._M3  # the hash's multipliers (compiled as constants)
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +46,7 @@ except ImportError:  # pragma: no cover - exercised only where numba does not in
     njit = None
 
 
-def _mix(x: int) -> int:
-    """:func:`avocado_llm.protect.scheme.mix_int`, compiled (int64 products stay below 2^62)."""
-    x &= MASK31
-    x = ((x ^ (x >> 16)) * M1) & MASK31
-    x = ((x ^ (x >> 13)) * M2) & MASK31
-    x = ((x ^ (x >> 16)) * M3) & MASK31
-    return x ^ (x >> 15)
+_mix = mix_int  # the scheme's hash (compiled below, where numba runs)
 
 
 def _top_k(row: np.ndarray, k: int, values: np.ndarray, index: np.ndarray) -> None:
@@ -204,7 +195,7 @@ def _mark_rows(
         picks[b] = pick
         if d == 0:
             continue
-        if all_greedy and top - second > d:
+        if all_greedy and vocab > 1 and top - second > d:  # (the tensors: a top-2 needs 2)
             continue
         if gated:
             gate = floats[b, ROW_MIN_ENTROPY]
@@ -267,7 +258,7 @@ def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
 
 
 if njit is not None:
-    _mix = _compile(_mix, inline="always")
+    _mix = _compile(mix_int, inline="always")  # the scheme's hash, compiled
     _shift = _compile(_shift)
     _sift = _compile(_sift)
     _top_k = _compile(_top_k)
