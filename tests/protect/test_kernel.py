@@ -192,3 +192,49 @@ def test_tiny_vocabularies_and_an_empty_batch(vocab: int, temperature: float) ->
     assert state is not None
     state.select(torch.tensor([], dtype=torch.long))
     assert state.apply(torch.zeros(0, vocab)).shape == (0, vocab)
+
+
+def test_selects_and_advances_in_any_order() -> None:
+    """``advance`` and ``select`` are only noted and done by the next ``apply``: two selects in
+    a row, a select before an advance, and reading ``context`` between give what the tensor
+    path gives."""
+    marks: list[Watermark | None] = [
+        Watermark(account_key("o", i), 3.0, WatermarkParams(min_entropy=0.0)) for i in range(8)
+    ]
+    logits = hesitant_logits(3, 8, 200, seed=4)
+    states = [WatermarkState.for_rows(marks, torch.device("cpu"), None, c) for c in (True, False)]
+    outs = []
+    for state in states:
+        assert state is not None
+        out = [state.apply(logits[0].clone())]
+        state.advance(torch.arange(8))
+        state.select(torch.tensor([0, 2, 3, 5, 6, 7]))
+        state.select(torch.tensor([1, 2, 4, 5]))  # rows 2, 3, 6, 7 of the batch
+        out.append(state.context)
+        out.append(state.apply(logits[1, [2, 3, 6, 7]].clone()))
+        state.select(torch.tensor([3, 0]))  # rows 7, 2 (in that order)
+        state.advance(torch.tensor([11, 12]))
+        out.append(state.apply(logits[2, [7, 2]].clone()))
+        out.append(state.context)
+        outs.append(out)
+    assert same(outs[0], outs[1])
+    assert outs[0][-1].tolist() == [[7, 11], [2, 12]]  # the tokens given to rows 7 and 2
+
+
+def test_the_windowed_gate_decides_as_the_full_entropy() -> None:
+    """The small-vocabulary gate sums only the tokens within 12 nats of the top and bounds the
+    rest: on rows from flat to sure, and on gates just around each row's entropy, it opens
+    exactly where the full entropy reaches the gate."""
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(400, 512, generator=gen) * torch.linspace(0.3, 9.0, 400)[:, None]
+    logits[::7, 5] += 15  # some sure rows
+    entropy = gate_entropy(logits).double()
+    checked = 0
+    for row, h in zip(logits, entropy.tolist(), strict=True):
+        top = float(row.max())
+        for gate in (h - 0.05, h - 2e-3, h + 2e-3, h + 0.05, 0.8):
+            if abs(gate - h) < 1e-5:
+                continue
+            assert kernel._gate_open(row.numpy(), top, gate) == (h >= gate)
+            checked += 1
+    assert checked > 1900

@@ -40,6 +40,12 @@ EXP_FLOOR = 32.0
 """The gate's entropy leaves out tokens more than this many nats below the top: each would add
 under 1e-14 (the tensor path's float32 sum cannot see them either)."""
 
+WINDOW = 12.0
+"""The gate's entropy sums exponentials only for tokens this close to the top (and bounds the
+rest): e^-12 ≈ 6e-6 each."""
+GATE_SLACK = 1e-3
+"""A bound decides the gate only when it clears it by this much (float32 sums err ~1e-6)."""
+
 try:  # numba is a dependency; without it (an odd platform) the tensor path runs everywhere
     from numba import njit
 except ImportError:  # pragma: no cover - exercised only where numba does not install
@@ -132,6 +138,38 @@ def _entropy_bound(margin: float, support: int) -> float:
     return -q * math.log(q) - (1.0 - q) * math.log1p(-q) + q * math.log(support - 1)
 
 
+def _gate_open(row: np.ndarray, top: float, gate: float) -> bool:
+    """Whether the entropy of the softmax of the whole row reaches ``gate``, summing
+    exponentials only for the tokens within ``WINDOW`` nats of the top: the ``n`` others weigh
+    ``p ≤ n e^-WINDOW / (z + n e^-WINDOW)`` of the mass, so with ``H_in`` the entropy of the
+    near tokens alone, ``(1 - p) H_in ≤ H ≤ h(p) + p ln n + H_in`` (grouping). Only a row
+    whose bounds straddle the gate (± ``GATE_SLACK``, far above float32's rounding of the
+    tensors' sum) is summed in full."""
+    z = 0.0
+    s = 0.0
+    outside = 0
+    for v in row:
+        d = float(v) - top
+        if d < -WINDOW:
+            outside += 1
+            continue
+        e = math.exp(d)
+        z += e
+        s += d * e
+    inner = math.log(z) - s / z
+    if outside == 0:
+        return inner >= gate  # every token summed: the full entropy
+    tail = outside * math.exp(-WINDOW)
+    p = tail / (z + tail)
+    if p < 0.5:
+        upper = -p * math.log(p) - (1.0 - p) * math.log1p(-p) + p * math.log(outside) + inner
+        if upper < gate - GATE_SLACK:
+            return False
+        if (1.0 - p) * inner >= gate + GATE_SLACK:
+            return True
+    return _entropy(row, top) >= gate
+
+
 def _gate_entropy(row: np.ndarray) -> float:
     """:func:`~avocado_llm.protect.scheme.gate_entropy` of one row (as the kernel computes it:
     the whole row up to ``FULL_ENTROPY_MAX_VOCAB`` tokens, its top ``GATE_TOP`` above)."""
@@ -150,9 +188,11 @@ ROW_DELTA, ROW_MIN_ENTROPY, ROW_TEMPERATURE, ROW_GAMMA = 0, 1, 2, 3
 
 def _mark_rows(
     logits: np.ndarray,  # (B, V) float32, biased in place
-    tokens: np.ndarray,  # (B,) int64: the tokens sampled since the last step (or empty)
-    ints: np.ndarray,  # (B, 2 + h) int64: key_mix, width, context (START-padded)
-    floats: np.ndarray,  # (B, 4) float32: delta, min_entropy, temperature, gamma
+    tokens: np.ndarray,  # the tokens sampled since the last step (or empty), one per row of ints
+    keep: np.ndarray,  # (B,) int64: the rows of ints still in the batch, when ``compact``
+    compact: bool,
+    ints: np.ndarray,  # (≥ B, 2 + h) int64: key_mix, width, context (START-padded)
+    floats: np.ndarray,  # (≥ B, 4) float32: delta, min_entropy, temperature, gamma
     token_mix: np.ndarray,  # (V,) int64
     context_mix: np.ndarray,  # (h, V + 1) int64
     picks: np.ndarray,  # (B,) int64, written: each row's argmax after the bias
@@ -160,13 +200,14 @@ def _mark_rows(
     gated: bool,
     spread: float,
 ) -> int:
-    """Shift ``tokens`` into the contexts, then bias every row's green tokens within reach of
-    its top logit, and write each row's greedy pick (``argmax`` of the biased logits, the first
-    token on a tie) into ``picks``: the sampler needs no pass of its own. Returns the rows
-    biased. The same decisions as ``WatermarkState`` on
-    tensors: greedy batches skip rows whose runner-up is more than ``delta`` below the top (no
-    argmax can move), gated rows need ``min_entropy``, and candidates are the tokens within
-    ``delta + spread × temperature`` (float32 arithmetic, as the tensors do it).
+    """Shift ``tokens`` into the contexts and keep only the rows ``keep`` (when ``compact``:
+    rows left the batch); then bias every row's green tokens within reach of its top logit and
+    write each row's greedy pick (``argmax`` of the biased logits, the first token on a tie)
+    into ``picks``: the sampler needs no pass of its own. Returns the rows biased. The same
+    decisions as ``WatermarkState`` on tensors: greedy batches skip rows whose runner-up is
+    more than ``delta`` below the top (no argmax can move), gated rows need ``min_entropy``,
+    and candidates are the tokens within ``delta + spread × temperature`` (float32 arithmetic,
+    as the tensors do it).
 
     One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
     top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
@@ -175,6 +216,8 @@ def _mark_rows(
     h = ints.shape[1] - ROW_CONTEXT
     if tokens.shape[0]:
         _shift(ints, tokens)
+    if compact:
+        _compact(ints, floats, keep)
     big = vocab > FULL_ENTROPY_MAX_VOCAB
     k = min(GATE_TOP, vocab) if big else vocab
     values = np.empty(k if big else 1, dtype=logits.dtype)
@@ -200,10 +243,12 @@ def _mark_rows(
         if gated:
             gate = floats[b, ROW_MIN_ENTROPY]
             support = min(vocab, GATE_TOP) if big else vocab
-            if _entropy_bound(float(top - second), support) < gate - 1e-3:
+            if _entropy_bound(float(top - second), support) < gate - GATE_SLACK:
                 continue  # sure of its top token: the gate stays shut, no need to sum
-            entropy = _entropy(values, float(top)) if big else _entropy(row, float(top))
-            if entropy < gate:
+            if big:
+                if _entropy(values, float(top)) < gate:
+                    continue
+            elif not _gate_open(row, float(top), float(gate)):
                 continue
         reach = d + np.float32(spread) * floats[b, ROW_TEMPERATURE]
         cut = top - reach
@@ -240,11 +285,23 @@ def _mark_rows(
 
 def _shift(ints: np.ndarray, tokens: np.ndarray) -> None:
     """Shift each row's new token into the context columns of ``ints``, in place."""
-    batch, width = ints.shape
-    for b in range(batch):
+    width = ints.shape[1]
+    for b in range(tokens.shape[0]):
         for j in range(ROW_CONTEXT, width - 1):
             ints[b, j] = ints[b, j + 1]
         ints[b, width - 1] = tokens[b]
+
+
+def _compact(ints: np.ndarray, floats: np.ndarray, keep: np.ndarray) -> None:
+    """Move the rows ``keep`` (in that order) to the front of ``ints`` and ``floats``."""
+    n = keep.shape[0]
+    kept_ints = np.empty((n, ints.shape[1]), dtype=ints.dtype)
+    kept_floats = np.empty((n, floats.shape[1]), dtype=floats.dtype)
+    for r in range(n):
+        kept_ints[r] = ints[keep[r]]
+        kept_floats[r] = floats[keep[r]]
+    ints[:n] = kept_ints
+    floats[:n] = kept_floats
 
 
 def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
@@ -260,11 +317,13 @@ def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
 if njit is not None:
     _mix = _compile(mix_int, inline="always")  # the scheme's hash, compiled
     _shift = _compile(_shift)
+    _compact = _compile(_compact)
     _sift = _compile(_sift)
     _top_k = _compile(_top_k)
     _top_two = _compile(_top_two)
     _entropy = _compile(_entropy)
     _entropy_bound = _compile(_entropy_bound)
+    _gate_open = _compile(_gate_open)
     _gate_entropy = _compile(_gate_entropy)
     # keeps the GIL: the step is short, and a thread that lets the GIL go mid-step waits for
     # the server's event loop to hand it back
@@ -283,6 +342,9 @@ def available() -> bool:
     state.advance(torch.zeros(2, dtype=torch.long))
     state.select(torch.tensor([1]))
     state.apply(torch.ones(1, 8))
+    state.advance(torch.zeros(1, dtype=torch.long))
+    state.select(torch.tensor([0]))
+    _ = state.context  # the rare path: shift and compact outside a step
     global _mark_rows_entry
     signatures = _mark_rows.signatures  # type: ignore[attr-defined]
     if len(signatures) == 1:
@@ -303,11 +365,11 @@ _NO_TOKENS = np.empty(0, dtype=np.int64)
 class CompiledState:
     """:class:`~avocado_llm.protect.marking.WatermarkState` for logits on the CPU: the same
     interface (``apply``, ``advance``, ``select``, ``context``) and the same biases, with the
-    batch's state in two arrays and each step one compiled call (``advance`` only keeps the
-    tokens: the next ``apply`` shifts them in), which also leaves each row's greedy pick in
-    ``picks`` (the sampler's argmax, done in the same pass). Every Python-level operation in a
-    decode step counts here: right after the model's forward pass the caches are cold, and a
-    call that takes 0.3 µs in a loop takes ~20 µs there."""
+    batch's state in two arrays and each step one compiled call (``advance`` and ``select``
+    only note the tokens and the rows kept: the next ``apply`` does both), which also leaves
+    each row's greedy pick in ``picks`` (the sampler's argmax, done in the same pass). Every
+    Python-level operation in a decode step counts here: right after the model's forward pass
+    the caches are cold, and a call that takes 0.3 µs in a loop takes ~20 µs there."""
 
     def __init__(
         self, marks: Sequence[Watermark | None], temperatures: Sequence[float] | None = None
@@ -328,41 +390,53 @@ class CompiledState:
             ],
             dtype=np.float32,
         ).reshape(len(marks), 4)
+        self.rows = len(marks)  # the batch's rows (ints and floats may hold more: see select)
         self._tokens = _NO_TOKENS
+        self._keep: np.ndarray | None = None
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None
         self.picks: torch.Tensor | None = None  # after ``apply``: argmax of the biased logits
 
     @property
     def context(self) -> torch.Tensor:
         """(B, h) the previous tokens of each row (START before the answer's first)."""
         self._flush()
-        return torch.from_numpy(self.ints[:, ROW_CONTEXT:].copy())
+        return torch.from_numpy(self.ints[: self.rows, ROW_CONTEXT:].copy())
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them.
         ``picks`` is then each row's argmax of the biased logits (the sampler's greedy pick)."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
-        tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
+        if self._tables is None:  # one model, one vocabulary: looked up once
+            tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
+            self._tables = (tables.token_np, tables.context_np)
         picks = np.empty(logits.shape[0], dtype=np.int64)
+        keep = self._keep
         run = _mark_rows_entry if logits.dtype == torch.float32 else None
-        (run or _mark_rows)(logits.numpy(), self._tokens, self.ints, self.floats, tables.token_np,
-                   tables.context_np, picks, self.greedy, self.gated, SPREAD)  # fmt: skip
-        self._tokens = _NO_TOKENS
+        (run or _mark_rows)(logits.numpy(), self._tokens, _NO_TOKENS if keep is None else keep,
+                            keep is not None, self.ints, self.floats, *self._tables, picks,
+                            self.greedy, self.gated, SPREAD)  # fmt: skip
+        self._tokens, self._keep = _NO_TOKENS, None
         self.picks = torch.from_numpy(picks)
         return logits
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Each row's new token (shifted into its context by the next ``apply``)."""
-        self._flush()  # (a second advance without an apply between)
+        if self._tokens.shape[0] or self._keep is not None:  # not applied yet: do it now
+            self._flush()
         self._tokens = np.ascontiguousarray(tokens.numpy(), dtype=np.int64)
 
     def select(self, index: torch.Tensor) -> None:
-        """Keep only these rows (finished rows left the batch)."""
-        rows = index.numpy()
-        self.ints, self.floats = self.ints[rows], self.floats[rows]
-        if self._tokens.shape[0]:  # still to shift in: theirs too
-            self._tokens = self._tokens[rows]
+        """Keep only these rows (finished rows left the batch): done by the next ``apply``."""
+        if self._keep is not None:
+            self._flush()
+        self._keep = np.ascontiguousarray(index.numpy(), dtype=np.int64)
+        self.rows = len(self._keep)
 
     def _flush(self) -> None:
+        """What the next ``apply`` would do first, done now."""
         if self._tokens.shape[0]:
             _shift(self.ints, self._tokens)
             self._tokens = _NO_TOKENS
+        if self._keep is not None:
+            _compact(self.ints, self.floats, self._keep)
+            self._keep = None
