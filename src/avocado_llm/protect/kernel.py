@@ -170,16 +170,6 @@ def _gate_open(row: np.ndarray, top: float, gate: float) -> bool:
     return _entropy(row, top) >= gate
 
 
-def _gate_entropy(row: np.ndarray) -> float:
-    """:func:`~avocado_llm.protect.scheme.gate_entropy` of one row (as the kernel computes it:
-    the whole row up to ``FULL_ENTROPY_MAX_VOCAB`` tokens, its top ``GATE_TOP`` above)."""
-    if row.shape[0] <= FULL_ENTROPY_MAX_VOCAB:
-        return _entropy(row, float(row.max()))
-    values = np.empty(GATE_TOP, dtype=row.dtype)
-    _top_k(row, GATE_TOP, values, np.empty(GATE_TOP, dtype=np.int64))
-    return _entropy(values, float(values.max()))
-
-
 ROW_KEY, ROW_WIDTH, ROW_CONTEXT = 0, 1, 2
 """Columns of the (B, 2 + h) int64 row state: the mixed key, the row's own h, its context."""
 ROW_DELTA, ROW_MIN_ENTROPY, ROW_TEMPERATURE, ROW_GAMMA = 0, 1, 2, 3
@@ -324,7 +314,6 @@ if njit is not None:
     _entropy = _compile(_entropy)
     _entropy_bound = _compile(_entropy_bound)
     _gate_open = _compile(_gate_open)
-    _gate_entropy = _compile(_gate_entropy)
     # keeps the GIL: the step takes tens of µs (releasing it, nogil=True, measured the same)
     _mark_rows = _compile(_mark_rows)
 
