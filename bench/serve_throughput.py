@@ -11,6 +11,7 @@ reported, with the mean batch size the engine formed. The last line is
 ``batching_speedup=<tokens/s at 32 / tokens/s at 1>``.
 
     .venv/bin/python bench/serve_throughput.py [--model DIR] [--repeats 3] [--threads 1]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ async def level(
 
 async def run(args: argparse.Namespace) -> None:
     engine = LocalEngine(
-        args.model, device="cpu", max_batch_size=32, batch_wait_ms=5, threads=args.threads
+        args.model, device=args.device, max_batch_size=32, batch_wait_ms=5, threads=args.threads
     )
     await engine.start()
     try:
@@ -127,6 +128,7 @@ def main() -> None:
         default=1,
         help="torch intra-op threads [1: fastest on a CPU shared with other busy processes]",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N [cpu]")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -4,9 +4,10 @@ and repeated; medians side by side.
 
 (a) the in-process engine (``LocalEngine`` → ``batching.decode``), 32 requests of 24 tokens each
     (``ignore_eos``, so both sides decode exactly the same number of steps), greedy and sampled;
-(b) the watermark step alone (``WatermarkState.apply`` on a (32, V) logits tensor) for the
-    model's vocabulary and for a 152k vocabulary (Qwen3/gpt-oss size), against the softmax the
-    sampler already does on the same tensor;
+(b) the watermark step alone (``apply`` on a (32, V) logits tensor: the engine's — the compiled
+    kernel of the device — and the tensor operations) for the model's vocabulary and for a 152k
+    vocabulary (Qwen3/gpt-oss size), against the softmax the sampler already does on the same
+    tensor;
 (c) the answers as served: the same requests greedy, each stopping at its end: the mean
     latency of a request (its whole answer), on against off.
 
@@ -19,6 +20,7 @@ The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off> ratio_served=<on
 noise=<largest |off again/off - 1|>``.
 
     .venv/bin/python bench/watermark_overhead.py [--model zoo/qwen-tiny] [--repeats 15]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -81,8 +83,13 @@ def synthetic_logits(vocab: int, hesitant: bool) -> torch.Tensor:
     return logits
 
 
-def step_cost(vocab: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """Median seconds of ``apply`` and of a softmax on the same (BATCH, vocab) logits."""
+def step_cost(
+    vocab: int, repeats: int, device: torch.device
+) -> dict[str, tuple[float, float, float]]:
+    """Median seconds of ``apply`` (the engine's: the compiled kernel of the device; and the
+    tensor operations) and of a softmax on the same (BATCH, vocab) logits (on a GPU each timed
+    with the device synchronised, so a step's time is its kernels' time)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     marks = [Watermark(account_key("bench", i)) for i in range(BATCH)]
     out = {}
     for case, hesitant, temperature in (
@@ -90,25 +97,41 @@ def step_cost(vocab: int, repeats: int) -> dict[str, tuple[float, float]]:
         ("hesitant greedy", True, 0.0),
         ("hesitant sampled", True, 1.0),
     ):
-        state = WatermarkState.for_rows(marks, torch.device("cpu"), [temperature] * BATCH)
-        assert state is not None
-        state.advance(torch.randint(vocab, (BATCH,)))
-        logits = synthetic_logits(vocab, hesitant)
-        apply_t, soft_t = [], []
+        logits = synthetic_logits(vocab, hesitant).to(device)
+        medians = []
+        for compiled in (None, False):
+            state = WatermarkState.for_rows(marks, device, [temperature] * BATCH, compiled)
+            assert state is not None
+            state.advance(torch.randint(vocab, (BATCH,), device=device))
+            state.apply(logits.clone())  # warm-up (a kernel's first call compiles it)
+            apply_t = []
+            for _ in range(repeats * 4):
+                fresh = logits.clone()  # apply biases in place
+                sync()
+                t0 = time.perf_counter()
+                state.apply(fresh)
+                sync()
+                apply_t.append(time.perf_counter() - t0)
+            medians.append(statistics.median(apply_t))
+        soft_t = []
         for _ in range(repeats * 4):
-            fresh = logits.clone()  # apply biases in place
-            t0 = time.perf_counter()
-            state.apply(fresh)
-            apply_t.append(time.perf_counter() - t0)
+            sync()
             t0 = time.perf_counter()
             torch.softmax(logits, dim=-1)
+            sync()
             soft_t.append(time.perf_counter() - t0)
-        out[case] = (statistics.median(apply_t), statistics.median(soft_t))
+        out[case] = (medians[0], medians[1], statistics.median(soft_t))
     return out
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    engine = LocalEngine(args.model, threads=args.threads, max_batch_size=BATCH, batch_wait_ms=50)
+    engine = LocalEngine(
+        args.model,
+        threads=args.threads,
+        max_batch_size=BATCH,
+        batch_wait_ms=50,
+        device=args.device,
+    )
     await engine.start()
     prompts = [e.messages for e in generate(list(FAMILIES), "heldout", 6, seed=1)][:BATCH]
     ratios, noise = {}, {}
@@ -143,10 +166,11 @@ async def main_async(args: argparse.Namespace) -> None:
     await engine.aclose()
     vocab = int(engine.hf_model.config.vocab_size)
     for v in (vocab, 151_936):
-        for case, (a, soft) in step_cost(v, args.repeats).items():
+        for case, (a, tensors, soft) in step_cost(v, args.repeats, engine.device).items():
             print(
-                f"(b) vocab {v:>7d} {case:16s}: watermark step {a * 1e3:7.3f} ms, "
-                f"softmax {soft * 1e3:7.3f} ms (ratio {a / soft:.2f})"
+                f"(b) vocab {v:>7d} {case:16s}: watermark step {a * 1e3:7.3f} ms "
+                f"(tensor ops {tensors * 1e3:7.3f} ms), softmax {soft * 1e3:7.3f} ms "
+                f"(ratio {a / soft:.2f})"
             )
     spread = max(abs(v - 1) for v in noise.values())
     print(
@@ -160,7 +184,18 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("zoo/qwen-tiny"))
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (the engine's) [cpu]")
+    parser.add_argument(
+        "--tensor-path",
+        action="store_true",
+        help="decode with the watermark's tensor operations instead of the device's compiled "
+        "kernel (to compare the two)",
+    )
     args = parser.parse_args()
+    if args.tensor_path:  # what WatermarkState.for_rows asks before it picks a kernel
+        from avocado_llm.protect import gpu_kernel, kernel
+
+        kernel.available = gpu_kernel.available = lambda *_: False  # type: ignore[method-assign]
     torch.set_num_threads(args.threads)
     asyncio.run(main_async(args))
 

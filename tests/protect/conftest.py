@@ -1,9 +1,13 @@
 """Fixtures of the watermark tests: one in-process engine over the zoo's qwen-tiny for the whole
-session, and a model that hesitates everywhere (for the API and CLI tests)."""
+session, and a model that hesitates everywhere (for the API and CLI tests).
+
+``AVOCADO_TEST_DEVICE=cuda`` puts the engine on a GPU (``make test-gpu``): the same tests then
+hold the GPU's watermark path (tensor operations, bf16 model) to the same outcomes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,10 @@ from avocado_llm.serve.local_engine import LocalEngine
 @pytest.fixture(scope="session")
 def engine(zoo_dir: Path) -> Iterator[LocalEngine]:
     threads = torch.get_num_threads()
-    engine = LocalEngine(zoo_dir / MODEL, model_name=MODEL, batch_wait_ms=20, threads=1)
+    device = os.environ.get("AVOCADO_TEST_DEVICE", "cpu")
+    engine = LocalEngine(
+        zoo_dir / MODEL, model_name=MODEL, batch_wait_ms=20, threads=1, device=device
+    )
     yield engine
     asyncio.run(engine.aclose())
     torch.set_num_threads(threads)

@@ -17,19 +17,21 @@ def run(
     logits: torch.Tensor,
     tokens: torch.Tensor,
     compiled: bool,
+    device: str = "cpu",
 ) -> list[torch.Tensor]:
-    """Each step's logits after ``apply``, the contexts advancing by ``tokens``; after the
-    second step two rows leave the batch (``select``), as finished rows do."""
-    state = WatermarkState.for_rows(marks, torch.device("cpu"), temperatures, compiled)
+    """Each step's logits after ``apply`` (on the CPU), the contexts advancing by ``tokens``;
+    after the second step two rows leave the batch (``select``), as finished rows do."""
+    dev = torch.device(device)
+    state = WatermarkState.for_rows(marks, dev, temperatures, compiled)
     assert state is not None
     rows = torch.arange(logits.shape[1])
     out = []
     for step in range(logits.shape[0]):
-        out.append(state.apply(logits[step, rows].clone()))  # apply biases in place
-        state.advance(tokens[step, rows])
+        out.append(state.apply(logits[step, rows].to(dev)).cpu())  # biases a copy, in place
+        state.advance(tokens[step, rows].to(dev))
         if step == 1:
             keep = torch.tensor([i for i in range(len(rows)) if i not in (1, 4)])
-            state.select(keep)
+            state.select(keep.to(dev))
             rows = rows[keep]
     return out
 
@@ -249,3 +251,28 @@ def test_the_windowed_gate_decides_as_the_full_entropy() -> None:
             assert kernel._gate_open(row.numpy(), top, gate) == (h >= gate)
             checked += 1
     assert checked > 1900
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab", [500, 5000, 151_936])
+@pytest.mark.parametrize(
+    "temperatures", [[0.0] * 16, [0.8] * 16, [0.0, 1.0] * 8], ids=["greedy", "sampled", "mixed"]
+)
+@pytest.mark.parametrize("triton", [True, False], ids=["triton", "tensors"])
+def test_the_gpu_paths_bias_what_the_kernel_biases(
+    vocab: int, temperatures: list[float], triton: bool
+) -> None:
+    """The served model's watermark on a GPU (``make test-gpu``): the Triton kernel and the
+    tensor operations on CUDA against the CPU's compiled kernel, the same biases, bit for bit,
+    at the default gate."""
+    assert torch.cuda.is_available(), "make test-gpu needs a CUDA device"
+    marks: list[Watermark | None] = [
+        Watermark(account_key("g", i), 2.0 + (i % 3), WatermarkParams()) for i in range(16)
+    ]
+    marks[5] = None
+    logits = hesitant_logits(5, 16, vocab, seed=vocab + 7)
+    tokens = torch.randint(0, vocab, (5, 16), generator=torch.Generator().manual_seed(vocab))
+    compiled = run(marks, temperatures, logits, tokens, compiled=True)
+    on_gpu = run(marks, temperatures, logits, tokens, compiled=triton, device="cuda")
+    assert same(compiled, on_gpu)
+    assert changed_rows(compiled, logits) >= 5

@@ -202,11 +202,13 @@ class EntropyGate:
             ids, mask = left_pad([p + a for p, a in seqs], pad)
             width = ids.shape[1]
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            device = self.model.device  # the serving engine's model may sit on a GPU
+            ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
             with torch.inference_mode():
                 logits = self.model(
                     input_ids=ids, attention_mask=mask, position_ids=positions
                 ).logits.float()
-            ent = gate_entropy(logits)  # (B, W): the gate's entropy of the next token
+            ent = gate_entropy(logits).cpu()  # (B, W): the gate's entropy of the next token
             for r, (_, a) in enumerate(seqs):
                 # answer token j is predicted at position width - len(a) - 1 + j
                 first = width - len(a) - 1
@@ -252,6 +254,7 @@ class EntropyGate:
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             ids, mask = left_pad([self.prompt_ids(m) for m in chunk], pad)
+            ids, mask = ids.to(self.model.device), mask.to(self.model.device)
             with torch.inference_mode():
                 gen = self.model.generate(
                     input_ids=ids,
@@ -262,7 +265,8 @@ class EntropyGate:
                     output_scores=True,
                     return_dict_in_generate=True,
                 )
-            yield start, gen.sequences[:, ids.shape[1] :], torch.stack(gen.scores, dim=1).float()
+            new = gen.sequences[:, ids.shape[1] :].cpu()
+            yield start, new, torch.stack(gen.scores, dim=1).float().cpu()
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Any, Any]:

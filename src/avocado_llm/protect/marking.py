@@ -9,11 +9,15 @@ batch with its own account's green list (the scheme is in :mod:`avocado_llm.prot
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from avocado_llm.protect import kernel
 from avocado_llm.protect.kernel import CompiledState
+
+if TYPE_CHECKING:  # imported where a GPU is used (Triton takes a while to import)
+    from avocado_llm.protect.gpu_kernel import TritonState
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
@@ -39,8 +43,9 @@ class WatermarkState:
     ``apply`` is vectorised over the batch: the entropy gate (:func:`gate_entropy`), then the keyed
     hash only for the tokens that could be picked — those within reach of each row's top
     token — so its cost does not grow with the vocabulary beyond a few elementwise passes.
-    This is the GPU's path; on the CPU :meth:`for_rows` gives a
-    :class:`~avocado_llm.protect.kernel.CompiledState` (the same biases, one compiled call)."""
+    This is the reference path (and the fallback); :meth:`for_rows` gives the same biases in one
+    compiled call a step: a :class:`~avocado_llm.protect.kernel.CompiledState` on the CPU, a
+    :class:`~avocado_llm.protect.gpu_kernel.TritonState` on a GPU."""
 
     def __init__(
         self,
@@ -74,15 +79,20 @@ class WatermarkState:
         device: torch.device,
         temperatures: Sequence[float] | None = None,
         compiled: bool | None = None,
-    ) -> WatermarkState | CompiledState | None:
-        """The state for a batch, or None when no row is watermarked (nothing to do). On the
-        CPU (or with ``compiled``) the compiled kernel's state, where numba runs."""
+    ) -> WatermarkState | CompiledState | TritonState | None:
+        """The state for a batch, or None when no row is watermarked (nothing to do): the
+        compiled kernel's for ``device`` where it runs (numba on the CPU, Triton on a GPU),
+        else the tensors'; ``compiled`` True or False asks for one of them."""
         if not any(m is not None and m.delta != 0 for m in marks):
             return None
-        if compiled is None:
-            compiled = device.type == "cpu" and kernel.available()
-        if compiled:
-            return CompiledState(marks, temperatures)
+        if device.type == "cpu":
+            if kernel.available() if compiled is None else compiled:
+                return CompiledState(marks, temperatures)
+            return cls(marks, device, temperatures)
+        from avocado_llm.protect import gpu_kernel
+
+        if gpu_kernel.available(device) if compiled is None else compiled:
+            return gpu_kernel.TritonState(marks, device, temperatures)
         return cls(marks, device, temperatures)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:

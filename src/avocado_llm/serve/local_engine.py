@@ -160,8 +160,15 @@ class LocalEngine:
         self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
         self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
         self.eos_ids = frozenset(self._eos_ids())
-        if self.device.type == "cpu":  # compile (or load) the watermark kernel now, not mid-request
+        # compile (or load) the watermark's kernel now, not in the first request
+        if self.device.type == "cpu":
             kernel.available()
+        else:
+            from avocado_llm.protect import gpu_kernel
+
+            if gpu_kernel.available(self.device):
+                head = self.hf_model.get_output_embeddings()
+                gpu_kernel.warm(self.device, int(head.weight.shape[0]))  # type: ignore[union-attr]
 
     def _eos_ids(self) -> list[int]:
         """The generation config's stop tokens, the tokenizer's EOS and the chat template's
