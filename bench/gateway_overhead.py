@@ -9,6 +9,8 @@ that the client's own cost is small and the same for every path). Each setting r
 ``concurrency`` closed-loop clients (each sends its next request when the answer arrived):
 
 - ``direct``: the clients call the upstream;
+- ``pass-through``: the floor of any gateway built like ours: uvicorn + aiohttp forwarding each
+  body to the upstream and its answer back, with no framework, key, ledger or log;
 - ``sqlite`` / ``postgresql``: the clients call the gateway, whose ledger is SQLite (WAL) or a
   throwaway PostgreSQL server on loopback; every request is authenticated, held, forwarded,
   settled and recorded (checked at the end: one usage event per request sent);
@@ -119,6 +121,47 @@ def run_gateway(settings: dict[str, Any], sock: socket.socket, log_file: str) ->
                         format="%(asctime)s %(name)s %(message)s")  # fmt: skip
     app = create_app(ServeSettings(**settings))
     config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def run_passthrough(upstream_url: str, sock: socket.socket) -> None:
+    """The floor of any gateway built like ours: uvicorn (uvloop + httptools) and aiohttp
+    forwarding each request's body to the upstream and its answer back — no framework, no key,
+    no ledger, no log. What it adds to direct is what the extra hop costs on this machine."""
+    import aiohttp
+    import uvicorn
+
+    session: aiohttp.ClientSession | None = None
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        nonlocal session
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                    auto_decompress=False,
+                    trust_env=False,
+                )
+                await send({"type": "lifespan.startup.complete"})
+            if session is not None:
+                await session.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        assert session is not None
+        headers = {"content-type": "application/json"}
+        async with session.post(upstream_url, data=body, headers=headers) as response:
+            answer = await response.read()
+        start = {"type": "http.response.start", "status": response.status,
+                 "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+        await send(start)
+        await send({"type": "http.response.body", "body": answer})
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -286,6 +329,13 @@ def main() -> None:
             ledgers["sqlite+redis"] = f"sqlite:///{workdir / 'ledger-redis.db'}"
         ports: dict[str, tuple[int, str | None]] = {"direct": (up_port, None)}
         pids: dict[str, int | None] = {"direct": processes[0].pid}
+        sock = listening_socket()
+        upstream_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        processes.append(spawn.Process(target=run_passthrough, args=(upstream_url, sock),
+                                       daemon=True))  # fmt: skip
+        processes[-1].start()
+        ports["pass-through"] = (sock.getsockname()[1], None)
+        pids["pass-through"] = processes[-1].pid
         for name, url in ledgers.items():
             key = prepare_ledger(url, limited=name == "sqlite+redis")
             settings = {"upstream_url": f"http://127.0.0.1:{up_port}/v1", "model_name": MODEL,
@@ -331,6 +381,13 @@ def main() -> None:
                 print("warning: the ledger does not show one usage event per request")
         top = max(args.concurrency)
         metered, direct = results["sqlite", top], results["direct", top]
+        floor = results["pass-through", top]
+        print(
+            f"floor at c={top}: a bare pass-through proxy adds p50 "
+            f"{floor.pct(0.5) - direct.pct(0.5):.2f} ms ({floor.cpu_ms_per_request:.2f} ms CPU per "
+            f"request); the metered gateway adds {metered.pct(0.5) - floor.pct(0.5):.2f} ms more "
+            f"({metered.cpu_ms_per_request:.2f} ms CPU per request)"
+        )
         print(
             f"overhead_p50_ms={metered.pct(0.5) - direct.pct(0.5):.2f} "
             f"overhead_p99_ms={metered.pct(0.99) - direct.pct(0.99):.2f} "

@@ -44,11 +44,15 @@ class Billing:
         self._reader = self._engine.execution_options(**{READ_ONLY: True})
         # SQLite has one writer at a time anyway; queueing writers of this process on a lock
         # wakes the next one at once, where SQLite's busy handler would sleep and poll.
-        self._write_lock = (
-            threading.Lock() if self._engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        )
+        self._write_lock = threading.Lock() if self.single_writer else contextlib.nullcontext()
         self._touched: dict[str, float] = {}
         self._touch_lock = threading.Lock()
+
+    @property
+    def single_writer(self) -> bool:
+        """Whether the database takes one writer at a time (SQLite): callers gain nothing from
+        running its calls in parallel (see ``Services.ledger``)."""
+        return self._engine.dialect.name == "sqlite"
 
     @property
     def engine(self) -> Engine:

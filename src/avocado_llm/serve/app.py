@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 
@@ -77,6 +78,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if billing.single_writer:  # made in the serving event loop (its waiters belong to it)
+            services.ledger_limiter = anyio.CapacityLimiter(1)
         if settings.manage_ledger_on_start:
             await run_in_threadpool(services.billing.migrate)
             released = await run_in_threadpool(

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 
 from avocado_llm.billing import KeyInfo
 from avocado_llm.serve.errors import APIError
@@ -44,7 +43,7 @@ async def authenticate(request: Request, services: ServicesDep) -> KeyInfo:
             "auth (Authorization: Bearer avk_...).",
             None,
         )
-    info = await run_in_threadpool(services.billing.authenticate, token)
+    info = await services.ledger(services.billing.authenticate, token)
     if info is None:
         raise _unauthorized(
             "Incorrect API key provided (unknown, revoked or expired). Check the key, or ask "

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 
 import anyio
 from fastapi import Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
@@ -61,7 +60,7 @@ async def respond(request: Request, services: Services, call: Call, fmt: Formatt
     if idem_key is not None:
         if not 1 <= len(idem_key) <= 255:
             raise bad_request("Idempotency-Key must be 1 to 255 characters", "Idempotency-Key")
-        stored = await run_in_threadpool(
+        stored = await services.ledger(
             billing.claim_idempotency, key.key_id, idem_key, call.body_hash
         )
         if stored is not None:
@@ -72,7 +71,7 @@ async def respond(request: Request, services: Services, call: Call, fmt: Formatt
     except BaseException:
         if idem_key is not None:
             with anyio.CancelScope(shield=True):
-                await run_in_threadpool(billing.abandon_idempotency, key.key_id, idem_key)
+                await services.ledger(billing.abandon_idempotency, key.key_id, idem_key)
         raise
 
 
@@ -101,7 +100,7 @@ async def _run(
         )
     rid = f"{'chatcmpl' if call.endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     try:
-        hold = await run_in_threadpool(
+        hold = await services.ledger(
             services.billing.hold, key, model, call.prompt_tokens, call.max_completion_tokens, rid
         )
     except BaseException:
@@ -149,7 +148,7 @@ class Meter:
         if self.idem_key is not None and answer is not None:
             idem = (self.idem_key, self.call.body_hash, answer)
         try:
-            charge = await run_in_threadpool(
+            charge = await s.ledger(
                 lambda: s.billing.settle(
                     self.hold,
                     usage.prompt_tokens,
@@ -165,7 +164,7 @@ class Meter:
             await self.fail()
             raise APIError(503, e.message, type="server_error", code=e.code) from e
         if self.idem_key is not None and answer is None:
-            await run_in_threadpool(s.billing.abandon_idempotency, key.key_id, self.idem_key)
+            await s.ledger(s.billing.abandon_idempotency, key.key_id, self.idem_key)
         used = usage.prompt_tokens + usage.completion_tokens
         s.limiter.refund(key.key_id, key.tpm, self.reserved - used)
         model = self.hold.model
@@ -179,9 +178,9 @@ class Meter:
         """Nothing to bill (the engine failed, or stopped before its first token): return the
         whole hold, and let a retry with the same Idempotency-Key run."""
         s, key = self.services, self.call.key
-        await run_in_threadpool(s.billing.release, self.hold)
+        await s.ledger(s.billing.release, self.hold)
         if self.idem_key is not None:
-            await run_in_threadpool(s.billing.abandon_idempotency, key.key_id, self.idem_key)
+            await s.ledger(s.billing.abandon_idempotency, key.key_id, self.idem_key)
         s.limiter.refund(key.key_id, key.tpm, self.reserved)
         self._done()
 

@@ -3,12 +3,14 @@ context, and the resolved sampling options. Shared by the chat and completions e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio
 from pydantic import BaseModel
 
 from avocado_llm.billing import Billing, KeyInfo, Plan
@@ -18,6 +20,8 @@ from avocado_llm.serve.errors import bad_request, model_not_found
 from avocado_llm.serve.metrics import Metrics
 from avocado_llm.serve.ratelimit import Limiter
 from avocado_llm.serve.settings import ServeSettings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,6 +35,16 @@ class Services:
     metrics: Metrics
     started_at: int = field(default_factory=lambda: int(time.time()))
     """Unix time the app was built (the ``created`` of its model)."""
+    ledger_limiter: anyio.CapacityLimiter | None = None
+    """How many ledger calls run at a time in worker threads: one where the database takes one
+    writer at a time (SQLite; dozens of threads queueing on its lock cost ~16% more CPU per
+    request, ``bench/gateway_overhead.py``), else the thread pool's limit."""
+
+    async def ledger(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, a blocking ledger call, in a worker thread (see ``ledger_limiter``)."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(call, *args), limiter=self.ledger_limiter
+        )
 
 
 @dataclass(frozen=True)
