@@ -4,6 +4,7 @@ never below zero — through the HTTP server, on a SQLite ledger and on a Postgr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 
@@ -75,6 +76,57 @@ def test_a_stream_cut_by_the_client_is_charged_for_what_was_produced(world: Worl
     charged = before - world.balance()
     assert charged == charge(event["prompt_tokens"], event["completion_tokens"])
     assert charged < charge(event["prompt_tokens"], max_tokens)
+
+
+@pytest.mark.parametrize("spec", ["2.4", "2.3"])  # send raises / a disconnect is heard first
+def test_a_client_gone_before_its_stream_starts_leaves_no_hold(
+    engine: LocalEngine, billing: Billing, database_url: str, zoo_dir: Path, spec: str,
+) -> None:  # fmt: skip
+    """The client hangs up between the hold and the response's first byte: the stream's
+    generator never starts (closing it runs none of its code), and the request is still
+    settled — its hold released or charged for what the engine produced, never left open."""
+    config = ServeSettings(model_dir=zoo_dir / "qwen-tiny", model_name="qwen-tiny",
+                           secret=SECRET, database_url=database_url)  # fmt: skip
+    app = create_app(config, engine=engine, billing=billing)
+    _, key = billing.create_key("acme")
+    before = billing.balance("acme")
+    body = (
+        b'{"model": "qwen-tiny", "stream": true, "max_tokens": 50, '
+        b'"messages": [{"role": "user", "content": "What is 3 + 4?"}]}'
+    )
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": spec}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                    (b"authorization", f"Bearer {key}".encode())],
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if spec == "2.4":  # uvicorn raises an OSError on a closed connection
+            raise OSError("the client is gone")
+        await asyncio.sleep(30)  # a slow socket: the disconnect is heard first, and cancels
+
+    async def call() -> None:
+        async with app.router.lifespan_context(app):
+            with contextlib.suppress(Exception):
+                await app(scope, receive, send)
+
+    asyncio.run(call())
+    assert not any(m.get("body") for m in sent)  # the client got nothing
+    assert billing.open_holds() == []
+    events = billing.usage("acme")
+    assert len(events) <= 1  # settled for what was produced, or released with no event
+    charged = before - billing.balance("acme")
+    expected = charge(events[0]["prompt_tokens"], events[0]["completion_tokens"]) if events else 0
+    assert charged == expected
 
 
 def test_concurrent_requests_never_overdraw_and_are_each_charged_once(world: World) -> None:

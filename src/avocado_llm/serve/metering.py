@@ -38,11 +38,14 @@ STOP_WAIT_S = 30.0  # longest wait for the engine to stop a cancelled request
 
 class MeteredStream(StreamingResponse):
     """A stream whose generator is always closed when the response ends, so that its
-    ``finally`` (settlement) runs at once, also after the client hung up."""
+    ``finally`` (settlement) runs at once, also after the client hung up — and whose request
+    is settled even when the generator never started (the client left before the response
+    began: closing an unstarted generator runs none of its code)."""
 
-    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(self, meter: Meter, generation: Generation, body: AsyncIterator[bytes],
+                 headers: dict[str, str]) -> None:  # fmt: skip
         super().__init__(body, media_type="text/event-stream", headers=headers)
-        self._body = body
+        self._meter, self._generation, self._body = meter, generation, body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -50,6 +53,8 @@ class MeteredStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._body.aclose()  # type: ignore[attr-defined]
+                if not self._meter.closed:  # never started: stop, release (or settle) it here
+                    await self._meter.stop(self._generation, failed=False)
 
 
 async def respond(request: Request, services: Services, call: Call, fmt: Formatter) -> Response:
@@ -117,7 +122,8 @@ async def _run(
     headers = {**decision.headers, "x-request-id": rid}
     created = int(time.time())
     if call.stream:
-        return MeteredStream(meter.stream(generation, fmt, rid, created), headers)
+        body = meter.stream(generation, fmt, rid, created)
+        return MeteredStream(meter, generation, body, headers)
     return await meter.collect(generation, fmt, rid, created, headers)
 
 
@@ -135,6 +141,8 @@ class Meter:
     ) -> None:
         self.services, self.call, self.hold = services, call, hold
         self.reserved, self.idem_key, self.started = reserved, idem_key, started
+        self.closed = False
+        """Settled or released (by :meth:`finish` or :meth:`fail`)."""
 
     def usage(self, generation: Generation) -> Usage:
         """Tokens to bill: what the engine produced, never more than the worst case held."""
@@ -185,11 +193,12 @@ class Meter:
         self._done()
 
     def _done(self) -> None:
+        self.closed = True
         m = self.services.metrics
         m.in_flight.dec()
         m.latency.labels(self.call.endpoint).observe(time.perf_counter() - self.started)
 
-    async def _stop(self, generation: Generation, failed: bool) -> None:
+    async def stop(self, generation: Generation, failed: bool) -> None:
         """After an engine error, a hang-up or a shutdown: stop, then release or settle."""
         with anyio.CancelScope(shield=True):
             generation.cancel()
@@ -219,10 +228,10 @@ class Meter:
                     choice.logprobs += d.logprobs
                     choice.finish_reason = d.finish_reason or choice.finish_reason
         except EngineError as e:
-            await self._stop(generation, failed=True)
+            await self.stop(generation, failed=True)
             raise APIError(e.status, e.message, code=e.code) from e
         except BaseException:
-            await self._stop(generation, failed=False)
+            await self.stop(generation, failed=False)
             raise
         usage = self.usage(generation)
         ordered = [choices.get(i) or ChoiceResult(i, "", "stop") for i in range(len(choices))]
@@ -262,7 +271,7 @@ class Meter:
             yield event(envelope(e.message, "server_error", None, e.code))
         finally:
             if not settled:
-                await self._stop(generation, failed)
+                await self.stop(generation, failed)
 
 
 def _json(item: dict) -> str:
