@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from pathlib import Path
 
+import anyio
 import httpx
 import openai
 import pytest
@@ -127,6 +129,77 @@ def test_a_client_gone_before_its_stream_starts_leaves_no_hold(
     charged = before - billing.balance("acme")
     expected = charge(events[0]["prompt_tokens"], events[0]["completion_tokens"]) if events else 0
     assert charged == expected
+
+
+class SlowHolds(Billing):
+    """The real ledger, with a hold that takes half a second (a busy database)."""
+
+    def __init__(self, database_url: str, secret: str) -> None:
+        super().__init__(database_url, secret)
+        self.entered, self.placed = threading.Event(), threading.Event()
+
+    def hold(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        self.entered.set()
+        time.sleep(0.5)
+        try:
+            return super().hold(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            self.placed.set()
+
+
+def test_a_request_cancelled_while_its_hold_is_placed_leaves_no_hold(
+    engine: LocalEngine, database_url: str, zoo_dir: Path
+) -> None:
+    """The server cancels a request (as Starlette does, through anyio) while its hold is
+    being placed in a worker thread: the ledger call finishes (it is not abandoned), the
+    cancellation lands at the next await, where the request's Meter releases the hold. (A
+    forced shutdown cancels tasks natively instead; the holds it leaves are released at the
+    next start-up.)"""
+    billing = SlowHolds(database_url, SECRET)
+    billing.migrate()
+    billing.set_price("qwen-tiny", 1, 1, 0)
+    billing.create_account("acme", MICRO)
+    _, key = billing.create_key("acme")
+    config = ServeSettings(model_dir=zoo_dir / "qwen-tiny", model_name="qwen-tiny",
+                           secret=SECRET, database_url=database_url)  # fmt: skip
+    app = create_app(config, engine=engine, billing=billing)
+    body = (
+        b'{"model": "qwen-tiny", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
+    )
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                    (b"authorization", f"Bearer {key}".encode())],
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        return None
+
+    async def call() -> None:
+        async with app.router.lifespan_context(app), anyio.create_task_group() as group:
+            group.start_soon(app, scope, receive, send)
+            while not billing.entered.is_set():
+                await asyncio.sleep(0.01)
+            group.cancel_scope.cancel()  # inside the half-second hold
+
+    try:
+        asyncio.run(call())
+        assert billing.placed.wait(10)  # the hold was placed (whatever became of the request)
+        assert billing.open_holds() == []
+        assert billing.balance("acme") == MICRO
+        assert billing.usage("acme") == []
+    finally:
+        billing.close()
 
 
 def test_concurrent_requests_never_overdraw_and_are_each_charged_once(world: World) -> None:
