@@ -126,9 +126,11 @@ if triton is not None:
                 offs = start + tl.arange(0, ROW)
                 inside = offs < VOCAB
                 x = tl.load(row + offs, mask=inside, other=float("-inf"))
-                green = _mix(s ^ tl.load(token_mix_ptr + offs, mask=inside, other=0))
-                hit = inside & (x >= cut) & (green.to(tl.float64) < threshold)
-                tl.store(row + offs, x + d, mask=hit)
+                candidate = inside & (x >= cut)  # within reach of the top
+                if tl.max(candidate.to(tl.int32), 0) > 0:  # most blocks hold none: no hashing
+                    green = _mix(s ^ tl.load(token_mix_ptr + offs, mask=candidate, other=0))
+                    hit = candidate & (green.to(tl.float64) < threshold)
+                    tl.store(row + offs, x + d, mask=hit)
 
 
 def available(device: torch.device) -> bool:
