@@ -80,6 +80,19 @@ def test_a_stream_cut_by_the_client_is_charged_for_what_was_produced(world: Worl
     assert charged < charge(event["prompt_tokens"], max_tokens)
 
 
+def chat_scope(key: str, spec: str) -> dict:
+    """The ASGI scope of ``POST /v1/chat/completions`` with ``key`` (the app called directly,
+    so that a test decides when the client leaves)."""
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": spec}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                    (b"authorization", f"Bearer {key}".encode())],
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("spec", ["2.4", "2.3"])  # send raises / a disconnect is heard first
 def test_a_client_gone_before_its_stream_starts_leaves_no_hold(
     engine: LocalEngine, billing: Billing, database_url: str, zoo_dir: Path, spec: str,
@@ -96,14 +109,7 @@ def test_a_client_gone_before_its_stream_starts_leaves_no_hold(
         b'{"model": "qwen-tiny", "stream": true, "max_tokens": 50, '
         b'"messages": [{"role": "user", "content": "What is 3 + 4?"}]}'
     )
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": spec}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                    (b"authorization", f"Bearer {key}".encode())],
-    }  # fmt: skip
+    scope = chat_scope(key, spec)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
 
@@ -166,14 +172,7 @@ def test_a_request_cancelled_while_its_hold_is_placed_leaves_no_hold(
     body = (
         b'{"model": "qwen-tiny", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
     )
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                    (b"authorization", f"Bearer {key}".encode())],
-    }  # fmt: skip
+    scope = chat_scope(key, "2.4")
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
 
 import torch
 
 from avocado_llm.protect import scheme
+from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import (
     _M1,
     _M2,
@@ -34,7 +34,6 @@ from avocado_llm.protect.scheme import (
     SPREAD,
     START,
     Watermark,
-    mix_int,
 )
 
 log = logging.getLogger(__name__)
@@ -138,36 +137,11 @@ def available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda" and torch.cuda.is_available()
 
 
-class TritonState:
-    """:class:`~avocado_llm.protect.marking.WatermarkState` for logits on a GPU: the same
-    interface (``apply``, ``advance``, ``select``, ``context``, ``picks``) and the same biases,
-    each step one kernel launch (two above ``FULL_ENTROPY_MAX_VOCAB`` tokens), no host
-    synchronisation. The sampler takes its own argmax (``picks`` stays None)."""
-
-    def __init__(
-        self,
-        marks: Sequence[Watermark | None],
-        device: torch.device,
-        temperatures: Sequence[float] | None = None,
-    ) -> None:
-        self.h = max((m.params.context for m in marks if m is not None), default=1)
-        temps = [max(float(t), 0.0) for t in temperatures or [0.0] * len(marks)]
-        self.greedy = all(t == 0 for t in temps)
-        self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
-
-        def column(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
-
-        self.key_mix = column([mix_int(m.key) if m else 0 for m in marks], torch.long)
-        self.width = column([m.params.context if m else 1 for m in marks], torch.long)
-        self.delta = column([m.delta if m else 0.0 for m in marks], torch.float32)
-        self.min_entropy = column(
-            [m.params.min_entropy if m else 0.0 for m in marks], torch.float32
-        )
-        self.temperature = column(temps, torch.float32)
-        self.gamma = column([m.params.gamma if m else 0.0 for m in marks], torch.float32)
-        self.context = torch.full((len(marks), self.h), START, dtype=torch.long, device=device)
-        self.picks: torch.Tensor | None = None
+class TritonState(WatermarkState):
+    """:class:`~avocado_llm.protect.marking.WatermarkState` (the same state, ``advance`` and
+    ``select``) whose ``apply`` is one kernel launch (two above ``FULL_ENTROPY_MAX_VOCAB``
+    tokens) with no host synchronisation. The sampler takes its own argmax (``picks`` stays
+    None)."""
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them."""
@@ -185,23 +159,6 @@ class TritonState:
         if work is not logits:
             logits.copy_(work)
         return logits
-
-    def advance(self, tokens: torch.Tensor) -> None:
-        """Shift each row's new token into its context."""
-        self.context = torch.cat([self.context[:, 1:], tokens[:, None].long()], dim=1)
-
-    def select(self, index: torch.Tensor) -> None:
-        """Keep only these rows (finished rows left the batch)."""
-        for name in (
-            "key_mix",
-            "width",
-            "delta",
-            "min_entropy",
-            "temperature",
-            "gamma",
-            "context",
-        ):
-            setattr(self, name, getattr(self, name)[index])
 
 
 def _launch(
