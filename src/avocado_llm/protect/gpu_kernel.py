@@ -155,7 +155,12 @@ class TritonState(WatermarkState):
         big = vocab > FULL_ENTROPY_MAX_VOCAB
         k = min(GATE_TOP, vocab)
         top = work.topk(k, dim=-1).values.contiguous() if big else work
-        _launch(work, top, self, tables, big, k)
+        device = logits.device
+        if device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
+            with torch.cuda.device(device):  # Triton launches on the current device
+                _launch(work, top, self, tables, big, k)
+        else:
+            _launch(work, top, self, tables, big, k)
         if work is not logits:
             logits.copy_(work)
         return logits
