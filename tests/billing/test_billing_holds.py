@@ -6,13 +6,21 @@ import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from billing_helpers import MODEL, PRICE, SECRET, assert_ledger_consistent, make_customer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from avocado_llm.billing import Billing, BillingError, InsufficientCredit, UnknownPrice, charge_for
-from avocado_llm.billing.schema import HoldRow, UsageEvent
+from avocado_llm.billing import (
+    Billing,
+    BillingError,
+    InsufficientCredit,
+    KeyRefused,
+    UnknownPrice,
+    charge_for,
+)
+from avocado_llm.billing.schema import ApiKey, HoldRow, UsageEvent, utcnow
 
 
 def _events(billing: Billing, request_id: str) -> int:
@@ -40,6 +48,37 @@ def test_hold_takes_the_worst_case_and_settle_charges_the_usage(billing: Billing
         charge,
         37,
     )
+    assert_ledger_consistent(billing, "acme")
+
+
+def test_a_hold_checks_the_key_again_in_the_same_statement(billing: Billing) -> None:
+    """A key revoked or expired after it was looked up (the server's key cache) places no
+    hold: KeyRefused (401), nothing held, nothing charged; a usable key still holds."""
+    c = make_customer(billing, credits=1_000_000)
+    _, other = billing.create_key("acme")
+    other_info = billing.authenticate(other)
+    assert other_info is not None
+    billing.revoke_key(c.info.key_id)
+    with pytest.raises(KeyRefused):
+        billing.hold(c.info, MODEL, 10, 50, "req-revoked")
+    with billing.engine.begin() as conn:  # expired a second ago
+        conn.execute(
+            update(ApiKey)
+            .where(ApiKey.id == other_info.key_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with pytest.raises(KeyRefused) as e:
+        billing.hold(other_info, MODEL, 10, 50, "req-expired")
+    assert e.value.status == 401 and e.value.code == "invalid_api_key"
+    assert billing.balance("acme") == 1_000_000
+    assert billing.account_info("acme")["held"] == 0
+    assert billing.open_holds() == []
+    _, fresh = billing.create_key("acme")
+    fresh_info = billing.authenticate(fresh)
+    assert fresh_info is not None
+    billing.release(billing.hold(fresh_info, MODEL, 10, 50, "req-ok"))
+    with pytest.raises(InsufficientCredit):  # a usable key without the credit: still 429
+        billing.hold(fresh_info, MODEL, 10**9, 10**9, "req-big")
     assert_ledger_consistent(billing, "acme")
 
 

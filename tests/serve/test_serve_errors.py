@@ -8,8 +8,10 @@ import httpx
 import openai
 import pytest
 from serve_helpers import World
+from sqlalchemy import update
 
 from avocado_llm.billing import Plan
+from avocado_llm.billing.schema import ApiKey
 
 QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
 
@@ -35,6 +37,34 @@ def test_missing_wrong_and_revoked_keys_get_401(world: World) -> None:
     _, expired = world.new_key(expires_at=datetime.now(UTC) - timedelta(seconds=1))
     with pytest.raises(openai.AuthenticationError):
         _ask(world.client(expired), world.model, max_tokens=4)
+
+
+def test_a_key_revoked_or_expired_while_the_server_caches_it_is_refused_at_once(
+    world: World,
+) -> None:
+    """A paid call caches its key for a few seconds (``key_cache_s``); revoking the key, or its
+    expiry, still refuses the very next paid call — the hold checks the key — and charges
+    nothing."""
+    for how in ("revoked", "expired"):
+        key_id, key = world.new_key()
+        client = world.client(key)
+        _ask(client, world.model, max_tokens=4)  # paid: the server now knows the key
+        before = world.balance()
+        if how == "revoked":
+            world.billing.revoke_key(key_id)
+        else:
+            with world.billing.engine.begin() as conn:
+                conn.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == key_id)
+                    .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                )
+        with pytest.raises(openai.AuthenticationError) as e:
+            _ask(client, world.model, max_tokens=4)
+        assert e.value.code == "invalid_api_key", how
+        assert e.value.response.headers["www-authenticate"] == "Bearer"
+        assert world.balance() == before, how
+        assert world.billing.open_holds() == [], how
 
 
 def test_a_key_in_the_query_string_is_refused(world: World) -> None:

@@ -21,6 +21,7 @@ from avocado_llm.billing.errors import (
     IdempotencyConflict,
     IdempotencyInProgress,
     InsufficientCredit,
+    KeyRefused,
     NotFound,
     UnknownPrice,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "IdempotencyInProgress",
     "InsufficientCredit",
     "KeyInfo",
+    "KeyRefused",
     "NotFound",
     "Plan",
     "Price",

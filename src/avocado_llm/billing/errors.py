@@ -41,6 +41,14 @@ class InsufficientCredit(BillingError):
     code = "insufficient_quota"
 
 
+class KeyRefused(BillingError):
+    """The key was revoked or expired (after the server last looked it up): 401."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
 class UnknownPrice(BillingError):
     """The model has no price, so it cannot be sold (the server answers 404)."""
 

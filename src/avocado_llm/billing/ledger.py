@@ -24,11 +24,12 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from avocado_llm.billing.errors import InsufficientCredit, UnknownPrice
+from avocado_llm.billing.errors import InsufficientCredit, KeyRefused, UnknownPrice
 from avocado_llm.billing.money import Price, charge_for, format_usd
 from avocado_llm.billing.records import Hold, KeyInfo
 from avocado_llm.billing.schema import (
     Account,
+    ApiKey,
     HoldRow,
     LedgerEntry,
     ModelPrice,
@@ -42,11 +43,23 @@ _P, _U = ModelPrice.__table__.c, UsageEvent.__table__.c
 _PRICE = select(_P.input_per_1m, _P.output_per_1m, _P.per_request).where(
     _P.model == bindparam("model")
 )
+_K = ApiKey.__table__.c
+_KEY_USABLE = (
+    select(_K.id)
+    .where(
+        _K.id == bindparam("kid"),
+        _K.revoked_at.is_(None),
+        _K.expires_at.is_(None) | (_K.expires_at > bindparam("now", type_=UTCDateTime())),
+    )
+    .exists()
+)
+"""The key is neither revoked nor expired *now*: checked in the same statement as the credit,
+so a key revoked after the server last looked it up (``serve``'s key cache) pays for nothing."""
 _TAKE = (
     update(Account.__table__)
-    .where(_A.id == bindparam("aid"), _A.balance >= bindparam("amount"))
+    .where(_A.id == bindparam("aid"), _A.balance >= bindparam("amount"), _KEY_USABLE)
     .values(balance=_A.balance - bindparam("amount"), held=_A.held + bindparam("amount"))
-    .returning(_A.id)  # a row back means the credit was there and is now held
+    .returning(_A.id)  # a row back means the key is usable and the credit is now held
 )
 _GIVE_BACK = (
     update(Account.__table__)
@@ -97,7 +110,13 @@ def place_hold(
     if price is None:
         raise UnknownPrice(f"the model {model!r} does not exist or has no price", param="model")
     amount = charge_for(price, prompt_tokens, max_completion_tokens)
-    if conn.execute(_TAKE, {"aid": key.account_id, "amount": amount}).first() is None:
+    params = {"aid": key.account_id, "amount": amount, "kid": key.key_id, "now": utcnow()}
+    if conn.execute(_TAKE, params).first() is None:
+        if not conn.scalar(select(_KEY_USABLE), params):
+            raise KeyRefused(
+                "Incorrect API key provided (unknown, revoked or expired). Check the key, or "
+                "ask for a new one."
+            )
         available = conn.scalar(select(_A.balance).where(_A.id == key.account_id))
         raise InsufficientCredit(
             f"insufficient credit: this request may cost up to ${format_usd(amount)} "

@@ -68,6 +68,10 @@ class Billing:
 
     # --- requests -------------------------------------------------------------------------
 
+    def key_digest(self, api_key: str) -> str:
+        """The HMAC the ledger stores for ``api_key`` (a cache key that is not the key)."""
+        return keys.key_hmac(self._need_secret(), api_key)
+
     def authenticate(self, api_key: str) -> KeyInfo | None:
         """The key's :class:`KeyInfo`; None when unknown, revoked or expired. Never logs it."""
         with self._reader.begin() as conn:

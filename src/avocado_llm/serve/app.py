@@ -28,7 +28,7 @@ from avocado_llm.serve.middleware import AccessLog, BodyLimit
 from avocado_llm.serve.ratelimit import Limiter, RateLimiter
 from avocado_llm.serve.ratelimit_redis import RedisRateLimiter
 from avocado_llm.serve.routes import chat, completions, models, system
-from avocado_llm.serve.serving import Services
+from avocado_llm.serve.serving import KeyCache, Services
 from avocado_llm.serve.settings import ServeSettings
 from avocado_llm.serve.upstream import UpstreamEngine
 
@@ -75,6 +75,7 @@ def create_app(
         engine.on_batch = metrics.observe_batch
     limiter: Limiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else RateLimiter()
     services = Services(settings, engine, billing, limiter, metrics)
+    services.keys = KeyCache(settings.key_cache_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -130,7 +130,8 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _billing_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BillingError)
-    return JSONResponse(exc.envelope(), status_code=exc.status)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

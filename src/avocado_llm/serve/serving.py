@@ -24,6 +24,32 @@ from avocado_llm.serve.settings import ServeSettings
 T = TypeVar("T")
 
 
+class KeyCache:
+    """Keys looked up recently, by their HMAC (never the key itself), each for ``ttl_s``
+    seconds: a paid request with a known key needs no ledger read of its own before its hold
+    (which checks the key's revocation and expiry again, in the same statement)."""
+
+    def __init__(self, ttl_s: float, max_keys: int = 10_000) -> None:
+        self.ttl_s, self.max_keys = ttl_s, max_keys
+        self._entries: dict[str, tuple[float, KeyInfo]] = {}
+
+    def get(self, digest: str) -> KeyInfo | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, info: KeyInfo) -> None:
+        if self.ttl_s <= 0:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= self.max_keys:  # drop the stale, else start afresh
+            self._entries = {d: e for d, e in self._entries.items() if e[0] >= now}
+            if len(self._entries) >= self.max_keys:
+                self._entries.clear()
+        self._entries[digest] = (now + self.ttl_s, info)
+
+
 @dataclass
 class Services:
     """Everything requests share, built once by the app factory (``app.state.services``)."""
@@ -35,6 +61,8 @@ class Services:
     metrics: Metrics
     started_at: int = field(default_factory=lambda: int(time.time()))
     """Unix time the app was built (the ``created`` of its model)."""
+    keys: KeyCache = field(default_factory=lambda: KeyCache(0.0))
+    """Keys of paid requests looked up recently (``settings.key_cache_s``)."""
     ledger_limiter: anyio.CapacityLimiter | None = None
     """How many ledger calls run at a time in worker threads: one where the database takes one
     writer at a time (SQLite; dozens of threads queueing on its lock cost ~16% more CPU per

@@ -64,6 +64,12 @@ class ServeSettings(BaseSettings):
     a starting server leaves the requests the others are serving alone (were one released, its
     server answers 503 and the client's retry is charged once: never a free answer)."""
 
+    key_cache_s: float = Field(default=5.0, ge=0)
+    """How long a key looked up for a paid request (POST) is reused without asking the ledger
+    again (0: ask every time). Revocation and expiry still take effect at once: the hold that
+    every paid request places checks the key in the same statement as the credit. A key's
+    model allowlist, limits and plan changes reach a running server within this time."""
+
     @model_validator(mode="after")
     def _one_engine(self) -> ServeSettings:
         if self.model_dir is None and self.upstream_url is None:
