@@ -49,6 +49,7 @@ def test_a_key_revoked_or_expired_while_the_server_caches_it_is_refused_at_once(
         key_id, key = world.new_key()
         client = world.client(key)
         _ask(client, world.model, max_tokens=4)  # paid: the server now knows the key
+        _ask(client, world.model, max_tokens=5, extra_headers={"Idempotency-Key": "i-1"})
         before = world.balance()
         if how == "revoked":
             world.billing.revoke_key(key_id)
@@ -62,6 +63,8 @@ def test_a_key_revoked_or_expired_while_the_server_caches_it_is_refused_at_once(
         with pytest.raises(openai.AuthenticationError) as e:
             _ask(client, world.model, max_tokens=4)
         assert e.value.code == "invalid_api_key", how
+        with pytest.raises(openai.AuthenticationError):  # nor a stored answer replayed
+            _ask(client, world.model, max_tokens=5, extra_headers={"Idempotency-Key": "i-1"})
         assert e.value.response.headers["www-authenticate"] == "Bearer"
         assert world.balance() == before, how
         assert world.billing.open_holds() == [], how

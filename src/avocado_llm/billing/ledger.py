@@ -97,6 +97,17 @@ def all_prices(conn: Connection) -> dict[str, Price]:
     return {row[0]: Price(*row[1:]) for row in conn.execute(query)}
 
 
+def check_key(conn: Connection, key_id: str) -> None:
+    """:class:`KeyRefused` unless the key is neither revoked nor expired now."""
+    if not conn.scalar(select(_KEY_USABLE), {"kid": key_id, "now": utcnow()}):
+        raise KeyRefused(_KEY_REFUSED)
+
+
+_KEY_REFUSED = (
+    "Incorrect API key provided (unknown, revoked or expired). Check the key, or ask for a new one."
+)
+
+
 def place_hold(
     conn: Connection,
     key: KeyInfo,
@@ -112,11 +123,7 @@ def place_hold(
     amount = charge_for(price, prompt_tokens, max_completion_tokens)
     params = {"aid": key.account_id, "amount": amount, "kid": key.key_id, "now": utcnow()}
     if conn.execute(_TAKE, params).first() is None:
-        if not conn.scalar(select(_KEY_USABLE), params):
-            raise KeyRefused(
-                "Incorrect API key provided (unknown, revoked or expired). Check the key, or "
-                "ask for a new one."
-            )
+        check_key(conn, key.key_id)  # revoked or expired since it was looked up: 401
         available = conn.scalar(select(_A.balance).where(_A.id == key.account_id))
         raise InsufficientCredit(
             f"insufficient credit: this request may cost up to ${format_usd(amount)} "

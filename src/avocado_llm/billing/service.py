@@ -177,6 +177,7 @@ class Billing:
         in progress so a concurrent retry gets :class:`IdempotencyInProgress` (409). After
         a claim, either :meth:`settle` with ``idempotency=`` or :meth:`abandon_idempotency`."""
         with self._write() as conn:
+            ledger.check_key(conn, key_id)  # a cached key revoked since: no stored answer either
             return idem.claim(conn, key_id, idem_key, body_hash)
 
     def abandon_idempotency(self, key_id: str, idem_key: str) -> None:
