@@ -139,6 +139,43 @@ def kernel_gate_entropy(row: np.ndarray) -> float:
     return float(kernel._entropy(values, float(values.max())))
 
 
+def reference_top_k(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The heap as one comparison per token (a token enters only when larger than the
+    smallest kept), driven from Python with the kernel's own sift: what the chunked pass must
+    leave, to the order of the heap."""
+    values, index = row[:k].copy(), np.arange(k, dtype=np.int64)
+    for i in range(k // 2 - 1, -1, -1):
+        kernel._sift(values, index, i, k)
+    for i in range(k, row.shape[0]):
+        if row[i] > values[0]:
+            values[0], index[0] = row[i], i
+            kernel._sift(values, index, 0, k)
+    return values, index
+
+
+@pytest.mark.parametrize("n", [65, 130, 4097, 20_011])
+def test_top_k_skips_chunks_and_keeps_the_same_tokens(n: int) -> None:
+    """The chunked top 64 (a chunk whose maximum cannot enter is skipped) keeps exactly the
+    tokens of a token-by-token pass: on rows with many ties (logits rounded to a few values,
+    so the 64th place is shared), with -inf, and sorted ascending (every chunk enters)."""
+    gen = torch.Generator().manual_seed(n)
+    rows = [
+        torch.randn(n, generator=gen).numpy(),
+        (torch.randn(n, generator=gen) * 2).round().numpy(),  # ties at the boundary
+        torch.arange(n, dtype=torch.float32).numpy(),  # rising: no chunk is skipped
+    ]
+    masked = torch.randn(n, generator=gen)
+    masked[::3] = float("-inf")
+    rows.append(masked.numpy())
+    for row in rows:
+        row = np.ascontiguousarray(row, dtype=np.float32)
+        values, index = np.empty(64, dtype=np.float32), np.empty(64, dtype=np.int64)
+        kernel._top_k(row, 64, values, index)
+        want_values, want_index = reference_top_k(row, 64)
+        assert np.array_equal(values, want_values) and np.array_equal(index, want_index)
+        assert np.array_equal(np.sort(values), np.sort(row)[-64:])  # the 64 largest
+
+
 @pytest.mark.parametrize("vocab", [64, 500, 5000, 50_000])
 def test_kernel_entropy_is_the_gate_entropy(vocab: int) -> None:
     """The kernel's gate entropy (float64, a heap of the top 64 above 4,096 tokens) against

@@ -55,22 +55,43 @@ except ImportError:  # pragma: no cover - exercised only where numba does not in
 _mix = mix_int  # the scheme's hash (compiled below, where numba runs)
 
 
+CHUNK = 64
+"""Tokens per chunk of :func:`_top_k`'s pass: a chunk whose largest logit does not beat the
+heap's smallest is skipped whole (its maximum is one vectorised reduction)."""
+
+
+def _chunk_max(row: np.ndarray, start: int, end: int) -> float:
+    """The largest of ``row[start:end]`` (compiled with fastmath: a vectorised reduction)."""
+    m = row[start]
+    for i in range(start + 1, end):
+        m = max(m, row[i])
+    return m
+
+
 def _top_k(row: np.ndarray, k: int, values: np.ndarray, index: np.ndarray) -> None:
     """The row's ``k`` largest logits and their token ids, as a min-heap (``values[0]`` is the
-    smallest kept): one pass, one comparison per token past the first ``k``."""
+    smallest kept): one pass in chunks of ``CHUNK`` tokens; a chunk whose maximum does not beat
+    the heap's smallest holds no token that would enter it, so it is skipped whole (the same
+    heap as one comparison per token: a token enters only when it is larger)."""
     for i in range(k):
         values[i] = row[i]
         index[i] = i
     for i in range(k // 2 - 1, -1, -1):
         _sift(values, index, i, k)
     floor = values[0]
-    for i in range(k, row.shape[0]):
-        v = row[i]
-        if v > floor:
-            values[0] = v
-            index[0] = i
-            _sift(values, index, 0, k)
-            floor = values[0]
+    n = row.shape[0]
+    start = k
+    while start < n:
+        end = min(start + CHUNK, n)
+        if _chunk_max(row, start, end) > floor:
+            for i in range(start, end):
+                v = row[i]
+                if v > floor:
+                    values[0] = v
+                    index[0] = i
+                    _sift(values, index, 0, k)
+                    floor = values[0]
+        start = end
 
 
 def _top_two(values: np.ndarray) -> tuple[float, float, int]:
@@ -309,6 +330,7 @@ if njit is not None:
     _shift = _compile(_shift)
     _compact = _compile(_compact)
     _sift = _compile(_sift)
+    _chunk_max = _compile(_chunk_max, fastmath=True)
     _top_k = _compile(_top_k)
     _top_two = _compile(_top_two)
     _entropy = _compile(_entropy)
