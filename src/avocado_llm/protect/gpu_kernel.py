@@ -6,11 +6,11 @@ operations) and three host synchronisations (``nonzero``): ~2 ms a step on an H2
 batch, measured — 18% of a tiny model's greedy decode step there. :class:`TritonState` does the
 same work in one kernel (plus one ``topk`` above ``FULL_ENTROPY_MAX_VOCAB`` tokens, which the
 gate needs), one program per row: the top two logits, the entropy gate, the row's seed from its
-context, and the keyed hash of every token of the row, biasing the green ones within reach of
-the top. It never waits for the GPU. Same decisions as the tensor path (tested bit for bit in
-Triton's interpreter on the CPU, ``tests/protect/test_gpu_kernel.py``, and on CUDA by
-``make test-gpu``); the one difference is the order of the entropy's float32 sum, so a row within
-~1e-6 nats of ``min_entropy`` may fall on the other side of the gate.
+context, and the keyed hash of the tokens of every block of the row that holds one within reach
+of the top, biasing the green ones. It never waits for the GPU. Same decisions as the tensor
+path (tested bit for bit in Triton's interpreter on the CPU, ``tests/protect/test_gpu_kernel.py``,
+and on CUDA by ``make test-gpu``); the one difference is the order of the entropy's float32
+sum, so a row within ~1e-6 nats of ``min_entropy`` may fall on the other side of the gate.
 
 Triton comes with PyTorch's CUDA builds; where it is missing the tensor path runs.
 """
