@@ -42,11 +42,18 @@ class InsufficientCredit(BillingError):
 
 
 class KeyRefused(BillingError):
-    """The key was revoked or expired (after the server last looked it up): 401."""
+    """The key is unknown, revoked or expired (also when it changed after the server last
+    looked it up): 401."""
 
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Incorrect API key provided (unknown, revoked or expired). Check the key, or ask "
+            "for a new one."
+        )
 
 
 class UnknownPrice(BillingError):

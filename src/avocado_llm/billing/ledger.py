@@ -100,12 +100,7 @@ def all_prices(conn: Connection) -> dict[str, Price]:
 def check_key(conn: Connection, key_id: str) -> None:
     """:class:`KeyRefused` unless the key is neither revoked nor expired now."""
     if not conn.scalar(select(_KEY_USABLE), {"kid": key_id, "now": utcnow()}):
-        raise KeyRefused(_KEY_REFUSED)
-
-
-_KEY_REFUSED = (
-    "Incorrect API key provided (unknown, revoked or expired). Check the key, or ask for a new one."
-)
+        raise KeyRefused
 
 
 def place_hold(

@@ -15,9 +15,6 @@ import torch
 
 from avocado_llm.protect import kernel
 from avocado_llm.protect.kernel import CompiledState
-
-if TYPE_CHECKING:  # imported where a GPU is used (Triton takes a while to import)
-    from avocado_llm.protect.gpu_kernel import TritonState
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
@@ -29,6 +26,9 @@ from avocado_llm.protect.scheme import (
     hash_tables,
     top_entropy,
 )
+
+if TYPE_CHECKING:  # imported where a GPU is used (Triton takes a while to import)
+    from avocado_llm.protect.gpu_kernel import TritonState
 
 GREEDY_TOP = 8
 """Greedy rows: the tokens looked at per row (those within ``delta`` of the top one, almost

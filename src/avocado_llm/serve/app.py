@@ -74,8 +74,9 @@ def create_app(
     if isinstance(engine, LocalEngine):
         engine.on_batch = metrics.observe_batch
     limiter: Limiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else RateLimiter()
-    services = Services(settings, engine, billing, limiter, metrics)
-    services.keys = KeyCache(settings.key_cache_s)
+    services = Services(
+        settings, engine, billing, limiter, metrics, keys=KeyCache(settings.key_cache_s)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

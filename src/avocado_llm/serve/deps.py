@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from avocado_llm.billing import KeyInfo
+from avocado_llm.billing import KeyInfo, KeyRefused
 from avocado_llm.serve.errors import APIError
 from avocado_llm.serve.serving import Services
 
@@ -51,11 +51,7 @@ async def authenticate(request: Request, services: ServicesDep) -> KeyInfo:
         if info is not None and paid:
             services.keys.put(digest, info)
     if info is None:
-        raise _unauthorized(
-            "Incorrect API key provided (unknown, revoked or expired). Check the key, or ask "
-            "for a new one.",
-            "invalid_api_key",
-        )
+        raise KeyRefused
     request.state.key_id = info.key_id  # for the access log: the id, never the key
     return info
 
