@@ -227,6 +227,42 @@ def test_picks_are_the_argmax_of_the_biased_logits_ties_included(vocab: int) -> 
         assert not torch.equal(out.argmax(-1), logits[3].argmax(-1))  # the bias moved some
 
 
+def test_the_picks_tensor_handed_back_as_the_sampled_tokens() -> None:
+    """As the decode loop does it: the sampler takes ``picks`` as its tokens, overwrites the
+    sampled rows in place and hands that tensor to ``advance`` (the kernel reads it before it
+    writes the next picks into the same memory); then rows leave. The contexts and biases are
+    those of the tensor path fed the same tokens, and each step's ``picks`` is that step's."""
+    marks: list[Watermark | None] = [
+        Watermark(account_key("s", i), 2.0, WatermarkParams(min_entropy=0.0)) for i in range(8)
+    ]
+    vocab = 300
+    logits = hesitant_logits(6, 8, vocab, seed=11)
+    temps = [0.0, 1.0] * 4
+    compiled = WatermarkState.for_rows(marks, torch.device("cpu"), temps, True)
+    tensors = WatermarkState.for_rows(marks, torch.device("cpu"), temps, False)
+    assert isinstance(compiled, kernel.CompiledState) and tensors is not None
+    rows = torch.arange(8)
+    seen = []
+    for step in range(6):
+        a = compiled.apply(logits[step, rows].clone())
+        b = tensors.apply(logits[step, rows].clone())
+        assert torch.equal(a, b)
+        tokens = compiled.picks
+        assert tokens is not None and torch.equal(tokens, a.argmax(-1))
+        sampled = torch.arange(len(rows))[torch.tensor(temps)[rows] > 0]
+        tokens[sampled] = (7 * step + sampled * 13) % vocab  # the sampler, in place
+        seen.append(tokens.clone())
+        tensors.advance(tokens.clone())
+        compiled.advance(tokens)
+        if step in (1, 3):  # a row leaves (twice): the picks tensor is sized anew
+            keep = torch.arange(1, len(rows))
+            compiled.select(keep)
+            tensors.select(keep)
+            rows = rows[keep]
+    assert torch.equal(compiled.context, tensors.context)
+    assert compiled.context[:, -1].tolist() == seen[-1].tolist()
+
+
 @pytest.mark.parametrize("vocab", [1, 2, 3])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_tiny_vocabularies_and_an_empty_batch(vocab: int, temperature: float) -> None:
