@@ -405,7 +405,8 @@ class CompiledState:
         self._keep: np.ndarray | None = None
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
         # every step's picks go to the same array (an allocation right after the forward pass
-        # costs ~8 µs, a tensor over it ~4 µs), sliced once when rows leave the batch
+        # costs ~8 µs, a tensor over it ~4 µs), made anew once when rows leave the batch (a
+        # pending ``advance`` keeps reading the old one)
         self._picks = np.empty(len(marks), dtype=np.int64)
         self._picks_tensor = torch.from_numpy(self._picks)
         self.picks: torch.Tensor | None = None
