@@ -28,6 +28,7 @@ from avocado_llm.protect import scheme
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
+    MASK31,
     SPREAD,
     START,
     Watermark,
@@ -191,10 +192,100 @@ def _gate_open(row: np.ndarray, top: float, gate: float) -> bool:
     return _entropy(row, top) >= gate
 
 
-ROW_KEY, ROW_WIDTH, ROW_CONTEXT = 0, 1, 2
-"""Columns of the (B, 2 + h) int64 row state: the mixed key, the row's own h, its context."""
+ROW_KEY, ROW_WIDTH, ROW_S0, ROW_S1, ROW_STEP, ROW_CONTEXT = 0, 1, 2, 3, 4, 5
+"""Columns of the (B, 5 + h) int64 row state: the mixed key, the row's own h, the two words of
+its sampling seed, the tokens it has produced, its context."""
 ROW_DELTA, ROW_MIN_ENTROPY, ROW_TEMPERATURE, ROW_GAMMA = 0, 1, 2, 3
 """Columns of the (B, 4) float32 row state."""
+
+REJECT_TRIES = 4
+"""A watermarked sampled row: proposals from the model's distribution before the exact
+fallback (a proposal is accepted with probability ``1 / (1 + (W - 1) G)`` or more, ``G`` the
+green candidates' mass and ``W = e^(delta/T)``: 2 tries on average at G = 0.5)."""
+DRAWS_PER_STEP = 16  # as avocado_llm.serve.sampling: uniforms a row may take in one step
+COUNTER_SALT = 0x2545F491
+
+
+def _uniform(s0: int, s1: int, step: int, k: int) -> float:
+    """``U(seed, step, k)`` of :func:`avocado_llm.serve.sampling.uniforms`: the same bits."""
+    c = step * DRAWS_PER_STEP + k
+    hi = _mix(s0 ^ _mix(c))
+    lo = _mix(s1 ^ hi ^ _mix(c ^ COUNTER_SALT))
+    return float((hi << 22) + (lo >> 9)) * 2.0**-53
+
+
+def _search(cdf: np.ndarray, u: float) -> int:
+    """The token at quantile ``u`` of a row's cumulative (unnormalised) distribution: the
+    first whose cumulative mass exceeds ``u · total`` (``torch.searchsorted(right=True)``)."""
+    target = u * cdf[cdf.shape[0] - 1]
+    lo, hi = 0, cdf.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cdf[mid] > target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return min(lo, cdf.shape[0] - 1)
+
+
+def _draw_marked(
+    row: np.ndarray,
+    cdf: np.ndarray,
+    cut: float,
+    red: float,
+    s0: int,
+    s1: int,
+    step: int,
+    seed: int,
+    threshold: float,
+    token_mix: np.ndarray,
+) -> int:
+    """A token from the row's distribution with its green candidates (logit ≥ ``cut``) weighed
+    ``e^(delta/T)`` times the rest — the softmax of the biased logits — by rejection: propose
+    from the model's distribution (``cdf``), keep a green candidate, keep any other with
+    probability ``red = e^(-delta/T)``. After ``REJECT_TRIES`` proposals, an exact draw over
+    the whole row (which keeps the distribution exact: an accepted proposal is distributed as
+    the target whichever try it came from)."""
+    for k in range(REJECT_TRIES):
+        t = _search(cdf, _uniform(s0, s1, step, 2 * k))
+        if row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold:
+            return t
+        if _uniform(s0, s1, step, 2 * k + 1) < red:
+            return t
+    total = 0.0  # the target's mass, green candidates weighing 1 and the rest ``red``
+    before = 0.0
+    for t in range(cdf.shape[0]):
+        p = cdf[t] - before
+        before = cdf[t]
+        if p > 0:
+            green = row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold
+            total += p if green else p * red
+    if total <= 0:  # no green candidate, red weighs 0 in float64: the model's own draw
+        return _search(cdf, _uniform(s0, s1, step, 2 * REJECT_TRIES))
+    target = _uniform(s0, s1, step, 2 * REJECT_TRIES) * total
+    acc = 0.0
+    before = 0.0
+    last = 0
+    for t in range(cdf.shape[0]):
+        p = cdf[t] - before
+        before = cdf[t]
+        if p > 0:
+            last = t
+            green = row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold
+            acc += p if green else p * red
+            if acc > target:
+                return t
+    return last
+
+
+def _context_seed(ints: np.ndarray, b: int, h: int, vocab: int, context_mix: np.ndarray) -> int:
+    """Row ``b``'s green-list seed: its mixed key mixed with its context (START-padded to the
+    batch's h where its own is shorter)."""
+    s = ints[b, ROW_KEY]
+    for j in range(h):
+        c = ints[b, ROW_CONTEXT + j] if j >= h - ints[b, ROW_WIDTH] else START
+        s = _mix(s ^ context_mix[j, min(c, vocab)])
+    return s
 
 
 def _mark_rows(
@@ -202,14 +293,15 @@ def _mark_rows(
     tokens: np.ndarray,  # the tokens sampled since the last step (or empty), one per row of ints
     keep: np.ndarray,  # (B,) int64: the rows of ints still in the batch, when ``compact``
     compact: bool,
-    ints: np.ndarray,  # (≥ B, 2 + h) int64: key_mix, width, context (START-padded)
+    ints: np.ndarray,  # (≥ B, 5 + h) int64: key_mix, width, seed words, step, context
     floats: np.ndarray,  # (≥ B, 4) float32: delta, min_entropy, temperature, gamma
     token_mix: np.ndarray,  # (V,) int64
     context_mix: np.ndarray,  # (h, V + 1) int64
-    picks: np.ndarray,  # (B,) int64, written: each row's argmax after the bias
+    picks: np.ndarray,  # (B,) int64, written: each row's token
     all_greedy: bool,
     gated: bool,
     spread: float,
+    cdf: np.ndarray,  # (B, V) float64 cumulative distributions of the sampled rows, or (0, 0)
 ) -> int:
     """Shift ``tokens`` into the contexts and keep only the rows ``keep`` (when ``compact``:
     rows left the batch); then bias every row's green tokens within reach of its top logit and
@@ -219,6 +311,11 @@ def _mark_rows(
     more than ``delta`` below the top (no argmax can move), gated rows need ``min_entropy``,
     and candidates are the tokens within ``delta + spread × temperature`` (float32 arithmetic,
     as the tensors do it).
+
+    With ``cdf`` (the decode loop's :meth:`CompiledState.choose`), a row of temperature above
+    0 is drawn instead: from its ``cdf`` row where it has no watermark or its gate is shut,
+    else by :func:`_draw_marked` (its logits are left unbiased), with its own uniforms; every
+    row's step counter advances.
 
     One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
     top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
@@ -233,10 +330,17 @@ def _mark_rows(
     k = min(GATE_TOP, vocab) if big else vocab
     values = np.empty(k if big else 1, dtype=logits.dtype)
     index = np.empty(k if big else 1, dtype=np.int64)
+    drawing = cdf.shape[0] > 0
     biased = 0
     for b in range(batch):
         d = floats[b, ROW_DELTA]
         row = logits[b]
+        step = ints[b, ROW_STEP]
+        ints[b, ROW_STEP] = step + 1
+        sampled = drawing and floats[b, ROW_TEMPERATURE] > 0
+        if sampled and d == 0:  # no watermark: the model's own draw, no pass over the logits
+            picks[b] = _search(cdf[b], _uniform(ints[b, ROW_S0], ints[b, ROW_S1], step, 0))
+            continue
         if big:
             _top_k(row, k, values, index)
             top, second, where = _top_two(values)
@@ -247,27 +351,35 @@ def _mark_rows(
         else:  # the top two in one pass: cheaper than a heap of two
             top, second, pick = _top_two(row)
         picks[b] = pick
-        if d == 0:
-            continue
-        if all_greedy and vocab > 1 and top - second > d:  # (the tensors: a top-2 needs 2)
-            continue
-        if gated:
+        marked = d != 0
+        if marked and all_greedy and vocab > 1 and top - second > d:  # (tensors: top-2 needs 2)
+            marked = False
+        if marked and gated:
             gate = floats[b, ROW_MIN_ENTROPY]
             support = min(vocab, GATE_TOP) if big else vocab
             if _entropy_bound(float(top - second), support) < gate - GATE_SLACK:
-                continue  # sure of its top token: the gate stays shut, no need to sum
-            if big:
-                if _entropy(values, float(top)) < gate:
-                    continue
-            elif not _gate_open(row, float(top), float(gate)):
-                continue
+                marked = False  # sure of its top token: the gate stays shut, no need to sum
+            elif big:
+                marked = _entropy(values, float(top)) >= gate
+            else:
+                marked = _gate_open(row, float(top), float(gate))
         reach = d + np.float32(spread) * floats[b, ROW_TEMPERATURE]
         cut = top - reach
         threshold = float(floats[b, ROW_GAMMA]) * 2147483648.0  # green: hash < gamma · 2^31
-        s = ints[b, ROW_KEY]
-        for j in range(h):
-            c = ints[b, ROW_CONTEXT + j] if j >= h - ints[b, ROW_WIDTH] else START
-            s = _mix(s ^ context_mix[j, min(c, vocab)])
+        if sampled:
+            s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
+            if marked:
+                red = math.exp(-float(d) / float(floats[b, ROW_TEMPERATURE]))
+                s = _context_seed(ints, b, h, vocab, context_mix)
+                picks[b] = _draw_marked(row, cdf[b], cut, red, s0, s1, step, s, threshold,
+                                        token_mix)  # fmt: skip
+                biased += 1
+            else:
+                picks[b] = _search(cdf[b], _uniform(s0, s1, step, 0))
+            continue
+        if not marked:
+            continue
+        s = _context_seed(ints, b, h, vocab, context_mix)
         # the pick after the bias is a candidate (the top is one; no other token can reach it)
         best = np.float32(-np.inf)
         if big and values[0] < cut:  # every token at or above the cut is kept
@@ -336,6 +448,10 @@ if njit is not None:
     _entropy = _compile(_entropy)
     _entropy_bound = _compile(_entropy_bound)
     _gate_open = _compile(_gate_open)
+    _uniform = _compile(_uniform, inline="always")
+    _search = _compile(_search)
+    _draw_marked = _compile(_draw_marked)
+    _context_seed = _compile(_context_seed)
     # keeps the GIL: the step takes tens of µs (releasing it, nogil=True, measured the same)
     _mark_rows = _compile(_mark_rows)
 
@@ -355,6 +471,9 @@ def available() -> bool:
     state.advance(torch.zeros(1, dtype=torch.long))
     state.select(torch.tensor([0]))
     _ = state.context  # the rare path: shift and compact outside a step
+    drawn = CompiledState([Watermark(1), None, Watermark(2)], [1.0, 1.0, 0.0], seeds=[1, 2, 3])
+    probs = torch.softmax(torch.zeros(3, 8), dim=-1)
+    drawn.choose(torch.zeros(3, 8), probs.cumsum(-1, dtype=torch.float64))
     global _mark_rows_entry
     signatures = _mark_rows.signatures  # type: ignore[attr-defined]
     if len(signatures) == 1:
@@ -370,6 +489,7 @@ student's decode step, measured. Only for arguments of exactly those types."""
 
 
 _NO_TOKENS = np.empty(0, dtype=np.int64)
+_NO_CDF = np.empty((0, 0), dtype=np.float64)
 
 
 class CompiledState:
@@ -377,22 +497,32 @@ class CompiledState:
     interface (``apply``, ``advance``, ``select``, ``context``) and the same biases, with the
     batch's state in two arrays and each step one compiled call (``advance`` and ``select``
     only note the tokens and the rows kept: the next ``apply`` does both), which also leaves
-    each row's greedy pick in ``picks`` (the sampler's argmax, done in the same pass). Every
-    Python-level operation in a decode step counts here: right after the model's forward pass
-    the caches are cold, and a call that takes 0.3 µs in a loop takes ~20 µs there."""
+    each row's greedy pick in ``picks`` (the sampler's argmax, done in the same pass).
+
+    :meth:`choose` is the whole decode step of :mod:`avocado_llm.serve.sampling` on the CPU,
+    for every batch (rows without a watermark too): each row's token, greedy or drawn with its
+    own seed. Every Python-level operation in a decode step counts here: right after the
+    model's forward pass the caches are cold, and a call that takes 0.3 µs in a loop takes
+    ~20 µs there."""
 
     def __init__(
-        self, marks: Sequence[Watermark | None], temperatures: Sequence[float] | None = None
+        self,
+        marks: Sequence[Watermark | None],
+        temperatures: Sequence[float] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> None:
         self.h = max((m.params.context for m in marks if m is not None), default=1)
         temps = [max(float(t), 0.0) for t in temperatures or [0.0] * len(marks)]
         self.greedy = bool(all(t == 0 for t in temps))
         self.gated = bool(any(m is not None and m.params.min_entropy > 0 for m in marks))
-        start = [START] * self.h
-        self.ints = np.array(
-            [[mix_int(m.key), m.params.context, *start] if m else [0, 1, *start] for m in marks],
-            dtype=np.int64,
-        ).reshape(len(marks), ROW_CONTEXT + self.h)
+        # each row's sampling seed (62 bits) as two 31-bit words, then its step counter
+        words = [(s & MASK31, (s >> 31) & MASK31) for s in seeds or [0] * len(marks)]
+        head = [
+            (mix_int(m.key), m.params.context, *w, 0) if m else (0, 1, *w, 0)
+            for m, w in zip(marks, words, strict=True)
+        ]
+        ints = [[*row, *[START] * self.h] for row in head]
+        self.ints = np.array(ints, dtype=np.int64).reshape(len(marks), ROW_CONTEXT + self.h)
         self.floats = np.array(
             [
                 (m.delta, m.params.min_entropy, t, m.params.gamma) if m else (0.0, 0.0, t, 0.0)
@@ -423,6 +553,23 @@ class CompiledState:
         """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them.
         ``picks`` is then each row's argmax of the biased logits (the sampler's greedy pick)."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
+        self._run(logits, _NO_CDF)
+        self.picks = self._picks_tensor
+        return logits
+
+    def choose(self, logits: torch.Tensor, cdf: torch.Tensor | None) -> torch.Tensor:
+        """The decode step: (B,) each row's token — the argmax of its biased logits where its
+        temperature is 0, else drawn from ``cdf`` (B, V), the cumulative sum (float64) of its
+        distribution at its temperature, zero outside its nucleus (watermarked rows: by
+        rejection, their logits left unbiased). The tokens are shifted into the contexts by
+        the next call; the tensor returned is rewritten by it."""
+        logits = logits if logits.is_contiguous() else logits.contiguous()
+        self._run(logits, _NO_CDF if cdf is None else cdf.numpy())
+        self._tokens = self._picks  # the kernel reads them before it writes the next picks
+        return self._picks_tensor
+
+    def _run(self, logits: torch.Tensor, cdf: np.ndarray) -> None:
+        """One compiled call: the pending shift and compaction, then every row's step."""
         if self._tables is None:  # one model, one vocabulary: looked up once
             tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
             self._tables = (tables.token_np, tables.context_np)
@@ -433,10 +580,8 @@ class CompiledState:
         run = _mark_rows_entry if logits.dtype == torch.float32 else None
         (run or _mark_rows)(logits.numpy(), self._tokens, _NO_TOKENS if keep is None else keep,
                             keep is not None, self.ints, self.floats, *self._tables,
-                            self._picks, self.greedy, self.gated, SPREAD)  # fmt: skip
+                            self._picks, self.greedy, self.gated, SPREAD, cdf)  # fmt: skip
         self._tokens, self._keep = _NO_TOKENS, None
-        self.picks = self._picks_tensor
-        return logits
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Each row's new token (shifted into its context by the next ``apply``)."""

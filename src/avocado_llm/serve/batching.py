@@ -2,11 +2,12 @@
 
 Every choice of every request in the batch is a :class:`Row`. The prompts are left-padded into
 one (B, P) tensor and prefilled in one forward pass; then each step feeds the B last tokens
-through the model with the KV cache, samples each row with its own temperature, top-p and
-seeded generator, and turns the new token into text (holding back what could be the start of
-a stop string). Rows that finish — end of turn, a stop string, ``max_tokens``, or a client that
-hung up — leave the batch at once (their cache rows are dropped), so a long answer does not
-make the short ones wait, and the remaining rows run on a smaller batch.
+through the model with the KV cache, picks each row's token with its own temperature, top-p,
+seed and watermark (:mod:`avocado_llm.serve.sampling`), and turns the new token into text
+(holding back what could be the start of a stop string). Rows that finish — end of turn, a stop
+string, ``max_tokens``, or a client that hung up — leave the batch at once (their cache rows
+are dropped), so a long answer does not make the short ones wait, and the remaining rows run on
+a smaller batch.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.serve.engine import SamplingOptions, TokenLogprob
+from avocado_llm.serve.sampling import sampler_for
 
 
 class TextTracker:
@@ -72,7 +73,8 @@ class Row:
     prompt_ids: list[int]
     options: SamplingOptions
     tracker: TextTracker
-    generator: torch.Generator | None
+    seed: int
+    """The row's sampling seed (62 bits: :func:`~avocado_llm.serve.sampling.row_seed`)."""
     produced: int = 0
     finish: str | None = None
     """``stop``, ``length`` or ``cancelled`` once the row is done."""
@@ -96,29 +98,6 @@ class Row:
         elif self.produced >= self.options.max_tokens:
             self.text += self.tracker.flush()
             self.finish = "length"
-
-
-def sample(
-    logits: torch.Tensor, rows: Sequence[Row], picks: torch.Tensor | None = None
-) -> torch.Tensor:
-    """One token per row from (B, V) float logits: greedy where temperature is 0, else
-    temperature + top-p (nucleus) sampling with the row's own generator. ``picks``: each row's
-    argmax, when the watermark's pass already found it."""
-    tokens = picks if picks is not None else logits.argmax(dim=-1)  # (B,)
-    temps = torch.tensor([r.options.temperature for r in rows], device=logits.device)
-    sampled = (temps > 0).nonzero().flatten().tolist()
-    if not sampled:
-        return tokens
-    probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)  # (B, V)
-    top_p = torch.tensor([r.options.top_p for r in rows], device=logits.device)
-    if bool((top_p < 1).any()):
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest set of most likely tokens whose mass reaches top_p.
-        sorted_p[(sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    for i in sampled:
-        tokens[i] = torch.multinomial(probs[i], 1, generator=rows[i].generator)[0]
-    return tokens
 
 
 def _logprobs(
@@ -181,16 +160,19 @@ def decode(
     logits = forward(ids, positions)
     last = positions[:, -1]  # (B,)
     live = rows
-    marks = WatermarkState.for_rows(
-        [r.options.watermark for r in rows], device, [r.options.temperature for r in rows]
+    sampler = sampler_for(
+        [r.options.watermark for r in rows],
+        [r.options.temperature for r in rows],
+        [r.options.top_p for r in rows],
+        [r.seed for r in rows],
+        device,
     )
+    wants_logprobs = any(r.options.logprobs is not None for r in rows)
     while True:
-        if marks is not None:  # each row's account key biases its own green tokens
-            logits = marks.apply(logits)
-        tokens = sample(logits, live, marks.picks if marks is not None else None)
-        if marks is not None:  # before on_step wakes the event loop (see CompiledState)
-            marks.advance(tokens)
-        logprobs = _logprobs(logits, tokens, live, text_of)
+        # logprobs are the model's own (a watermarked greedy row's logits are biased in place)
+        own = logits.clone() if wants_logprobs else logits
+        tokens = sampler.choose(logits)
+        logprobs = _logprobs(own, tokens, live, text_of)
         for row, token, lp in zip(live, tokens.tolist(), logprobs, strict=True):
             row.advance(token, eos_ids, lp)
             if row.finish is None and row.job.cancelled:
@@ -202,8 +184,7 @@ def decode(
         if len(keep) < len(live):  # drop finished rows from the batch and its KV cache
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
-            if marks is not None:
-                marks.select(index)
+            sampler.select(index)
             mask, last, tokens = mask[index], last[index], tokens[index]
             live = [live[i] for i in keep]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)

@@ -41,7 +41,7 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     """Strings that end a choice; the text returned stops before them."""
     seed: int | None = None
-    """Same seed, same request → same answer (per-choice generators)."""
+    """Same seed, same request → same answer (each choice its own stream of draws)."""
     n: int = 1
     """Choices per prompt."""
     logprobs: int | None = None

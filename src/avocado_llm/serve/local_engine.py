@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from avocado_llm.protect import kernel
 from avocado_llm.serve.batching import Row, TextTracker, decode
 from avocado_llm.serve.engine import Delta, EngineError, Prompt, SamplingOptions, Usage
+from avocado_llm.serve.sampling import row_seed
 from avocado_llm.teachers.hf import END_OF_TURN, pick_device
 
 log = logging.getLogger("avocado.serve.engine")
@@ -237,16 +238,11 @@ class LocalEngine:
             opts = job.options
             for p, prompt in enumerate(job.prompts):
                 for s in range(opts.n):
-                    generator = None
-                    if opts.temperature > 0:
-                        generator = torch.Generator(device=self.device)
-                        if opts.seed is None:
-                            generator.seed()
-                        else:  # each choice its own stream, reproducible
-                            generator.manual_seed(opts.seed + p * opts.n + s)
+                    choice = p * opts.n + s
+                    seed = row_seed(opts.seed, choice)  # each choice its own, reproducible
                     tracker = TextTracker(self.tokenizer, opts.stop)
                     ids = list(prompt.token_ids or ())
-                    rows.append(Row(job, p * opts.n + s, ids, opts, tracker, generator))
+                    rows.append(Row(job, choice, ids, opts, tracker, seed))
         return rows
 
     @staticmethod

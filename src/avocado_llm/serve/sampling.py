@@ -1,0 +1,217 @@
+"""How each row of a decode step picks its token: greedy where the temperature is 0, else
+temperature and top-p (nucleus) sampling — with the row's watermark, where it has one.
+
+**The draws.** A sampled row's uniforms come from a counter-based generator,
+``U(seed, step, k)``: a hash of the row's 62-bit seed, the number of tokens it has produced
+and the draw's index within the step (the watermark's rejection sampler may take several). No
+generator state travels with a row, so its tokens depend on its seed and its own logits only
+— not on the rows it shares a batch with, their order, or how many draws another row took —
+and the tensors (any device) and the compiled CPU kernel get the same bits. One draw is one
+``searchsorted`` in the row's cumulative distribution, for every row of the batch at once (a
+``torch.multinomial`` per row, with its own ``torch.Generator``, cost ~35 µs a row: over a
+millisecond a step for 32 sampled rows of the tiny student).
+
+**top_p** keeps, of the model's own distribution at the row's temperature, the most likely
+tokens whose mass reaches ``top_p`` (the first token always); the watermark then biases its
+green tokens within that nucleus.
+
+Two implementations of one decode-step interface (``choose(logits) -> tokens``, then
+``select(index)`` when rows leave):
+
+- :class:`~avocado_llm.protect.kernel.CompiledState` on the CPU (numba): the softmax and the
+  cumulative sum on tensors, then one compiled call for every row — the greedy argmax, the
+  watermark and the draw. A watermarked sampled row is drawn by rejection (propose from the
+  model's distribution, accept a red token with probability ``e^(-delta/T)``): the same
+  distribution as biasing the logits, at the cost of one or two hashes instead of a hash per
+  candidate token.
+- :class:`TensorSampler` elsewhere (a GPU, or no numba): the watermark's tensor or Triton
+  state biases the logits, then the draw on tensors.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from avocado_llm.protect import kernel
+from avocado_llm.protect.marking import WatermarkState
+from avocado_llm.protect.scheme import MASK31, Watermark, _mix
+
+if TYPE_CHECKING:
+    from avocado_llm.protect.gpu_kernel import TritonState
+
+SEED_BITS = 62
+DRAWS_PER_STEP = 16
+"""Uniforms a row may take in one step (``k`` below this): the rejection sampler's tries,
+two each, and its exact fallback."""
+COUNTER_SALT = 0x2545F491  # keeps the two halves' inputs apart
+
+
+def row_seed(seed: int | None, choice: int) -> int:
+    """The seed of one choice of a request: ``seed + choice`` (each choice its own stream),
+    modulo 2^62; a random one when the request has none."""
+    if seed is None:
+        return secrets.randbits(SEED_BITS)
+    return (seed + choice) % (1 << SEED_BITS)
+
+
+def seed_words(seed: int) -> tuple[int, int]:
+    """A 62-bit seed as the generator's two 31-bit words."""
+    return seed & MASK31, (seed >> 31) & MASK31
+
+
+def uniforms(s0: torch.Tensor, s1: torch.Tensor, step: torch.Tensor, k: int) -> torch.Tensor:
+    """``U(seed, step, k)`` in [0, 1) as float64, with 53 random bits, for int64 tensors of
+    seed words and steps (broadcasting): ``c = step · 16 + k``,
+    ``hi = mix(s0 ^ mix(c))``, ``lo = mix(s1 ^ hi ^ mix(c ^ SALT))`` (31 bits each, the
+    watermark's integer mix: the same bits on any device and in the kernel)."""
+    c = step * DRAWS_PER_STEP + k
+    hi = _mix(s0 ^ _mix(c))
+    lo = _mix(s1 ^ hi ^ _mix(c ^ COUNTER_SALT))
+    return ((hi << 22) + (lo >> 9)).double() * 2.0**-53
+
+
+def probabilities(
+    logits: torch.Tensor, temps: torch.Tensor, top_p: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, V) float32: each row's softmax at its temperature (greedy rows: any), zero outside
+    its nucleus when ``top_p`` (B,) is given (unnormalised: the draw scales by the row's
+    total)."""
+    probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
+    if top_p is not None:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        sorted_p[(sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return probs
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B,) the token at quantile ``u`` (B,) of each row's (unnormalised) distribution: the
+    first whose cumulative mass exceeds ``u · total`` (never a token of probability 0)."""
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    target = (u * cdf[:, -1])[:, None]
+    picked = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return picked.clamp(max=probs.shape[-1] - 1)
+
+
+class Sampler(Protocol):
+    """One batch's token choice, step after step."""
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B,) each row's token from its (B, V) float logits (a watermarked greedy row's are
+        biased in place)."""
+        ...
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only these rows (finished rows left the batch)."""
+        ...
+
+
+class TensorSampler:
+    """The decode step on tensors (a GPU, or a CPU without numba): the watermark state (the
+    device's compiled one where it runs) biases the logits, then every sampled row draws its
+    token at once."""
+
+    def __init__(
+        self,
+        marks: Sequence[Watermark | None],
+        temperatures: Sequence[float],
+        top_ps: Sequence[float],
+        seeds: Sequence[int],
+        device: torch.device,
+        compiled: bool | None = None,
+    ) -> None:
+        temps = [max(float(t), 0.0) for t in temperatures]
+        self.temps = torch.tensor(temps, device=device)
+        self.top_p = torch.tensor([float(p) for p in top_ps], device=device)
+        words = [seed_words(s) for s in seeds]
+        self.s0 = torch.tensor([w[0] for w in words], dtype=torch.long, device=device)
+        self.s1 = torch.tensor([w[1] for w in words], dtype=torch.long, device=device)
+        self.step = torch.zeros(len(temps), dtype=torch.long, device=device)
+        self.any_sampled = any(t > 0 for t in temps)
+        self.nucleus = any(t > 0 and p < 1 for t, p in zip(temps, top_ps, strict=True))
+        self.marks: WatermarkState | kernel.CompiledState | TritonState | None = (
+            WatermarkState.for_rows(marks, device, temps, compiled)
+        )
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = None
+        if self.nucleus:  # the model's own nucleus, before the watermark's bias
+            probs = probabilities(logits, self.temps, self.top_p)
+        marks = self.marks
+        if marks is not None:
+            logits = marks.apply(logits)
+        tokens = marks.picks if marks is not None and marks.picks is not None else None
+        if tokens is None:
+            tokens = logits.argmax(dim=-1)
+        if self.any_sampled:
+            biased = probabilities(logits, self.temps, None)
+            if probs is not None:  # the biased distribution within the model's nucleus
+                biased = torch.where(probs > 0, biased, torch.zeros_like(biased))
+            drawn = draw(biased, uniforms(self.s0, self.s1, self.step, 0))
+            tokens = torch.where(self.temps > 0, drawn, tokens)
+        if marks is not None:
+            marks.advance(tokens)
+        self.step += 1
+        return tokens
+
+    def select(self, index: torch.Tensor) -> None:
+        for name in ("temps", "top_p", "s0", "s1", "step"):
+            setattr(self, name, getattr(self, name)[index])
+        if self.marks is not None:
+            self.marks.select(index)
+
+
+class CompiledSampler:
+    """The decode step on the CPU: the softmax and its cumulative sum on tensors (only when a
+    row samples), then one compiled call for every row (:meth:`CompiledState.choose
+    <avocado_llm.protect.kernel.CompiledState.choose>`)."""
+
+    def __init__(
+        self,
+        marks: Sequence[Watermark | None],
+        temperatures: Sequence[float],
+        top_ps: Sequence[float],
+        seeds: Sequence[int],
+    ) -> None:
+        temps = [max(float(t), 0.0) for t in temperatures]
+        self.state = kernel.CompiledState(marks, temps, seeds)
+        self.temps = torch.tensor(temps)
+        self.top_p = torch.tensor([float(p) for p in top_ps])
+        self._refresh()
+
+    def _refresh(self) -> None:
+        sampled = self.temps > 0
+        self.any_sampled = bool(sampled.any())
+        self.nucleus = bool((sampled & (self.top_p < 1)).any())
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        cdf = None
+        if self.any_sampled:
+            probs = probabilities(logits, self.temps, self.top_p if self.nucleus else None)
+            cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+        return self.state.choose(logits, cdf)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.state.select(index)
+        self.temps, self.top_p = self.temps[index], self.top_p[index]
+        self._refresh()
+
+
+def sampler_for(
+    marks: Sequence[Watermark | None],
+    temperatures: Sequence[float],
+    top_ps: Sequence[float],
+    seeds: Sequence[int],
+    device: torch.device,
+    compiled: bool | None = None,
+) -> Sampler:
+    """The batch's sampler: the compiled kernel on a CPU where numba runs, else tensors
+    (``compiled`` True or False asks for one of them)."""
+    if device.type == "cpu" and (kernel.available() if compiled is None else compiled):
+        return CompiledSampler(marks, temperatures, top_ps, seeds)
+    return TensorSampler(marks, temperatures, top_ps, seeds, device, compiled)

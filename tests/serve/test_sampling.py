@@ -1,0 +1,163 @@
+"""The decode step's token choice (``avocado_llm.serve.sampling``): the counter-based draws, the
+exact distribution of both samplers (the compiled one's rejection sampler for watermarked rows
+included), and a row's tokens depending on its seed and logits only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avocado_llm.protect import kernel
+from avocado_llm.protect.scheme import START, Watermark, WatermarkParams, green_mask
+from avocado_llm.serve import sampling
+from avocado_llm.serve.sampling import (
+    CompiledSampler,
+    TensorSampler,
+    row_seed,
+    sampler_for,
+    seed_words,
+    uniforms,
+)
+
+CPU = torch.device("cpu")
+NO_GATE = WatermarkParams(min_entropy=0.0)
+
+
+def chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
+    expected = probs * counts.sum()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "a token of probability 0 was drawn"
+    return float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
+
+
+def make(compiled: bool, marks: list, temps: list, top_ps: list, seeds: list) -> sampling.Sampler:
+    sampler = sampler_for(marks, temps, top_ps, seeds, CPU, compiled)
+    assert isinstance(sampler, CompiledSampler if compiled else TensorSampler)
+    return sampler
+
+
+def test_the_kernel_draws_the_same_uniforms_as_the_tensors() -> None:
+    seeds = [0, 1, 7, (1 << 62) - 1, row_seed(123456789123, 5), row_seed(-3, 0)]
+    for seed in seeds:
+        s0, s1 = seed_words(seed)
+        steps = torch.tensor([0, 1, 2, 1000, 123457])
+        for k in (0, 1, 8, 15):
+            ours = uniforms(torch.tensor(s0), torch.tensor(s1), steps, k).tolist()
+            theirs = [kernel._uniform(s0, s1, int(t), k) for t in steps]
+            assert ours == theirs
+            assert all(0 <= u < 1 for u in ours)
+
+
+def test_the_uniforms_are_uniform_and_their_streams_apart() -> None:
+    """200,000 draws (1,000 seeds × 200 steps): the histogram over 100 bins, and the
+    correlation of a draw with the next step's and with the neighbouring seed's."""
+    seeds = torch.tensor([row_seed(None, 0) for _ in range(1000)])
+    s0, s1 = seeds & ((1 << 31) - 1), (seeds >> 31) & ((1 << 31) - 1)
+    steps = torch.arange(200)
+    u = uniforms(s0[:, None], s1[:, None], steps[None, :], 0)  # (1000, 200)
+    counts = np.bincount((u.flatten() * 100).long().numpy(), minlength=100)
+    assert chi_square(counts, np.full(100, 0.01)) < 99 + 6 * 14  # 99 dof, 6 sd
+    assert abs(float(u.mean()) - 0.5) < 0.005
+    for a, b in ((u[:, :-1], u[:, 1:]), (u[:-1], u[1:])):
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert abs(float(corr)) < 0.01
+    # the k-th draw of a step is its own: not the next step's first
+    other = uniforms(s0[:, None], s1[:, None], steps[None, :], 1)
+    assert abs(float(torch.corrcoef(torch.stack([u.flatten(), other.flatten()]))[0, 1])) < 0.01
+
+
+def test_row_seeds() -> None:
+    assert row_seed(7, 2) == 9 and row_seed(-1, 0) == (1 << 62) - 1
+    assert row_seed(None, 0) != row_seed(None, 0)  # a random one (equal: 1 in 2^62)
+    assert 0 <= row_seed(None, 3) < 1 << 62
+
+
+def target(logits: torch.Tensor, temp: float, top_p: float, bias: torch.Tensor) -> np.ndarray:
+    """The exact distribution: the model's nucleus at ``temp``, then within it the softmax of
+    the biased logits."""
+    p = torch.softmax(logits.double() / temp, dim=-1)
+    order = p.argsort(descending=True)
+    before = p[order].cumsum(0) - p[order]
+    nucleus = torch.zeros_like(p, dtype=torch.bool)
+    nucleus[order[before <= top_p]] = True
+    q = torch.softmax((logits.double() + bias) / temp, dim=-1) * nucleus
+    return (q / q.sum()).numpy()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(
+    ("temp", "top_p", "delta"),
+    [(1.0, 1.0, 0.0), (0.7, 0.8, 0.0), (1.0, 1.0, 3.0), (0.7, 0.9, 3.0), (0.08, 1.0, 3.0)],
+)
+def test_the_draws_follow_the_biased_distribution(
+    compiled: bool, temp: float, top_p: float, delta: float
+) -> None:
+    """20,000 rows with the same logits, key and context (one green list) and their own
+    seeds: the tokens' counts against the exact distribution (chi-square, 7 dof). The last
+    case (T = 0.08: a red token is kept with probability e^-37) has the green candidates at a
+    few percent of the mass, so the rejection sampler mostly falls back to its exact draw."""
+    n, vocab = 20_000, 8
+    logits = torch.tensor([2.0, 1.6, 1.5, 0.8, 0.0, -0.5, -1.0, -9.0])
+    if temp < 0.1:
+        logits = torch.tensor([2.0, 1.9, 1.8, 1.75, 1.7, 0.0, -1.0, -2.0])
+    mark = Watermark(key=5, delta=delta, params=NO_GATE) if delta else None
+    seeds = [row_seed(1000, i) for i in range(n)]
+    sampler = make(compiled, [mark] * n, [temp] * n, [top_p] * n, seeds)
+    tokens = sampler.choose(logits.expand(n, vocab).clone())
+    bias = torch.zeros(vocab)
+    if mark is not None:
+        green = green_mask(torch.tensor([5]), torch.full((1, 2), START), vocab, 0.5)[0]
+        if temp < 0.1:  # the setting it is meant for: the top token red, a few green below
+            assert not bool(green[0]) and 0 < int(green[:5].sum()) < 5
+        reach = delta + 12.0 * temp
+        bias = (green & (logits >= logits.max() - reach)).double() * delta
+    counts = np.bincount(tokens.numpy(), minlength=vocab)
+    assert chi_square(counts, target(logits, temp, top_p, bias)) < 30  # p ≈ 1e-4 at 7 dof
+
+
+def test_compiled_and_tensor_samplers_draw_the_same_tokens_without_a_watermark() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 64, 300, generator=gen) * 3
+    temps = [0.0, 0.5, 1.0, 1.0, 1.3, 0.9] * 4
+    top_ps = [1.0, 1.0, 1.0, 0.9, 0.5, 0.95] * 4
+    seeds = [row_seed(42, i) for i in range(24)]
+    out = []
+    for compiled in (True, False):
+        sampler = make(compiled, [None] * 24, temps, top_ps, seeds)
+        out.append(torch.stack([sampler.choose(logits[s, :24].clone()).clone() for s in range(6)]))
+    assert torch.equal(out[0], out[1])
+    assert torch.equal(out[0][:, 0], logits[:, 0].argmax(-1))  # the greedy row
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_rows_tokens_depend_on_its_seed_only(compiled: bool) -> None:
+    """Row 3's answer alone, in a batch of 8 in another order (with rows watermarked and
+    rows leaving): the same tokens. Another seed: other tokens."""
+    gen = torch.Generator().manual_seed(1)
+    steps, vocab = 12, 50
+    logits = torch.randn(steps, vocab, generator=gen) * 1.5
+    mark = Watermark(key=9, params=NO_GATE)
+
+    def answer(seed: int, batch: int, place: int) -> list[int]:
+        marks = [Watermark(key=i + 100) if i % 2 else None for i in range(batch)]
+        marks[place] = mark
+        seeds = [row_seed(7, i) for i in range(batch)]
+        seeds[place] = seed
+        sampler = make(compiled, marks, [1.0] * batch, [1.0] * batch, seeds)
+        rows, out = list(range(batch)), []
+        for step in range(steps):
+            noise = torch.randn(len(rows), vocab, generator=gen)
+            batch_logits = noise.clone()
+            batch_logits[rows.index(place)] = logits[step]
+            out.append(int(sampler.choose(batch_logits)[rows.index(place)]))
+            if step == 4 and batch > 1:  # two rows leave
+                keep = [i for i, r in enumerate(rows) if r in (place, 0, batch - 1)]
+                sampler.select(torch.tensor(keep))
+                rows = [rows[i] for i in keep]
+        return out
+
+    alone = answer(row_seed(3, 0), 1, 0)
+    assert answer(row_seed(3, 0), 8, 3) == alone
+    assert answer(row_seed(3, 0), 8, 6) == alone
+    assert answer(row_seed(4, 0), 8, 3) != alone
