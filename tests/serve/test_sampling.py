@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avocado_llm.protect import kernel
-from avocado_llm.protect.scheme import START, Watermark, WatermarkParams, green_mask
+from avocado_llm.protect.scheme import START, Watermark, WatermarkParams, gate_entropy, green_mask
 from avocado_llm.serve import sampling
 from avocado_llm.serve.sampling import (
     CompiledSampler,
@@ -87,21 +87,30 @@ def target(logits: torch.Tensor, temp: float, top_p: float, bias: torch.Tensor) 
 
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize(
-    ("temp", "top_p", "delta"),
-    [(1.0, 1.0, 0.0), (0.7, 0.8, 0.0), (1.0, 1.0, 3.0), (0.7, 0.9, 3.0), (0.08, 1.0, 3.0)],
+    ("temp", "top_p", "delta", "gated"),
+    [
+        (1.0, 1.0, 0.0, False),
+        (0.7, 0.8, 0.0, False),
+        (1.0, 1.0, 3.0, False),
+        (1.0, 0.9, 3.0, True),
+        (0.7, 0.9, 3.0, True),
+        (0.08, 1.0, 3.0, False),
+    ],
 )
 def test_the_draws_follow_the_biased_distribution(
-    compiled: bool, temp: float, top_p: float, delta: float
+    compiled: bool, temp: float, top_p: float, delta: float, gated: bool
 ) -> None:
     """20,000 rows with the same logits, key and context (one green list) and their own
-    seeds: the tokens' counts against the exact distribution (chi-square, 7 dof). The last
-    case (T = 0.08: a red token is kept with probability e^-37) has the green candidates at a
-    few percent of the mass, so the rejection sampler mostly falls back to its exact draw."""
+    seeds: the tokens' counts against the exact distribution (chi-square, 7 dof); gated: the
+    default gate, open (entropy 1.6 nats). The last case (T = 0.08: a red token is kept with
+    probability e^-37) has the green candidates at a few percent of the mass, so the rejection
+    sampler mostly falls back to its exact draw."""
     n, vocab = 20_000, 8
     logits = torch.tensor([2.0, 1.6, 1.5, 0.8, 0.0, -0.5, -1.0, -9.0])
     if temp < 0.1:
         logits = torch.tensor([2.0, 1.9, 1.8, 1.75, 1.7, 0.0, -1.0, -2.0])
-    mark = Watermark(key=5, delta=delta, params=NO_GATE) if delta else None
+    params = WatermarkParams() if gated else NO_GATE
+    mark = Watermark(key=5, delta=delta, params=params) if delta else None
     seeds = [row_seed(1000, i) for i in range(n)]
     sampler = make(compiled, [mark] * n, [temp] * n, [top_p] * n, seeds)
     tokens = sampler.choose(logits.expand(n, vocab).clone())
@@ -161,3 +170,59 @@ def test_a_rows_tokens_depend_on_its_seed_only(compiled: bool) -> None:
     assert answer(row_seed(3, 0), 8, 3) == alone
     assert answer(row_seed(3, 0), 8, 6) == alone
     assert answer(row_seed(4, 0), 8, 3) != alone
+
+
+def test_the_gate_from_the_probabilities_is_the_entropy_of_the_logits() -> None:
+    """A row at temperature 1 takes its gate's entropy from the softmax the sampler computed
+    and any token of it (no exponential): the same as the tensors' ``gate_entropy`` within
+    float32 rounding, whichever token anchors it."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(300, 512, generator=gen) * torch.linspace(0.2, 12.0, 300)[:, None]
+    logits[::7, :3] += 25  # sure rows, far from 0
+    probs = torch.softmax(logits, dim=-1)
+    want = gate_entropy(logits.double())
+    for i in range(300):
+        p, x = probs[i].numpy(), logits[i].numpy()
+        for anchor in (int(logits[i].argmax()), int(torch.multinomial(probs[i], 1, generator=gen))):
+            lean, mass = kernel._lean(p, x, float(x[anchor]))
+            got = lean / mass - np.log(p[anchor] / mass)
+            assert abs(got - float(want[i])) < 2e-5
+
+
+def test_a_shut_gate_draws_the_models_own_token() -> None:
+    """Watermarked rows at temperature 1 whose entropy is below the gate draw exactly the
+    tokens of the same rows without a watermark (same seeds); open ones do not always."""
+    gen = torch.Generator().manual_seed(4)
+    n, vocab = 400, 64
+    logits = torch.randn(n, vocab, generator=gen)
+    logits[: n // 2, 0] += 12  # sure: entropy well below 0.8 nats
+    entropy = gate_entropy(logits)
+    assert bool((entropy[: n // 2] < 0.7).all()) and bool((entropy[n // 2 :] > 0.9).all())
+    seeds = [row_seed(11, i) for i in range(n)]
+    marks = [Watermark(key=i + 1) for i in range(n)]
+    plain = make(True, [None] * n, [1.0] * n, [1.0] * n, seeds).choose(logits.clone()).clone()
+    marked = make(True, marks, [1.0] * n, [1.0] * n, seeds).choose(logits.clone())
+    assert torch.equal(marked[: n // 2], plain[: n // 2])
+    assert not torch.equal(marked[n // 2 :], plain[n // 2 :])
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_the_rejection_sampler_weighs_only_candidates_within_reach(lazy: bool) -> None:
+    """``_draw_marked`` on a made-up row (every token green): proposals uniform over four
+    tokens, logits 0, -14.9, -15.1 and -20 with reach 15: the first two are candidates (weight
+    1), the others weigh ``red``. ``lazy``: the cut is not given and no probability is sure
+    (the sampler finds the top itself); else the cut is given."""
+    row = np.array([0.0, -14.9, -15.1, -20.0], dtype=np.float32)
+    cdf = np.array([0.25, 0.5, 0.75, 1.0])
+    red = float(np.exp(-1.0))
+    tables = torch.arange(4, dtype=torch.long).numpy()  # any token mix: gamma 1, all green
+    probs = np.full(4, 1e-9, dtype=np.float32) if lazy else np.empty(0, dtype=np.float32)
+    cut = np.nan if lazy else -15.0
+    counts = np.zeros(4)
+    for i in range(20_000):
+        s0, s1 = seed_words(row_seed(77, i))
+        t = kernel._draw_marked(row, cdf, cut, red, s0, s1, 3, 12345, 2.0**31, tables,
+                                probs, 1.0, 15.0)  # fmt: skip
+        counts[t] += 1
+    weights = np.array([1.0, 1.0, red, red])
+    assert chi_square(counts, weights / weights.sum()) < 25  # 3 dof: p ≈ 1.5e-5

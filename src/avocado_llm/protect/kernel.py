@@ -197,6 +197,7 @@ ROW_KEY, ROW_WIDTH, ROW_S0, ROW_S1, ROW_STEP, ROW_CONTEXT = 0, 1, 2, 3, 4, 5
 its sampling seed, the tokens it has produced, its context."""
 ROW_DELTA, ROW_MIN_ENTROPY, ROW_TEMPERATURE, ROW_GAMMA = 0, 1, 2, 3
 """Columns of the (B, 4) float32 row state."""
+_NO_ROW = np.empty(0, dtype=np.float32)
 
 REJECT_TRIES = 4
 """A watermarked sampled row: proposals from the model's distribution before the exact
@@ -239,19 +240,35 @@ def _draw_marked(
     seed: int,
     threshold: float,
     token_mix: np.ndarray,
+    probs: np.ndarray,
+    sure: float,
+    reach: float,
 ) -> int:
     """A token from the row's distribution with its green candidates (logit ≥ ``cut``) weighed
     ``e^(delta/T)`` times the rest — the softmax of the biased logits — by rejection: propose
     from the model's distribution (``cdf``), keep a green candidate, keep any other with
     probability ``red = e^(-delta/T)``. After ``REJECT_TRIES`` proposals, an exact draw over
     the whole row (which keeps the distribution exact: an accepted proposal is distributed as
-    the target whichever try it came from)."""
+    the target whichever try it came from).
+
+    ``cut`` NaN: not known yet (the row's top logit was never looked for); then a token whose
+    probability (``probs``) is at least ``sure`` is a candidate (within ``reach`` of the top
+    whatever the top), and the cut is found — one pass — only for a token below that."""
     for k in range(REJECT_TRIES):
         t = _search(cdf, _uniform(s0, s1, step, 2 * k))
-        if row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold:
+        if _mix(seed ^ token_mix[t]) < threshold:
+            if not (probs.shape[0] > 0 and probs[t] >= sure):
+                if cut != cut:
+                    cut = _top(row) - reach
+                if row[t] < cut:
+                    if _uniform(s0, s1, step, 2 * k + 1) < red:
+                        return t
+                    continue
             return t
         if _uniform(s0, s1, step, 2 * k + 1) < red:
             return t
+    if cut != cut:
+        cut = _top(row) - reach
     total = 0.0  # the target's mass, green candidates weighing 1 and the rest ``red``
     before = 0.0
     for t in range(cdf.shape[0]):
@@ -278,6 +295,28 @@ def _draw_marked(
     return last
 
 
+def _top(row: np.ndarray) -> float:
+    """The largest logit of a row."""
+    top = row[0]
+    for i in range(1, row.shape[0]):
+        if row[i] > top:
+            top = row[i]
+    return top
+
+
+def _lean(probs: np.ndarray, row: np.ndarray, anchor: float) -> tuple[float, float]:
+    """``Σ p_i (anchor - x_i)`` and ``Σ p_i`` over a row: one pass of multiply-adds in float32
+    (compiled with fastmath: vectorised)."""
+    t = np.float32(anchor)
+    lean = np.float32(0.0)
+    mass = np.float32(0.0)
+    for i in range(probs.shape[0]):
+        p = probs[i]
+        lean += p * (t - row[i])
+        mass += p
+    return float(lean), float(mass)
+
+
 def _context_seed(ints: np.ndarray, b: int, h: int, vocab: int, context_mix: np.ndarray) -> int:
     """Row ``b``'s green-list seed: its mixed key mixed with its context (START-padded to the
     batch's h where its own is shorter)."""
@@ -302,6 +341,7 @@ def _mark_rows(
     gated: bool,
     spread: float,
     cdf: np.ndarray,  # (B, V) float64 cumulative distributions of the sampled rows, or (0, 0)
+    probs: np.ndarray,  # (B, V) float32 the softmax at each row's temperature, with ``cdf``
 ) -> int:
     """Shift ``tokens`` into the contexts and keep only the rows ``keep`` (when ``compact``:
     rows left the batch); then bias every row's green tokens within reach of its top logit and
@@ -315,7 +355,10 @@ def _mark_rows(
     With ``cdf`` (the decode loop's :meth:`CompiledState.choose`), a row of temperature above
     0 is drawn instead: from its ``cdf`` row where it has no watermark or its gate is shut,
     else by :func:`_draw_marked` (its logits are left unbiased), with its own uniforms; every
-    row's step counter advances.
+    row's step counter advances. A watermarked row at temperature 1 of a vocabulary up to
+    ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (:func:`_lean`: one
+    vectorised pass, no exponential) and needs no top logit (unless the rejection sampler
+    meets a green token too unlikely to be surely within reach).
 
     One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
     top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
@@ -340,6 +383,24 @@ def _mark_rows(
         sampled = drawing and floats[b, ROW_TEMPERATURE] > 0
         if sampled and d == 0:  # no watermark: the model's own draw, no pass over the logits
             picks[b] = _search(cdf[b], _uniform(ints[b, ROW_S0], ints[b, ROW_S1], step, 0))
+            continue
+        if sampled and not big and floats[b, ROW_TEMPERATURE] == 1:  # probs: at temperature 1
+            # the first proposal is the model's own draw: the token when the gate is shut
+            s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
+            first = _search(cdf[b], _uniform(s0, s1, step, 0))
+            picks[b] = first
+            lean, mass = _lean(probs[b], row, float(row[first]))
+            # H = Σ q_i (x_first - x_i) - log q_first, q = probs / mass: no exponential
+            entropy = lean / mass - math.log(probs[b, first] / mass)
+            if gated and entropy < floats[b, ROW_MIN_ENTROPY]:
+                continue
+            reach = d + np.float32(spread)
+            sure = mass * math.exp(-float(reach)) * (1.0 + 1e-4)
+            threshold = float(floats[b, ROW_GAMMA]) * 2147483648.0
+            s = _context_seed(ints, b, h, vocab, context_mix)
+            picks[b] = _draw_marked(row, cdf[b], np.nan, math.exp(-float(d)), s0, s1, step, s,
+                                    threshold, token_mix, probs[b], sure, reach)  # fmt: skip
+            biased += 1
             continue
         if big:
             _top_k(row, k, values, index)
@@ -372,7 +433,7 @@ def _mark_rows(
                 red = math.exp(-float(d) / float(floats[b, ROW_TEMPERATURE]))
                 s = _context_seed(ints, b, h, vocab, context_mix)
                 picks[b] = _draw_marked(row, cdf[b], cut, red, s0, s1, step, s, threshold,
-                                        token_mix)  # fmt: skip
+                                        token_mix, _NO_ROW, 0.0, reach)  # fmt: skip
                 biased += 1
             else:
                 picks[b] = _search(cdf[b], _uniform(s0, s1, step, 0))
@@ -452,6 +513,8 @@ if njit is not None:
     _search = _compile(_search)
     _draw_marked = _compile(_draw_marked)
     _context_seed = _compile(_context_seed)
+    _top = _compile(_top)
+    _lean = _compile(_lean, fastmath=True)
     # keeps the GIL: the step takes tens of µs (releasing it, nogil=True, measured the same)
     _mark_rows = _compile(_mark_rows)
 
@@ -473,7 +536,7 @@ def available() -> bool:
     _ = state.context  # the rare path: shift and compact outside a step
     drawn = CompiledState([Watermark(1), None, Watermark(2)], [1.0, 1.0, 0.0], seeds=[1, 2, 3])
     probs = torch.softmax(torch.zeros(3, 8), dim=-1)
-    drawn.choose(torch.zeros(3, 8), probs.cumsum(-1, dtype=torch.float64))
+    drawn.choose(torch.zeros(3, 8), probs, probs.cumsum(-1, dtype=torch.float64))
     global _mark_rows_entry
     signatures = _mark_rows.signatures  # type: ignore[attr-defined]
     if len(signatures) == 1:
@@ -490,6 +553,7 @@ student's decode step, measured. Only for arguments of exactly those types."""
 
 _NO_TOKENS = np.empty(0, dtype=np.int64)
 _NO_CDF = np.empty((0, 0), dtype=np.float64)
+_NO_PROBS = np.empty((0, 0), dtype=np.float32)
 
 
 class CompiledState:
@@ -553,22 +617,28 @@ class CompiledState:
         """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them.
         ``picks`` is then each row's argmax of the biased logits (the sampler's greedy pick)."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
-        self._run(logits, _NO_CDF)
+        self._run(logits, _NO_CDF, _NO_PROBS)
         self.picks = self._picks_tensor
         return logits
 
-    def choose(self, logits: torch.Tensor, cdf: torch.Tensor | None) -> torch.Tensor:
+    def choose(
+        self, logits: torch.Tensor, probs: torch.Tensor | None, cdf: torch.Tensor | None
+    ) -> torch.Tensor:
         """The decode step: (B,) each row's token — the argmax of its biased logits where its
         temperature is 0, else drawn from ``cdf`` (B, V), the cumulative sum (float64) of its
         distribution at its temperature, zero outside its nucleus (watermarked rows: by
-        rejection, their logits left unbiased). The tokens are shifted into the contexts by
-        the next call; the tensor returned is rewritten by it."""
+        rejection, their logits left unbiased); ``probs`` (B, V) float32 is that distribution
+        before the nucleus. The tokens are shifted into the contexts by the next call; the
+        tensor returned is rewritten by it."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
-        self._run(logits, _NO_CDF if cdf is None else cdf.numpy())
+        if cdf is None or probs is None:
+            self._run(logits, _NO_CDF, _NO_PROBS)
+        else:
+            self._run(logits, cdf.numpy(), probs.numpy())
         self._tokens = self._picks  # the kernel reads them before it writes the next picks
         return self._picks_tensor
 
-    def _run(self, logits: torch.Tensor, cdf: np.ndarray) -> None:
+    def _run(self, logits: torch.Tensor, cdf: np.ndarray, probs: np.ndarray) -> None:
         """One compiled call: the pending shift and compaction, then every row's step."""
         if self._tables is None:  # one model, one vocabulary: looked up once
             tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
@@ -580,7 +650,7 @@ class CompiledState:
         run = _mark_rows_entry if logits.dtype == torch.float32 else None
         (run or _mark_rows)(logits.numpy(), self._tokens, _NO_TOKENS if keep is None else keep,
                             keep is not None, self.ints, self.floats, *self._tables,
-                            self._picks, self.greedy, self.gated, SPREAD, cdf)  # fmt: skip
+                            self._picks, self.greedy, self.gated, SPREAD, cdf, probs)  # fmt: skip
         self._tokens, self._keep = _NO_TOKENS, None
 
     def advance(self, tokens: torch.Tensor) -> None:

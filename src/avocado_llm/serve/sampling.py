@@ -74,19 +74,17 @@ def uniforms(s0: torch.Tensor, s1: torch.Tensor, step: torch.Tensor, k: int) -> 
     return ((hi << 22) + (lo >> 9)).double() * 2.0**-53
 
 
-def probabilities(
-    logits: torch.Tensor, temps: torch.Tensor, top_p: torch.Tensor | None
-) -> torch.Tensor:
-    """(B, V) float32: each row's softmax at its temperature (greedy rows: any), zero outside
-    its nucleus when ``top_p`` (B,) is given (unnormalised: the draw scales by the row's
-    total)."""
-    probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
-    if top_p is not None:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest set of most likely tokens whose mass reaches top_p.
-        sorted_p[(sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return probs
+def probabilities(logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
+    """(B, V) float32: each row's softmax at its temperature (greedy rows: any)."""
+    return torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
+
+
+def nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """``probs`` with each row zero outside its nucleus: the smallest set of most likely tokens
+    whose mass reaches ``top_p`` (B,) (unnormalised: the draw scales by the row's total)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    sorted_p[(sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]] = 0
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -139,9 +137,9 @@ class TensorSampler:
         )
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        probs = None
+        kept = None
         if self.nucleus:  # the model's own nucleus, before the watermark's bias
-            probs = probabilities(logits, self.temps, self.top_p)
+            kept = nucleus(probabilities(logits, self.temps), self.top_p) > 0
         marks = self.marks
         if marks is not None:
             logits = marks.apply(logits)
@@ -149,9 +147,9 @@ class TensorSampler:
         if tokens is None:
             tokens = logits.argmax(dim=-1)
         if self.any_sampled:
-            biased = probabilities(logits, self.temps, None)
-            if probs is not None:  # the biased distribution within the model's nucleus
-                biased = torch.where(probs > 0, biased, torch.zeros_like(biased))
+            biased = probabilities(logits, self.temps)
+            if kept is not None:  # the biased distribution within the model's nucleus
+                biased = torch.where(kept, biased, torch.zeros_like(biased))
             drawn = draw(biased, uniforms(self.s0, self.s1, self.step, 0))
             tokens = torch.where(self.temps > 0, drawn, tokens)
         if marks is not None:
@@ -190,11 +188,11 @@ class CompiledSampler:
         self.nucleus = bool((sampled & (self.top_p < 1)).any())
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        cdf = None
-        if self.any_sampled:
-            probs = probabilities(logits, self.temps, self.top_p if self.nucleus else None)
-            cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-        return self.state.choose(logits, cdf)
+        if not self.any_sampled:
+            return self.state.choose(logits, None, None)
+        probs = probabilities(logits, self.temps)
+        kept = nucleus(probs, self.top_p) if self.nucleus else probs
+        return self.state.choose(logits, probs, kept.cumsum(dim=-1, dtype=torch.float64))
 
     def select(self, index: torch.Tensor) -> None:
         self.state.select(index)
