@@ -226,3 +226,30 @@ def test_the_rejection_sampler_weighs_only_candidates_within_reach(lazy: bool) -
         counts[t] += 1
     weights = np.array([1.0, 1.0, red, red])
     assert chi_square(counts, weights / weights.sum()) < 25  # 3 dof: p ≈ 1.5e-5
+
+
+@pytest.mark.parametrize("vocab", [300, 5000])
+def test_greedy_rows_pick_the_argmax_of_the_biased_logits(vocab: int) -> None:
+    """The compiled decode step (which skips the gate of a row whose top token is green)
+    against the tensors' (which biases every row, then takes the argmax): the same tokens,
+    step after step, as the contexts advance and rows leave; ties at the top included."""
+    gen = torch.Generator().manual_seed(vocab)
+    steps, batch = 8, 24
+    logits = torch.randn(steps, batch, vocab, generator=gen) * 2
+    logits[:, ::3, :12] = 6 + (torch.rand(steps, 8, 12, generator=gen) * 4).round() / 2  # ties
+    marks = [Watermark(key=i + 3) if i % 5 else None for i in range(batch)]
+    seeds = [row_seed(5, i) for i in range(batch)]
+    out = []
+    for compiled in (True, False):
+        sampler = make(compiled, marks, [0.0] * batch, [1.0] * batch, seeds)
+        rows, tokens = list(range(batch)), []
+        for step in range(steps):
+            tokens.append(sampler.choose(logits[step, rows].clone()).tolist())
+            if step in (2, 5):
+                keep = [i for i in range(len(rows)) if i % 4]
+                sampler.select(torch.tensor(keep))
+                rows = [rows[i] for i in keep]
+        out.append(tokens)
+    assert out[0] == out[1]
+    unmarked = [int(t) for t in logits[0].argmax(-1)]
+    assert out[0][0] != unmarked  # the watermark moved some argmax

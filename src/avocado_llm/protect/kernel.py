@@ -342,6 +342,7 @@ def _mark_rows(
     spread: float,
     cdf: np.ndarray,  # (B, V) float64 cumulative distributions of the sampled rows, or (0, 0)
     probs: np.ndarray,  # (B, V) float32 the softmax at each row's temperature, with ``cdf``
+    choosing: bool,  # the decode step (``choose``): only ``picks`` is wanted, not the logits
 ) -> int:
     """Shift ``tokens`` into the contexts and keep only the rows ``keep`` (when ``compact``:
     rows left the batch); then bias every row's green tokens within reach of its top logit and
@@ -359,6 +360,10 @@ def _mark_rows(
     ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (:func:`_lean`: one
     vectorised pass, no exponential) and needs no top logit (unless the rejection sampler
     meets a green token too unlikely to be surely within reach).
+
+    ``choosing`` (the decode step: only ``picks`` is read, not the logits): a greedy row whose
+    top token is green keeps it as its argmax whatever the gate says (the bias would raise it
+    by as much as any other green token), so the gate is not looked at.
 
     One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
     top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
@@ -415,6 +420,10 @@ def _mark_rows(
         marked = d != 0
         if marked and all_greedy and vocab > 1 and top - second > d:  # (tensors: top-2 needs 2)
             marked = False
+        if marked and choosing and not sampled:  # a green top token stays the argmax
+            s = _context_seed(ints, b, h, vocab, context_mix)
+            if _mix(s ^ token_mix[pick]) < float(floats[b, ROW_GAMMA]) * 2147483648.0:
+                continue  # (its logits are left unbiased: nobody reads them)
         if marked and gated:
             gate = floats[b, ROW_MIN_ENTROPY]
             support = min(vocab, GATE_TOP) if big else vocab
@@ -617,7 +626,7 @@ class CompiledState:
         """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them.
         ``picks`` is then each row's argmax of the biased logits (the sampler's greedy pick)."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
-        self._run(logits, _NO_CDF, _NO_PROBS)
+        self._run(logits, _NO_CDF, _NO_PROBS, False)
         self.picks = self._picks_tensor
         return logits
 
@@ -627,18 +636,20 @@ class CompiledState:
         """The decode step: (B,) each row's token — the argmax of its biased logits where its
         temperature is 0, else drawn from ``cdf`` (B, V), the cumulative sum (float64) of its
         distribution at its temperature, zero outside its nucleus (watermarked rows: by
-        rejection, their logits left unbiased); ``probs`` (B, V) float32 is that distribution
-        before the nucleus. The tokens are shifted into the contexts by the next call; the
-        tensor returned is rewritten by it."""
+        rejection); ``probs`` (B, V) float32 is that distribution before the nucleus. The
+        logits may be left biased or not (the step reads only the tokens). The tokens are
+        shifted into the contexts by the next call; the tensor returned is rewritten by it."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
         if cdf is None or probs is None:
-            self._run(logits, _NO_CDF, _NO_PROBS)
+            self._run(logits, _NO_CDF, _NO_PROBS, True)
         else:
-            self._run(logits, cdf.numpy(), probs.numpy())
+            self._run(logits, cdf.numpy(), probs.numpy(), True)
         self._tokens = self._picks  # the kernel reads them before it writes the next picks
         return self._picks_tensor
 
-    def _run(self, logits: torch.Tensor, cdf: np.ndarray, probs: np.ndarray) -> None:
+    def _run(
+        self, logits: torch.Tensor, cdf: np.ndarray, probs: np.ndarray, choosing: bool
+    ) -> None:
         """One compiled call: the pending shift and compaction, then every row's step."""
         if self._tables is None:  # one model, one vocabulary: looked up once
             tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
@@ -650,7 +661,8 @@ class CompiledState:
         run = _mark_rows_entry if logits.dtype == torch.float32 else None
         (run or _mark_rows)(logits.numpy(), self._tokens, _NO_TOKENS if keep is None else keep,
                             keep is not None, self.ints, self.floats, *self._tables,
-                            self._picks, self.greedy, self.gated, SPREAD, cdf, probs)  # fmt: skip
+                            self._picks, self.greedy, self.gated, SPREAD, cdf, probs,
+                            choosing)  # fmt: skip
         self._tokens, self._keep = _NO_TOKENS, None
 
     def advance(self, tokens: torch.Tensor) -> None:

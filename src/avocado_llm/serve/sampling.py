@@ -100,8 +100,8 @@ class Sampler(Protocol):
     """One batch's token choice, step after step."""
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B,) each row's token from its (B, V) float logits (a watermarked greedy row's are
-        biased in place)."""
+        """(B,) each row's token from its (B, V) float logits, which it may bias in place (the
+        watermark's: read the model's own before)."""
         ...
 
     def select(self, index: torch.Tensor) -> None:
