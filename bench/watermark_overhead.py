@@ -16,8 +16,9 @@ median over repeats of the arm's time over the same repeat's "off". "off again /
 noise floor of the machine: the watermark costs nothing measurable where ``on / off`` is as
 close to 1 as it is.
 
-The last line is ``ratio_greedy=<on/off> ratio_sampled=<on/off> ratio_served=<on/off>
-noise=<largest |off again/off - 1|>``.
+Each ratio comes with a 95% bootstrap interval of its median over the repeats. The last line
+is ``ratio_greedy=<on/off> ratio_sampled=<on/off> ratio_served=<on/off>
+noise=<largest |off again/off - 1|> ci_greedy=<lo>-<hi> ci_sampled=… ci_served=…``.
 
     .venv/bin/python bench/watermark_overhead.py [--model zoo/qwen-tiny] [--repeats 15]
         [--device cuda]
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import time
 from pathlib import Path
@@ -71,6 +73,16 @@ async def run_batch(
     latencies = await asyncio.gather(*[drain(g) for g in gens])
     tokens = sum(g.usage.completion_tokens for g in gens)
     return time.perf_counter() - t0, statistics.fmean(latencies), tokens
+
+
+def interval(ratios: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of paired ratios (resampling the repeats; fixed
+    seed): "nothing measurable" where it holds 1."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def synthetic_logits(vocab: int, hesitant: bool) -> torch.Tensor:
@@ -136,7 +148,7 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     await engine.start()
     prompts = [e.messages for e in generate(list(FAMILIES), "heldout", 6, seed=1)][:BATCH]
-    ratios, noise = {}, {}
+    ratios, noise, intervals = {}, {}, {}
     settings = (("greedy", 0.0, True), ("sampled", 1.0, True), ("served", 0.0, False))
     for name, temperature, ignore_eos in settings:
         await run_batch(engine, prompts, temperature, True, ignore_eos)  # warm-up
@@ -149,11 +161,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     engine, prompts, temperature, arm == "on", ignore_eos
                 )
                 times[arm].append(total if ignore_eos else latency)
-        paired = {
-            arm: statistics.median(a / b for a, b in zip(times[arm], times["off"], strict=True))
+        pairs = {
+            arm: [a / b for a, b in zip(times[arm], times["off"], strict=True)]
             for arm in ("on", "off again")
         }
-        ratios[name], noise[name] = paired["on"], paired["off again"]
+        ratios[name], noise[name] = (statistics.median(pairs[a]) for a in ("on", "off again"))
+        intervals[name] = interval(pairs["on"])
         m_off = statistics.median(times["off"])
         what = (
             f"per batch of {BATCH}×{TOKENS} tokens"
@@ -163,7 +176,8 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         print(
             f"({'a' if ignore_eos else 'c'}) {name:7s}: off {m_off * 1000:7.2f} ms {what}  "
-            f"ratio on/off {ratios[name]:.3f}  (off again/off {noise[name]:.3f})"
+            f"ratio on/off {ratios[name]:.3f} [95%: {intervals[name][0]:.3f}-"
+            f"{intervals[name][1]:.3f}]  (off again/off {noise[name]:.3f})"
         )
     await engine.aclose()
     vocab = int(engine.hf_model.config.vocab_size)
@@ -177,7 +191,8 @@ async def main_async(args: argparse.Namespace) -> None:
     spread = max(abs(v - 1) for v in noise.values())
     print(
         f"ratio_greedy={ratios['greedy']:.3f} ratio_sampled={ratios['sampled']:.3f} "
-        f"ratio_served={ratios['served']:.3f} noise={spread:.3f}"
+        f"ratio_served={ratios['served']:.3f} noise={spread:.3f} "
+        + " ".join(f"ci_{k}={lo:.3f}-{hi:.3f}" for k, (lo, hi) in intervals.items())
     )
 
 

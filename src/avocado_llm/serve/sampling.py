@@ -34,6 +34,7 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from avocado_llm.protect import kernel
@@ -63,15 +64,16 @@ def seed_words(seed: int) -> tuple[int, int]:
     return seed & MASK31, (seed >> 31) & MASK31
 
 
-def uniforms(s0: torch.Tensor, s1: torch.Tensor, step: torch.Tensor, k: int) -> torch.Tensor:
-    """``U(seed, step, k)`` in [0, 1) as float64, with 53 random bits, for int64 tensors of
-    seed words and steps (broadcasting): ``c = step · 16 + k``,
-    ``hi = mix(s0 ^ mix(c))``, ``lo = mix(s1 ^ hi ^ mix(c ^ SALT))`` (31 bits each, the
-    watermark's integer mix: the same bits on any device and in the kernel)."""
+def uniforms(s0: np.ndarray, s1: np.ndarray, step: np.ndarray, k: int) -> np.ndarray:
+    """``U(seed, step, k)`` in [0, 1) as float64, with 53 random bits, for int64 arrays of
+    seed words and steps (broadcasting): ``c = step · 16 + k``, ``hi = mix(s0 ^ mix(c))``,
+    ``lo = mix(s1 ^ hi ^ mix(c ^ SALT))`` (31 bits each, the watermark's integer mix). On the
+    host, whatever the device: a row's seed and step are known there, and a few dozen
+    operations on B numbers cost ~20 µs in numpy but ~30 kernel launches on a GPU."""
     c = step * DRAWS_PER_STEP + k
     hi = _mix(s0 ^ _mix(c))
     lo = _mix(s1 ^ hi ^ _mix(c ^ COUNTER_SALT))
-    return ((hi << 22) + (lo >> 9)).double() * 2.0**-53
+    return ((hi << 22) + (lo >> 9)).astype(np.float64) * 2.0**-53
 
 
 def probabilities(logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
@@ -127,10 +129,11 @@ class TensorSampler:
         self.temps = torch.tensor(temps, device=device)
         self.top_p = torch.tensor([float(p) for p in top_ps], device=device)
         words = [seed_words(s) for s in seeds]
-        self.s0 = torch.tensor([w[0] for w in words], dtype=torch.long, device=device)
-        self.s1 = torch.tensor([w[1] for w in words], dtype=torch.long, device=device)
-        self.step = torch.zeros(len(temps), dtype=torch.long, device=device)
+        self.s0 = np.array([w[0] for w in words], dtype=np.int64)  # on the host (uniforms)
+        self.s1 = np.array([w[1] for w in words], dtype=np.int64)
+        self.step = np.zeros(len(temps), dtype=np.int64)
         self.any_sampled = any(t > 0 for t in temps)
+        self.all_sampled = all(t > 0 for t in temps)  # (stays so as rows leave)
         self.nucleus = any(t > 0 and p < 1 for t, p in zip(temps, top_ps, strict=True))
         self.marks: WatermarkState | kernel.CompiledState | TritonState | None = (
             WatermarkState.for_rows(marks, device, temps, compiled)
@@ -144,22 +147,25 @@ class TensorSampler:
         if marks is not None:
             logits = marks.apply(logits)
         tokens = marks.picks if marks is not None and marks.picks is not None else None
-        if tokens is None:
+        if tokens is None and not self.all_sampled:
             tokens = logits.argmax(dim=-1)
         if self.any_sampled:
             biased = probabilities(logits, self.temps)
             if kept is not None:  # the biased distribution within the model's nucleus
                 biased = torch.where(kept, biased, torch.zeros_like(biased))
-            drawn = draw(biased, uniforms(self.s0, self.s1, self.step, 0))
-            tokens = torch.where(self.temps > 0, drawn, tokens)
+            u = torch.from_numpy(uniforms(self.s0, self.s1, self.step, 0))
+            drawn = draw(biased, u.to(logits.device, non_blocking=True))
+            tokens = drawn if tokens is None else torch.where(self.temps > 0, drawn, tokens)
+        assert tokens is not None
         if marks is not None:
             marks.advance(tokens)
         self.step += 1
         return tokens
 
     def select(self, index: torch.Tensor) -> None:
-        for name in ("temps", "top_p", "s0", "s1", "step"):
-            setattr(self, name, getattr(self, name)[index])
+        self.temps, self.top_p = self.temps[index], self.top_p[index]
+        rows = index.cpu().numpy()
+        self.s0, self.s1, self.step = self.s0[rows], self.s1[rows], self.step[rows]
         if self.marks is not None:
             self.marks.select(index)
 
