@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from avocado_llm.protect import kernel
+from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import START, Watermark, WatermarkParams, gate_entropy, green_mask
 from avocado_llm.serve import sampling
 from avocado_llm.serve.sampling import (
@@ -252,3 +253,32 @@ def test_greedy_rows_pick_the_argmax_of_the_biased_logits(vocab: int) -> None:
     assert out[0] == out[1]
     unmarked = [int(t) for t in logits[0].argmax(-1)]
     assert out[0][0] != unmarked  # the watermark moved some argmax
+
+
+def test_with_log_probabilities_the_logits_carry_the_watermark() -> None:
+    """A batch where a row asks for log-probabilities: the compiled step leaves in the logits
+    the biases the tensors' watermark state gives them (fed the same tokens: greedy rows and
+    drawn ones, at temperature 1 and not), so the log-probabilities a plan exposes are the
+    watermarked distribution's; without it, drawn rows' logits are left as the model gave
+    them, and the tokens are the same."""
+    gen = torch.Generator().manual_seed(8)
+    batch, vocab = 30, 400
+    logits = torch.randn(4, batch, vocab, generator=gen) * 1.5
+    logits[:, ::4, 0] += 14  # sure rows: the gate stays shut
+    temps = [(0.0, 1.0, 0.7)[i % 3] for i in range(batch)]
+    marks = [Watermark(key=i + 1) if i % 7 else None for i in range(batch)]
+    seeds = [row_seed(2, i) for i in range(batch)]
+    compiled = sampler_for(marks, temps, [1.0] * batch, seeds, CPU, True, biased_logits=True)
+    plain = sampler_for(marks, temps, [1.0] * batch, seeds, CPU, True)
+    tensors = WatermarkState.for_rows(marks, CPU, temps, compiled=False)
+    assert tensors is not None
+    drawn = torch.tensor([t > 0 for t in temps])
+    for step in range(4):
+        a, b, c = (logits[step].clone() for _ in range(3))
+        ta, tc = compiled.choose(a).clone(), plain.choose(c).clone()
+        assert torch.equal(a, tensors.apply(b))
+        tensors.advance(ta)
+        assert not torch.equal(a, logits[step])  # some row was biased
+        assert torch.equal(c[drawn], logits[step][drawn])
+        assert torch.equal(ta, tc)  # the same tokens either way
+        assert torch.equal(ta[~drawn], a[~drawn].argmax(-1))

@@ -295,6 +295,15 @@ def _draw_marked(
     return last
 
 
+def _bias_row(
+    row: np.ndarray, cut: float, d: float, seed: int, threshold: float, token_mix: np.ndarray
+) -> None:
+    """Raise the row's green candidates (logit ≥ ``cut``) by ``d``, in place."""
+    for t in range(row.shape[0]):
+        if row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold:
+            row[t] += d
+
+
 def _top(row: np.ndarray) -> float:
     """The largest logit of a row."""
     top = row[0]
@@ -342,7 +351,7 @@ def _mark_rows(
     spread: float,
     cdf: np.ndarray,  # (B, V) float64 cumulative distributions of the sampled rows, or (0, 0)
     probs: np.ndarray,  # (B, V) float32 the softmax at each row's temperature, with ``cdf``
-    choosing: bool,  # the decode step (``choose``): only ``picks`` is wanted, not the logits
+    write_bias: bool,  # the biased logits are wanted too, not only the picks
 ) -> int:
     """Shift ``tokens`` into the contexts and keep only the rows ``keep`` (when ``compact``:
     rows left the batch); then bias every row's green tokens within reach of its top logit and
@@ -361,9 +370,12 @@ def _mark_rows(
     vectorised pass, no exponential) and needs no top logit (unless the rejection sampler
     meets a green token too unlikely to be surely within reach).
 
-    ``choosing`` (the decode step: only ``picks`` is read, not the logits): a greedy row whose
-    top token is green keeps it as its argmax whatever the gate says (the bias would raise it
-    by as much as any other green token), so the gate is not looked at.
+    Without ``write_bias`` (the decode step, no row asking for log-probabilities: only
+    ``picks`` is read) a greedy row whose top token is green keeps it as its argmax whatever
+    the gate says (the bias would raise it by as much as any other green token), so the gate
+    is not looked at, and drawn rows leave their logits unbiased. With it, every row whose gate
+    is open has its green candidates biased in place, drawn or not (the log-probabilities a
+    plan exposes are the watermarked distribution's).
 
     One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
     top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
@@ -405,6 +417,8 @@ def _mark_rows(
             s = _context_seed(ints, b, h, vocab, context_mix)
             picks[b] = _draw_marked(row, cdf[b], np.nan, math.exp(-float(d)), s0, s1, step, s,
                                     threshold, token_mix, probs[b], sure, reach)  # fmt: skip
+            if write_bias:
+                _bias_row(row, _top(row) - reach, d, s, threshold, token_mix)
             biased += 1
             continue
         if big:
@@ -420,7 +434,7 @@ def _mark_rows(
         marked = d != 0
         if marked and all_greedy and vocab > 1 and top - second > d:  # (tensors: top-2 needs 2)
             marked = False
-        if marked and choosing and not sampled:  # a green top token stays the argmax
+        if marked and not write_bias and not sampled:  # a green top token stays the argmax
             s = _context_seed(ints, b, h, vocab, context_mix)
             if _mix(s ^ token_mix[pick]) < float(floats[b, ROW_GAMMA]) * 2147483648.0:
                 continue  # (its logits are left unbiased: nobody reads them)
@@ -443,6 +457,8 @@ def _mark_rows(
                 s = _context_seed(ints, b, h, vocab, context_mix)
                 picks[b] = _draw_marked(row, cdf[b], cut, red, s0, s1, step, s, threshold,
                                         token_mix, _NO_ROW, 0.0, reach)  # fmt: skip
+                if write_bias:
+                    _bias_row(row, cut, d, s, threshold, token_mix)
                 biased += 1
             else:
                 picks[b] = _search(cdf[b], _uniform(s0, s1, step, 0))
@@ -523,6 +539,7 @@ if njit is not None:
     _draw_marked = _compile(_draw_marked)
     _context_seed = _compile(_context_seed)
     _top = _compile(_top)
+    _bias_row = _compile(_bias_row)
     _lean = _compile(_lean, fastmath=True)
     # keeps the GIL: the step takes tens of µs (releasing it, nogil=True, measured the same)
     _mark_rows = _compile(_mark_rows)
@@ -615,6 +632,9 @@ class CompiledState:
         self.picks: torch.Tensor | None = None
         """After ``apply``: each row's argmax of the biased logits, valid until the next
         ``apply`` (which writes the next step's into the same tensor)."""
+        self.write_bias = False
+        """Whether :meth:`choose` biases the logits in place (somebody reads them: the
+        log-probabilities of a plan that exposes them)."""
 
     @property
     def context(self) -> torch.Tensor:
@@ -626,7 +646,7 @@ class CompiledState:
         """Bias ``logits`` (B, V) in place, as ``WatermarkState.apply`` does; returns them.
         ``picks`` is then each row's argmax of the biased logits (the sampler's greedy pick)."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
-        self._run(logits, _NO_CDF, _NO_PROBS, False)
+        self._run(logits, _NO_CDF, _NO_PROBS, True)
         self.picks = self._picks_tensor
         return logits
 
@@ -637,18 +657,19 @@ class CompiledState:
         temperature is 0, else drawn from ``cdf`` (B, V), the cumulative sum (float64) of its
         distribution at its temperature, zero outside its nucleus (watermarked rows: by
         rejection); ``probs`` (B, V) float32 is that distribution before the nucleus. The
-        logits may be left biased or not (the step reads only the tokens). The tokens are
-        shifted into the contexts by the next call; the tensor returned is rewritten by it."""
+        logits are biased in place where ``write_bias`` (else they may be left unbiased: only
+        the tokens are read). The tokens are shifted into the contexts by the next call; the
+        tensor returned is rewritten by it."""
         logits = logits if logits.is_contiguous() else logits.contiguous()
         if cdf is None or probs is None:
-            self._run(logits, _NO_CDF, _NO_PROBS, True)
+            self._run(logits, _NO_CDF, _NO_PROBS, self.write_bias)
         else:
-            self._run(logits, cdf.numpy(), probs.numpy(), True)
+            self._run(logits, cdf.numpy(), probs.numpy(), self.write_bias)
         self._tokens = self._picks  # the kernel reads them before it writes the next picks
         return self._picks_tensor
 
     def _run(
-        self, logits: torch.Tensor, cdf: np.ndarray, probs: np.ndarray, choosing: bool
+        self, logits: torch.Tensor, cdf: np.ndarray, probs: np.ndarray, write_bias: bool
     ) -> None:
         """One compiled call: the pending shift and compaction, then every row's step."""
         if self._tables is None:  # one model, one vocabulary: looked up once
@@ -662,7 +683,7 @@ class CompiledState:
         (run or _mark_rows)(logits.numpy(), self._tokens, _NO_TOKENS if keep is None else keep,
                             keep is not None, self.ints, self.floats, *self._tables,
                             self._picks, self.greedy, self.gated, SPREAD, cdf, probs,
-                            choosing)  # fmt: skip
+                            write_bias)  # fmt: skip
         self._tokens, self._keep = _NO_TOKENS, None
 
     def advance(self, tokens: torch.Tensor) -> None:

@@ -103,7 +103,8 @@ class Row:
 def _logprobs(
     logits: torch.Tensor, tokens: torch.Tensor, rows: Sequence[Row], decode: Callable[[int], str]
 ) -> list[TokenLogprob | None]:
-    """Log-probabilities (of the model's own distribution) of each row's chosen token."""
+    """Log-probabilities (of the distribution the token was drawn from, the watermark's bias
+    included, before temperature) of each row's chosen token."""
     wanted = [r.options.logprobs for r in rows]
     if all(k is None for k in wanted):
         return [None] * len(rows)
@@ -152,7 +153,7 @@ def decode(
     def forward(input_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
                     use_cache=True, logits_to_keep=1, **{kwarg: cache})  # fmt: skip
-        return out.logits[:, -1].float()  # (B, V)
+        return out.logits[:, -1].float().contiguous()  # (B, V)
 
     def text_of(token: int) -> str:
         return str(tokenizer.decode([token]))
@@ -166,13 +167,12 @@ def decode(
         [r.options.top_p for r in rows],
         [r.seed for r in rows],
         device,
+        # log-probabilities are the watermarked distribution's: they leak no unmarked one
+        biased_logits=any(r.options.logprobs is not None for r in rows),
     )
-    wants_logprobs = any(r.options.logprobs is not None for r in rows)
     while True:
-        # logprobs are the model's own (a watermarked greedy row's logits are biased in place)
-        own = logits.clone() if wants_logprobs else logits
         tokens = sampler.choose(logits)
-        logprobs = _logprobs(own, tokens, live, text_of)
+        logprobs = _logprobs(logits, tokens, live, text_of)
         for row, token, lp in zip(live, tokens.tolist(), logprobs, strict=True):
             row.advance(token, eos_ids, lp)
             if row.finish is None and row.job.cancelled:

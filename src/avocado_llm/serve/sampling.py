@@ -102,8 +102,9 @@ class Sampler(Protocol):
     """One batch's token choice, step after step."""
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B,) each row's token from its (B, V) float logits, which it may bias in place (the
-        watermark's: read the model's own before)."""
+        """(B,) each row's token from its (B, V) float logits (C-contiguous), biased in place
+        by the watermark where the sampler was made with ``biased_logits`` (else they may be
+        left unbiased)."""
         ...
 
     def select(self, index: torch.Tensor) -> None:
@@ -181,9 +182,11 @@ class CompiledSampler:
         temperatures: Sequence[float],
         top_ps: Sequence[float],
         seeds: Sequence[int],
+        biased_logits: bool = False,
     ) -> None:
         temps = [max(float(t), 0.0) for t in temperatures]
         self.state = kernel.CompiledState(marks, temps, seeds)
+        self.state.write_bias = biased_logits
         self.temps = torch.tensor(temps)
         self.top_p = torch.tensor([float(p) for p in top_ps])
         self._refresh()
@@ -213,9 +216,11 @@ def sampler_for(
     seeds: Sequence[int],
     device: torch.device,
     compiled: bool | None = None,
+    biased_logits: bool = False,
 ) -> Sampler:
     """The batch's sampler: the compiled kernel on a CPU where numba runs, else tensors
-    (``compiled`` True or False asks for one of them)."""
+    (``compiled`` True or False asks for one of them). ``biased_logits``: each step leaves the
+    watermark's biases in the logits (the tensors always do), for log-probabilities."""
     if device.type == "cpu" and (kernel.available() if compiled is None else compiled):
-        return CompiledSampler(marks, temperatures, top_ps, seeds)
+        return CompiledSampler(marks, temperatures, top_ps, seeds, biased_logits)
     return TensorSampler(marks, temperatures, top_ps, seeds, device, compiled)
