@@ -67,6 +67,7 @@ test-gpu: install
 bench: install postgres
 	$(PY) bench/harvest_throughput.py --threads 1
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/sampler_speed.py --threads 1
 	$(PY) bench/serve_throughput.py --threads 1
 
 zoo: install

@@ -9,7 +9,10 @@ and repeated; medians side by side.
     vocabulary (Qwen3/gpt-oss size), against the softmax the sampler already does on the same
     tensor;
 (c) the answers as served: the same requests greedy, each stopping at its end: the mean
-    latency of a request (its whole answer), on against off.
+    latency of a request (its whole answer), on against off;
+(d) the engine's token choice alone (the sampler's ``choose``: the watermark's work and the
+    draw), timed inside the decode loop of (a): its median a step, on against off — the
+    watermark's own cost, apart from what its different answers cost downstream.
 
 Each repeat runs three arms in turn — off, on, and off again — each first in turn; a ratio is the
 median over repeats of the arm's time over the same repeat's "off". "off again / off" is the
@@ -37,6 +40,7 @@ import torch
 
 from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import Watermark, account_key
+from avocado_llm.serve import sampling
 from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.world.tasks import FAMILIES, generate
@@ -45,6 +49,26 @@ BATCH = 32
 TOKENS = 24
 MARKS = [Watermark(account_key("bench", i)) for i in range(BATCH)]
 """One account each, derived once (the server caches an account's key: ``protect.serving``)."""
+
+
+CHOICE_TIMES: list[float] = []
+"""Seconds of each call of the engine's token choice (the sampler's ``choose``: the watermark's
+work and the draw), appended by :func:`time_the_choice`'s wrapper."""
+
+
+def time_the_choice() -> None:
+    """Time every ``choose`` of the engine's samplers from inside the decode loop (caches as
+    cold as they are right after a forward pass)."""
+    for cls in (sampling.CompiledSampler, sampling.TensorSampler):
+        inner = cls.choose
+
+        def timed(self: object, logits: torch.Tensor, inner=inner) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            out = inner(self, logits)
+            CHOICE_TIMES.append(time.perf_counter() - t0)
+            return out
+
+        cls.choose = timed  # type: ignore[method-assign]
 
 
 async def run_batch(
@@ -153,14 +177,17 @@ async def main_async(args: argparse.Namespace) -> None:
     for name, temperature, ignore_eos in settings:
         await run_batch(engine, prompts, temperature, True, ignore_eos)  # warm-up
         times: dict[str, list[float]] = {"off": [], "on": [], "off again": []}
+        choice: dict[str, list[float]] = {arm: [] for arm in times}
         tokens: dict[str, int] = {}
         for r in range(args.repeats):
             arms = list(times)
             for arm in arms[r % 3 :] + arms[: r % 3]:  # each arm first in turn (drift cancels)
+                CHOICE_TIMES.clear()
                 total, latency, tokens[arm] = await run_batch(
                     engine, prompts, temperature, arm == "on", ignore_eos
                 )
                 times[arm].append(total if ignore_eos else latency)
+                choice[arm].extend(CHOICE_TIMES)
         pairs = {
             arm: [a / b for a, b in zip(times[arm], times["off"], strict=True)]
             for arm in ("on", "off again")
@@ -179,6 +206,14 @@ async def main_async(args: argparse.Namespace) -> None:
             f"ratio on/off {ratios[name]:.3f} [95%: {intervals[name][0]:.3f}-"
             f"{intervals[name][1]:.3f}]  (off again/off {noise[name]:.3f})"
         )
+        if ignore_eos:  # the same steps in every arm: the choice's own cost a step
+            c_off, c_on = (statistics.median(choice[a]) for a in ("off", "on"))
+            step = m_off / TOKENS
+            print(
+                f"(d) {name:7s}: the token choice inside the decode loop, median of "
+                f"{len(choice['on'])} steps: off {c_off * 1e6:6.1f} µs, on {c_on * 1e6:6.1f} µs "
+                f"(+{(c_on - c_off) * 1e6:.1f} µs, {(c_on - c_off) / step:.2%} of a step)"
+            )
     await engine.aclose()
     vocab = int(engine.hf_model.config.vocab_size)
     for v in (vocab, 151_936):
@@ -214,6 +249,7 @@ def main() -> None:
 
         kernel.available = gpu_kernel.available = lambda *_: False  # type: ignore[method-assign]
     torch.set_num_threads(args.threads)
+    time_the_choice()
     asyncio.run(main_async(args))
 
 
