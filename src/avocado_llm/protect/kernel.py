@@ -1,4 +1,6 @@
-"""The watermark step for logits on the CPU as one compiled call per decode step (numba).
+"""The watermark step for logits on the CPU as one compiled call per decode step (numba) —
+and, in the decode loop, the whole token choice of every row (the CPU's sampler of
+:mod:`avocado_llm.serve.sampling`), watermarked or not.
 
 :meth:`WatermarkState.apply <avocado_llm.protect.marking.WatermarkState.apply>` on tensors costs
 a few dozen small tensor operations a step, ~4 µs each whatever their size: ~0.2 ms, as much as
@@ -6,11 +8,14 @@ a few dozen small tensor operations a step, ~4 µs each whatever their size: ~0.
 row: the top two logits (or top 64), the entropy gate, the keyed hash of the tokens within
 reach — adds exactly the same biases (tested bit for bit against the tensor path,
 ``tests/protect/test_kernel.py``), and hands the sampler each row's argmax from the same pass.
-The tensor path stays for logits on a GPU, where the model's step dwarfs it.
+:meth:`CompiledState.choose` goes further: it draws the sampled rows too (a watermarked one by
+rejection, :func:`_draw_marked`), so the watermark adds only the work a plain step does not
+do. The tensor path stays for logits on a GPU, where the model's step dwarfs it.
 
-The one difference: the gate's entropy is summed in float64 here and in float32 by
+The one difference: the gate's entropy is summed in float64 here (in float32 from the
+sampler's softmax for a drawn row at temperature 1) and in float32 by
 :func:`~avocado_llm.protect.scheme.gate_entropy`, so a row whose entropy lies within float32
-rounding (~1e-7 nats) of ``min_entropy`` may fall on the other side of the gate.
+rounding (~1e-6 nats) of ``min_entropy`` may fall on the other side of the gate.
 """
 
 from __future__ import annotations

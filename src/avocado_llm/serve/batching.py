@@ -103,8 +103,8 @@ class Row:
 def _logprobs(
     logits: torch.Tensor, tokens: torch.Tensor, rows: Sequence[Row], decode: Callable[[int], str]
 ) -> list[TokenLogprob | None]:
-    """Log-probabilities (of the distribution the token was drawn from, the watermark's bias
-    included, before temperature) of each row's chosen token."""
+    """Log-probabilities of each row's chosen token under the softmax of its logits, the
+    watermark's bias included (no temperature or nucleus applied)."""
     wanted = [r.options.logprobs for r in rows]
     if all(k is None for k in wanted):
         return [None] * len(rows)

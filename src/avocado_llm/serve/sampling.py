@@ -8,8 +8,8 @@ generator state travels with a row, so its tokens depend on its seed and its own
 — not on the rows it shares a batch with, their order, or how many draws another row took —
 and the tensors (any device) and the compiled CPU kernel get the same bits. One draw is one
 ``searchsorted`` in the row's cumulative distribution, for every row of the batch at once (a
-``torch.multinomial`` per row, with its own ``torch.Generator``, cost ~35 µs a row: over a
-millisecond a step for 32 sampled rows of the tiny student).
+``torch.multinomial`` per row, with its own ``torch.Generator``, cost ~40 µs a row: over a
+millisecond a step for 32 sampled rows of the tiny student; ``bench/sampler_speed.py``).
 
 **top_p** keeps, of the model's own distribution at the row's temperature, the most likely
 tokens whose mass reaches ``top_p`` (the first token always); the watermark then biases its
