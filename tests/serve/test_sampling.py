@@ -255,14 +255,16 @@ def test_greedy_rows_pick_the_argmax_of_the_biased_logits(vocab: int) -> None:
     assert out[0][0] != unmarked  # the watermark moved some argmax
 
 
-def test_with_log_probabilities_the_logits_carry_the_watermark() -> None:
+@pytest.mark.parametrize("vocab", [400, 5000])
+def test_with_log_probabilities_the_logits_carry_the_watermark(vocab: int) -> None:
     """A batch where a row asks for log-probabilities: the compiled step leaves in the logits
     the biases the tensors' watermark state gives them (fed the same tokens: greedy rows and
     drawn ones, at temperature 1 and not), so the log-probabilities a plan exposes are the
-    watermarked distribution's; without it, drawn rows' logits are left as the model gave
-    them, and the tokens are the same."""
+    watermarked distribution's; without it (where the step skips the gate of rows whose
+    outcome does not depend on it), drawn rows' logits are left as the model gave them, and
+    the tokens are the same."""
     gen = torch.Generator().manual_seed(8)
-    batch, vocab = 30, 400
+    batch = 30
     logits = torch.randn(4, batch, vocab, generator=gen) * 1.5
     logits[:, ::4, 0] += 14  # sure rows: the gate stays shut
     temps = [(0.0, 1.0, 0.7)[i % 3] for i in range(batch)]

@@ -331,6 +331,39 @@ def _lean(probs: np.ndarray, row: np.ndarray, anchor: float) -> tuple[float, flo
     return float(lean), float(mass)
 
 
+def _kept_first(
+    b: int,
+    d: float,
+    ints: np.ndarray,
+    floats: np.ndarray,
+    cdf: np.ndarray,
+    probs: np.ndarray,
+    step: int,
+    h: int,
+    vocab: int,
+    context_mix: np.ndarray,
+    token_mix: np.ndarray,
+    spread: float,
+    picks: np.ndarray,
+) -> bool:
+    """A watermarked drawn row: writes the model's own draw (the rejection sampler's first
+    proposal, the token when the gate is shut) into ``picks`` and says whether the rejection
+    sampler would keep it too — a green token surely within reach, or another one kept with
+    probability ``e^(-delta/T)`` (its own uniform) — so that the gate need not be looked at
+    (about half the rows: the gate's top 64 alone is a pass over the whole row). Uses the
+    same uniforms as :func:`_draw_marked`, so the token is the one it would pick."""
+    s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
+    first = _search(cdf[b], _uniform(s0, s1, step, 0))
+    picks[b] = first
+    temperature = float(floats[b, ROW_TEMPERATURE])
+    seed = _context_seed(ints, b, h, vocab, context_mix)
+    if _mix(seed ^ token_mix[first]) < float(floats[b, ROW_GAMMA]) * 2147483648.0:
+        # within reach whatever the top: p ≥ e^(-reach/T) ≥ p_top e^(-reach/T) (Σ p ≤ 1)
+        reach = float(d + np.float32(spread) * floats[b, ROW_TEMPERATURE])
+        return probs[b, first] >= math.exp(-reach / temperature) * (1.0 + 2e-4)
+    return _uniform(s0, s1, step, 1) < math.exp(-float(d) / temperature)
+
+
 def _context_seed(ints: np.ndarray, b: int, h: int, vocab: int, context_mix: np.ndarray) -> int:
     """Row ``b``'s green-list seed: its mixed key mixed with its context (START-padded to the
     batch's h where its own is shorter)."""
@@ -377,10 +410,11 @@ def _mark_rows(
 
     Without ``write_bias`` (the decode step, no row asking for log-probabilities: only
     ``picks`` is read) a greedy row whose top token is green keeps it as its argmax whatever
-    the gate says (the bias would raise it by as much as any other green token), so the gate
-    is not looked at, and drawn rows leave their logits unbiased. With it, every row whose gate
-    is open has its green candidates biased in place, drawn or not (the log-probabilities a
-    plan exposes are the watermarked distribution's).
+    the gate says (the bias would raise it by as much as any other green token), a drawn row
+    whose first proposal the rejection sampler would keep keeps it (:func:`_kept_first`), so
+    neither looks at its gate, and drawn rows leave their logits unbiased. With it, every row
+    whose gate is open has its green candidates biased in place, drawn or not (the
+    log-probabilities a plan exposes are the watermarked distribution's).
 
     One pass per row finds its top two, or, above ``FULL_ENTROPY_MAX_VOCAB`` tokens, keeps its
     top ``GATE_TOP`` (the gate's), which hold every candidate when the last of them is below
@@ -406,6 +440,10 @@ def _mark_rows(
         if sampled and d == 0:  # no watermark: the model's own draw, no pass over the logits
             picks[b] = _search(cdf[b], _uniform(ints[b, ROW_S0], ints[b, ROW_S1], step, 0))
             continue
+        if sampled and not write_bias and _kept_first(b, d, ints, floats, cdf, probs, step, h,
+                                                      vocab, context_mix, token_mix, spread,
+                                                      picks):  # fmt: skip
+            continue  # the rejection sampler keeps its first proposal, the gate open or shut
         if sampled and not big and floats[b, ROW_TEMPERATURE] == 1:  # probs: at temperature 1
             # the first proposal is the model's own draw: the token when the gate is shut
             s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
@@ -543,6 +581,7 @@ if njit is not None:
     _search = _compile(_search)
     _draw_marked = _compile(_draw_marked)
     _context_seed = _compile(_context_seed)
+    _kept_first = _compile(_kept_first)
     _top = _compile(_top)
     _bias_row = _compile(_bias_row)
     _lean = _compile(_lean, fastmath=True)
