@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from avocado_llm.protect.gpu_kernel import TritonState
 
 SEED_BITS = 62
-DRAWS_PER_STEP = 16
+DRAWS_PER_STEP = 32
 """Uniforms a row may take in one step (``k`` below this): the rejection sampler's tries,
 two each, and its exact fallback."""
 COUNTER_SALT = 0x2545F491  # keeps the two halves' inputs apart
@@ -66,7 +66,7 @@ def seed_words(seed: int) -> tuple[int, int]:
 
 def uniforms(s0: np.ndarray, s1: np.ndarray, step: np.ndarray, k: int) -> np.ndarray:
     """``U(seed, step, k)`` in [0, 1) as float64, with 53 random bits, for int64 arrays of
-    seed words and steps (broadcasting): ``c = step · 16 + k``, ``hi = mix(s0 ^ mix(c))``,
+    seed words and steps (broadcasting): ``c = step · 32 + k``, ``hi = mix(s0 ^ mix(c))``,
     ``lo = mix(s1 ^ hi ^ mix(c ^ SALT))`` (31 bits each, the watermark's integer mix). On the
     host, whatever the device: a row's seed and step are known there, and a few dozen
     operations on B numbers cost ~20 µs in numpy but ~30 kernel launches on a GPU."""
