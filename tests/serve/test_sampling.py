@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avocado_llm.protect import kernel
+from avocado_llm.protect import draws
 from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import START, Watermark, WatermarkParams, gate_entropy, green_mask
 from avocado_llm.serve import sampling
@@ -45,7 +45,7 @@ def test_the_kernel_draws_the_same_uniforms_as_the_tensors() -> None:
         steps = np.array([0, 1, 2, 1000, 123457])
         for k in (0, 1, 8, 15):
             ours = uniforms(np.array(s0), np.array(s1), steps, k).tolist()
-            theirs = [kernel._uniform(s0, s1, int(t), k) for t in steps]
+            theirs = [draws._uniform(s0, s1, int(t), k) for t in steps]
             assert ours == theirs
             assert all(0 <= u < 1 for u in ours)
 
@@ -184,7 +184,7 @@ def test_the_gate_from_the_probabilities_is_the_entropy_of_the_logits() -> None:
     for i in range(300):
         p, x = probs[i].numpy(), logits[i].numpy()
         for anchor in (int(logits[i].argmax()), int(torch.multinomial(probs[i], 1, generator=gen))):
-            lean, mass = kernel._lean(p, x, float(x[anchor]))
+            lean, mass = draws._lean(p, x, float(x[anchor]))
             got = lean / mass - np.log(p[anchor] / mass)
             assert abs(got - float(want[i])) < 2e-5
 
@@ -221,7 +221,7 @@ def test_the_rejection_sampler_weighs_only_candidates_within_reach(lazy: bool) -
     counts = np.zeros(4)
     for i in range(20_000):
         s0, s1 = seed_words(row_seed(77, i))
-        t = kernel._draw_marked(row, cdf, cut, red, s0, s1, 3, 12345, 2.0**31, tables,
+        t = draws._draw_marked(row, cdf, cut, red, s0, s1, 3, 12345, 2.0**31, tables,
                                 probs, 1.0, 15.0)  # fmt: skip
         counts[t] += 1
     weights = np.array([1.0, 1.0, red, red])

@@ -9,7 +9,7 @@ row: the top two logits (or top 64), the entropy gate, the keyed hash of the tok
 reach — adds exactly the same biases (tested bit for bit against the tensor path,
 ``tests/protect/test_kernel.py``), and hands the sampler each row's argmax from the same pass.
 :meth:`CompiledState.choose` goes further: it draws the sampled rows too (a watermarked one by
-rejection, :func:`_draw_marked`), so the watermark adds only the work a plain step does not
+rejection, ``draws._draw_marked``), so the watermark adds only the work a plain step does not
 do. The tensor path stays for logits on a GPU, where the model's step dwarfs it.
 
 The one difference: the gate's entropy is summed in float64 here (in float32 from the
@@ -30,6 +30,10 @@ import numpy as np
 import torch
 
 from avocado_llm.protect import scheme
+from avocado_llm.protect.draws import _bias_row, _draw_marked, _lean, _search, _top, _uniform
+from avocado_llm.protect.jit import compile_fn as _compile
+from avocado_llm.protect.jit import mix as _mix
+from avocado_llm.protect.jit import njit
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
@@ -51,15 +55,6 @@ WINDOW = 12.0
 rest): e^-12 ≈ 6e-6 each."""
 GATE_SLACK = 1e-3
 """A bound decides the gate only when it clears it by this much (float32 sums err ~1e-6)."""
-
-try:  # numba is a dependency; without it (an odd platform) the tensor path runs everywhere
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba does not install
-    njit = None
-
-
-_mix = mix_int  # the scheme's hash (compiled below, where numba runs)
-
 
 CHUNK = 64
 """Tokens per chunk of :func:`_top_k`'s pass: a chunk whose largest logit does not beat the
@@ -204,133 +199,6 @@ ROW_DELTA, ROW_MIN_ENTROPY, ROW_TEMPERATURE, ROW_GAMMA = 0, 1, 2, 3
 """Columns of the (B, 4) float32 row state."""
 _NO_ROW = np.empty(0, dtype=np.float32)
 
-REJECT_TRIES = 12
-"""A watermarked sampled row: proposals from the model's distribution before the exact
-fallback, two passes over the row hashing every candidate (a proposal is accepted with
-probability ``(1 + (W - 1) G) / W``, ``G`` the green candidates' mass and ``W = e^(delta/T)``:
-about 0.52 at G = 0.5, δ = 3, T = 1, so 12 tries leave the fallback to 1 row in 7,000)."""
-DRAWS_PER_STEP = 32  # as avocado_llm.serve.sampling: uniforms a row may take in one step
-COUNTER_SALT = 0x2545F491
-
-
-def _uniform(s0: int, s1: int, step: int, k: int) -> float:
-    """``U(seed, step, k)`` of :func:`avocado_llm.serve.sampling.uniforms`: the same bits."""
-    c = step * DRAWS_PER_STEP + k
-    hi = _mix(s0 ^ _mix(c))
-    lo = _mix(s1 ^ hi ^ _mix(c ^ COUNTER_SALT))
-    return float((hi << 22) + (lo >> 9)) * 2.0**-53
-
-
-def _search(cdf: np.ndarray, u: float) -> int:
-    """The token at quantile ``u`` of a row's cumulative (unnormalised) distribution: the
-    first whose cumulative mass exceeds ``u · total`` (``torch.searchsorted(right=True)``)."""
-    target = u * cdf[cdf.shape[0] - 1]
-    lo, hi = 0, cdf.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if cdf[mid] > target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return min(lo, cdf.shape[0] - 1)
-
-
-def _draw_marked(
-    row: np.ndarray,
-    cdf: np.ndarray,
-    cut: float,
-    red: float,
-    s0: int,
-    s1: int,
-    step: int,
-    seed: int,
-    threshold: float,
-    token_mix: np.ndarray,
-    probs: np.ndarray,
-    sure: float,
-    reach: float,
-) -> int:
-    """A token from the row's distribution with its green candidates (logit ≥ ``cut``) weighed
-    ``e^(delta/T)`` times the rest — the softmax of the biased logits — by rejection: propose
-    from the model's distribution (``cdf``), keep a green candidate, keep any other with
-    probability ``red = e^(-delta/T)``. After ``REJECT_TRIES`` proposals, an exact draw over
-    the whole row (which keeps the distribution exact: an accepted proposal is distributed as
-    the target whichever try it came from).
-
-    ``cut`` NaN: not known yet (the row's top logit was never looked for); then a token whose
-    probability (``probs``) is at least ``sure`` is a candidate (within ``reach`` of the top
-    whatever the top), and the cut is found — one pass — only for a token below that."""
-    for k in range(REJECT_TRIES):
-        t = _search(cdf, _uniform(s0, s1, step, 2 * k))
-        if _mix(seed ^ token_mix[t]) < threshold:
-            if not (probs.shape[0] > 0 and probs[t] >= sure):
-                if cut != cut:
-                    cut = _top(row) - reach
-                if row[t] < cut:
-                    if _uniform(s0, s1, step, 2 * k + 1) < red:
-                        return t
-                    continue
-            return t
-        if _uniform(s0, s1, step, 2 * k + 1) < red:
-            return t
-    if cut != cut:
-        cut = _top(row) - reach
-    total = 0.0  # the target's mass, green candidates weighing 1 and the rest ``red``
-    before = 0.0
-    for t in range(cdf.shape[0]):
-        p = cdf[t] - before
-        before = cdf[t]
-        if p > 0:
-            green = row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold
-            total += p if green else p * red
-    if total <= 0:  # no green candidate, red weighs 0 in float64: the model's own draw
-        return _search(cdf, _uniform(s0, s1, step, 2 * REJECT_TRIES))
-    target = _uniform(s0, s1, step, 2 * REJECT_TRIES) * total
-    acc = 0.0
-    before = 0.0
-    last = 0
-    for t in range(cdf.shape[0]):
-        p = cdf[t] - before
-        before = cdf[t]
-        if p > 0:
-            last = t
-            green = row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold
-            acc += p if green else p * red
-            if acc > target:
-                return t
-    return last
-
-
-def _bias_row(
-    row: np.ndarray, cut: float, d: float, seed: int, threshold: float, token_mix: np.ndarray
-) -> None:
-    """Raise the row's green candidates (logit ≥ ``cut``) by ``d``, in place."""
-    for t in range(row.shape[0]):
-        if row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold:
-            row[t] += d
-
-
-def _top(row: np.ndarray) -> float:
-    """The largest logit of a row."""
-    top = row[0]
-    for i in range(1, row.shape[0]):
-        if row[i] > top:
-            top = row[i]
-    return top
-
-
-def _lean(probs: np.ndarray, row: np.ndarray, anchor: float) -> tuple[float, float]:
-    """``Σ p_i (anchor - x_i)`` and ``Σ p_i`` over a row: one pass of multiply-adds in float32
-    (compiled with fastmath: vectorised)."""
-    t = np.float32(anchor)
-    lean = np.float32(0.0)
-    mass = np.float32(0.0)
-    for i in range(probs.shape[0]):
-        p = probs[i]
-        lean += p * (t - row[i])
-        mass += p
-    return float(lean), float(mass)
-
 
 def _kept_first(
     b: int,
@@ -352,7 +220,7 @@ def _kept_first(
     sampler would keep it too — a green token surely within reach, or another one kept with
     probability ``e^(-delta/T)`` (its own uniform) — so that the gate need not be looked at
     (about half the rows: the gate's top 64 alone is a pass over the whole row). Uses the
-    same uniforms as :func:`_draw_marked`, so the token is the one it would pick."""
+    same uniforms as ``draws._draw_marked``, so the token is the one it would pick."""
     s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
     first = _search(cdf[b], _uniform(s0, s1, step, 0))
     picks[b] = first
@@ -403,9 +271,9 @@ def _mark_rows(
 
     With ``cdf`` (the decode loop's :meth:`CompiledState.choose`), a row of temperature above
     0 is drawn instead: from its ``cdf`` row where it has no watermark or its gate is shut,
-    else by :func:`_draw_marked` (its logits are left unbiased), with its own uniforms; every
+    else by ``draws._draw_marked`` (its logits are left unbiased), with its own uniforms; every
     row's step counter advances. A watermarked row at temperature 1 of a vocabulary up to
-    ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (:func:`_lean`: one
+    ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (``draws._lean``: one
     vectorised pass, no exponential) and needs no top logit (unless the rejection sampler
     meets a green token too unlikely to be surely within reach).
 
@@ -557,18 +425,7 @@ def _compact(ints: np.ndarray, floats: np.ndarray, keep: np.ndarray) -> None:
     floats[:n] = kept_floats
 
 
-def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
-    """``numba.njit`` with its on-disk cache (next to this file, else the user's cache
-    directory); without one (nowhere writable) compiled anew in each process."""
-    assert njit is not None
-    try:
-        return njit(cache=True, **options)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(**options)(fn)
-
-
 if njit is not None:
-    _mix = _compile(mix_int, inline="always")  # the scheme's hash, compiled
     _shift = _compile(_shift)
     _compact = _compile(_compact)
     _sift = _compile(_sift)
@@ -578,14 +435,8 @@ if njit is not None:
     _entropy = _compile(_entropy)
     _entropy_bound = _compile(_entropy_bound)
     _gate_open = _compile(_gate_open)
-    _uniform = _compile(_uniform, inline="always")
-    _search = _compile(_search)
-    _draw_marked = _compile(_draw_marked)
     _context_seed = _compile(_context_seed)
     _kept_first = _compile(_kept_first)
-    _top = _compile(_top)
-    _bias_row = _compile(_bias_row)
-    _lean = _compile(_lean, fastmath=True)
     # keeps the GIL: the step takes tens of µs (releasing it, nogil=True, measured the same)
     _mark_rows = _compile(_mark_rows)
 

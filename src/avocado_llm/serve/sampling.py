@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from avocado_llm.protect import kernel
+from avocado_llm.protect.draws import COUNTER_SALT, DRAWS_PER_STEP
 from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import MASK31, Watermark, _mix
 
@@ -45,10 +46,6 @@ if TYPE_CHECKING:
     from avocado_llm.protect.gpu_kernel import TritonState
 
 SEED_BITS = 62
-DRAWS_PER_STEP = 32
-"""Uniforms a row may take in one step (``k`` below this): the rejection sampler's tries,
-two each, and its exact fallback."""
-COUNTER_SALT = 0x2545F491  # keeps the two halves' inputs apart
 
 
 def row_seed(seed: int | None, choice: int) -> int:
