@@ -10,6 +10,7 @@ import numpy as np
 
 from avocado_llm.protect.jit import compile_fn, njit
 from avocado_llm.protect.jit import mix as _mix
+from avocado_llm.protect.scheme import MASK31
 
 REJECT_TRIES = 12
 """A watermarked sampled row: proposals from the model's distribution before the exact
@@ -20,6 +21,11 @@ DRAWS_PER_STEP = 32
 """Uniforms a row may take in one step (``k`` below this): the rejection sampler's tries,
 two each, and its exact fallback."""
 COUNTER_SALT = 0x2545F491  # keeps the two halves' inputs apart
+
+
+def seed_words(seed: int) -> tuple[int, int]:
+    """A 62-bit seed as the generator's two 31-bit words."""
+    return seed & MASK31, (seed >> 31) & MASK31
 
 
 def _uniform(s0: int, s1: int, step: int, k: int) -> float:

@@ -30,14 +30,21 @@ import numpy as np
 import torch
 
 from avocado_llm.protect import scheme
-from avocado_llm.protect.draws import _bias_row, _draw_marked, _lean, _search, _top, _uniform
+from avocado_llm.protect.draws import (
+    _bias_row,
+    _draw_marked,
+    _lean,
+    _search,
+    _top,
+    _uniform,
+    seed_words,
+)
 from avocado_llm.protect.jit import compile_fn as _compile
 from avocado_llm.protect.jit import mix as _mix
 from avocado_llm.protect.jit import njit
 from avocado_llm.protect.scheme import (
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
-    MASK31,
     SPREAD,
     START,
     Watermark,
@@ -502,7 +509,7 @@ class CompiledState:
         self.greedy = bool(all(t == 0 for t in temps))
         self.gated = bool(any(m is not None and m.params.min_entropy > 0 for m in marks))
         # each row's sampling seed (62 bits) as two 31-bit words, then its step counter
-        words = [(s & MASK31, (s >> 31) & MASK31) for s in seeds or [0] * len(marks)]
+        words = [seed_words(s) for s in seeds or [0] * len(marks)]
         head = [
             (mix_int(m.key), m.params.context, *w, 0) if m else (0, 1, *w, 0)
             for m, w in zip(marks, words, strict=True)

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from avocado_llm.protect import kernel
-from avocado_llm.protect.draws import COUNTER_SALT, DRAWS_PER_STEP
+from avocado_llm.protect.draws import COUNTER_SALT, DRAWS_PER_STEP, seed_words
 from avocado_llm.protect.marking import WatermarkState
-from avocado_llm.protect.scheme import MASK31, Watermark, _mix
+from avocado_llm.protect.scheme import Watermark, _mix
 
 if TYPE_CHECKING:
     from avocado_llm.protect.gpu_kernel import TritonState
@@ -54,11 +54,6 @@ def row_seed(seed: int | None, choice: int) -> int:
     if seed is None:
         return secrets.randbits(SEED_BITS)
     return (seed + choice) % (1 << SEED_BITS)
-
-
-def seed_words(seed: int) -> tuple[int, int]:
-    """A 62-bit seed as the generator's two 31-bit words."""
-    return seed & MASK31, (seed >> 31) & MASK31
 
 
 def uniforms(s0: np.ndarray, s1: np.ndarray, step: np.ndarray, k: int) -> np.ndarray:
