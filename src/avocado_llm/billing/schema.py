@@ -134,6 +134,23 @@ class HoldRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The server process serving the request (``servers.id``); only a sweep that found that
+    # server gone releases the hold. NULL (no server, or a row from before 0003): gone.
+    server_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+
+
+class ServerRow(Base):
+    """A live server process and its lease: renewed by its heartbeat, deleted (by itself at
+    shutdown, or by a sweep once the lease ran out or the process is seen dead) before anyone
+    may release the holds it placed."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "srv_…"
+    host: Mapped[str] = mapped_column(String(300))  # where ``pid`` names a process
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # the lease's end
 
 
 class UsageEvent(Base):
@@ -181,6 +198,7 @@ class IdempotencyRecord(Base):
     body_hash: Mapped[str] = mapped_column(String(128))
     response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # NULL: running
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    server_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # of a running claim
 
 
 class ConsoleUser(Base):
