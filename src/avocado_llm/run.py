@@ -3,6 +3,13 @@
 Every stage is resumable on its own (the harvest skips finished records, training resumes from
 its latest checkpoint), and a stage whose output is already complete is skipped, so a second
 run of the same recipe reuses the harvest and checkpoints and finishes quickly.
+
+"Complete" means made by the same recipe fields from the same inputs: every output records a
+fingerprint of them (:mod:`avocado_llm.config.fingerprint`). The harvest's record keys name the
+teacher revision (its weight, config, tokenizer and template files), prompt and sampling; a
+fused file, a student and an evaluation that were made otherwise are never reused: fusion and
+evaluation are redone with a note of what changed, and a trained student is refused with that
+list (retraining deletes its checkpoints) unless ``--force``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avocado_llm.config import Recipe, load_recipe_or_report
+from avocado_llm.config.fingerprint import StaleError, changes, summary
 
 console = Console(stderr=True)
 
@@ -41,17 +49,23 @@ def ensure_zoo(recipe: Recipe) -> None:
 
 
 def fuse_stage(recipe: Recipe, strategy: str, device: str) -> Path:
+    """Fuse unless the fused file was made from the same records with the same settings."""
     from avocado_llm.fusion import fuse, scorers_needed, strategy_slug, write_fused
+    from avocado_llm.fusion.command import fusion_fingerprint, recipe_records
+    from avocado_llm.fusion.store import read_fingerprint
     from avocado_llm.harvest import read_records
     from avocado_llm.teachers import load_teacher
 
     out = recipe.run_dir / "fusion"
     path = out / f"{strategy_slug(strategy)}.parquet"
-    manifest = recipe.harvest_dir / "manifest.json"
-    if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
-        console.print(f"fusion {strategy}: up to date ({path})")
-        return path
-    records = read_records(recipe.harvest_dir)
+    records = recipe_records(recipe, read_records(recipe.harvest_dir))
+    fingerprint = fusion_fingerprint(recipe, strategy, records)
+    if path.exists():
+        diff = changes(read_fingerprint(path), fingerprint)
+        if not diff:
+            console.print(f"fusion {strategy}: up to date ({path})")
+            return path
+        console.print(f"fusion {strategy}: fusing again, what made {path} changed:{summary(diff)}")
     scorers: dict[str, Any] = {}
     local = [t.name for t in recipe.teachers if t.kind == "local"]
     for name in scorers_needed(strategy, local, recipe.fusion.judge_teacher):
@@ -65,41 +79,68 @@ def fuse_stage(recipe: Recipe, strategy: str, device: str) -> Path:
         judge=recipe.fusion.judge_teacher,
         min_weight=recipe.fusion.min_weight,
     )
-    write_fused(out, strategy, examples, report)
+    write_fused(out, strategy, examples, report, fingerprint)
     console.print(f"fusion {strategy}: {len(examples)} examples, wins {report.wins}")
     return path
 
 
-def distill_stage(recipe: Recipe, strategy: str, out: Path, use_kd: bool = True) -> Path:
-    from avocado_llm.distill.pipeline import distill
+def distill_stage(
+    recipe: Recipe, strategy: str, out: Path, use_kd: bool = True, force: bool = False
+) -> Path:
+    """Reuse a student trained with the same settings and examples; refuse one trained with
+    others (retraining deletes its checkpoints: that takes ``force``); resume checkpoints."""
+    from avocado_llm.distill.pipeline import (
+        default_paths,
+        distill,
+        distill_fingerprint,
+        trained_fingerprint,
+    )
 
+    fused = default_paths(recipe, strategy, out).fused
     if (out / "avocado.json").exists():
-        console.print(f"student {out}: already trained")
-        return out
-    resume = (out / "checkpoints" / "latest.json").exists()
+        diff = changes(
+            trained_fingerprint(out), distill_fingerprint(recipe, strategy, use_kd, fused)
+        )
+        if not diff:
+            console.print(f"student {out}: already trained (same settings and examples)")
+            return out
+        if not force:
+            raise StaleError(
+                f"student {out} was trained with other settings or inputs:{summary(diff)}\n"
+                "Rerun with --force to train it again (its checkpoints are deleted), or give "
+                "this recipe another name"
+            )
+        console.print(f"student {out}: training again (--force), it changed:{summary(diff)}")
+    resume = not force and (out / "checkpoints" / "latest.json").exists()
     console.print(f"distilling ({strategy}{'' if use_kd else ', SFT only'}) → {out}")
-    return distill(recipe, strategy=strategy, out=out, resume=resume, use_kd=use_kd)
+    return distill(recipe, strategy=strategy, out=out, resume=resume, use_kd=use_kd, force=force)
 
 
 def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str) -> dict:
-    from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
+    """Evaluate every model whose report entry was made from other weights or settings."""
+    from avocado_llm.evaluate.evaluation import ModelSource, eval_fingerprint, evaluate_model
     from avocado_llm.evaluate.report import load_report, write_report
 
     eval_dir = recipe.run_dir / "eval"
     done = load_report(eval_dir)["models"] if (eval_dir / "report.json").exists() else {}
     n = recipe.eval.heldout_per_family
     for name, (path, role) in models.items():
+        source = ModelSource(path=path)
         entry = done.get(name)
-        fresh = entry is not None and set(entry["families"]) == set(recipe.world.families)
-        if fresh and all(f["n"] == n for f in entry["families"].values()):
-            console.print(f"eval {name}: up to date")
-            continue
-        evaluate_model(recipe, ModelSource(path=path), name=name, role=role, device=device)
+        if entry is not None:
+            diff = changes(entry.get("fingerprint"), eval_fingerprint(recipe, source, n))
+            if entry.get("role") != role:
+                diff.append(f"role: {entry.get('role')} → {role}")
+            if not diff:
+                console.print(f"eval {name}: up to date")
+                continue
+            console.print(f"eval {name}: evaluating again, it changed:{summary(diff)}")
+        evaluate_model(recipe, source, name=name, role=role, device=device)
     write_report(eval_dir, {"run_dir": recipe.run_dir, "harvest_dir": recipe.harvest_dir})
     return load_report(eval_dir)
 
 
-def run(recipe: Recipe, device: str = "auto") -> dict:
+def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     from avocado_llm.fusion import strategy_slug
     from avocado_llm.harvest import harvest
     from avocado_llm.teachers import teacher_path
@@ -124,15 +165,15 @@ def run(recipe: Recipe, device: str = "auto") -> dict:
     for s in dict.fromkeys(s for s in strategies if s != "sft"):
         fuse_stage(recipe, s, device)
     _stage("4/5 distill")
-    student = distill_stage(recipe, recipe.fusion.strategy, recipe.run_dir / "student")
+    student = distill_stage(recipe, recipe.fusion.strategy, recipe.run_dir / "student", force=force)
     models = {t.name: (teacher_path(t, recipe), "teacher") for t in recipe.teachers}
     models["student"] = (student, "student")
     for b in recipe.eval.baselines:
         out = recipe.run_dir / "baselines" / strategy_slug(b)
         if b == "sft":  # the default fusion without token-level KD
-            path = distill_stage(recipe, recipe.fusion.strategy, out, use_kd=False)
+            path = distill_stage(recipe, recipe.fusion.strategy, out, use_kd=False, force=force)
         else:
-            path = distill_stage(recipe, b, out)
+            path = distill_stage(recipe, b, out, force=force)
         models[f"baseline-{strategy_slug(b)}"] = (path, "baseline")
     _stage("5/5 evaluate")
     report = eval_stage(recipe, models, device)
@@ -172,6 +213,12 @@ def add_run_command(commands: Any) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain a student whose settings or examples changed (deleting its checkpoints) "
+        "instead of stopping with the list of changes",
+    )
     p.set_defaults(func=run_command)
 
 
@@ -180,7 +227,7 @@ def run_command(args: argparse.Namespace) -> int:
     if recipe is None:
         return 1
     try:
-        run(recipe, device=args.device)
+        run(recipe, device=args.device, force=args.force)
     except KeyboardInterrupt:
         print("interrupted: run the same command to continue where it stopped", file=sys.stderr)
         return 130

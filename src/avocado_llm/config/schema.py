@@ -11,6 +11,10 @@ DEFAULT_FAMILIES = ("arithmetic", "reverse", "facts", "counting", "sorting", "un
 """The tiny world's task families (``avocado_llm.world.tasks.FAMILIES`` is the registry)."""
 STRATEGIES = ("verify", "vote", "min_ce", "judge", "all")
 """Fusion strategies; ``single:<teacher name>`` learns from one teacher only."""
+MIN_STUDENT_VOCAB = 256 + 4 + 66
+"""The smallest vocabulary a new student's tokenizer can have: 256 byte-fallback pieces, 4
+special tokens (``<unk> <s> </s> <pad>``) and the 66 characters of the tiny world's text
+(space spelled ``▁``). Below it the Unigram trainer fails and the BPE one ignores the size."""
 
 
 def _strategy_checks(strategy: str, where: str) -> list[Check]:
@@ -246,6 +250,13 @@ class StudentConfig:
         problems += _range(self, "vocab_size", 1) + _range(
             self, "max_params_ratio", 0, 1, low_open=True
         )
+        if self.init_from is None and 1 <= self.vocab_size < MIN_STUDENT_VOCAB:
+            problems.append((
+                "vocab_size",
+                f"{self.vocab_size} is smaller than the student tokenizer's fixed part: 256 "
+                f"byte pieces + 4 special tokens + 66 characters = {MIN_STUDENT_VOCAB}",
+                f"use at least {MIN_STUDENT_VOCAB} (the default is 512)",
+            ))  # fmt: skip
         if self.init_from is not None and not self.init_from.is_dir():
             fix = "fix the path (relative paths start at the recipe's directory), or remove it"
             problems.append(("init_from", f"no such directory: {self.init_from}", fix))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+from avocado_llm.harvest.files import atomic_write
 
 
 def model_card(meta: dict[str, Any]) -> str:
@@ -74,5 +77,7 @@ def plot_losses(log: Path, out: Path) -> None:
     ax.set_ylabel("loss per completion token")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    atomic_write(out, buffer.getvalue())  # replaces a link at ``out``, never writes through it

@@ -2,6 +2,7 @@
 
 avocado distill recipes/tiny.yaml             # → runs/tiny/student/
 avocado distill recipes/tiny.yaml --resume    # continue from the latest checkpoint
+avocado distill recipes/tiny.yaml --force     # start over (deletes the checkpoints)
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def add_distill_command(commands: Any) -> None:
     p.add_argument("--strategy", help="fusion strategy whose examples to train on [recipe's]")
     p.add_argument("--out", type=Path, help="output directory [<output_dir>/<name>/student]")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: delete the directory's checkpoints and train from step 0",
+    )
     p.add_argument("--no-kd", action="store_true", help="SFT only: no token-level distillation")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
@@ -35,16 +41,23 @@ def add_distill_command(commands: Any) -> None:
 
 def run_distill_command(args: argparse.Namespace) -> int:
     from avocado_llm.config import load_recipe_or_report
+    from avocado_llm.config.fingerprint import StaleError
     from avocado_llm.distill.pipeline import distill
+    from avocado_llm.harvest.files import RunDirError
 
     recipe = load_recipe_or_report(args.recipe, args.set)
     if recipe is None:
         return 1
+    if args.resume and args.force:
+        print("error: --resume continues a training, --force starts over: pick one",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         out = distill(
-            recipe, strategy=args.strategy, out=args.out, resume=args.resume, use_kd=not args.no_kd
-        )
-    except (FileNotFoundError, ValueError) as e:
+            recipe, strategy=args.strategy, out=args.out, resume=args.resume,
+            use_kd=not args.no_kd, force=args.force,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, StaleError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from avocado_llm.config import Recipe, recipe_to_dict
+from avocado_llm.config.fingerprint import StaleError, changes, normalise, pick, summary
 from avocado_llm.distill.align import kd_targets
 from avocado_llm.distill.batches import DistillItem, TeacherTargets, encode_item
 from avocado_llm.distill.card import model_card, plot_losses
@@ -21,11 +22,17 @@ from avocado_llm.distill.student import build_student, check_size, n_params, sav
 from avocado_llm.distill.train import train
 from avocado_llm.fusion import FusedExample, read_fused, strategy_slug
 from avocado_llm.harvest import read_records
+from avocado_llm.harvest.files import acquire_lock, atomic_write, clear_entry, release_lock
 from avocado_llm.teachers import teacher_path
+from avocado_llm.teachers.hf import weights_revision
 from avocado_llm.world.tokenizers import tokenizer_type
 from avocado_llm.world.zoo import count_params
 
 ALIGN_KIND = {"byte_bpe": "byte_level", "unigram": "sentencepiece", "char_bpe": "sentencepiece"}
+RESUME_SAFE = ("training.checkpoint_every", "training.eval_every", "training.device")
+"""Fields that do not change the trained model: they may change on ``--resume`` and do not make
+a trained student stale. Every other ``student.*`` / ``training.*`` field, the seed, the fusion
+strategy and the fused examples are in the student's fingerprint."""
 
 
 @dataclass
@@ -106,6 +113,73 @@ def build_items(
     return items, stats
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def distill_fingerprint(recipe: Recipe, strategy: str, use_kd: bool, fused: Path) -> dict:
+    """What makes a student: its recipe fields and the digest of the examples it learns from
+    (whose record keys name the teachers' answers, revisions included)."""
+    fp = pick(recipe_to_dict(recipe), ["seed", "student", "training"])
+    for name in (*RESUME_SAFE, "student.max_params_ratio"):
+        fp.pop(name, None)
+    fp |= {"fusion.strategy": strategy, "token_level_kd": use_kd}
+    fp["input:fused examples"] = file_digest(fused) if fused.is_file() else None
+    if recipe.student.init_from is not None:
+        fp["input:init_from"] = weights_revision(recipe.student.init_from)
+    return normalise(fp)
+
+
+def trained_fingerprint(out: Path) -> dict | None:
+    """The fingerprint a finished student was saved with (``None``: none recorded)."""
+    try:
+        return json.loads((out / "avocado.json").read_text()).get("fingerprint")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _has_checkpoints(out: Path) -> bool:
+    ckpts = out / "checkpoints"
+    return (ckpts / "latest.json").exists() or any(ckpts.glob("step-*"))
+
+
+def prepare_out(out: Path, fingerprint: dict, *, resume: bool, force: bool) -> None:
+    """Refuse to mix two trainings in ``out``; then record what this one is made of.
+
+    Without ``resume`` or ``force``, a directory with checkpoints or a student is refused;
+    ``resume`` is refused when the checkpoints were made with other settings; ``force``
+    deletes the checkpoints, loss log and artifact record and starts over."""
+    ckpts = out / "checkpoints"
+    if force:
+        for name in ("checkpoints", "avocado.json", "loss.jsonl"):
+            clear_entry(out / name)
+    elif resume and _has_checkpoints(out):
+        try:
+            stored = json.loads((ckpts / "fingerprint.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            stored = None
+        if diff := changes(stored, fingerprint):
+            raise StaleError(
+                f"cannot resume {out}: its checkpoints were made with other settings or inputs:"
+                f"{summary(diff)}\nResuming would mix two trainings. Undo the changes to resume, "
+                "or pass --force to start over (its checkpoints are deleted). Fields that may "
+                f"change on resume: {', '.join(RESUME_SAFE)}"
+            )
+    elif not resume and (_has_checkpoints(out) or (out / "avocado.json").exists()):
+        what = "a trained student" if (out / "avocado.json").exists() else "checkpoints"
+        raise StaleError(
+            f"{out} already holds {what}; pass --resume to continue its training, or --force "
+            "to start over (its checkpoints are deleted)"
+        )
+    clear_entry(out / "avocado.json")  # the student is complete again when this training ends
+    ckpts.mkdir(parents=True, exist_ok=True)
+    atomic_write(ckpts / "fingerprint.json", json.dumps(fingerprint, indent=1).encode())
+
+
 def distill(
     recipe: Recipe,
     *,
@@ -114,13 +188,41 @@ def distill(
     resume: bool = False,
     use_kd: bool = True,
     stop_after: int | None = None,
+    force: bool = False,
 ) -> Path:
-    """Train the recipe's student on its fused harvest; returns the artifact directory."""
+    """Train the recipe's student on its fused harvest; returns the artifact directory.
+
+    One training per directory at a time (``out/.lock``); see :func:`prepare_out` for what
+    ``resume`` and ``force`` allow."""
     paths = default_paths(recipe, strategy, out)
     if not paths.fused.exists():
         raise FileNotFoundError(
             f"no fused examples at {paths.fused}; run `avocado fuse` for this recipe first"
         )
+    paths.out.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(
+        paths.out / ".lock",
+        f"another distill is training into {paths.out}; wait for it to finish or stop it",
+    )
+    try:
+        fingerprint = distill_fingerprint(
+            recipe, strategy or recipe.fusion.strategy, use_kd, paths.fused
+        )
+        prepare_out(paths.out, fingerprint, resume=resume, force=force)
+        return _distill(recipe, paths, strategy, resume, use_kd, stop_after, fingerprint)
+    finally:
+        release_lock(lock)
+
+
+def _distill(
+    recipe: Recipe,
+    paths: DistillPaths,
+    strategy: str | None,
+    resume: bool,
+    use_kd: bool,
+    stop_after: int | None,
+    fingerprint: dict,
+) -> Path:
     fused = read_fused(paths.fused)
     table = read_records(paths.harvest)
     records = {row["key"]: row for row in table.to_pylist()}
@@ -158,8 +260,11 @@ def distill(
         "items": stats,
         "final_loss": history[-1].loss if history else None,
         "recipe": recipe_to_dict(recipe),
+        "fingerprint": fingerprint,
     }
-    (paths.out / "avocado.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    (paths.out / "README.md").write_text(model_card(meta))
+    atomic_write(paths.out / "README.md", model_card(meta).encode())
     plot_losses(paths.out / "loss.jsonl", paths.out / "loss.png")
+    # Last: avocado.json says the student is complete, and what made it.
+    text = json.dumps(meta, indent=2, default=str) + "\n"
+    atomic_write(paths.out / "avocado.json", text.encode())
     return paths.out

@@ -7,6 +7,10 @@ distillation always crosses tokenizers. Its size is checked against the smallest
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ from transformers import (
 )
 
 from avocado_llm.config import StudentConfig
+from avocado_llm.harvest.files import fsync_dir
 from avocado_llm.world.templates import STUDENT
 from avocado_llm.world.tokenizers import TokenizerSpec, train_tokenizer, wrap
 from avocado_llm.world.zoo import world_corpus
@@ -43,17 +48,24 @@ def student_tokenizer(cfg: StudentConfig, corpus: list[str]) -> PreTrainedTokeni
     return wrap(train_tokenizer(spec, corpus), spec, STUDENT)
 
 
+@functools.lru_cache(maxsize=2)
+def _world_text(seed: int) -> tuple[str, ...]:
+    """The world's text for the student tokenizer, made once per seed and process (seconds):
+    a run trains the student and its baselines on the same tokenizer text."""
+    return tuple(world_corpus(seed))
+
+
 def build_student(
     cfg: StudentConfig, seed: int = 0, corpus: list[str] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A student from the recipe: loaded from ``init_from``, or new (tokenizer trained now)."""
     if cfg.init_from is not None:
-        tok = AutoTokenizer.from_pretrained(cfg.init_from)
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from)
+        tok = AutoTokenizer.from_pretrained(cfg.init_from, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, trust_remote_code=False)
         if not tok.chat_template:
             tok.chat_template = STUDENT
         return model, tok
-    text = corpus if corpus is not None else world_corpus(seed)
+    text = corpus if corpus is not None else list(_world_text(seed))
     # The template's markers are plain text in Llama 2's dialect: let the tokenizer learn them.
     tok = student_tokenizer(cfg, [*text, *["[INST] [/INST]"] * 500])
     common = {
@@ -106,6 +118,15 @@ def check_size(model: PreTrainedModel, teacher_params: dict[str, int], ratio: fl
 
 
 def save_student(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path) -> None:
+    """Save into a fresh folder inside ``out``, then rename each file into place: a symbolic
+    link planted in ``out`` (``config.json`` → elsewhere) is replaced, never written through."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    staging = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
+    try:
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, out / file.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -25,6 +25,7 @@ from avocado_llm.evaluate.runner import (
     load_local,
 )
 from avocado_llm.teachers import teacher_path
+from avocado_llm.teachers.hf import weights_revision
 from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 from avocado_llm.world import tasks
 from avocado_llm.world.tasks import Example
@@ -103,6 +104,7 @@ def evaluate_model(
     if per_family < 1:
         raise EvalError(f"examples per family must be at least 1, got {per_family} (--n)")
     examples = tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
+    fingerprint = eval_fingerprint(recipe, source, per_family)  # before: the files may change
     result, params = _score(recipe, source, examples, name, device)
     entry = result.entry(role, params) | {
         "source": source.describe(),
@@ -110,6 +112,7 @@ def evaluate_model(
         "seed": recipe.seed,
         "max_new_tokens": recipe.eval.max_new_tokens,
         "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint,
     }
     eval_dir = out if out is not None else recipe.run_dir / "eval"
     answers_path = eval_dir / "answers" / f"{name}.jsonl"
@@ -120,6 +123,20 @@ def evaluate_model(
     write_answers(answers_path, rows)
     update_report(eval_dir, name, entry, recipe=recipe.name)
     return ModelEvaluation(name, entry, eval_dir, answers_path)
+
+
+def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> dict[str, Any]:
+    """What makes a model's scores: the model (a local directory: the digest of its weight,
+    config, tokenizer and template files; an endpoint: its URL and model name), the examples
+    (families, count, seed) and the answer length."""
+    model = weights_revision(source.path) if source.path is not None else source.describe()
+    return {
+        "input:model": model,
+        "seed": recipe.seed,
+        "world.families": list(recipe.world.families),
+        "n_per_family": per_family,
+        "eval.max_new_tokens": recipe.eval.max_new_tokens,
+    }
 
 
 def _recipe_teacher(recipe: Recipe, source: ModelSource) -> str | None:

@@ -194,10 +194,17 @@ def load_local(path: Path, device: str = "auto") -> tuple[PreTrainedModel, PreTr
         raise EvalError(f"no Hugging Face model in {path} (no config.json); check --model")
     target = pick_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:  # never run code shipped in the directory: a model is data, not a program
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise EvalError(
+            f"cannot load the model in {path}: {error}".strip()[:2000]
+            + "\n(Avocado never runs code shipped with a model: trust_remote_code is off)"
+        ) from None
     if not tokenizer.chat_template:
         raise EvalError(f"the tokenizer in {path} has no chat template; add chat_template.jinja")
     if tokenizer.pad_token_id is None:  # left padding needs some pad id; it is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(target)
+    model = model.to(target)
     return model.eval(), tokenizer

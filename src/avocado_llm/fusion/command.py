@@ -7,14 +7,61 @@ avocado fuse recipes/tiny.yaml --strategy min_ce     # loads the local teachers 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+from avocado_llm.config import Recipe
+from avocado_llm.config.fingerprint import digest
 from avocado_llm.fusion.example import FusionReport
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def recipe_records(recipe: Recipe, records: pa.Table) -> pa.Table:
+    """The records this recipe's harvest asks for: its teachers, its prompts, its sampling and
+    samples. A harvest directory keeps the answers of earlier settings too (their keys differ,
+    so they are never mistaken for done); fusion must not learn from them."""
+    import pyarrow as pa
+
+    from avocado_llm.harvest import harvest_prompts
+    from avocado_llm.teachers import sampling_params
+
+    params = sampling_params(recipe.harvest, recipe.seed).as_dict()
+    samples = params.pop("n")
+    prompts = {ex.id for ex in harvest_prompts(recipe)}
+    teachers = {t.name for t in recipe.teachers}
+
+    def wanted(row: dict[str, Any]) -> bool:
+        sampling = {k: v for k, v in json.loads(row["sampling"]).items() if k != "n"}
+        return (
+            row["teacher"] in teachers
+            and row["prompt_id"] in prompts
+            and row["sample_index"] < samples
+            and sampling == params
+        )
+
+    rows = records.select(["teacher", "prompt_id", "sample_index", "sampling"]).to_pylist()
+    return records.filter(pa.array([wanted(row) for row in rows], type=pa.bool_()))
+
+
+def fusion_fingerprint(recipe: Recipe, strategy: str, records: pa.Table) -> dict[str, Any]:
+    """What makes a fused file: the fusion fields and the records it reads (their keys name
+    teacher, revision, prompt and sampling; their completions are the answers)."""
+    keys, texts = records["key"].to_pylist(), records["completion"].to_pylist()
+    answers = sorted(zip(keys, texts, strict=True))
+    return {
+        "fusion.strategy": strategy,
+        "fusion.min_weight": recipe.fusion.min_weight,
+        "fusion.judge_teacher": recipe.fusion.judge_teacher,
+        "world.unverified": sorted(recipe.world.unverified),
+        "input:harvest records": f"{len(answers)} records, {digest(answers)}",
+    }
 
 
 def add_fuse_command(commands: Any) -> None:
@@ -55,6 +102,16 @@ def run_fuse_command(args: argparse.Namespace) -> int:
         print(f"error: no records in {harvest_dir}; run `avocado harvest {args.recipe}` first",
               file=sys.stderr)  # fmt: skip
         return 1
+    if args.harvest is None:  # the recipe's own harvest: only what its settings ask for
+        total, records = records.num_rows, recipe_records(recipe, records)
+        if records.num_rows < total:
+            print(f"fusion: {total - records.num_rows:,} of {total:,} records in {harvest_dir} "
+                  "were made with other harvest settings (teachers, prompts, sampling) and are "
+                  "left out", file=sys.stderr)  # fmt: skip
+        if records.num_rows == 0:
+            print(f"error: no records of this recipe's harvest settings in {harvest_dir}; run "
+                  f"`avocado harvest {args.recipe}` first", file=sys.stderr)  # fmt: skip
+            return 1
     local = [t.name for t in recipe.teachers if t.kind == "local"]
     judge = recipe.fusion.judge_teacher
     needed = scorers_needed(strategy, local, judge)
@@ -80,7 +137,8 @@ def run_fuse_command(args: argparse.Namespace) -> int:
     except (FusionError, TeacherError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    path = write_fused(out, strategy, examples, report)
+    fingerprint = fusion_fingerprint(recipe, strategy, records)
+    path = write_fused(out, strategy, examples, report, fingerprint)
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(report_table(report, f"Fusion {strategy!r}: {len(examples):,} examples → {path}"))
     unverified = ", ".join(f for f in recipe.world.unverified if f in report.families)

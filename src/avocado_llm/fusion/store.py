@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,12 +39,33 @@ def strategy_slug(strategy: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy).strip("-.") or "fusion"
 
 
+def fingerprint_path(path: Path) -> Path:
+    """Where the fingerprint of the fused file ``path`` is kept."""
+    return path.with_suffix(".fingerprint.json")
+
+
+def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
+    """What made the fused file ``path`` (``None``: unknown, so it must be fused again)."""
+    try:
+        data = json.loads(fingerprint_path(Path(path)).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_fused(
-    directory: str | Path, strategy: str, examples: list[FusedExample], report: FusionReport
+    directory: str | Path,
+    strategy: str,
+    examples: list[FusedExample],
+    report: FusionReport,
+    fingerprint: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the examples and the report; the path of the Parquet file."""
+    """Write the examples and the report, then ``fingerprint`` (what made them: recipe fields
+    and input digests); the path of the Parquet file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint_path(directory / f"{strategy_slug(strategy)}.parquet")
+    stamp.unlink(missing_ok=True)  # until the new files are all written, nothing vouches for them
     rows = [
         {
             "prompt_id": ex.prompt_id,
@@ -65,6 +87,8 @@ def write_fused(
     atomic_write(path, buffer.getvalue().to_pybytes())
     report_json = json.dumps(report.to_dict(), indent=1).encode()
     atomic_write(path.with_suffix(".report.json"), report_json)
+    if fingerprint is not None:
+        atomic_write(stamp, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
     return path
 
 

@@ -19,7 +19,6 @@ reads the records as they are.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +34,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avocado_llm.harvest.files import (
+    RunDirError,
+    acquire_lock,
+    append_bytes,
+    atomic_write,
+    release_lock,
+)
+from avocado_llm.harvest.files import fsync_dir as _fsync_dir
 from avocado_llm.teachers.base import SamplingParams, TeacherInfo
 
 FORMAT = 1
@@ -122,25 +129,6 @@ class ShardIndex:
             self.provenance.setdefault(teacher, {})[row["teacher_revision"]] = row["teacher_model"]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all: temporary file beside it, fsync, rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -210,6 +198,22 @@ def quarantine_damaged(root: Path, known: dict[str, Shard]) -> list[str]:
     return moved
 
 
+INT32_MAX = 2**31 - 1
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """What makes ``row`` unfit for the store, or None: token counts must be whole numbers in
+    [0, 2^31 - 1] (a negative usage is a lying teacher, not a count), latency finite and >= 0."""
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = row.get(name)
+        if type(value) is not int or not 0 <= value <= INT32_MAX:
+            return f"{name} is {value!r}; expected a whole number from 0 to {INT32_MAX}"
+    latency = row.get("latency_s")
+    if not isinstance(latency, int | float) or not 0 <= latency < float("inf"):
+        return f"latency_s is {latency!r}; expected a finite number >= 0"
+    return None
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     try:
         return json.loads((root / "manifest.json").read_text())
@@ -223,14 +227,11 @@ class HarvestStore:
     def __init__(self, root: Path, recipe: str, shard_size: int = 512) -> None:
         self.root, self.recipe, self.shard_size = Path(root), recipe, shard_size
         (self.root / "data").mkdir(parents=True, exist_ok=True)
-        self._lock = (self.root / ".lock").open("w")
+        busy = f"another harvest is writing to {self.root}; wait for it to finish or stop it"
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise HarvestError(
-                f"another harvest is writing to {self.root}; wait for it to finish or stop it"
-            ) from None
+            self._lock = acquire_lock(self.root / ".lock", busy)
+        except RunDirError as error:
+            raise HarvestError(str(error)) from None
         for tmp in [*self.root.glob(".*.tmp"), *(self.root / "data").glob("*/.*.tmp")]:
             tmp.unlink()  # left by a crash mid-write; the rename never happened
         self._repair_failure_log()
@@ -243,7 +244,7 @@ class HarvestStore:
         self._write_manifest()
 
     def close(self) -> None:
-        self._lock.close()
+        release_lock(self._lock)
 
     def finished(self, teacher: str) -> set[str]:
         """Keys of the records this teacher already has (a live set, updated by :meth:`write`)."""
@@ -264,7 +265,13 @@ class HarvestStore:
         self._write_manifest()
 
     def write(self, teacher: str, rows: list[dict[str, Any]]) -> int:
-        """Append the rows whose keys are new, in shards of at most ``shard_size``; the count."""
+        """Append the rows whose keys are new, in shards of at most ``shard_size``; the count.
+
+        Refuses (:class:`HarvestError`, nothing written) a batch with a row that breaks the
+        record contract (see :func:`row_problem`): the parser should have caught it."""
+        for row in rows:
+            if problem := row_problem(row):
+                raise HarvestError(f"refusing record {row.get('key')!r} of {teacher}: {problem}")
         done, fresh, seen = self.finished(teacher), [], set()
         for row in rows:
             if row["key"] not in done and row["key"] not in seen:
@@ -300,10 +307,7 @@ class HarvestStore:
                         "sample_index": index, "reason": reason, "time": now}) + "\n"
             for key, prompt_id, index in items
         )  # fmt: skip
-        with (self.root / "failures.jsonl").open("a") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        append_bytes(self.root / "failures.jsonl", lines.encode(), sync=True)
 
     def _repair_failure_log(self) -> None:
         """Cut a last line left unfinished by a crash, so the next append starts a fresh line."""

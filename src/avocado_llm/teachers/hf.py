@@ -71,18 +71,36 @@ END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|return|>", "<|end|>", "<|eot_id
 """End-of-turn markers of the known chat templates (Gemma, ChatML, harmony, Llama 3)."""
 
 
-def weights_revision(path: Path) -> str:
-    """A short hash of the weight files: the model's revision in every record."""
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.gguf"))
-    )
+MODEL_FILES = (
+    "*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.model", "*.tiktoken", "*.jinja",
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+    "chat_template.json", "*.index.json",
+)  # fmt: skip
+"""What decides a model directory's answers: weights (every format), configs, tokenizer files
+and chat templates. Code files are not in it: they are never run (``trust_remote_code=False``)."""
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files of :data:`MODEL_FILES` in a model directory (or the file itself), sorted."""
+    if path.is_file():
+        return [path]
+    found = {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()}
+    return sorted(found)
+
+
+def weights_revision(path: Path, chat_template: str | None = None) -> str:
+    """A short hash of every file that decides the model's answers (names and bytes), and of a
+    chat template that replaces the tokenizer's: the model's revision in every record (and so
+    in every record key)."""
     digest = hashlib.sha256()
-    for file in files:
+    for file in model_files(path):
+        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
         with file.open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
+    if chat_template is not None:
+        digest.update(b"chat_template\0" + chat_template.encode())
     return "sha256:" + digest.hexdigest()[:16]
 
 
@@ -112,13 +130,16 @@ class LocalTeacher:
         self.device = pick_device(device)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path, **kwargs)
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=False, **kwargs
+        )
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, **kwargs
+            path, dtype=dtype, trust_remote_code=False, **kwargs
         ).to(self.device)
         self.model.eval()
-        if chat_template is not None:
-            self.tokenizer.chat_template = Path(chat_template).read_text()
+        template = Path(chat_template).read_text() if chat_template is not None else None
+        if template is not None:
+            self.tokenizer.chat_template = template
         if not self.tokenizer.chat_template:
             raise TeacherError(
                 name,
@@ -134,7 +155,7 @@ class LocalTeacher:
         self.info = TeacherInfo(
             name=name,
             model=str(path),
-            revision=weights_revision(weights),
+            revision=weights_revision(weights, template),
             licence=licence,
             tokenizer=_tokenizer_kind(self.tokenizer),
         )
