@@ -14,8 +14,9 @@ there is. Killed at any step and resumed, a run ends at the same loss as an unin
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -31,8 +32,17 @@ from avocado_llm.config import TrainingConfig
 from avocado_llm.distill.batches import DistillBatch, DistillItem, collate_items
 from avocado_llm.distill.data import IGNORE
 from avocado_llm.distill.losses import sparse_kl
+from avocado_llm.harvest.files import append_bytes, atomic_write, clear_entry
 
 KD_KIND = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd"}
+CHECKPOINT_NAME = re.compile(r"step-\d{7}")
+"""The only names ``checkpoints/latest.json`` may point at: a folder beside it."""
+
+log = logging.getLogger("avocado.distill")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message says which and why."""
 
 
 @dataclass
@@ -189,29 +199,29 @@ class _LossLog:
         self.path, self.active = path, active
         if active:
             kept = []
-            if path.exists():
+            if start > 0 and path.is_file() and not path.is_symlink():  # never read a link
                 kept = [
                     ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < start
                 ]
-            path.write_text("".join(f"{ln}\n" for ln in kept))
+            atomic_write(path, "".join(f"{ln}\n" for ln in kept).encode())
 
     def write(self, step: int, loss: StepLoss, lr: float, metrics: dict[str, float]) -> None:
         if not self.active:
             return
         row = {"step": step, "loss": loss.loss, "ce": loss.ce, "kd": loss.kd, "lr": lr, **metrics}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_bytes(self.path, (json.dumps(row) + "\n").encode())
 
 
 def _save_checkpoint(acc: Accelerator, out_dir: Path, step: int) -> None:
     """Write ``checkpoints/step-N`` then point ``checkpoints/latest`` at it (atomic rename)."""
     ckpt = out_dir / "checkpoints" / f"step-{step:07d}"
+    if acc.is_main_process:  # a folder left by an earlier run, or a link: never write into it
+        clear_entry(ckpt)
+    acc.wait_for_everyone()
     acc.save_state(str(ckpt), safe_serialization=False)  # tied embeddings: no warning spam
     if acc.is_main_process:
         pointer = out_dir / "checkpoints" / "latest.json"
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"step": step, "path": ckpt.name}))
-        os.replace(tmp, pointer)
+        atomic_write(pointer, json.dumps({"step": step, "path": ckpt.name}).encode())
     acc.wait_for_everyone()
 
 
@@ -220,8 +230,38 @@ def _load_checkpoint(acc: Accelerator, out_dir: Path) -> int:
     if not pointer.exists():
         return 0
     latest = json.loads(pointer.read_text())
-    acc.load_state(str(out_dir / "checkpoints" / latest["path"]))
-    return int(latest["step"])
+    name = latest.get("path") if isinstance(latest, dict) else None
+    step = latest.get("step") if isinstance(latest, dict) else None
+    # latest.json names a folder beside it, nothing else: never a path out of the run directory.
+    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name) or type(step) is not int:
+        raise CheckpointError(
+            f"{pointer} points at {name!r} (step {step!r}); it must name a step-NNNNNNN folder "
+            "in the same directory. Fix or delete latest.json, or start over with --force"
+        )
+    ckpt = out_dir / "checkpoints" / name
+    if ckpt.is_symlink() or not ckpt.is_dir():
+        raise CheckpointError(
+            f"{pointer} points at {ckpt}, which is not a checkpoint folder (missing, or a link); "
+            "fix or delete latest.json, or start over with --force"
+        )
+    acc.load_state(str(ckpt))
+    _check_rng_state(acc, ckpt)
+    return step
+
+
+def _check_rng_state(acc: Accelerator, ckpt: Path) -> None:
+    """``accelerate`` skips an RNG state it cannot load without a word; say so, by name."""
+    from accelerate.utils import load
+
+    rng = ckpt / f"random_states_{acc.process_index}.pkl"
+    try:
+        load(rng)  # weights-only, as accelerate loads it: a pickle with code is refused
+    except Exception as error:  # any failure means the state was not restored
+        log.warning(
+            "checkpoint %s: the random state %s could not be loaded (%s); resumed without it, "
+            "so this run will not match an uninterrupted one bit for bit",
+            ckpt.name, rng, f"{type(error).__name__}: {error}".splitlines()[0][:300],
+        )  # fmt: skip
 
 
 def _progress(active: bool) -> Progress:
