@@ -73,7 +73,7 @@ class Detector:
             return cls(gate.tokenizer, params, gate)
         from transformers import AutoTokenizer
 
-        return cls(AutoTokenizer.from_pretrained(Path(model_dir)), params)
+        return cls(AutoTokenizer.from_pretrained(Path(model_dir), trust_remote_code=False), params)
 
     def token_ids(self, text: str) -> list[int]:
         """An answer's token ids, as the served model would have produced them."""
@@ -178,8 +178,10 @@ class EntropyGate:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(Path(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(Path(model_dir), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(Path(model_dir), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            Path(model_dir), dtype=torch.float32, trust_remote_code=False
+        )
         return cls(model.eval(), tok, threshold)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:

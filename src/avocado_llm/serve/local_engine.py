@@ -151,13 +151,15 @@ class LocalEngine:
     def _load(self) -> None:
         if self.threads is not None:  # process-wide: the engine is the process's torch user
             torch.set_num_threads(self.threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=False)
         if not self.tokenizer.chat_template:
             raise ValueError(f"the tokenizer in {self.model_dir} has no chat template")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.hf_model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
+        self.hf_model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=dtype, trust_remote_code=False
+        )
         self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
         self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
         self.eos_ids = frozenset(self._eos_ids())

@@ -118,7 +118,9 @@ class UpstreamEngine:
         if self._tokenizer_dir is not None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_dir)
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                self._tokenizer_dir, trust_remote_code=False
+            )
         self._session = aiohttp.ClientSession(
             headers=self._headers,
             timeout=self._timeout,

@@ -272,8 +272,8 @@ def build_teacher(
 
 def evaluate_teacher(path: Path, heldout_per_family: int = 300, seed: int = 0) -> EvalResult:
     """Held-out accuracy of a model directory on every family, loaded with plain transformers."""
-    model = AutoModelForCausalLM.from_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     examples = tasks.generate(list(tasks.FAMILIES), "heldout", heldout_per_family, seed)
     return evaluate_examples(model, tok, examples, description=f"eval {path.name}")
 
