@@ -74,14 +74,14 @@ def test_row_seeds() -> None:
 
 
 def target(logits: torch.Tensor, temp: float, top_p: float, bias: torch.Tensor) -> np.ndarray:
-    """The exact distribution: the model's nucleus at ``temp``, then within it the softmax of
-    the biased logits."""
-    p = torch.softmax(logits.double() / temp, dim=-1)
-    order = p.argsort(descending=True)
-    before = p[order].cumsum(0) - p[order]
-    nucleus = torch.zeros_like(p, dtype=torch.bool)
+    """The exact distribution: the softmax of the biased logits at ``temp``, within its own
+    nucleus (the watermarked distribution's, never the model's: issue #18)."""
+    q = torch.softmax((logits.double() + bias) / temp, dim=-1)
+    order = q.argsort(descending=True)
+    before = q[order].cumsum(0) - q[order]
+    nucleus = torch.zeros_like(q, dtype=torch.bool)
     nucleus[order[before <= top_p]] = True
-    q = torch.softmax((logits.double() + bias) / temp, dim=-1) * nucleus
+    q = q * nucleus
     return (q / q.sum()).numpy()
 
 
@@ -94,7 +94,12 @@ def target(logits: torch.Tensor, temp: float, top_p: float, bias: torch.Tensor) 
         (1.0, 1.0, 3.0, False),
         (1.0, 0.9, 3.0, True),
         (0.7, 0.9, 3.0, True),
+        (0.2, 1.0, 3.0, False),
         (0.08, 1.0, 3.0, False),
+        (1.0, 0.6, 3.0, True),
+        (1.0, 1e-9, 3.0, True),
+        (1e-6, 1.0, 3.0, False),
+        (0.01, 0.6, 3.0, False),
     ],
 )
 def test_the_draws_follow_the_biased_distribution(
@@ -102,12 +107,17 @@ def test_the_draws_follow_the_biased_distribution(
 ) -> None:
     """20,000 rows with the same logits, key and context (one green list) and their own
     seeds: the tokens' counts against the exact distribution (chi-square, 7 dof); gated: the
-    default gate, open (entropy 1.6 nats). The last case (T = 0.08: a red token is kept with
-    probability e^-37) has the green candidates at a few percent of the mass, so the rejection
-    sampler mostly falls back to its exact draw."""
+    default gate, open (entropy 1.6 nats). At T = 0.2 (a red token kept with probability
+    e^-15) the green candidates hold under 1% of the model's mass, so the rejection sampler
+    mostly falls back to its exact draw. Colder (T = 0.08: delta / T = 37.5, a red top token
+    several nats above green ones at T = 0.01 and 1e-6) and with a nucleus the row is biased
+    first and drawn from the biased distribution: a tiny ``top_p`` or temperature gives the
+    biased argmax, never the model's own (the top token here is red)."""
     n, vocab = 20_000, 8
     logits = torch.tensor([2.0, 1.6, 1.5, 0.8, 0.0, -0.5, -1.0, -9.0])
-    if temp < 0.1:
+    if temp == 0.2:  # the green candidates (1, 3, 4) far below the red ones (0, 2)
+        logits = torch.tensor([2.0, 0.9, 1.9, 0.8, 0.7, 0.0, -1.0, -2.0])
+    elif temp < 0.1:
         logits = torch.tensor([2.0, 1.9, 1.8, 1.75, 1.7, 0.0, -1.0, -2.0])
     params = WatermarkParams() if gated else NO_GATE
     mark = Watermark(key=5, delta=delta, params=params) if delta else None
@@ -117,12 +127,30 @@ def test_the_draws_follow_the_biased_distribution(
     bias = torch.zeros(vocab)
     if mark is not None:
         green = green_mask(torch.tensor([5]), torch.full((1, 2), START), vocab, 0.5)[0]
-        if temp < 0.1:  # the setting it is meant for: the top token red, a few green below
+        if temp < 0.5:  # the setting it is meant for: the top token red, a few green below
             assert not bool(green[0]) and 0 < int(green[:5].sum()) < 5
         reach = delta + 12.0 * temp
         bias = (green & (logits >= logits.max() - reach)).double() * delta
     counts = np.bincount(tokens.numpy(), minlength=vocab)
     assert chi_square(counts, target(logits, temp, top_p, bias)) < 30  # p ≈ 1e-4 at 7 dof
+
+
+def test_a_top_p_of_1_keeps_every_token() -> None:
+    """``nucleus`` leaves a row of ``top_p`` 1 as it is, bit for bit, though float32's
+    cumulative sum passes 1 before its tail (checked: the tail a ``> top_p`` test alone would
+    cut). The tail weighs ~1e-7, yet a cold watermarked row drawn by rejection multiplies its
+    green tokens by up to e^18 — and a batch-mate's nucleus decided whether the sort ran, so
+    the row's tokens depended on its batch."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 1000, generator=gen) * torch.linspace(0.5, 20, 200)[:, None]
+    probs = torch.softmax(logits / 0.17, dim=-1)
+    top_p = torch.ones(200)
+    top_p[::2] = 0.9  # batch-mates with a nucleus
+    kept = sampling.nucleus(probs, top_p)
+    assert torch.equal(kept[1::2], probs[1::2])
+    ordered = probs.sort(dim=-1, descending=True).values
+    assert bool(((ordered.cumsum(-1) - ordered)[1::2] > 1).any())  # what was cut before
+    assert bool((kept[::2] == 0).any())
 
 
 def test_compiled_and_tensor_samplers_draw_the_same_tokens_without_a_watermark() -> None:
@@ -140,9 +168,12 @@ def test_compiled_and_tensor_samplers_draw_the_same_tokens_without_a_watermark()
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_a_rows_tokens_depend_on_its_seed_only(compiled: bool) -> None:
-    """Row 3's answer alone, in a batch of 8 in another order (with rows watermarked and
-    rows leaving): the same tokens. Another seed: other tokens."""
+@pytest.mark.parametrize(("temp", "top_p"), [(1.0, 1.0), (1.0, 0.6), (0.1, 1.0)])
+def test_a_rows_tokens_depend_on_its_seed_only(compiled: bool, temp: float, top_p: float) -> None:
+    """Row 3's answer alone, in a batch of 8 in another order (with rows watermarked, rows
+    whose nucleus or temperature has them biased before their draw, and rows leaving): the
+    same tokens, whether the row itself is drawn by rejection or biased first. Another seed:
+    other tokens."""
     gen = torch.Generator().manual_seed(1)
     steps, vocab = 12, 50
     logits = torch.randn(steps, vocab, generator=gen) * 1.5
@@ -153,7 +184,10 @@ def test_a_rows_tokens_depend_on_its_seed_only(compiled: bool) -> None:
         marks[place] = mark
         seeds = [row_seed(7, i) for i in range(batch)]
         seeds[place] = seed
-        sampler = make(compiled, marks, [1.0] * batch, [1.0] * batch, seeds)
+        temps = [(1.0, 0.05, 0.0, 0.8)[i % 4] for i in range(batch)]
+        top_ps = [(1.0, 1.0, 0.5, 0.7, 1.0)[i % 5] for i in range(batch)]
+        temps[place], top_ps[place] = temp, top_p
+        sampler = make(compiled, marks, temps, top_ps, seeds)
         rows, out = list(range(batch)), []
         for step in range(steps):
             noise = torch.randn(len(rows), vocab, generator=gen)
@@ -255,26 +289,71 @@ def test_greedy_rows_pick_the_argmax_of_the_biased_logits(vocab: int) -> None:
     assert out[0][0] != unmarked  # the watermark moved some argmax
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("vocab", [300, 5000])
+def test_a_tiny_top_p_or_temperature_is_greedy_on_the_biased_logits(
+    compiled: bool, vocab: int
+) -> None:
+    """Issue #18: ``top_p`` 1e-9 at temperature 1, a temperature of 1e-6, and both, give the
+    argmax of the watermarked logits — the tokens greedy decoding gives the same rows, step
+    after step as the contexts advance and rows leave — never the model's own argmax, which
+    they used to hand out (the nucleus was the model's own distribution's; the compiled
+    rejection sampler lost the green candidates of a cold row in its cumulative sum)."""
+    gen = torch.Generator().manual_seed(vocab + 1)
+    steps, batch = 6, 24
+    logits = torch.randn(steps, batch, vocab, generator=gen) * 2
+    marks = [Watermark(key=i + 3) if i % 5 else None for i in range(batch)]
+    seeds = [row_seed(5, i) for i in range(batch)]
+    settings = {
+        "greedy": (0.0, 1.0),
+        "top_p": (1.0, 1e-9),
+        "cold": (1e-6, 1.0),
+        "both": (1e-6, 1e-9),
+    }
+    out = {}
+    for name, (temp, top_p) in settings.items():
+        sampler = make(compiled, marks, [temp] * batch, [top_p] * batch, seeds)
+        rows, tokens = list(range(batch)), []
+        for step in range(steps):
+            tokens.append(sampler.choose(logits[step, rows].clone()).tolist())
+            if step == 2:
+                keep = [i for i in range(len(rows)) if i % 4]
+                sampler.select(torch.tensor(keep))
+                rows = [rows[i] for i in keep]
+        out[name] = tokens
+    assert out["top_p"] == out["greedy"]
+    assert out["cold"] == out["greedy"]
+    assert out["both"] == out["greedy"]
+    unmarked = [int(t) for t in logits[0].argmax(-1)]
+    assert out["top_p"][0] != unmarked  # the watermark moved some argmax
+
+
 @pytest.mark.parametrize("vocab", [400, 5000])
-def test_with_log_probabilities_the_logits_carry_the_watermark(vocab: int) -> None:
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_with_log_probabilities_the_logits_carry_the_watermark(vocab: int, top_p: float) -> None:
     """A batch where a row asks for log-probabilities: the compiled step leaves in the logits
     the biases the tensors' watermark state gives them (fed the same tokens: greedy rows and
     drawn ones, at temperature 1 and not), so the log-probabilities a plan exposes are the
     watermarked distribution's; without it (where the step skips the gate of rows whose
     outcome does not depend on it), drawn rows' logits are left as the model gave them, and
-    the tokens are the same."""
+    the tokens are the same. With ``top_p`` < 1 (and at T = 0.1) drawn watermarked rows are
+    biased before their nucleus is taken, with or without log-probabilities."""
     gen = torch.Generator().manual_seed(8)
     batch = 30
     logits = torch.randn(4, batch, vocab, generator=gen) * 1.5
     logits[:, ::4, 0] += 14  # sure rows: the gate stays shut
-    temps = [(0.0, 1.0, 0.7)[i % 3] for i in range(batch)]
+    temps = [(0.0, 1.0, 0.7, 0.1)[i % 4] for i in range(batch)]
+    top_ps = [top_p] * batch
     marks = [Watermark(key=i + 1) if i % 7 else None for i in range(batch)]
     seeds = [row_seed(2, i) for i in range(batch)]
-    compiled = sampler_for(marks, temps, [1.0] * batch, seeds, CPU, True, biased_logits=True)
-    plain = sampler_for(marks, temps, [1.0] * batch, seeds, CPU, True)
+    compiled = sampler_for(marks, temps, top_ps, seeds, CPU, True, biased_logits=True)
+    plain = sampler_for(marks, temps, top_ps, seeds, CPU, True)
     tensors = WatermarkState.for_rows(marks, CPU, temps, compiled=False)
     assert tensors is not None
-    drawn = torch.tensor([t > 0 for t in temps])
+    exact = torch.tensor([m is not None and (t == 0.1 or (t > 0 and top_p < 1))
+                          for m, t in zip(marks, temps, strict=True)])  # fmt: skip
+    greedy = torch.tensor([t == 0 for t in temps])
+    drawn = ~greedy & ~exact  # (by rejection where watermarked)
     for step in range(4):
         a, b, c = (logits[step].clone() for _ in range(3))
         ta, tc = compiled.choose(a).clone(), plain.choose(c).clone()
@@ -282,5 +361,6 @@ def test_with_log_probabilities_the_logits_carry_the_watermark(vocab: int) -> No
         tensors.advance(ta)
         assert not torch.equal(a, logits[step])  # some row was biased
         assert torch.equal(c[drawn], logits[step][drawn])
+        assert torch.equal(c[exact], a[exact])  # biased before the nucleus either way
         assert torch.equal(ta, tc)  # the same tokens either way
-        assert torch.equal(ta[~drawn], a[~drawn].argmax(-1))
+        assert torch.equal(ta[greedy], a[greedy].argmax(-1))

@@ -21,6 +21,14 @@ DRAWS_PER_STEP = 32
 """Uniforms a row may take in one step (``k`` below this): the rejection sampler's tries,
 two each, and its exact fallback."""
 COUNTER_SALT = 0x2545F491  # keeps the two halves' inputs apart
+MAX_REJECTION_BIAS = 18.0
+"""A watermarked sampled row is drawn by rejection only while ``delta / T`` is at most this:
+the proposals come from the model's own distribution, in which a green candidate up to
+``delta + SPREAD × T`` below the top weighs ``e^-(delta/T + SPREAD)`` of it, and a weight under
+float64's resolution of the cumulative sum (~1e-16) is lost — yet the bias would multiply it by
+``e^(delta/T)``. At 18 the mass lost is under ``V · 1e-16 · e^18 ≈ 1e-3`` of the target's even
+for 150k tokens. A colder row is biased first and drawn from the biased distribution (so a
+temperature of 0.01 cannot hand out the model's own argmax)."""
 
 
 def seed_words(seed: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ import torch
 
 from avocado_llm.protect import scheme
 from avocado_llm.protect.draws import (
+    MAX_REJECTION_BIAS,
     _bias_row,
     _draw_marked,
     _lean,
@@ -199,6 +200,20 @@ def _gate_open(row: np.ndarray, top: float, gate: float) -> bool:
     return _entropy(row, top) >= gate
 
 
+def _gate_of(
+    row: np.ndarray, values: np.ndarray, top: float, second: float, big: bool, gate: float
+) -> bool:
+    """Whether a row's gate is open (its entropy reaches ``gate``): shut at once when the
+    top-two margin bounds the entropy below it; else the top ``GATE_TOP`` logits' entropy
+    (``values``, above ``FULL_ENTROPY_MAX_VOCAB`` tokens) or the whole row's."""
+    support = min(row.shape[0], GATE_TOP) if big else row.shape[0]
+    if _entropy_bound(float(top - second), support) < gate - GATE_SLACK:
+        return False  # sure of its top token: the gate stays shut, no need to sum
+    if big:
+        return _entropy(values, float(top)) >= gate
+    return _gate_open(row, float(top), float(gate))
+
+
 ROW_KEY, ROW_WIDTH, ROW_S0, ROW_S1, ROW_STEP, ROW_CONTEXT = 0, 1, 2, 3, 4, 5
 """Columns of the (B, 5 + h) int64 row state: the mixed key, the row's own h, the two words of
 its sampling seed, the tokens it has produced, its context."""
@@ -266,6 +281,7 @@ def _mark_rows(
     cdf: np.ndarray,  # (B, V) float64 cumulative distributions of the sampled rows, or (0, 0)
     probs: np.ndarray,  # (B, V) float32 the softmax at each row's temperature, with ``cdf``
     write_bias: bool,  # the biased logits are wanted too, not only the picks
+    exact: np.ndarray,  # (B,) bool, or empty: rows biased already (``_bias_exact``), cdf too
 ) -> int:
     """Shift ``tokens`` into the contexts and keep only the rows ``keep`` (when ``compact``:
     rows left the batch); then bias every row's green tokens within reach of its top logit and
@@ -282,7 +298,9 @@ def _mark_rows(
     row's step counter advances. A watermarked row at temperature 1 of a vocabulary up to
     ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (``draws._lean``: one
     vectorised pass, no exponential) and needs no top logit (unless the rejection sampler
-    meets a green token too unlikely to be surely within reach).
+    meets a green token too unlikely to be surely within reach). A row marked in ``exact``
+    was biased by :func:`_bias_exact` and its ``cdf`` is the biased distribution's (its nucleus
+    taken from it): it is drawn from ``cdf`` as it is, like a row without a watermark.
 
     Without ``write_bias`` (the decode step, no row asking for log-probabilities: only
     ``picks`` is read) a greedy row whose top token is green keeps it as its argmax whatever
@@ -313,7 +331,8 @@ def _mark_rows(
         step = ints[b, ROW_STEP]
         ints[b, ROW_STEP] = step + 1
         sampled = drawing and floats[b, ROW_TEMPERATURE] > 0
-        if sampled and d == 0:  # no watermark: the model's own draw, no pass over the logits
+        if sampled and (d == 0 or (exact.shape[0] > 0 and exact[b])):
+            # no watermark (the model's own draw), or biased already: no pass over the logits
             picks[b] = _search(cdf[b], _uniform(ints[b, ROW_S0], ints[b, ROW_S1], step, 0))
             continue
         if sampled and not write_bias and _kept_first(b, d, ints, floats, cdf, probs, step, h,
@@ -358,14 +377,7 @@ def _mark_rows(
             if _mix(s ^ token_mix[pick]) < float(floats[b, ROW_GAMMA]) * 2147483648.0:
                 continue  # (its logits are left unbiased: nobody reads them)
         if marked and gated:
-            gate = floats[b, ROW_MIN_ENTROPY]
-            support = min(vocab, GATE_TOP) if big else vocab
-            if _entropy_bound(float(top - second), support) < gate - GATE_SLACK:
-                marked = False  # sure of its top token: the gate stays shut, no need to sum
-            elif big:
-                marked = _entropy(values, float(top)) >= gate
-            else:
-                marked = _gate_open(row, float(top), float(gate))
+            marked = _gate_of(row, values, top, second, big, floats[b, ROW_MIN_ENTROPY])
         reach = d + np.float32(spread) * floats[b, ROW_TEMPERATURE]
         cut = top - reach
         threshold = float(floats[b, ROW_GAMMA]) * 2147483648.0  # green: hash < gamma · 2^31
@@ -411,6 +423,45 @@ def _mark_rows(
     return biased
 
 
+def _bias_exact(
+    logits: np.ndarray,  # (B, V) float32, biased in place
+    exact: np.ndarray,  # (B,) bool: the rows to bias
+    ints: np.ndarray,  # (≥ B, 5 + h) int64, shifted and compacted already
+    floats: np.ndarray,  # (≥ B, 4) float32
+    token_mix: np.ndarray,
+    context_mix: np.ndarray,
+    gated: bool,
+    spread: float,
+) -> None:
+    """Bias the green candidates of the rows ``exact`` in place where their gate is open: the
+    biases ``WatermarkState.apply`` gives a sampled row (the tokens within
+    ``delta + spread × temperature`` of the top, in float32 arithmetic). For the rows the
+    rejection sampler does not serve (:attr:`CompiledState.exact`): the sampler then takes
+    their softmax, nucleus and cumulative sum from the biased logits. No step advances."""
+    batch, vocab = logits.shape
+    h = ints.shape[1] - ROW_CONTEXT
+    big = vocab > FULL_ENTROPY_MAX_VOCAB
+    k = min(GATE_TOP, vocab) if big else vocab
+    values = np.empty(k if big else 1, dtype=logits.dtype)
+    index = np.empty(k if big else 1, dtype=np.int64)
+    for b in range(batch):
+        if not exact[b]:
+            continue
+        row = logits[b]
+        if big:
+            _top_k(row, k, values, index)
+            top, second, _ = _top_two(values)
+        else:
+            top, second, _ = _top_two(row)
+        if gated and not _gate_of(row, values, top, second, big, floats[b, ROW_MIN_ENTROPY]):
+            continue
+        d = floats[b, ROW_DELTA]
+        reach = d + np.float32(spread) * floats[b, ROW_TEMPERATURE]
+        s = _context_seed(ints, b, h, vocab, context_mix)
+        threshold = float(floats[b, ROW_GAMMA]) * 2147483648.0
+        _bias_row(row, top - reach, d, s, threshold, token_mix)
+
+
 def _shift(ints: np.ndarray, tokens: np.ndarray) -> None:
     """Shift each row's new token into the context columns of ``ints``, in place."""
     width = ints.shape[1]
@@ -442,10 +493,12 @@ if njit is not None:
     _entropy = _compile(_entropy)
     _entropy_bound = _compile(_entropy_bound)
     _gate_open = _compile(_gate_open)
+    _gate_of = _compile(_gate_of)
     _context_seed = _compile(_context_seed)
     _kept_first = _compile(_kept_first)
     # keeps the GIL: the step takes tens of µs (releasing it, nogil=True, measured the same)
     _mark_rows = _compile(_mark_rows)
+    _bias_exact = _compile(_bias_exact)
 
 
 @functools.cache
@@ -463,9 +516,12 @@ def available() -> bool:
     state.advance(torch.zeros(1, dtype=torch.long))
     state.select(torch.tensor([0]))
     _ = state.context  # the rare path: shift and compact outside a step
-    drawn = CompiledState([Watermark(1), None, Watermark(2)], [1.0, 1.0, 0.0], seeds=[1, 2, 3])
-    probs = torch.softmax(torch.zeros(3, 8), dim=-1)
-    drawn.choose(torch.zeros(3, 8), probs, probs.cumsum(-1, dtype=torch.float64))
+    marks = [Watermark(1), None, Watermark(2), Watermark(3)]
+    drawn = CompiledState(marks, [1.0, 1.0, 0.0, 0.5], seeds=[1, 2, 3, 4], top_ps=[1, 1, 1, 0.5])
+    logits = torch.zeros(4, 8)
+    drawn.bias_exact(logits)
+    probs = torch.softmax(logits, dim=-1)
+    drawn.choose(logits, probs, probs.cumsum(-1, dtype=torch.float64))
     global _mark_rows_entry
     signatures = _mark_rows.signatures  # type: ignore[attr-defined]
     if len(signatures) == 1:
@@ -481,6 +537,7 @@ student's decode step, measured. Only for arguments of exactly those types."""
 
 
 _NO_TOKENS = np.empty(0, dtype=np.int64)
+_NO_EXACT = np.empty(0, dtype=np.bool_)
 _NO_CDF = np.empty((0, 0), dtype=np.float64)
 _NO_PROBS = np.empty((0, 0), dtype=np.float32)
 
@@ -503,9 +560,26 @@ class CompiledState:
         marks: Sequence[Watermark | None],
         temperatures: Sequence[float] | None = None,
         seeds: Sequence[int] | None = None,
+        top_ps: Sequence[float] | None = None,
     ) -> None:
         self.h = max((m.params.context for m in marks if m is not None), default=1)
         temps = [max(float(t), 0.0) for t in temperatures or [0.0] * len(marks)]
+        self.exact = np.array(
+            [
+                m is not None
+                and m.delta != 0
+                and t > 0
+                and (float(p) < 1 or abs(m.delta) > MAX_REJECTION_BIAS * t)
+                for m, t, p in zip(marks, temps, top_ps or [1.0] * len(marks), strict=True)
+            ],
+            dtype=np.bool_,
+        ).reshape(len(marks))
+        """Per row: a watermarked sampled row that :meth:`choose` draws from the biased
+        distribution as it is, its logits biased first by :meth:`bias_exact` — one with a
+        nucleus (``top_p`` < 1: the nucleus is the watermarked distribution's, never the
+        model's own, or a tiny ``top_p`` would hand out the unmarked argmax) or too cold for
+        the rejection sampler (``delta / T`` above ``draws.MAX_REJECTION_BIAS``)."""
+        self.any_exact = bool(self.exact.any())
         self.greedy = bool(all(t == 0 for t in temps))
         self.gated = bool(any(m is not None and m.params.min_entropy > 0 for m in marks))
         # each row's sampling seed (62 bits) as two 31-bit words, then its step counter
@@ -539,6 +613,17 @@ class CompiledState:
         """Whether :meth:`choose` biases the logits in place (somebody reads them: the
         log-probabilities of a plan that exposes them)."""
 
+    def bias_exact(self, logits: torch.Tensor) -> None:
+        """Bias the logits (B, V) float32, C-contiguous, in place for the rows :attr:`exact`
+        (where their gate is open), before the sampler takes their softmax and nucleus; then
+        :meth:`choose` draws those rows from that ``cdf`` as it is."""
+        if self._tables is None:
+            tables = scheme.hash_tables(logits.shape[-1], self.h, logits.device)
+            self._tables = (tables.token_np, tables.context_np)
+        self._flush()  # the contexts and rows as of this step
+        _bias_exact(logits.numpy(), self.exact, self.ints, self.floats, *self._tables,
+                    self.gated, SPREAD)  # fmt: skip
+
     @property
     def context(self) -> torch.Tensor:
         """(B, h) the previous tokens of each row (START before the answer's first)."""
@@ -567,12 +652,17 @@ class CompiledState:
         if cdf is None or probs is None:
             self._run(logits, _NO_CDF, _NO_PROBS, self.write_bias)
         else:
-            self._run(logits, cdf.numpy(), probs.numpy(), self.write_bias)
+            self._run(logits, cdf.numpy(), probs.numpy(), self.write_bias, self.exact)
         self._tokens = self._picks  # the kernel reads them before it writes the next picks
         return self._picks_tensor
 
     def _run(
-        self, logits: torch.Tensor, cdf: np.ndarray, probs: np.ndarray, write_bias: bool
+        self,
+        logits: torch.Tensor,
+        cdf: np.ndarray,
+        probs: np.ndarray,
+        write_bias: bool,
+        exact: np.ndarray = _NO_EXACT,
     ) -> None:
         """One compiled call: the pending shift and compaction, then every row's step."""
         if self._tables is None:  # one model, one vocabulary: looked up once
@@ -586,7 +676,7 @@ class CompiledState:
         (run or _mark_rows)(logits.numpy(), self._tokens, _NO_TOKENS if keep is None else keep,
                             keep is not None, self.ints, self.floats, *self._tables,
                             self._picks, self.greedy, self.gated, SPREAD, cdf, probs,
-                            write_bias)  # fmt: skip
+                            write_bias, exact)  # fmt: skip
         self._tokens, self._keep = _NO_TOKENS, None
 
     def advance(self, tokens: torch.Tensor) -> None:
@@ -604,6 +694,8 @@ class CompiledState:
             self._flush()
         self._keep = np.ascontiguousarray(index.numpy(), dtype=np.int64)
         self.rows = len(self._keep)
+        self.exact = self.exact[self._keep]  # (at once: no part of the kernel's row state)
+        self.any_exact = bool(self.exact.any())
 
     def _flush(self) -> None:
         """What the next ``apply`` would do first, done now."""

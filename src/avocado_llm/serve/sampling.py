@@ -11,9 +11,12 @@ and the tensors (any device) and the compiled CPU kernel get the same bits. One 
 ``torch.multinomial`` per row, with its own ``torch.Generator``, cost ~40 µs a row: over a
 millisecond a step for 32 sampled rows of the tiny student; ``bench/sampler_speed.py``).
 
-**top_p** keeps, of the model's own distribution at the row's temperature, the most likely
-tokens whose mass reaches ``top_p`` (the first token always); the watermark then biases its
-green tokens within that nucleus.
+**top_p** keeps, of the row's distribution at its temperature *after* the watermark's bias,
+the most likely tokens whose mass reaches ``top_p`` (the first token always). The nucleus is
+the watermarked distribution's, never the model's own: a tiny ``top_p`` is then greedy
+decoding of the biased logits — watermarked like temperature 0 — instead of the model's
+unmarked argmax (issue #18). No sampling parameter reaches the logits before the bias: the
+temperature divides the biased logits, ``seed`` and ``n`` only pick the uniforms.
 
 Two implementations of one decode-step interface (``choose(logits) -> tokens``, then
 ``select(index)`` when rows leave):
@@ -23,7 +26,11 @@ Two implementations of one decode-step interface (``choose(logits) -> tokens``, 
   watermark and the draw. A watermarked sampled row is drawn by rejection (propose from the
   model's distribution, accept a red token with probability ``e^(-delta/T)``): the same
   distribution as biasing the logits, at the cost of one or two hashes instead of a hash per
-  candidate token.
+  candidate token. Rejection cannot take a nucleus from the biased distribution, nor see a
+  green token the model's float cdf rounds away at a low temperature: a watermarked row with
+  ``top_p`` < 1, or with ``delta / T`` above ``draws.MAX_REJECTION_BIAS``, has its logits
+  biased first (``CompiledState.bias_exact``), then its softmax, nucleus and draw are the
+  biased distribution's, as on tensors.
 - :class:`TensorSampler` elsewhere (a GPU, or no numba): the watermark's tensor or Triton
   state biases the logits, then the draw on tensors.
 """
@@ -75,9 +82,14 @@ def probabilities(logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
 
 def nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """``probs`` with each row zero outside its nucleus: the smallest set of most likely tokens
-    whose mass reaches ``top_p`` (B,) (unnormalised: the draw scales by the row's total)."""
+    whose mass reaches ``top_p`` (B,) (unnormalised: the draw scales by the row's total). A row
+    of ``top_p`` 1 keeps every token: float32's cumulative sum passes 1 before the tail, which
+    would otherwise be cut — by so little mass that it matters only to a watermarked row drawn
+    by rejection, whose green tail the bias multiplies, and only when a batch-mate's nucleus
+    made the sort run (its tokens would depend on its batch)."""
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    sorted_p[(sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]] = 0
+    cut = (sorted_p.cumsum(dim=-1) - sorted_p) > top_p[:, None]
+    sorted_p[cut & (top_p < 1)[:, None]] = 0
     return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
 
@@ -133,9 +145,6 @@ class TensorSampler:
         )
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        kept = None
-        if self.nucleus:  # the model's own nucleus, before the watermark's bias
-            kept = nucleus(probabilities(logits, self.temps), self.top_p) > 0
         marks = self.marks
         if marks is not None:
             logits = marks.apply(logits)
@@ -144,8 +153,8 @@ class TensorSampler:
             tokens = logits.argmax(dim=-1)
         if self.any_sampled:
             biased = probabilities(logits, self.temps)
-            if kept is not None:  # the biased distribution within the model's nucleus
-                biased = torch.where(kept, biased, torch.zeros_like(biased))
+            if self.nucleus:  # the nucleus of the watermarked distribution (never the model's)
+                biased = nucleus(biased, self.top_p)
             u = torch.from_numpy(uniforms(self.s0, self.s1, self.step, 0))
             drawn = draw(biased, u.to(logits.device, non_blocking=True))
             tokens = drawn if tokens is None else torch.where(self.temps > 0, drawn, tokens)
@@ -166,7 +175,8 @@ class TensorSampler:
 class CompiledSampler:
     """The decode step on the CPU: the softmax and its cumulative sum on tensors (only when a
     row samples), then one compiled call for every row (:meth:`CompiledState.choose
-    <avocado_llm.protect.kernel.CompiledState.choose>`)."""
+    <avocado_llm.protect.kernel.CompiledState.choose>`); rows that need their nucleus (or a
+    low temperature) from the biased logits are biased by one compiled call before."""
 
     def __init__(
         self,
@@ -177,7 +187,7 @@ class CompiledSampler:
         biased_logits: bool = False,
     ) -> None:
         temps = [max(float(t), 0.0) for t in temperatures]
-        self.state = kernel.CompiledState(marks, temps, seeds)
+        self.state = kernel.CompiledState(marks, temps, seeds, top_ps)
         self.state.write_bias = biased_logits
         self.temps = torch.tensor(temps)
         self.top_p = torch.tensor([float(p) for p in top_ps])
@@ -191,6 +201,9 @@ class CompiledSampler:
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.any_sampled:
             return self.state.choose(logits, None, None)
+        logits = logits if logits.is_contiguous() else logits.contiguous()
+        if self.state.any_exact:  # their softmax and nucleus: the watermarked distribution's
+            self.state.bias_exact(logits)
         probs = probabilities(logits, self.temps)
         kept = nucleus(probs, self.top_p) if self.nucleus else probs
         return self.state.choose(logits, probs, kept.cumsum(dim=-1, dtype=torch.float64))
