@@ -102,10 +102,16 @@ def test_changed_recipe_retrains_nothing_silently_and_reevaluates(
         (out / name).symlink_to(victim)
         victims[name] = victim
     distill_stage(recipe, "single:qwen-tiny", out)
-    assert all(v.read_text() == "precious\n" for v in victims.values())
-    assert not any((out / name).is_symlink() for name in victims)
+    eval_dir = recipe.run_dir / "eval"
+    eval_dir.mkdir()
+    victims["accuracy.png"] = tmp_path / "victim-accuracy.png"
+    victims["accuracy.png"].write_text("precious\n")
+    (eval_dir / "accuracy.png").symlink_to(victims["accuracy.png"])
     models = {"student": (out, "student")}
     first = eval_stage(recipe, models, "cpu")["models"]["student"]
+    assert all(v.read_text() == "precious\n" for v in victims.values())
+    planted = [out / name for name in victims if name != "accuracy.png"]
+    assert not any(p.is_symlink() for p in [*planted, eval_dir / "accuracy.png"])
 
     capsys.readouterr()
     distill_stage(recipe, "single:qwen-tiny", out)  # same recipe: reused

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from avocado_llm.harvest.files import atomic_write
+
 ROLES = ("teacher", "student", "baseline")
 """Every model in a report plays one of these roles; tables list them in this order."""
 REPORT_FILE = "report.json"
@@ -55,7 +57,8 @@ def _atomic_write(path: Path, text: str) -> None:
 def _locked(eval_dir: Path) -> Iterator[None]:
     """Two `avocado eval` runs into one directory must not lose each other's entries."""
     eval_dir.mkdir(parents=True, exist_ok=True)
-    with (eval_dir / ".report.lock").open("a") as lock:
+    fd = os.open(eval_dir / ".report.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "r+") as lock:  # O_NOFOLLOW: never open a planted link's target
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -292,7 +295,7 @@ def write_report(eval_dir: str | Path, extra: dict[str, Any] | None = None) -> R
         if png is None:
             (eval_dir / file).unlink(missing_ok=True)
             continue
-        (eval_dir / file).write_bytes(png)
+        atomic_write(eval_dir / file, png)  # a link planted there is replaced, not followed
         images.append(eval_dir / file)
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         figures.append(Plot(file, captions[file], uri))
