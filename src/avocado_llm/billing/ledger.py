@@ -19,7 +19,6 @@ The statements are built once, with bound parameters: these run for every reques
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -110,8 +109,10 @@ def place_hold(
     prompt_tokens: int,
     max_completion_tokens: int,
     request_id: str,
+    server_id: str | None = None,
 ) -> Hold:
-    """Set aside the worst-case charge of a request, or raise :class:`InsufficientCredit`."""
+    """Set aside the worst-case charge of a request, or raise :class:`InsufficientCredit`.
+    ``server_id`` is the server process serving it (see ``leases``): None counts as gone."""
     price = get_price(conn, model)
     if price is None:
         raise UnknownPrice(f"the model {model!r} does not exist or has no price", param="model")
@@ -140,6 +141,7 @@ def place_hold(
             "per_request": price.per_request,
             "request_id": request_id,
             "status": "open",
+            "server_id": server_id,
         },
     )
     _entry(conn, hold.account_id, "hold", -amount, hold_id=hold.id)
@@ -189,12 +191,6 @@ def release_hold(conn: Connection, hold_id: str, reason: str) -> bool:
     conn.execute(_GIVE_BACK, {"aid": row.account_id, "amount": row.amount, "returned": row.amount})
     _entry(conn, row.account_id, "release", row.amount, hold_id=hold_id, reason=reason)
     return True
-
-
-def open_holds_before(conn: Connection, older_than_s: float) -> list[str]:
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    query = select(_H.id).where(_H.status == "open", _H.created_at <= cutoff)
-    return list(conn.scalars(query.order_by(_H.created_at)))
 
 
 def _close(conn: Connection, hold_id: str, status: str) -> Any:

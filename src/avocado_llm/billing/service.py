@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 
-from avocado_llm.billing import console_queries, console_users, keys, ledger, statements
+from avocado_llm.billing import console_queries, console_users, keys, leases, ledger, statements
 from avocado_llm.billing import idempotency as idem
 from avocado_llm.billing.console_users import ConsoleUserInfo
 from avocado_llm.billing.database import READ_ONLY, insert_or, make_engine, migrate
@@ -101,12 +101,15 @@ class Billing:
         prompt_tokens: int,
         max_completion_tokens: int,
         request_id: str,
+        server_id: str | None = None,
     ) -> Hold:
-        """Set aside the worst case of a request; :class:`InsufficientCredit` if it is not there."""
+        """Set aside the worst case of a request; :class:`InsufficientCredit` if it is not there.
+        ``server_id``: the lease of the server process serving it (:meth:`register_server`);
+        without one the hold counts as a crash's, which any starting server releases."""
         try:
             with self._write() as conn:
                 return ledger.place_hold(
-                    conn, key, model, prompt_tokens, max_completion_tokens, request_id
+                    conn, key, model, prompt_tokens, max_completion_tokens, request_id, server_id
                 )
         except IntegrityError as e:
             raise BillingError(f"cannot place a hold for request {request_id!r}: {e.orig}") from e
@@ -148,22 +151,56 @@ class Billing:
             ledger.release_hold(conn, hold.id, "released: nothing produced")
 
     def release_stale_holds(self, older_than_s: float = 0) -> int:
-        """Release holds left open by a crash (call at start-up); returns how many.
+        """Release the holds of server processes that are gone (call at start-up, and now and
+        then: a sweep); returns how many.
 
-        With several server processes on one database, pass more than the longest request
-        lasts, or a starting process would release the holds of requests another one is
-        serving (those would then be settled as no-ops, i.e. not charged). In-progress
-        idempotency claims as old are dropped too, so their retries can run.
+        A server is gone when its lease ran out or its process no longer exists (see
+        ``leases``); holds without a server (placed without :meth:`register_server`, or before
+        leases existed) count as gone. The holds of live servers are never released, so
+        several servers may share the database. Only holds older than ``older_than_s`` are
+        released. Running idempotency claims of gone servers are dropped too, so their retries
+        can run.
         """
+        with self._write() as conn:
+            leases.forget_gone_servers(conn)
         with self._reader.begin() as conn:
-            stale = ledger.open_holds_before(conn, older_than_s)
+            stale = leases.orphan_open_holds(conn, older_than_s)
         released = 0
         for hold_id in stale:  # one short transaction each: no long write lock at start-up
             with self._write() as conn:
-                released += ledger.release_hold(conn, hold_id, "released at start-up (stale)")
+                released += ledger.release_hold(conn, hold_id, "released: its server is gone")
         with self._write() as conn:
-            idem.purge(conn, older_than_s, unfinished_only=True)
+            leases.purge_orphan_claims(conn, older_than_s)
         return released
+
+    # --- server leases (see leases) -------------------------------------------------------
+
+    def register_server(self, lease_s: float) -> str:
+        """A lease for this server process (a ``servers`` row); its id, for :meth:`hold`."""
+        with self._write() as conn:
+            return leases.register(conn, lease_s)
+
+    def renew_server(self, server_id: str, lease_s: float) -> bool:
+        """Renew the lease; False when a sweep found the server gone (its holds may be
+        released: the server must stop serving them)."""
+        with self._write() as conn:
+            return leases.renew(conn, server_id, lease_s)
+
+    def unregister_server(self, server_id: str) -> None:
+        """End the lease (a clean shutdown): holds still open become a sweep's to release."""
+        with self._write() as conn:
+            leases.unregister(conn, server_id)
+
+    def server_lease(self, lease_s: float, older_than_s: float = 0) -> leases.ServerLease:
+        """This process's lease, not yet started: its heartbeat renews it and sweeps
+        (:meth:`release_stale_holds` with ``older_than_s``) every ``lease_s``."""
+        return leases.ServerLease(
+            register=lambda: self.register_server(lease_s),
+            renew=lambda server_id: self.renew_server(server_id, lease_s),
+            unregister=self.unregister_server,
+            sweep=lambda: self.release_stale_holds(older_than_s),
+            lease_s=lease_s,
+        )
 
     # --- idempotency ----------------------------------------------------------------------
 
@@ -172,13 +209,20 @@ class Billing:
         with self._reader.begin() as conn:
             return idem.stored(conn, key_id, idem_key, body_hash)
 
-    def claim_idempotency(self, key_id: str, idem_key: str, body_hash: str) -> bytes | None:
+    def claim_idempotency(
+        self, key_id: str, idem_key: str, body_hash: str, server_id: str | None = None
+    ) -> bytes | None:
         """Like :meth:`idempotent_response`, but when there is no answer yet, mark the key as
         in progress so a concurrent retry gets :class:`IdempotencyInProgress` (409). After
-        a claim, either :meth:`settle` with ``idempotency=`` or :meth:`abandon_idempotency`."""
+        a claim, either :meth:`settle` with ``idempotency=`` or :meth:`abandon_idempotency`.
+        ``server_id``: the server running it; a sweep drops the claim once that one is gone
+        (at once when None)."""
         with self._write() as conn:
             ledger.check_key(conn, key_id)  # a cached key revoked since: no stored answer either
-            return idem.claim(conn, key_id, idem_key, body_hash)
+            stored = idem.claim(conn, key_id, idem_key, body_hash)
+            if stored is None and server_id is not None:
+                leases.own_claim(conn, key_id, idem_key, server_id)
+            return stored
 
     def abandon_idempotency(self, key_id: str, idem_key: str) -> None:
         """Forget an in-progress claim (the request failed before an answer existed)."""

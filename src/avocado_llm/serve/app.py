@@ -84,17 +84,23 @@ def create_app(
             services.ledger_limiter = anyio.CapacityLimiter(1)
         if settings.manage_ledger_on_start:
             await run_in_threadpool(services.billing.migrate)
+            # Only holds of servers gone (lease run out, or process dead): never a live one's.
             released = await run_in_threadpool(
                 services.billing.release_stale_holds, settings.stale_hold_after_s
             )
             if released:
                 log.warning("released %d hold(s) left open by an earlier crash", released)
-        await services.engine.start()
+        lease = services.billing.server_lease(settings.lease_s, settings.stale_hold_after_s)
+        await run_in_threadpool(lease.start)
+        services.lease = lease
         try:
+            await services.engine.start()
             yield
         finally:
             if owns_engine:
                 await services.engine.aclose()
+            services.lease = None
+            await run_in_threadpool(lease.close)  # holds still open: the next sweep's
             if owns_billing:
                 services.billing.close()
             services.limiter.close()

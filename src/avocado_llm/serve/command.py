@@ -29,6 +29,7 @@ _FLAGS = {
     "database_url": "database_url",
     "redis_url": "redis_url",
     "stale_hold_after_s": "stale_hold_after_s",
+    "lease_s": "lease_s",
     "upstream": "upstream_url",
     "upstream_model": "upstream_model",
     "workers": "workers",
@@ -58,7 +59,14 @@ def add_serve_command(commands: Any) -> None:
         "--stale-hold-after-s",
         type=float,
         metavar="S",
-        help="at start-up release only holds older than this (several servers on one ledger) [0]",
+        help="release only holds older than this (at start-up and in the sweeps) [0]",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        metavar="S",
+        help="this server's lease on its holds: others release them only once it ran out or "
+        "the process is gone [30]",
     )
     p.add_argument("--upstream", metavar="URL", help="forward to this OpenAI-compatible /v1 URL")
     p.add_argument("--upstream-model", metavar="NAME", help="model name sent upstream [NAME]")
@@ -112,7 +120,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
 
 
 def _prepare_ledger(settings: ServeSettings) -> None:
-    """Once, before the workers start: migrate, and release the holds a crash left open."""
+    """Once, before the workers start: migrate, and release the holds of servers gone."""
     from avocado_llm.billing import Billing
 
     billing = Billing(settings.database_url, settings.secret.get_secret_value())

@@ -8,6 +8,13 @@ stream), so once a client has its whole answer, its balance already shows the ch
 the client leaves is settled for the tokens produced up to then, in a ``finally`` that runs in
 a cancellation-shielded scope — whether the hang-up cancelled the generator mid-``await`` or
 while it waited on a ``yield`` (:class:`MeteredStream` closes it then).
+
+Holds are placed under this process's lease (``billing.leases``): no other server releases
+them while it lives. Before every chunk of text, a stream checks that the lease still covers
+its hold; if the lease lapsed (the process stalled for longer than it, and another server may
+have released the hold), the stream stops with an error event, settling what was produced if
+the hold is still open — it never goes on streaming text that nobody may pay for. Settlement
+itself requires the hold to be open (``expect_open``): a released hold is never answered.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from avocado_llm.billing import Hold, HoldClosed
+from avocado_llm.billing.leases import ServerLease
 from avocado_llm.protect.serving import with_watermark
 from avocado_llm.serve.engine import EngineError, Generation, Usage
 from avocado_llm.serve.errors import APIError, bad_request, envelope
@@ -34,6 +42,12 @@ from avocado_llm.serve.serving import Call, ChoiceResult, Formatter, Services
 log = logging.getLogger("avocado.serve")
 
 STOP_WAIT_S = 30.0  # longest wait for the engine to stop a cancelled request
+LEASE_POLL_S = 0.05  # how often a stream whose lease is late looks for the heartbeat's verdict
+LEASE_LOST = (
+    "this server lost its lease on the ledger while it streamed (it stalled for longer than "
+    "the lease), so the stream stopped; any text sent was charged if the hold was still open, "
+    "else nothing was: retry the request"
+)
 
 
 class MeteredStream(StreamingResponse):
@@ -65,8 +79,9 @@ async def respond(request: Request, services: Services, call: Call, fmt: Formatt
     if idem_key is not None:
         if not 1 <= len(idem_key) <= 255:
             raise bad_request("Idempotency-Key must be 1 to 255 characters", "Idempotency-Key")
+        server_id = services.lease.server_id if services.lease is not None else None
         stored = await services.ledger(
-            billing.claim_idempotency, key.key_id, idem_key, call.body_hash
+            billing.claim_idempotency, key.key_id, idem_key, call.body_hash, server_id
         )
         if stored is not None:
             media = "text/event-stream" if call.stream else "application/json"
@@ -104,14 +119,22 @@ async def _run(
             headers=decision.headers,
         )
     rid = f"{'chatcmpl' if call.endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    lease = services.lease
+    server_id = lease.server_id if lease is not None else None
     try:
         hold = await services.ledger(
-            services.billing.hold, key, model, call.prompt_tokens, call.max_completion_tokens, rid
+            services.billing.hold,
+            key,
+            model,
+            call.prompt_tokens,
+            call.max_completion_tokens,
+            rid,
+            server_id,
         )
     except BaseException:
         services.limiter.refund(key.key_id, key.tpm, reserved)
         raise
-    meter = Meter(services, call, hold, reserved, idem_key, started)
+    meter = Meter(services, call, hold, reserved, idem_key, started, lease, server_id)
     services.metrics.in_flight.inc()
     try:
         options = with_watermark(call.options, services.settings.secret, key)
@@ -138,11 +161,29 @@ class Meter:
         reserved: int,
         idem_key: str | None,
         started: float,
+        lease: ServerLease | None = None,
+        server_id: str | None = None,
     ) -> None:
         self.services, self.call, self.hold = services, call, hold
         self.reserved, self.idem_key, self.started = reserved, idem_key, started
+        self.lease, self.server_id = lease, server_id
         self.closed = False
         """Settled or released (by :meth:`finish` or :meth:`fail`)."""
+
+    async def hold_is_ours(self) -> bool:
+        """Whether no other server may have released the hold: the lease it was placed under
+        is this server's and fresh. A late lease waits (up to one lease) for the heartbeat's
+        verdict: renewed (True) or found gone (False)."""
+        lease, server_id = self.lease, self.server_id
+        if lease is None or server_id is None:
+            return True  # no lease: nothing but a restart releases it (one server, tests)
+        waited = 0.0
+        while not lease.holds(server_id):
+            if lease.lost(server_id) or waited >= lease.lease_s:
+                return False
+            await anyio.sleep(LEASE_POLL_S)
+            waited += LEASE_POLL_S
+        return True
 
     def usage(self, generation: Generation) -> Usage:
         """Tokens to bill: what the engine produced, never more than the worst case held."""
@@ -242,9 +283,11 @@ class Meter:
     async def stream(
         self, generation: Generation, fmt: Formatter, rid: str, created: int
     ) -> AsyncIterator[bytes]:
-        """SSE events; settles before the usage chunk and ``[DONE]`` go out."""
+        """SSE events; settles before the usage chunk and ``[DONE]`` go out. Each chunk goes
+        out only while the hold is surely this server's (:meth:`hold_is_ours`); else the stream
+        ends with an error event, and so does one whose hold was released before settling."""
         sent: list[bytes] = []
-        settled = failed = False
+        settled = failed = lease_lost = False
 
         def event(item: BaseModel | dict) -> bytes:
             data = item.model_dump_json() if isinstance(item, BaseModel) else _json(item)
@@ -256,15 +299,33 @@ class Meter:
                 yield event(opening)
             async with contextlib.aclosing(generation.__aiter__()) as deltas:  # type: ignore[type-var]
                 async for d in deltas:
+                    if not await self.hold_is_ours():
+                        lease_lost = True
+                        break
                     yield event(fmt.chunk(rid, created, d))
+            if lease_lost:
+                settled = True  # stop() settles what was produced, if the hold is still open
+                log.error("request %s: the lease lapsed mid-stream; stopping it", rid)
+                with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(APIError):  # released: nothing was charged
+                        await self.stop(generation, failed=False)
+                yield event(envelope(LEASE_LOST, "server_error", None, "hold_released"))
+                return
             usage = self.usage(generation)
             if self.call.include_usage:
                 event(fmt.usage_chunk(rid, created, usage))
             sent.append(b"data: [DONE]\n\n")
             tail = sent[-2:] if self.call.include_usage else sent[-1:]
             settled = True  # from here on, finish() alone settles it, even if the client leaves
+            closed: APIError | None = None
             with anyio.CancelScope(shield=True):
-                await self.finish(usage, "ok", b"".join(sent))
+                try:
+                    await self.finish(usage, "ok", b"".join(sent))
+                except APIError as e:  # the hold was released: no usage chunk, no [DONE]
+                    closed = e
+            if closed is not None:
+                yield event(envelope(closed.message, "server_error", None, "hold_released"))
+                return
             yield b"".join(tail)
         except EngineError as e:
             failed = True

@@ -14,6 +14,7 @@ import anyio
 from pydantic import BaseModel
 
 from avocado_llm.billing import Billing, KeyInfo, Plan
+from avocado_llm.billing.leases import ServerLease
 from avocado_llm.serve import protocol
 from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import bad_request, model_not_found
@@ -67,6 +68,9 @@ class Services:
     """How many ledger calls run at a time in worker threads: one where the database takes one
     writer at a time (SQLite; dozens of threads queueing on its lock cost ~16% more CPU per
     request, ``bench/gateway_overhead.py``), else the thread pool's limit."""
+    lease: ServerLease | None = None
+    """This process's lease on the holds it places (started with the app); None: holds are
+    placed without a server, as a crash's (tests that build services by hand)."""
 
     async def ledger(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)``, a blocking ledger call, in a worker thread (see ``ledger_limiter``)."""

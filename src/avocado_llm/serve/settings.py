@@ -59,10 +59,14 @@ class ServeSettings(BaseSettings):
     """At start-up, migrate the ledger and release the holds a crash left open. Off in each of
     several workers: ``avocado serve --workers N`` does it once before starting them."""
     stale_hold_after_s: float = Field(default=0.0, ge=0)
-    """At start-up, release only holds older than this. 0 (one server): every open hold is a
-    crash's. Several independent servers on one ledger: more than the longest request lasts, so
-    a starting server leaves the requests the others are serving alone (were one released, its
-    server answers 503 and the client's retry is charged once: never a free answer)."""
+    """Release only holds older than this (at start-up and in the sweeps). Holds of servers
+    that are alive are never released whatever this is: the lease decides (``lease_s``)."""
+    lease_s: float = Field(default=30.0, ge=0.2, le=3600)
+    """This server process's lease on its holds: a heartbeat renews it every quarter of this,
+    and holds are released by another server (its start-up or its sweep, every ``lease_s``)
+    only once their server's lease ran out or its process is seen gone. A server whose
+    heartbeat stalls for this long stops its streams (with an error event) rather than
+    stream text whose hold may have been released."""
 
     key_cache_s: float = Field(default=5.0, ge=0)
     """How long a key looked up for a paid request (POST) is reused without asking the ledger
