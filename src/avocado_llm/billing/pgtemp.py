@@ -3,7 +3,9 @@
 Uses the server binaries of Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``) or
 those on PATH. ``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run as the
 ``postgres`` user. The cluster lives in a fresh directory under the temp dir, listens on
-127.0.0.1 only, trusts local connections, and skips fsync (its data is thrown away)::
+127.0.0.1 only, trusts local connections, and skips fsync (its data is thrown away). A
+:class:`~avocado_llm.billing.watchdog.Watchdog` stops the server and removes the directory if
+the process that started it dies without doing so (SIGKILL, a killed process group)::
 
     with TempPostgres() as pg:
         url = pg.create_database("ledger")     # postgresql+psycopg://postgres@127.0.0.1:…/ledger
@@ -22,6 +24,8 @@ from types import TracebackType
 
 import psycopg
 from psycopg import sql
+
+from avocado_llm.billing.watchdog import Watchdog
 
 INSTALL_HINT = "install Debian's PostgreSQL server: `apt-get install -y postgresql`"
 
@@ -58,9 +62,12 @@ class TempPostgres:
         self.max_connections = max_connections
         self.port = 0
         self.dir: Path | None = None
+        self._watchdog: Watchdog | None = None
 
     def start(self) -> TempPostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="avocado-pg-"))
+        self._watchdog = Watchdog()
+        self._watchdog.remove(self.dir)
         as_root = os.geteuid() == 0
         if as_root:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -83,6 +90,10 @@ class TempPostgres:
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         log = self.dir / "server.log"
+        self._watchdog.run(
+            self._command("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"),
+            if_exists=data / "postmaster.pid",
+        )
         try:
             self._run("pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
         except RuntimeError as e:
@@ -114,6 +125,9 @@ class TempPostgres:
             self._run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
+        if self._watchdog is not None:
+            self._watchdog.done()
+            self._watchdog = None
 
     def __enter__(self) -> TempPostgres:
         return self.start()
@@ -131,10 +145,14 @@ class TempPostgres:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(query)
 
-    def _run(self, tool: str, *args: str) -> None:
+    def _command(self, tool: str, *args: str) -> list[str]:
         command = [str(self.bindir / tool), *args]
         if os.geteuid() == 0:  # initdb and pg_ctl refuse root
             command = ["runuser", "-u", "postgres", "--", *command]
+        return command
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = self._command(tool, *args)
         done = subprocess.run(command, capture_output=True, text=True, cwd=self.dir)
         if done.returncode != 0:
             output = done.stderr.strip() or done.stdout.strip()

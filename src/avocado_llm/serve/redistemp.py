@@ -2,8 +2,10 @@
 
 Runs Debian's ``redis-server`` (``apt-get install -y redis-server``; ``make test`` does it) on
 127.0.0.1 and a free port, in a fresh temp dir, with no persistence (no RDB snapshots, no AOF).
-On Linux the server is told to die with the process that started it, so a killed test run leaves
-no server behind::
+A :class:`~avocado_llm.billing.watchdog.Watchdog` stops the server and removes the directory if
+the process that started it dies without doing so (SIGKILL, a killed process group), so a killed
+test run leaves no server behind. (Not the kernel's parent-death signal: it fires when the
+*thread* that started the server ends, which may be long before the process does.)::
 
     with TempRedis() as r:
         r.url                       # redis://127.0.0.1:<port>/0
@@ -11,20 +13,18 @@ no server behind::
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
+from avocado_llm.billing.watchdog import Watchdog
+
 INSTALL_HINT = "install Debian's Redis server: `apt-get install -y redis-server`"
-_PR_SET_PDEATHSIG = 1
 
 
 class RedisNotFound(RuntimeError):
@@ -47,13 +47,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent thread exits (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _ping(port: int) -> bool:
     """True when a Redis server answers PING on ``port``."""
     try:
@@ -73,6 +66,7 @@ class TempRedis:
         self.port = 0
         self.dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
 
     @property
     def url(self) -> str:
@@ -83,6 +77,8 @@ class TempRedis:
 
     def start(self) -> TempRedis:
         self.dir = Path(tempfile.mkdtemp(prefix="avocado-redis-"))
+        self._watchdog = Watchdog()
+        self._watchdog.remove(self.dir)
         errors = []
         for _ in range(5):  # another process may take the free port before the server binds it
             try:
@@ -94,7 +90,7 @@ class TempRedis:
         raise RuntimeError("redis-server did not start:\n" + "\n".join(errors))
 
     def _launch(self, port: int) -> None:
-        assert self.dir is not None
+        assert self.dir is not None and self._watchdog is not None
         log = self.dir / "redis.log"
         command = [
             str(self.binary),
@@ -108,8 +104,8 @@ class TempRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+        self._watchdog.kill(process.pid, signal.SIGKILL, comm="redis-server")
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -129,6 +125,9 @@ class TempRedis:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+        if self._watchdog is not None:
+            self._watchdog.done()
+            self._watchdog = None
 
     def __enter__(self) -> TempRedis:
         return self.start()
