@@ -364,3 +364,25 @@ def test_with_log_probabilities_the_logits_carry_the_watermark(vocab: int, top_p
         assert torch.equal(c[exact], a[exact])  # biased before the nucleus either way
         assert torch.equal(ta, tc)  # the same tokens either way
         assert torch.equal(ta[greedy], a[greedy].argmax(-1))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_temperature_below_float32_is_greedy_everywhere(compiled: bool) -> None:
+    """A temperature of 1e-320 (the API accepts it: it is above 0) rounds to 0 in float32:
+    the row is greedy in every part of the step — before, the compiled step biased it as a
+    cold drawn row and then again as a greedy one (green logits +2δ in the log-probabilities)
+    when a batch-mate sampled."""
+    gen = torch.Generator().manual_seed(12)
+    batch, vocab = 32, 300
+    logits = torch.randn(batch, vocab, generator=gen) * 2
+    marks = [Watermark(key=i + 3) for i in range(batch)]
+    seeds = [row_seed(1, i) for i in range(batch)]
+    out = []
+    for cold in (1e-320, 0.0):
+        temps = [cold if i % 2 else 1.0 for i in range(batch)]
+        sampler = sampler_for(marks, temps, [1.0] * batch, seeds, CPU, compiled, True)
+        biased = logits.clone()
+        out.append((sampler.choose(biased).clone(), biased))
+    assert torch.equal(out[0][0], out[1][0])
+    assert torch.equal(out[0][1], out[1][1])
+    assert float((out[0][1] - logits).max()) < 3.0 + 1e-5  # one bias, never two

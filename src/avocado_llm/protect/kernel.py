@@ -536,6 +536,13 @@ dispatcher, which right after a forward pass (cold caches) costs ~50 µs a call 
 student's decode step, measured. Only for arguments of exactly those types."""
 
 
+def row_temperatures(temperatures: Sequence[float]) -> list[float]:
+    """Each row's temperature as the decode step sees it: at least 0, and rounded to float32
+    (the kernel's row state, the samplers' tensors), so that one too small for float32 (1e-320)
+    is 0 — greedy — everywhere, never sampled in one place and greedy in another."""
+    return [float(np.float32(max(float(t), 0.0))) for t in temperatures]
+
+
 _NO_TOKENS = np.empty(0, dtype=np.int64)
 _NO_EXACT = np.empty(0, dtype=np.bool_)
 _NO_CDF = np.empty((0, 0), dtype=np.float64)
@@ -563,7 +570,7 @@ class CompiledState:
         top_ps: Sequence[float] | None = None,
     ) -> None:
         self.h = max((m.params.context for m in marks if m is not None), default=1)
-        temps = [max(float(t), 0.0) for t in temperatures or [0.0] * len(marks)]
+        temps = row_temperatures(temperatures or [0.0] * len(marks))
         self.exact = np.array(
             [
                 m is not None

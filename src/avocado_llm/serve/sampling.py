@@ -130,7 +130,7 @@ class TensorSampler:
         device: torch.device,
         compiled: bool | None = None,
     ) -> None:
-        temps = [max(float(t), 0.0) for t in temperatures]
+        temps = kernel.row_temperatures(temperatures)
         self.temps = torch.tensor(temps, device=device)
         self.top_p = torch.tensor([float(p) for p in top_ps], device=device)
         words = [seed_words(s) for s in seeds]
@@ -186,7 +186,7 @@ class CompiledSampler:
         seeds: Sequence[int],
         biased_logits: bool = False,
     ) -> None:
-        temps = [max(float(t), 0.0) for t in temperatures]
+        temps = kernel.row_temperatures(temperatures)
         self.state = kernel.CompiledState(marks, temps, seeds, top_ps)
         self.state.write_bias = biased_logits
         self.temps = torch.tensor(temps)
