@@ -15,12 +15,13 @@ from sqlalchemy import func, select, update
 from avocado_llm.billing import (
     Billing,
     BillingError,
+    IdempotencyInProgress,
     InsufficientCredit,
     KeyRefused,
     UnknownPrice,
     charge_for,
 )
-from avocado_llm.billing.schema import ApiKey, HoldRow, UsageEvent, utcnow
+from avocado_llm.billing.schema import ApiKey, HoldRow, ServerRow, UsageEvent, utcnow
 
 
 def _events(billing: Billing, request_id: str) -> int:
@@ -172,4 +173,102 @@ def test_stale_holds_from_a_crash_are_released_at_startup(
     assert billing.balance("acme") == 1_000_000
     with billing.engine.connect() as conn:
         assert conn.scalar(select(func.count()).where(HoldRow.status == "open")) == 0
+    assert_ledger_consistent(billing, "acme")
+
+
+# --- leases: a hold belongs to the server process that placed it -----------------------------
+
+
+def _expire_lease(billing: Billing, server_id: str) -> None:
+    with billing.engine.begin() as conn:
+        conn.execute(
+            update(ServerRow)
+            .where(ServerRow.id == server_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+def _status(billing: Billing, request_id: str) -> str:
+    with billing.engine.connect() as conn:
+        return str(conn.scalar(select(HoldRow.status).where(HoldRow.request_id == request_id)))
+
+
+def test_start_up_releases_the_holds_of_servers_gone_never_of_a_live_one(
+    billing: Billing,
+) -> None:
+    c = make_customer(billing, credits=1_000_000)
+    live = billing.register_server(lease_s=60)
+    billing.hold(c.info, MODEL, 10, 10, "served", server_id=live)
+    billing.hold(c.info, MODEL, 10, 10, "serverless")  # no server (as before leases): gone
+    assert billing.release_stale_holds() == 1
+    assert billing.release_stale_holds() == 0  # however often another server starts
+    assert (_status(billing, "served"), _status(billing, "serverless")) == ("open", "released")
+    _expire_lease(billing, live)  # the server stopped renewing: gone
+    assert billing.release_stale_holds() == 1
+    assert _status(billing, "served") == "released"
+    assert not billing.renew_server(live, 60)  # it learns that its holds may be gone
+    assert billing.balance("acme") == 1_000_000
+    assert_ledger_consistent(billing, "acme")
+
+
+_CRASH_LEASED = """
+import os
+from avocado_llm.billing import Billing
+b = Billing({url!r}, {secret!r})
+info = b.authenticate({key!r})
+server = b.register_server(lease_s=3600)
+for i in range(3):
+    b.hold(info, {model!r}, 100, 100, f"crash-{{i}}", server_id=server)
+b.claim_idempotency(info.key_id, "idem-crash", "hash", server)
+os._exit(9)  # SIGKILL-like: the lease would last an hour, the process is gone now
+"""
+
+
+def test_the_holds_of_a_dead_process_on_this_machine_are_released_at_once(
+    billing: Billing, database_url: str
+) -> None:
+    c = make_customer(billing, credits=1_000_000)
+    code = _CRASH_LEASED.format(url=database_url, secret=SECRET, key=c.key, model=MODEL)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert billing.account_info("acme")["held"] == 3 * charge_for(PRICE, 100, 100)
+    assert billing.release_stale_holds() == 3
+    assert billing.balance("acme") == 1_000_000
+    assert billing.claim_idempotency(c.info.key_id, "idem-crash", "hash") is None  # retry runs
+    with billing.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(ServerRow)) == 0
+    assert_ledger_consistent(billing, "acme")
+
+
+def test_running_claims_of_a_live_server_survive_another_start_up(billing: Billing) -> None:
+    c = make_customer(billing, credits=1_000_000)
+    live = billing.register_server(lease_s=60)
+    assert billing.claim_idempotency(c.info.key_id, "idem-live", "hash", live) is None
+    assert billing.claim_idempotency(c.info.key_id, "idem-none", "hash") is None
+    billing.release_stale_holds()
+    with pytest.raises(IdempotencyInProgress):  # still running on the live server
+        billing.claim_idempotency(c.info.key_id, "idem-live", "hash", live)
+    assert billing.claim_idempotency(c.info.key_id, "idem-none", "hash") is None  # dropped
+
+
+def test_a_lease_found_gone_registers_again_and_disowns_its_old_holds(billing: Billing) -> None:
+    c = make_customer(billing, credits=1_000_000)
+    lease = billing.server_lease(lease_s=60)
+    lease.start()
+    try:
+        first = lease.server_id
+        billing.hold(c.info, MODEL, 10, 10, "req-1", server_id=first)
+        lease.beat()
+        assert lease.holds(first) and not lease.lost(first)
+        _expire_lease(billing, first)  # it stalled past its lease: another server sweeps
+        assert billing.release_stale_holds() == 1
+        lease.beat()  # the renewal finds its row gone
+        assert lease.lost(first) and not lease.holds(first)
+        second = lease.server_id
+        assert second != first and lease.holds(second)
+        billing.hold(c.info, MODEL, 10, 10, "req-2", server_id=second)
+        assert billing.release_stale_holds() == 0  # the new lease is alive
+    finally:
+        lease.close()
+    assert billing.release_stale_holds() == 1  # a clean shutdown: what is left open is gone
+    assert billing.balance("acme") == 1_000_000
     assert_ledger_consistent(billing, "acme")

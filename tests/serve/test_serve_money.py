@@ -256,7 +256,8 @@ def test_concurrent_requests_never_overdraw_and_are_each_charged_once(world: Wor
 def test_start_up_releases_only_holds_older_than_stale_hold_after_s(
     engine: LocalEngine, billing: Billing, database_url: str, zoo_dir: Path
 ) -> None:
-    """Several servers on one ledger: a starting one must leave the others' requests alone."""
+    """Holds of no live server (a crash's) are released at start-up once older than
+    ``stale_hold_after_s``."""
     _, key = billing.create_key("acme")
     info = billing.authenticate(key)
     billing.hold(info, engine.model, 10, 10, "in-flight-elsewhere")
@@ -275,6 +276,31 @@ def test_start_up_releases_only_holds_older_than_stale_hold_after_s(
 
     eager = settings()  # 0: every open hold
     with run_server(create_app(eager, engine=engine, billing=billing)):
+        pass
+    assert billing.account_info("acme")["held"] == 0
+    assert billing.balance("acme") == 5 * MICRO
+
+
+def test_start_up_leaves_the_holds_of_a_live_server_alone(
+    engine: LocalEngine, billing: Billing, database_url: str, zoo_dir: Path
+) -> None:
+    """Holds belong to the lease of the server that placed them: another server's start-up
+    does not release them while that server lives (``stale_hold_after_s`` 0), and does once it
+    has shut down (what it left open is a crash's)."""
+    _, key = billing.create_key("acme")
+    info = billing.authenticate(key)
+    assert info is not None
+    config = ServeSettings(model_dir=zoo_dir / engine.model, model_name=engine.model,
+                           secret=SECRET, database_url=database_url)  # fmt: skip
+    first = create_app(config, engine=engine, billing=billing)
+    with run_server(first):
+        lease = first.state.services.lease
+        billing.hold(info, engine.model, 10, 10, "served-by-first", server_id=lease.server_id)
+        held = billing.account_info("acme")["held"]
+        with run_server(create_app(config, engine=engine, billing=billing)):
+            pass
+        assert billing.account_info("acme")["held"] == held > 0  # the first server lives
+    with run_server(create_app(config, engine=engine, billing=billing)):
         pass
     assert billing.account_info("acme")["held"] == 0
     assert billing.balance("acme") == 5 * MICRO
