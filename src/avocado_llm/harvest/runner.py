@@ -5,7 +5,10 @@ teachers work side by side. A teacher's prompts go in batches of ``harvest.batch
 batch is one ``teacher.generate`` call and is flushed to a shard as soon as it is answered, so
 an interruption (Ctrl-C, kill -9, a crash) loses at most the batches in flight. A batch that
 raises is logged as failed, record by record, and the run goes on; the next run retries it,
-because only written records count as done.
+because only written records count as done. A teacher that answers part of a batch
+(:class:`~avocado_llm.teachers.base.PartialAnswers`: one malformed answer among good ones) has
+its good answers written and only the bad ones logged; a record the store still cannot write
+fails alone too. Every failure reason is redacted before it is written or printed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -38,6 +43,8 @@ from avocado_llm.teachers import (
     load_teacher,
     sampling_params,
 )
+from avocado_llm.teachers.base import PartialAnswers
+from avocado_llm.teachers.redact import redact
 from avocado_llm.world import tasks
 from avocado_llm.world.tasks import Example
 
@@ -176,23 +183,130 @@ async def _harvest_teacher(
     start = time.perf_counter()
     for first in range(0, len(todo), batch_size):
         batch = todo[first : first + batch_size]
-        missing = [(ex, i) for ex in batch for i, key in enumerate(keys[ex.id]) if key not in done]
-        try:
-            answers = await teacher.generate([ex.messages for ex in batch], params)
-            rows = _rows(batch, answers, keys, missing, teacher, params)
-        except Exception as error:  # logged per record and retried by the next run
-            reason = f"{type(error).__name__}: {error}"[:1000]
-            failed = [(keys[ex.id][i], ex.id, i) for ex, i in missing]
-            store.record_failures(info.name, failed, reason)
-            report.failed += len(failed)
-            bars.console.print(f"[red]{info.name}: {len(batch)} prompts failed[/] ({reason})")
-        else:
-            report.written += store.write(info.name, rows)
-            report.completion_tokens += sum(row["completion_tokens"] for row in rows)
+        missing = _missing(batch, keys, done)
+        rows, failures = await _ask(teacher, batch, missing, keys, params)
+        written, refused = _write(store, info.name, rows)
+        failures += refused
+        for reason, items in _by_reason(failures).items():
+            store.record_failures(info.name, items, reason)
+            bars.console.print(
+                f"[red]{escape(info.name)}: {len(items)} record(s) failed[/] "
+                f"({escape(_printable(reason))})"
+            )
+        report.written += len(written)
+        report.failed += len(failures)
+        report.completion_tokens += sum(row["completion_tokens"] for row in written)
         report.seconds = time.perf_counter() - start
         tps = report.completion_tokens / max(report.seconds, 1e-9)
         bars.update(bar, advance=len(batch), tps=tps, failed=report.failed)
     return report
+
+
+Failure = tuple[str, str, int, str]
+"""A failed record: key, prompt id, sample index, reason (redacted)."""
+
+
+def _missing(
+    batch: list[Example], keys: dict[str, list[str]], done: set[str]
+) -> list[tuple[Example, int]]:
+    return [(ex, i) for ex in batch for i, key in enumerate(keys[ex.id]) if key not in done]
+
+
+def _reason(error: BaseException) -> str:
+    """What failures.jsonl and the terminal say: redacted (whatever raised it), then cut."""
+    return redact(f"{type(error).__name__}: {error}")[:1000]
+
+
+async def _ask(
+    teacher: Teacher,
+    batch: list[Example],
+    missing: list[tuple[Example, int]],
+    keys: dict[str, list[str]],
+    params: SamplingParams,
+) -> tuple[list[dict[str, Any]], list[Failure]]:
+    """The rows of the batch's answered records, and its failed ones. A batch that raises fails
+    whole; a teacher that answers part of it (:class:`PartialAnswers`) fails the rest only."""
+    try:
+        answers: list[list[Completion] | None] = list(
+            await teacher.generate([ex.messages for ex in batch], params)
+        )
+        errors: list[str | None] = [None] * len(answers)
+    except PartialAnswers as partial:
+        answers, errors = list(partial.answers), list(partial.errors)
+    except Exception as error:  # logged per record and retried by the next run
+        reason = _reason(error)
+        return [], [(keys[ex.id][i], ex.id, i, reason) for ex, i in missing]
+    position = {ex.id: p for p, ex in enumerate(batch)}
+    try:
+        _check_counts(teacher, batch, answers, params)
+        answered = [(ex, i) for ex, i in missing if answers[position[ex.id]] is not None]
+        rows = _rows(batch, answers, keys, answered, teacher, params)  # type: ignore[arg-type]
+    except Exception as error:
+        reason = _reason(error)
+        return [], [(keys[ex.id][i], ex.id, i, reason) for ex, i in missing]
+    failed = [
+        (keys[ex.id][i], ex.id, i, redact(errors[position[ex.id]] or "")[:1000])
+        for ex, i in missing
+        if answers[position[ex.id]] is None
+    ]
+    return rows, failed
+
+
+UNWRITABLE = (HarvestError, ValueError, TypeError, ArithmeticError, pa.ArrowException)
+"""What a record that breaks the store's schema raises (an OSError, a full disk, stops the run)."""
+
+
+def _write(
+    store: HarvestStore, teacher: str, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[Failure]]:
+    """Write ``rows``; should the batch not go in whole (a record the parser let through and the
+    schema refuses), write them one by one, so that only the records that cannot be written
+    fail. Earlier records are untouched: a shard is written whole or not at all."""
+    if not rows:
+        return [], []
+    try:
+        store.write(teacher, rows)
+        return rows, []
+    except UNWRITABLE:
+        pass
+    written, failed = [], []
+    for row in rows:
+        try:
+            store.write(teacher, [row])
+        except UNWRITABLE as error:
+            reason = _reason(error)
+            failed.append((row["key"], row["prompt_id"], row["sample_index"], reason))
+        else:
+            written.append(row)
+    return written, failed
+
+
+def _by_reason(failures: list[Failure]) -> dict[str, list[tuple[str, str, int]]]:
+    grouped: dict[str, list[tuple[str, str, int]]] = {}
+    for key, prompt_id, index, reason in failures:
+        grouped.setdefault(reason, []).append((key, prompt_id, index))
+    return grouped
+
+
+def _printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters and lone surrogates escaped."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
+
+
+def _check_counts(
+    teacher: Teacher,
+    batch: list[Example],
+    answers: list[list[Completion] | None],
+    params: SamplingParams,
+) -> None:
+    """Checks that the teacher answered every prompt (``None``: an answer that failed)."""
+    counts = [None if a is None else len(a) for a in answers]
+    if len(answers) != len(batch) or any(c is not None and c != params.n for c in counts):
+        raise TeacherError(
+            teacher.info.name,
+            f"returned {counts} answers for {len(batch)} prompts; expected {params.n} for each",
+        )
 
 
 def _rows(
@@ -203,13 +317,7 @@ def _rows(
     teacher: Teacher,
     params: SamplingParams,
 ) -> list[dict[str, Any]]:
-    """The rows of the records still missing; checks that the teacher answered every prompt."""
-    counts = [len(a) for a in answers]
-    if len(answers) != len(batch) or any(c != params.n for c in counts):
-        raise TeacherError(
-            teacher.info.name,
-            f"returned {counts} answers for {len(batch)} prompts; expected {params.n} for each",
-        )
+    """The rows of the records still missing (whose answers are there)."""
     position = {ex.id: p for p, ex in enumerate(batch)}
     now = datetime.now(UTC)
     return [

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from avocado_llm.teachers.redact import redact
+
 Messages = list[dict[str, str]]
 FinishReason = Literal["stop", "length", "error"]
 
@@ -95,8 +97,32 @@ class Teacher(Protocol):
 
 
 class TeacherError(RuntimeError):
-    """A teacher failed in a way that retrying will not fix (bad request, wrong model name)."""
+    """A teacher failed in a way that retrying will not fix (bad request, wrong model name).
+
+    The message is redacted (:func:`~avocado_llm.teachers.redact.redact`): an endpoint's key
+    never reaches a log through it."""
 
     def __init__(self, teacher: str, message: str) -> None:
-        super().__init__(f"teacher {teacher!r}: {message}")
+        self.reason = redact(message)
+        """The message without the teacher's name."""
+        super().__init__(f"teacher {teacher!r}: {self.reason}")
         self.teacher = teacher
+
+
+class BadAnswer(TeacherError):
+    """One conversation's answer is unusable (malformed, out of range, too big or too slow, or
+    refused by the server for its content); the batch's other answers may be fine."""
+
+
+class PartialAnswers(TeacherError):
+    """Some conversations of a batch were answered and others not: ``answers[i]`` is ``None``
+    where conversation ``i`` failed, and ``errors[i]`` then says why."""
+
+    def __init__(
+        self, teacher: str, answers: list[list[Completion] | None], errors: list[str | None]
+    ) -> None:
+        failed = [e for e in errors if e is not None]
+        super().__init__(
+            teacher, f"{len(failed)} of {len(errors)} answers failed; the first: {failed[0]}"
+        )
+        self.answers, self.errors = answers, [None if e is None else redact(e) for e in errors]
