@@ -19,7 +19,7 @@ def test_migrated_schema_matches_the_models(billing: Billing) -> None:
     with billing.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         checks = inspect(conn).get_check_constraints("accounts")
     assert {c["name"] for c in checks} >= {"ck_accounts_balance_nonnegative"}
 

@@ -24,6 +24,7 @@ from console_helpers import (
 from playwright.sync_api import BrowserContext, sync_playwright
 
 from avocado_llm.billing import MICRO, Billing
+from avocado_llm.billing.key_limits import KeyLimits
 from avocado_llm.serve import ServeSettings, create_app
 from avocado_llm.serve.background import serve_in_thread
 from avocado_llm.serve.local_engine import LocalEngine
@@ -57,6 +58,8 @@ def console(
     billing.create_account("acme", 5 * MICRO)
     billing.create_account("globex", 3 * MICRO)
     billing.create_account(EVIL_ACCOUNT, 1 * MICRO)
+    for account in ("acme", "globex", EVIL_ACCOUNT):  # what keys made in the console may do
+        billing.set_account_key_limits(account, KeyLimits())
     billing.create_console_user("acme", PASSWORDS["acme"], account="acme")
     billing.create_console_user("globex", PASSWORDS["globex"], account="globex")
     billing.create_console_user("evil", PASSWORDS["evil"], account=EVIL_ACCOUNT)

@@ -1,6 +1,7 @@
 """``avocado admin``: accounts, credits, keys, prices, usage and statements.
 
     avocado admin accounts create acme --credits 25
+    avocado admin accounts limits acme --models avocado-1 --rpm 60 --max-tokens 256
     avocado admin prices set avocado-1 --input-per-1m 0.50 --output-per-1m 1.50
     AVOCADO_SECRET=… avocado admin keys create --account acme --models avocado-1 --rpm 60
     avocado admin statement --account acme --month 2026-03 --format csv
@@ -17,14 +18,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
+from avocado_llm.billing import key_limits
 from avocado_llm.billing.console_users import generate_password
 from avocado_llm.billing.errors import BillingError
+from avocado_llm.billing.key_limits import KeyLimits
 from avocado_llm.billing.money import format_usd, parse_usd
 from avocado_llm.billing.records import Plan
 from avocado_llm.billing.service import Billing
@@ -70,6 +74,20 @@ def add_admin_command(commands: Any) -> None:
     p = leaf(accounts, "create", _accounts_create, "create an account, optionally with credit")
     p.add_argument("name")
     p.add_argument("--credits", type=_usd, default=0, metavar="USD", help="initial credit [0]")
+    _limit_flags(p, "without any: keys made in the console get the tightest of your keys")
+    p = leaf(
+        accounts,
+        "limits",
+        _accounts_limits,
+        "show or change the most a key made in the console for the account may have",
+    )
+    p.add_argument("name")
+    _limit_flags(p, "each one given replaces that limit; the rest stay")
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="forget the limits: console keys then get the tightest of your keys for it",
+    )
 
     credits = group("credits", "add prepaid credit")
     p = leaf(credits, "add", _credits_add, "add credit to an account")
@@ -148,6 +166,102 @@ def add_admin_command(commands: Any) -> None:
     p.add_argument("--format", choices=("json", "csv"), default="json", help="[json]")
 
 
+def _limit_flags(p: argparse.ArgumentParser, note: str) -> None:
+    """The account's key limits: the ceiling of every key its customers make in the console."""
+    g = p.add_argument_group(f"limits of keys made in the console ({note})")
+    g.add_argument("--models", type=_models, metavar="M,..|all", help="models they may call")
+    g.add_argument("--rpm", type=_int_or_none, metavar="N|none", help="requests per minute")
+    g.add_argument("--tpm", type=_int_or_none, metavar="N|none", help="tokens per minute")
+    g.add_argument("--max-tokens", type=int, metavar="N", help="largest max_tokens")
+    g.add_argument("--max-n", type=int, metavar="N", help="largest n")
+    g.add_argument("--top-logprobs", type=int, metavar="K", help="logprobs up to K [0: none]")
+    g.add_argument("--watermark", type=float, metavar="DELTA", help="watermark strength")
+    g.add_argument(
+        "--keys-expire-by",
+        type=_date_or_none,
+        metavar="YYYY-MM-DD|none",
+        help="latest expiry (UTC midnight)",
+    )
+
+
+LIMIT_FLAGS = ("models", "rpm", "tpm", "max_tokens", "max_n", "top_logprobs", "watermark",
+               "keys_expire_by")  # fmt: skip
+NO_LIMIT = "none"
+"""What ``--models all``, ``--rpm none``, ``--keys-expire-by never`` … parse to."""
+
+
+def _models(text: str) -> tuple[str, ...] | str:
+    if text.strip().lower() == "all":
+        return NO_LIMIT
+    models = tuple(m for m in (m.strip() for m in text.split(",")) if m)
+    if not models:
+        raise argparse.ArgumentTypeError("give model names separated by commas, or 'all'")
+    return models
+
+
+def _int_or_none(text: str) -> int | str:
+    if text.strip().lower() in ("none", "unlimited"):
+        return NO_LIMIT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or 'none', got {text!r}") from None
+
+
+def _date_or_none(text: str) -> datetime | str:
+    if text.strip().lower() in ("none", "never"):
+        return NO_LIMIT
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a date YYYY-MM-DD or 'none', got {text!r}") from None
+
+
+def _given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name) is not None for name in LIMIT_FLAGS)
+
+
+def _apply_limits(base: KeyLimits, args: argparse.Namespace) -> KeyLimits:
+    """``base`` with every limit flag that was given."""
+
+    def value(name: str, current: Any) -> Any:
+        got = getattr(args, name)
+        if got is None:
+            return current
+        return None if got == NO_LIMIT else got
+
+    plan = base.plan
+    top = args.top_logprobs
+    plan = replace(
+        plan,
+        max_tokens=value("max_tokens", plan.max_tokens),
+        max_n=value("max_n", plan.max_n),
+        watermark=value("watermark", plan.watermark),
+        logprobs=plan.logprobs if top is None else top > 0,
+        max_top_logprobs=plan.max_top_logprobs if top is None else top,
+    )
+    return KeyLimits(
+        models=value("models", base.models),
+        rpm=value("rpm", base.rpm),
+        tpm=value("tpm", base.tpm),
+        expires_by=value("keys_expire_by", base.expires_by),
+        plan=plan,
+    )
+
+
+def _print_limits(account: str, limits: KeyLimits | None, source: str) -> None:
+    if limits is None:
+        print(
+            f"{account}: no limits for keys made in the console, and no key of yours to take "
+            f"them from: its customers cannot make keys (set some: `avocado admin accounts "
+            f"limits {account} --max-tokens …`)"
+        )
+        return
+    print(f"{account}: keys made in the console may have at most ({source}):")
+    for name, text in limits.describe().items():
+        print(f"  {name:<11} {text}")
+
+
 def _usd(text: str) -> int:
     try:
         return parse_usd(text)
@@ -187,8 +301,24 @@ def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
 
 
 def _accounts_create(billing: Billing, args: argparse.Namespace) -> None:
+    limits = _apply_limits(KeyLimits(), args) if _given(args) else None  # validated first
     account_id = billing.create_account(args.name, args.credits)
     print(f"account {args.name!r} (id {account_id}) created with ${format_usd(args.credits)}")
+    if limits is not None:
+        billing.set_account_key_limits(args.name, limits)
+        _print_limits(args.name, limits, key_limits.EXPLICIT)
+
+
+def _accounts_limits(billing: Billing, args: argparse.Namespace) -> None:
+    if args.reset:
+        if _given(args):
+            raise ValueError("--reset forgets the limits: give it without other limits")
+        billing.set_account_key_limits(args.name, None)
+    elif _given(args):
+        current, _ = billing.account_key_limits(args.name)
+        billing.set_account_key_limits(args.name, _apply_limits(current or KeyLimits(), args))
+    limits, source = billing.account_key_limits(args.name)
+    _print_limits(args.name, limits, source)
 
 
 def _credits_add(billing: Billing, args: argparse.Namespace) -> None:

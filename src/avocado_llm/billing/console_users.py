@@ -4,6 +4,11 @@ Console credentials are distinct from API keys: a username and a password, store
 scrypt hash (``scrypt$n$r$p$salt$hash``, standard library only). A signed-in browser holds a
 random session token in a cookie; the database keeps only the token's SHA-256 (a stolen
 database yields no usable session) with the session's CSRF token and expiry.
+
+Sign-in attempts are counted here too, per username and per client address, *before* the
+password is checked and in one atomic statement, so concurrent attempts and several server
+processes share one count. A just-created API key waits here for the one page that shows it
+(bound to the session, sealed under the server secret, deleted when read), never in a cookie.
 """
 
 from __future__ import annotations
@@ -12,19 +17,30 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, case, delete, insert, literal, select, update
 
+from avocado_llm.billing.database import insert_or
 from avocado_llm.billing.errors import BillingError, NotFound
-from avocado_llm.billing.schema import Account, ConsoleSession, ConsoleUser, utcnow
+from avocado_llm.billing.schema import (
+    Account,
+    ConsoleAttempt,
+    ConsoleFlash,
+    ConsoleSession,
+    ConsoleUser,
+    UTCDateTime,
+    utcnow,
+)
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB and ~50 ms per check
 SALT_BYTES = 16
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # refuse before hashing: scrypt of a huge input is a cheap DoS
 SESSION_TTL = timedelta(hours=12)
+FLASH_TTL = timedelta(minutes=5)  # from creating a key to the page that shows it
 _DUMMY_HASH: str | None = None  # hashed once: unknown users cost as much as wrong passwords
 
 
@@ -208,3 +224,106 @@ def session_user(conn: Connection, token: str) -> tuple[ConsoleUserInfo, str] | 
 
 def end_session(conn: Connection, token: str) -> None:
     conn.execute(delete(ConsoleSession).where(ConsoleSession.id == _token_id(token)))
+
+
+# --- sign-in attempts ---------------------------------------------------------------------
+
+
+def count_attempts(conn: Connection, keys: Sequence[str], window: timedelta) -> list[int]:
+    """Count one attempt for each key (``user:…``, ``ip:…``) and return the counts, this one
+    included. A key's window starts at its first attempt and lasts ``window``. One
+    ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` per key: atomic on PostgreSQL as on SQLite,
+    so no two concurrent attempts read the same count."""
+    now = utcnow()
+    stale = ConsoleAttempt.window_start <= now - window
+    counts = []
+    for key in keys:
+        insert_stmt = insert_or(conn, ConsoleAttempt).values(
+            id=_token_id(key), count=1, window_start=now
+        )
+        stmt = insert_stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "count": case((stale, 1), else_=ConsoleAttempt.count + 1),
+                "window_start": case(
+                    (stale, literal(now, UTCDateTime)), else_=ConsoleAttempt.window_start
+                ),
+            },
+        ).returning(ConsoleAttempt.count)
+        counts.append(int(conn.execute(stmt).scalar_one()))
+    conn.execute(delete(ConsoleAttempt).where(ConsoleAttempt.window_start <= now - 2 * window))
+    return counts
+
+
+def attempt_counts(conn: Connection, keys: Sequence[str], window: timedelta) -> list[int]:
+    """The current counts of ``keys`` (0 once a window is over), counting nothing."""
+    rows = dict(
+        conn.execute(
+            select(ConsoleAttempt.id, ConsoleAttempt.count).where(
+                ConsoleAttempt.id.in_([_token_id(k) for k in keys]),
+                ConsoleAttempt.window_start > utcnow() - window,
+            )
+        ).all()
+    )
+    return [int(rows.get(_token_id(k), 0)) for k in keys]
+
+
+def forget_attempts(conn: Connection, key: str) -> None:
+    """Start ``key`` afresh (a user who signed in)."""
+    conn.execute(delete(ConsoleAttempt).where(ConsoleAttempt.id == _token_id(key)))
+
+
+def uncount_attempt(conn: Connection, key: str) -> None:
+    """Take back one attempt of ``key`` (a client address that signed in successfully)."""
+    conn.execute(
+        update(ConsoleAttempt)
+        .where(ConsoleAttempt.id == _token_id(key), ConsoleAttempt.count > 0)
+        .values(count=ConsoleAttempt.count - 1)
+    )
+
+
+# --- a new key on its way to its one display ------------------------------------------------
+
+
+def _keystream(secret: bytes, nonce: str, length: int) -> bytes:
+    """HMAC-SHA256 in counter mode under the server secret: a stream cipher (nonces are random
+    and used once) that only a process holding the secret can undo."""
+    out = b""
+    for counter in range((length + 31) // 32):
+        label = f"avocado-console-flash:{nonce}:{counter}".encode()
+        out += hmac.new(secret, label, hashlib.sha256).digest()
+    return out[:length]
+
+
+def put_flash(conn: Connection, secret: bytes, session_token: str, key_id: str, key: str) -> None:
+    """Keep ``key`` for the next :func:`take_flash` of this session (replacing any other)."""
+    data = key.encode("utf-8")
+    nonce = secrets.token_hex(16)
+    sealed = bytes(a ^ b for a, b in zip(data, _keystream(secret, nonce, len(data)), strict=True))
+    now = utcnow()
+    values: dict[str, object] = {"key_id": key_id, "nonce": nonce, "sealed": sealed.hex()}
+    values["expires_at"] = now + FLASH_TTL
+    conn.execute(delete(ConsoleFlash).where(ConsoleFlash.expires_at <= now))
+    conn.execute(
+        insert_or(conn, ConsoleFlash)
+        .values(session_id=_token_id(session_token), **values)
+        .on_conflict_do_update(index_elements=["session_id"], set_=values)
+    )
+
+
+def take_flash(conn: Connection, secret: bytes, session_token: str) -> tuple[str, str] | None:
+    """``(key_id, key)`` kept for this session, deleted as it is read; None if there is none
+    (or it expired). ``DELETE … RETURNING``: two concurrent reads cannot both get it."""
+    row = conn.execute(
+        delete(ConsoleFlash)
+        .where(ConsoleFlash.session_id == _token_id(session_token))
+        .returning(
+            ConsoleFlash.key_id, ConsoleFlash.nonce, ConsoleFlash.sealed, ConsoleFlash.expires_at
+        )
+    ).first()
+    if row is None or row.expires_at <= utcnow():
+        return None
+    sealed = bytes.fromhex(row.sealed)
+    stream = _keystream(secret, row.nonce, len(sealed))
+    key = bytes(a ^ b for a, b in zip(sealed, stream, strict=True)).decode("utf-8")
+    return row.key_id, key

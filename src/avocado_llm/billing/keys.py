@@ -63,8 +63,10 @@ def insert_key(
     tpm: int | None,
     expires_at: datetime | None,
     plan: Plan | None,
+    origin: str = "operator",
 ) -> tuple[str, str]:
-    """Create a key for ``account``; returns ``(key_id, key)`` — the key is never stored."""
+    """Create a key for ``account``; returns ``(key_id, key)`` — the key is never stored.
+    ``origin`` says who made it: ``"operator"`` or ``"console"`` (see ``key_limits``)."""
     account_id = conn.scalar(select(Account.id).where(Account.name == account))
     if account_id is None:
         raise NotFound(
@@ -85,6 +87,7 @@ def insert_key(
             tpm=tpm,
             plan=(plan or Plan()).to_json(),
             expires_at=expires_at,
+            origin=origin,
         )
     )
     return key_id, key

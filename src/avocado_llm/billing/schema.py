@@ -79,6 +79,9 @@ class Account(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0)  # available micro-USD
     held: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-USD in open holds
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The most a key made in the console may have (``billing.key_limits.KeyLimits``), set by
+    # the operator; NULL: the tightest of the operator's own keys for the account.
+    key_limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiKey(Base):
@@ -96,6 +99,8 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Who made it: "operator" (`avocado admin keys create`) or "console" (a customer).
+    origin: Mapped[str] = mapped_column(String(16), default="operator", server_default="operator")
 
 
 class ModelPrice(Base):
@@ -230,4 +235,28 @@ class ConsoleSession(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("console_users.id"), index=True)
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ConsoleAttempt(Base):
+    """Sign-in attempts per username or client address in a fixed window, counted in the
+    database *before* the password is checked, so that every server process shares them."""
+
+    __tablename__ = "console_attempts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256 of "user:…"
+    count: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ConsoleFlash(Base):
+    """A just-created API key on its way to the one page that shows it, for one session: read
+    once and deleted; encrypted under the server secret (the database alone cannot read it)."""
+
+    __tablename__ = "console_flashes"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # console_sessions.id
+    key_id: Mapped[str] = mapped_column(String(40))
+    nonce: Mapped[str] = mapped_column(String(32))
+    sealed: Mapped[str] = mapped_column(String(400))  # hex: the key XOR an HMAC keystream
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from avocado_llm.billing import console_queries, console_users, keys, leases, ledger, statements
 from avocado_llm.billing import idempotency as idem
+from avocado_llm.billing.console_methods import ConsoleMethods
 from avocado_llm.billing.console_users import ConsoleUserInfo
 from avocado_llm.billing.database import READ_ONLY, insert_or, make_engine, migrate
 from avocado_llm.billing.errors import BillingError, HoldClosed
@@ -30,7 +31,7 @@ TOUCH_INTERVAL_S = 60.0  # last_used_at is written at most this often per key
 STATUS_LENGTH = 32  # usage_events.status
 
 
-class Billing:
+class Billing(ConsoleMethods):
     """Keys, prices, prepaid credit with holds, usage events and statements in one database.
 
     ``database_url`` is ``sqlite:///path`` (embedded default) or ``postgresql+psycopg://…``

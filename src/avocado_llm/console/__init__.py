@@ -22,7 +22,6 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 
 from avocado_llm.console import admin, customer
-from avocado_llm.console.auth import Throttle
 from avocado_llm.console.rates import RateSampler
 from avocado_llm.console.views import PREFIX, redirect, secure
 
@@ -89,7 +88,6 @@ def build_router() -> APIRouter:
 
 def install_console(app: FastAPI) -> None:
     """Mount the console on an app made by ``serve.create_app`` (uses ``app.state.services``)."""
-    app.state.console_throttle = Throttle()
     app.state.console_rates = RateSampler(app.state.services.metrics)  # replaced at start-up
     app.include_router(build_router())
 

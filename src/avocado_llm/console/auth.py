@@ -9,17 +9,17 @@
   session) once signed in; before sign-in, a random token that must equal a short-lived
   ``SameSite=Strict`` cookie (double submit). Every POST checks it, and refuses a foreign
   ``Origin`` too.
-- Sign-in failures are throttled per username and per client address.
+- Sign-in attempts are limited per username and per client address: each is counted in the
+  ledger's database *before* the password is checked (see ``Billing.console_sign_in_counted``),
+  so concurrent attempts, and attempts spread over several server processes, share one count.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import parse_qs, quote
 
 from fastapi import Request
@@ -35,8 +35,11 @@ LOGIN_COOKIE = "avocado_console_login"
 SESSION_MAX_AGE_S = 12 * 3600
 LOGIN_MAX_AGE_S = 3600
 MAX_FORM_BYTES = 64_000
-FAILURES_ALLOWED = 10
-FAILURE_WINDOW_S = 300.0
+ATTEMPTS_ALLOWED = 10
+"""Sign-in attempts per username in a window (a right password starts its count afresh)."""
+ATTEMPTS_ALLOWED_PER_ADDRESS = 5 * ATTEMPTS_ALLOWED
+"""Per client address: many people may share one behind a proxy."""
+ATTEMPT_WINDOW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -188,35 +191,7 @@ def login_token_ok(request: Request, form: Form) -> bool:
     )
 
 
-class Throttle:
-    """At most ``FAILURES_ALLOWED`` failed sign-ins per key in ``FAILURE_WINDOW_S``."""
-
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def blocked(self, *keys: str) -> bool:
-        """Whether any key is over its allowance (client addresses, ``ip:…``, get 5 times a
-        username's: many people may share one address behind a proxy)."""
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                times = self._failures.get(key)
-                while times and now - times[0] > FAILURE_WINDOW_S:
-                    times.popleft()
-                allowed = FAILURES_ALLOWED * (5 if key.startswith("ip:") else 1)
-                if times and len(times) >= allowed:
-                    return True
-        return False
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._failures) > 100_000:  # bounded memory under a spray of usernames
-                self._failures.clear()
-            for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
-
-    def succeeded(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
+def attempt_limits(request: Request, username: str) -> dict[str, int]:
+    """What a sign-in counts against: its username and its client address."""
+    client = request.client.host if request.client else "-"
+    return {f"user:{username}": ATTEMPTS_ALLOWED, f"ip:{client}": ATTEMPTS_ALLOWED_PER_ADDRESS}

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from avocado_llm.billing import MICRO
+from avocado_llm.billing.key_limits import KeyRequest
 from avocado_llm.billing.statements import month_bounds, statement_csv
 from avocado_llm.console import auth
 from avocado_llm.console.auth import Session, billing_of
@@ -26,6 +27,7 @@ from avocado_llm.console.views import PREFIX, error_page, redirect, render, secu
 router = APIRouter()
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
+MAX_KEY_DAYS = 36_500
 USD_TICKS = {
     "style": "currency",
     "currency": "USD",
@@ -61,23 +63,22 @@ async def console_login(request: Request) -> Response:
         return auth.csrf_refused(request)
     username, password = form.one("username").strip(), form.one("password")
     next_path = form.one("next")
-    client = f"ip:{request.client.host if request.client else '-'}"
-    throttle: auth.Throttle = request.app.state.console_throttle
-    if throttle.blocked(f"user:{username}", client):
+    outcome = await run_in_threadpool(
+        billing_of(request).console_sign_in_counted,
+        username,
+        password,
+        auth.attempt_limits(request, username),
+        auth.ATTEMPT_WINDOW,
+    )
+    if outcome.throttled:
         return _login_form(
-            request, next_path, "Too many failed sign-ins; wait a few minutes.", status=429
+            request, next_path, "Too many sign-in attempts; wait a few minutes.", status=429
         )
-    found = None
-    if username and password and len(password) <= 1024:
-        found = await run_in_threadpool(billing_of(request).console_sign_in, username, password)
-    if found is None:
-        throttle.failed(f"user:{username}", client)
+    if outcome.user is None:
         return _login_form(request, next_path, "Wrong username or password.", status=401)
-    user, token, _csrf = found
-    throttle.succeeded(f"user:{username}")
-    home = f"{PREFIX}/admin" if user.account_id is None else f"{PREFIX}/"
+    home = f"{PREFIX}/admin" if outcome.user.account_id is None else f"{PREFIX}/"
     response = redirect(auth.safe_next(next_path, home))
-    auth.set_cookie(request, response, auth.SESSION_COOKIE, token, auth.SESSION_MAX_AGE_S)
+    auth.set_cookie(request, response, auth.SESSION_COOKIE, outcome.token, auth.SESSION_MAX_AGE_S)
     auth.clear_cookie(request, response, auth.LOGIN_COOKIE)
     return response
 
@@ -277,9 +278,16 @@ async def _keys_page(
     billing = billing_of(request)
 
     def load() -> dict[str, Any]:
+        limits, source = billing.account_key_limits(str(session.user.account))
+        priced = sorted(billing.prices())
+        if limits is not None and limits.models is not None:
+            priced = [m for m in priced if m in limits.models]
         return {
             "keys": billing.api_keys(session.user.account_id),
-            "models": sorted(billing.prices()),
+            "models": priced,
+            "limits": limits,
+            "limits_text": limits.describe() if limits is not None else None,
+            "limits_source": source,
         }
 
     data = await run_in_threadpool(load)
@@ -289,35 +297,24 @@ async def _keys_page(
     )  # fmt: skip
 
 
-NEW_KEY_COOKIE = "avocado_console_new_key"
-"""Carries a just-created key from the POST to the page that shows it once (Post/Redirect/Get:
-reloading neither creates another key nor shows this one again); never stored server-side."""
-
-
 @router.get("/keys")
 async def console_keys(request: Request) -> Response:
     session = await auth.customer(request)
     if isinstance(session, Response):
         return session
-    new_key = None
-    flash = request.cookies.get(NEW_KEY_COOKIE, "")
-    if flash:
-        key_id, _, key = flash.partition(":")
-        mine = await run_in_threadpool(billing_of(request).api_keys, session.user.account_id)
-        if any(k["id"] == key_id and key.startswith(k["prefix"]) for k in mine):
-            new_key = {"id": key_id, "key": key}
-    response = await _keys_page(request, session, new_key=new_key)
-    if flash:
-        auth.clear_cookie(request, response, NEW_KEY_COOKIE, path=f"{PREFIX}/keys")
-    return response
+    # A key just made by this session is shown on this one page view, then forgotten: it
+    # waited server-side (sealed under the server secret), never in a cookie.
+    flashed = await run_in_threadpool(billing_of(request).take_flashed_key, session.token)
+    new_key = {"id": flashed[0], "key": flashed[1]} if flashed else None
+    return await _keys_page(request, session, new_key=new_key)
 
 
 def _positive_int(text: str, name: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{name} must be a positive whole number (or empty: unlimited)")
+    if not text.isdigit() or int(text) <= 0 or len(text) > 9:
+        raise ValueError(f"{name} must be a positive whole number (or empty: your account's limit)")
     return int(text)
 
 
@@ -331,27 +328,27 @@ async def console_keys_create(request: Request) -> Response:
         return form
     billing = billing_of(request)
     try:
-        rpm = _positive_int(form.one("rpm"), "Requests per minute")
-        tpm = _positive_int(form.one("tpm"), "Tokens per minute")
         days = _positive_int(form.one("expires_days"), "Expiry (days)")
+        if days is not None and days > MAX_KEY_DAYS:
+            raise ValueError(f"Expiry (days) can be at most {MAX_KEY_DAYS} (or empty)")
+        asked = KeyRequest(
+            models=tuple(dict.fromkeys(m for m in form.get("models", []) if m)),
+            rpm=_positive_int(form.one("rpm"), "Requests per minute"),
+            tpm=_positive_int(form.one("tpm"), "Tokens per minute"),
+            max_tokens=_positive_int(form.one("max_tokens"), "Max tokens per request"),
+            expires_at=datetime.now(UTC) + timedelta(days=days) if days else None,
+        )
         priced = await run_in_threadpool(billing.prices)
-        models = [m for m in form.get("models", []) if m]
-        unknown = [m for m in models if m not in priced]
+        unknown = [m for m in asked.models if m not in priced]
         if unknown:
             raise ValueError(f"unknown model(s): {', '.join(unknown)}")
+        key_id, key = await run_in_threadpool(
+            billing.create_console_key, str(session.user.account), asked
+        )
     except ValueError as e:
         return await _keys_page(request, session, error=str(e), status=400)
-    expires = datetime.now(UTC) + timedelta(days=days) if days else None
-    key_id, key = await run_in_threadpool(
-        lambda: billing.create_key(
-            str(session.user.account), models=models or None, rpm=rpm, tpm=tpm, expires_at=expires
-        )
-    )
-    response = redirect(f"{PREFIX}/keys")
-    auth.set_cookie(
-        request, response, NEW_KEY_COOKIE, f"{key_id}:{key}", 300, path=f"{PREFIX}/keys"
-    )
-    return response
+    await run_in_threadpool(billing.flash_key, session.token, key_id, key)
+    return redirect(f"{PREFIX}/keys")
 
 
 @router.post("/keys/{key_id}/revoke")
