@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from avocado_llm.config import load_recipe
 from avocado_llm.harvest import SCHEMA, harvest, harvest_prompts, read_records, record_key
-from avocado_llm.teachers import SamplingParams, TeacherInfo
+from avocado_llm.teachers import Completion, SamplingParams, TeacherInfo
+from avocado_llm.teachers.base import Messages
 
 CONTRACT = {
     "key", "prompt_id", "family", "messages", "gold", "teacher", "teacher_model",
@@ -115,3 +116,55 @@ def test_schema_types() -> None:
     assert SCHEMA.field("top_ids").type == pa.list_(pa.list_(pa.int32()))
     assert SCHEMA.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert SCHEMA.field("top_logprobs").nullable and not SCHEMA.field("key").nullable
+
+
+class UnwritableTeacher:
+    """A teacher (the protocol, in process) whose answers to some prompts break the record
+    schema in ways a parser might miss: a count past int32, a lone surrogate in the text."""
+
+    def __init__(self, poison: dict[str, Completion]) -> None:
+        self.info = TeacherInfo("odd", "odd-model", "rev-1", "test")
+        self.poison = poison
+        self.asked: list[str] = []
+
+    async def generate(
+        self, conversations: list[Messages], params: SamplingParams
+    ) -> list[list[Completion]]:
+        answers = []
+        for messages in conversations:
+            prompt = messages[-1]["content"]
+            self.asked.append(prompt)
+            good = Completion("42", "stop", prompt_tokens=5, completion_tokens=2)
+            answers.append([self.poison.get(prompt, good)] * params.n)
+        return answers
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_record_the_store_cannot_write_is_one_failure_not_a_crash(write_recipe) -> None:
+    recipe = load_recipe(write_recipe(teachers=("qwen-tiny",)))
+    prompts = harvest_prompts(recipe)
+    huge, surrogate = prompts[1].messages[-1]["content"], prompts[6].messages[-1]["content"]
+    teacher = UnwritableTeacher(
+        {
+            huge: Completion("42", "stop", prompt_tokens=5, completion_tokens=3 * 10**9),
+            surrogate: Completion("4\ud8002", "stop", prompt_tokens=5, completion_tokens=2),
+        }
+    )
+    summary = asyncio.run(harvest(recipe, teachers=[teacher], progress=False))
+    assert (summary.written, summary.failed) == (6, 2)
+    out = recipe.run_dir / "harvest"
+    failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert {f["prompt_id"] for f in failures} == {prompts[1].id, prompts[6].id}
+    table = read_records(out)
+    assert table.num_rows == 6 and len(set(table["key"].to_pylist())) == 6
+
+    # The next run asks only the two again; answered well, nothing is lost or written twice.
+    teacher.poison.clear()
+    teacher.asked.clear()
+    again = asyncio.run(harvest(recipe, teachers=[teacher], progress=False))
+    assert (again.written, again.failed) == (2, 0)
+    assert sorted(teacher.asked) == sorted([huge, surrogate])
+    table = read_records(out)
+    assert table.num_rows == 8 and len(set(table["key"].to_pylist())) == 8
