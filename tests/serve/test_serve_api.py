@@ -104,6 +104,22 @@ def test_stop_string_cuts_the_answer(world: World) -> None:
     assert answer.choices[0].finish_reason == "stop"
 
 
+def test_stop_strings_at_the_length_cap_still_cut_streamed_or_not(world: World) -> None:
+    """Four stop strings of 1,000 characters (the cap), one of them starting like the text it
+    must cut: the answer stops where a short stop string stops it, streamed or not."""
+    stops = [" is" + "q" * 997, "The answer is 7" + "z" * 985, "x" * 1000, " is"]
+    client = world.client()
+    answer = client.chat.completions.create(
+        model=world.model, messages=QUESTION, temperature=0, max_tokens=20, stop=stops
+    )
+    assert answer.choices[0].message.content == "The answer"
+    chunks = client.chat.completions.create(
+        model=world.model, messages=QUESTION, temperature=0, max_tokens=20, stop=stops,
+        stream=True,
+    )  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The answer"
+
+
 def test_logprobs_on_a_plan_that_allows_them(world: World) -> None:
     _, key = world.new_key(plan=LOGPROBS_PLAN)
     answer = world.client(key).chat.completions.create(

@@ -4,10 +4,15 @@ stop strings across tokens, and the rate limiter's arithmetic."""
 from __future__ import annotations
 
 import asyncio
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
 from serve_helpers import World
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from avocado_llm.serve.batching import TextTracker
 from avocado_llm.serve.engine import SamplingOptions
@@ -70,6 +75,99 @@ def test_text_tracker_holds_back_a_possible_stop_string(engine: LocalEngine) -> 
         if stopped:
             break
     assert stopped and sent == "The answer "
+
+
+def _reference(tok: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]) -> list[str]:
+    """What the text tracker hands out token by token, by the obvious (quadratic) method:
+    search the whole text for every stop string, hold back the longest end of the text that
+    starts one. The last item is the text at the stop (or at the end)."""
+    out, sent = [], 0
+    for k in range(1, len(ids) + 1):
+        text = str(tok.decode(ids[:k], skip_special_tokens=True))
+        if text.endswith("\ufffd"):
+            out.append("")
+            continue
+        found = [i for i in (text.find(s) for s in stops) if i >= 0]
+        if found:
+            cut = max(min(found), sent)
+            out.append(text[sent:cut] + "|stop")
+            return out
+        held = max(
+            (j for s in stops for j in range(len(s) - 1, 0, -1) if text.endswith(s[:j])),
+            default=0,
+        )
+        safe = max(sent, len(text) - held)
+        out.append(text[sent:safe])
+        sent = safe
+    return out
+
+
+def _tracked(tok: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]) -> list[str]:
+    tracker, out = TextTracker(tok, stops), []
+    for token in ids:
+        delta, stopped = tracker.push(token)
+        out.append(delta + ("|stop" if stopped else ""))
+        if stopped:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(zoo_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(zoo_dir / "qwen-tiny")
+
+
+def test_text_tracker_finds_stops_across_tokens_and_overlaps_like_a_full_search(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Stop strings split over several tokens, overlapping each other, repeating themselves
+    (``aab`` in ``aaab``), one inside another: the incremental matcher hands out exactly what
+    searching the whole text at every token does, piece by piece (so a stream holds back
+    the same text), and stops at the same place."""
+    rng = random.Random(18)
+    fixed = [
+        ("The answer is 7.", ["is 7"]),
+        ("aaab aab abab", ["aab"]),
+        ("abcd", ["abcd", "bc"]),
+        ("xx abababc", ["ababc", "babc", "c"]),
+        ("hello world", ["lo w", "o wor"]),
+        ("no stop here", ["zz", "here!"]),
+    ]
+    cases = fixed + [
+        (
+            "".join(rng.choice("ab c") for _ in range(rng.randint(1, 40))),
+            ["".join(rng.choice("ab c") for _ in range(rng.randint(1, 6))) for _ in range(4)],
+        )
+        for _ in range(400)
+    ]
+    stopped = 0
+    for text, stops in cases:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        want = _reference(tokenizer, ids, stops)
+        assert _tracked(tokenizer, ids, stops) == want, (text, stops)
+        stopped += bool(want) and want[-1].endswith("|stop")
+    assert stopped > 100  # the random cases do reach their stop strings
+
+
+def test_text_tracker_cost_does_not_grow_with_the_stop_strings_length(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Four stop strings of 200,000 characters each (longer than the API allows), the text
+    matching a long prefix of them, over 300 tokens: the old tracker copied every prefix of
+    every stop string at every token (seconds per token); the incremental one is done in a
+    fraction of a second (the bound here is generous: it only catches quadratic work)."""
+    stops = ["a" * 199_999 + "b", "a" * 199_999 + "c", "ab" * 100_000, "a " * 100_000]
+    ids = tokenizer("a" * 300, add_special_tokens=False)["input_ids"]
+    assert len(ids) >= 30
+    started = time.perf_counter()
+    tracker, sent = TextTracker(tokenizer, stops), ""
+    for token in ids * (300 // len(ids) + 1):
+        delta, stopped = tracker.push(token)
+        sent += delta
+        assert not stopped
+        assert time.perf_counter() - started < 10, "stop strings are matched in quadratic time"
+    assert sent == ""  # all of it could still be the start of the first two stop strings
+    assert tracker.flush() == tokenizer.decode(tracker.ids)
 
 
 def test_rate_limiter_refills_refunds_and_says_when_to_retry() -> None:

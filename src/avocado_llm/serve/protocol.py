@@ -9,17 +9,35 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_STOPS = 4
+"""Stop strings per request (OpenAI's limit)."""
+MAX_STOP_CHARS = 1000
+"""Characters per stop string: a stream holds back up to this much text that could be the
+start of one, and an upstream server matches them too."""
 
 
-def _non_empty(stop: str | list[str] | None) -> str | list[str] | None:
-    if stop == "" or (isinstance(stop, list) and "" in stop):
-        raise ValueError("stop sequences must not be empty strings")
+def _check_stops(stop: object) -> object:
+    """Clear messages for empty or over-long stop strings (before the union's own checks,
+    whose joined messages say less)."""
+    for s in [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []:
+        if s == "":
+            raise ValueError("stop sequences must not be empty strings")
+        if isinstance(s, str) and len(s) > MAX_STOP_CHARS:
+            raise ValueError(
+                f"a stop sequence may have at most {MAX_STOP_CHARS} characters; one has {len(s)}"
+            )
     return stop
 
 
-Stop = Annotated[str | Annotated[list[str], Field(max_length=4)] | None, AfterValidator(_non_empty)]
-"""Up to 4 strings that end a choice; the text returned does not contain them."""
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Stop = Annotated[
+    StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None,
+    BeforeValidator(_check_stops),
+]
+"""Up to 4 strings (of 1 to 1,000 characters) that end a choice; the text returned does not
+contain them."""
 
 
 class Request(BaseModel):
