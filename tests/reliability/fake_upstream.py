@@ -9,6 +9,14 @@ always asks for): a role chunk, one chunk per token of every choice (``DELAY_S``
 requests are in flight when a test kills the server in front), a usage chunk and ``[DONE]``.
 Every prompt gets ``tokens_for(text)`` tokens, at most ``max_tokens``; the usage is the truth the
 gateway must bill. Listens on 127.0.0.1 only.
+
+A prompt (or the last message) may end with a directive that makes the fake misbehave, for the
+tests of a lying or failing upstream (``lie(...)`` writes one):
+
+    #fake:usage=<json>          the usage chunk's object is <json> instead of the truth
+    #fake:usage=none            no usage chunk at all
+    #fake:status=<code>:<text>  answer HTTP <code> with <text> as the error's message
+    #fake:midstream=<text>      an error event with <text> after the first token
 """
 
 from __future__ import annotations
@@ -43,6 +51,21 @@ def _texts(body: dict[str, Any]) -> list[str]:
         return ["\n".join(str(m.get("content") or "") for m in body["messages"])]
     prompt = body.get("prompt", "")
     return [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
+
+
+DIRECTIVE = "#fake:"
+
+
+def lie(text: str, directive: str) -> str:
+    """``text`` with a directive for this fake (see the module's docstring)."""
+    return f"{text} {DIRECTIVE}{directive}"
+
+
+def _directive(texts: list[str]) -> tuple[str, str]:
+    """``(name, value)`` of the directive at the end of the last text, or ``("", "")``."""
+    _, found, rest = (texts[-1] if texts else "").rpartition(DIRECTIVE)
+    name, _, value = rest.partition("=") if found else ("", "", "")
+    return name, value
 
 
 def _logprobs(chat: bool, token: str, top: int) -> dict[str, Any]:
@@ -81,6 +104,14 @@ def make_app(delay_s: float) -> Starlette:
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         kind = "chat.completion.chunk" if chat else "text_completion"
+        directive, value = _directive(texts)
+        if directive == "status":
+            code, _, message = value.partition(":")
+            error = {"message": message, "type": "internal", "param": None, "code": None}
+            return JSONResponse({"error": error}, status_code=int(code))
+        reported: Any = usage
+        if directive == "usage":
+            reported = None if value == "none" else json.loads(value)
 
         def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
             chunk = {"id": "fake-1", "object": kind, "created": 0, "model": MODEL}
@@ -111,7 +142,11 @@ def make_app(delay_s: float) -> Starlette:
                             choice["logprobs"] = _logprobs(chat, token, top)
                         choices.append(choice)
                 yield event(choices)
-            yield event([], {"usage": usage})
+                if directive == "midstream":
+                    yield f"data: {json.dumps({'error': {'message': value, 'code': 500}})}\n\n"
+                    return
+            if reported is not None:
+                yield event([], {"usage": reported})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")

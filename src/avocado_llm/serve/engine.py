@@ -20,13 +20,25 @@ if TYPE_CHECKING:
 
 class EngineError(Exception):
     """The engine could not answer. ``status`` is what the client gets (an upstream's 400 is
-    the client's fault and stays 400; anything else is 502/500)."""
+    the client's fault and stays 400; anything else is 502/500). ``message`` is for the client:
+    never an upstream's own text (that goes to the server's log).
 
-    def __init__(self, message: str, status: int = 500, code: str | None = None) -> None:
+    ``billable``: text was produced before the failure, and the generation's ``usage`` counts
+    it (a stream has passed it on: it is settled for that usage, not released)."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 500,
+        code: str | None = None,
+        *,
+        billable: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        self.billable = billable
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,13 @@ class Usage:
     completion_tokens: int = 0
 
 
+def longest_token(tokenizer: Any) -> int:
+    """Characters of the tokenizer's longest token, as its vocabulary spells it (one character
+    per byte for byte-level BPE, ``▁`` for a space in SentencePiece: never fewer than the
+    token's text has), added tokens included."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
 class Generation(Protocol):
     """A running request. Iterate it for deltas; ``cancel`` stops it (a client hung up)."""
 
@@ -110,6 +129,10 @@ class Engine(Protocol):
     """The model id clients ask for."""
     context_length: int | None
     """Prompt + completion tokens the model takes; None when unknown (upstream)."""
+    max_token_chars: int | None
+    """The most characters one token of :attr:`Prompt.tokens` stands for (its tokenizer's
+    longest token): bounds a prompt's characters by its tokens, before tokenizing it. None
+    when unknown (not started)."""
 
     async def start(self) -> None: ...
 

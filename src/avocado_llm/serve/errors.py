@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -191,7 +192,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error.response()
 
 
+def loggable(text: str) -> str:
+    """``text`` (a client's: a path, a method) as one field of a log line: percent-encoded
+    like a URL, so that no control character, line separator, space or ``=`` of a client can
+    start a forged line or field (``%0A2026-… key=key_…``), and nothing is lost."""
+    return quote(text, safe="/:@!$&'()*+,;-._~", errors="backslashreplace")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception(
+        "unhandled error on %s %s", loggable(request.method), loggable(request.url.path),
+        exc_info=exc,
+    )  # fmt: skip
     message = "The server had an error while processing your request; retry, or report it."
     return APIError(500, message, type="server_error").response()

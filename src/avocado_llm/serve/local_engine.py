@@ -26,7 +26,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from avocado_llm.protect import kernel
 from avocado_llm.serve.batching import Row, TextTracker, decode
-from avocado_llm.serve.engine import Delta, EngineError, Prompt, SamplingOptions, Usage
+from avocado_llm.serve.engine import (
+    Delta,
+    EngineError,
+    Prompt,
+    SamplingOptions,
+    Usage,
+    longest_token,
+)
 from avocado_llm.serve.sampling import row_seed
 from avocado_llm.teachers.hf import END_OF_TURN, pick_device
 
@@ -101,6 +108,7 @@ class LocalEngine:
             raise ValueError(f"no Hugging Face model in {self.model_dir} (config.json missing)")
         self.model = model_name or self.model_dir.resolve().name
         self.context_length: int | None = None
+        self.max_token_chars: int | None = None
         self.device = pick_device(device)
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
@@ -162,6 +170,7 @@ class LocalEngine:
         )
         self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
         self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
+        self.max_token_chars = longest_token(self.tokenizer)
         self.eos_ids = frozenset(self._eos_ids())
         # compile (or load) the watermark's kernel now, not in the first request
         if self.device.type == "cpu":
@@ -229,10 +238,10 @@ class LocalEngine:
             self.on_batch(len(live))
         try:
             decode(self.hf_model, self.tokenizer, self._rows(live), self.eos_ids, self._step)
-        except Exception as e:
+        except Exception:
             log.exception("generation failed for a batch of %d requests", len(live))
             for job in live:
-                job.fail(EngineError(f"the model failed: {type(e).__name__}: {e}"))
+                job.fail(EngineError("The model failed while generating; retry the request."))
 
     def _rows(self, jobs: list[LocalGeneration]) -> list[Row]:
         rows = []

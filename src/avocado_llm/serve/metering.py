@@ -328,7 +328,7 @@ class Meter:
                 return
             yield b"".join(tail)
         except EngineError as e:
-            failed = True
+            failed = not e.billable  # (#18.7) text passed on before the error is billed
             yield event(envelope(e.message, "server_error", None, e.code))
         finally:
             if not settled:

@@ -1,7 +1,8 @@
 """ASGI middleware: a cap on request bodies, and an access log that never shows a key.
 
 uvicorn's own access log prints the query string, where a careless client may have put its
-key; the server turns that log off and writes this one: method, path, status, time, key id.
+key; the server turns that log off and writes this one: method, path, status, time, key id,
+the client's fields percent-encoded (a path with a newline cannot write a line of its own).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from avocado_llm.serve.errors import envelope
+from avocado_llm.serve.errors import envelope, loggable
 from avocado_llm.serve.metrics import Metrics
 
 access_log = logging.getLogger("avocado.serve.access")
@@ -87,8 +88,9 @@ class AccessLog:
             # The endpoint function's name: bounded, unlike paths such as /v1/models/{anything}.
             endpoint = getattr(scope.get("endpoint"), "__name__", "unmatched")
             self.metrics.requests.labels(endpoint, self.model, str(status)).inc()
-            key_id = scope.get("state", {}).get("key_id", "-")
+            key_id = str(scope.get("state", {}).get("key_id", "-"))
+            # Every field a client could shape is escaped: one request, one line, 5 fields.
             access_log.info(
-                "%s %s %d %.1fms key=%s", scope["method"], scope["path"], status,
-                (time.perf_counter() - started) * 1000, key_id,
+                "%s %s %d %.1fms key=%s", loggable(scope["method"]), loggable(scope["path"]),
+                status, (time.perf_counter() - started) * 1000, loggable(key_id),
             )  # fmt: skip

@@ -14,6 +14,8 @@ upstream hop is most of the gateway's own work (``bench/gateway_overhead.py``).
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,21 +29,49 @@ from avocado_llm.serve.engine import (
     SamplingOptions,
     TokenLogprob,
     Usage,
+    longest_token,
 )
+
+log = logging.getLogger("avocado.serve.upstream")
 
 # A conversation's template adds a few tokens per message around the text; bytes bound the
 # text's tokens from above for byte-level tokenizers, which is all a hold needs.
 _TEMPLATE_ALLOWANCE = 16
+# The upstream's prompt count may exceed ours (a template's default system prompt, another
+# tokenizer), but not by more than this: beyond it, its usage is not believed.
+_PROMPT_SLACK = 1024
 
 
 class UpstreamGeneration:
-    """One forwarded request, read as the upstream streams it."""
+    """One forwarded request, read as the upstream streams it.
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> None:
-        self.usage = Usage(prompt_tokens=0)
+    Until the upstream's usage arrives, :attr:`usage` is the gateway's own count: the prompt
+    tokens it counted (exact with a tokenizer, else an upper bound) and one token per chunk
+    of text passed on. The upstream's usage replaces it only if it is believable: whole
+    numbers, at least the text passed on, at most what was asked for (``max_tokens`` per
+    choice) and a prompt count near the gateway's. Anything else — a usage missing, negative,
+    zero for a whole answer, 10¹² — is the upstream's failure: a 502, with the gateway's own
+    count kept as what the text already passed on is billed for (``EngineError.billable``)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        body: dict[str, Any],
+        prompts: Sequence[Prompt],
+        choices: int,
+        max_completion: int,
+    ) -> None:
+        self.usage = Usage(prompt_tokens=sum(p.tokens for p in prompts))
         self._session = session
         self._url = url
         self._body = body
+        self._choices = choices
+        self._max_completion = max_completion
+        self._prompt_bound = sum(2 * max(p.tokens, _byte_bound(p)) for p in prompts)
+        self._prompt_bound += _PROMPT_SLACK
+        self._counted = 0  # chunks with text passed on
+        self._reported = False  # the upstream's usage arrived
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         try:
@@ -63,24 +93,70 @@ class UpstreamGeneration:
                         continue
                     for delta in self._read(json.loads(data)):
                         yield delta
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-            name = "timeout" if isinstance(e, TimeoutError) else type(e).__name__
-            raise EngineError(f"the upstream server failed: {name}: {e}", 502) from e
+            if not self._reported:
+                raise self._failed("its answer ended without a usage", None)
+        except EngineError as e:
+            e.billable = self._counted > 0
+            raise
+        except TimeoutError as e:
+            raise self._failed("timeout", e, "The model server did not answer in time.") from e
+        except aiohttp.ClientError as e:
+            raise self._failed(type(e).__name__, e, "The model server could not be reached or "
+                               "broke off its answer.") from e  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise self._failed(f"an unreadable answer: {type(e).__name__}", e) from e
 
-    def _read(self, chunk: dict[str, Any]) -> list[Delta]:
+    def _read(self, chunk: Any) -> list[Delta]:
+        if not isinstance(chunk, dict):
+            raise TypeError(f"a chunk that is not an object: {chunk!r:.200}")
         if "error" in chunk:
-            raise EngineError(f"the upstream server failed: {chunk['error']}", 502)
+            raise self._failed("an error in its stream", chunk["error"])
         deltas = []
         for choice in chunk.get("choices") or []:
             text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
             finish = choice.get("finish_reason")
+            index = choice.get("index", 0)
+            if not isinstance(text, str) or not isinstance(finish, str | None):
+                raise TypeError(f"a choice of the wrong shape: {choice!r:.200}")
+            if type(index) is not int or not 0 <= index < self._choices:
+                raise ValueError(f"a choice index out of range: {index!r:.50}")
             if text or finish:
-                self.usage.completion_tokens += 1 if text else 0
+                if text:
+                    self._counted += 1
+                    if self._counted > self._max_completion:
+                        raise self._failed("more text than max_tokens allows", None)
+                self.usage.completion_tokens = max(self.usage.completion_tokens, self._counted)
                 logprobs = _logprobs(choice.get("logprobs"))
-                deltas.append(Delta(int(choice.get("index", 0)), text, finish, logprobs))
-        if usage := chunk.get("usage"):
-            self.usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+                deltas.append(Delta(index, text, finish, logprobs))
+        if (usage := chunk.get("usage")) is not None:
+            self._take_usage(usage)
         return deltas
+
+    def _take_usage(self, usage: Any) -> None:
+        """The upstream's usage, if believable (see the class); else a 502."""
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        if type(prompt) is not int or type(completion) is not int:
+            raise self._failed("a usage without whole token counts", usage)
+        if not 1 <= prompt <= self._prompt_bound:
+            raise self._failed(f"a usage of {prompt} prompt tokens", usage)
+        if not self._counted <= completion <= self._max_completion:
+            raise self._failed(
+                f"a usage of {completion} completion tokens for {self._counted} chunks of text "
+                f"(max {self._max_completion})",
+                usage,
+            )
+        self.usage = Usage(prompt, completion)
+        self._reported = True
+
+    def _failed(self, what: str, detail: object, message: str | None = None) -> EngineError:
+        """A 502 whose message says nothing of the upstream (its text can name internal
+        hosts and models); the upstream's own words go to the log under a reference."""
+        ref = uuid.uuid4().hex[:12]
+        log.warning("upstream failure %s at %s: %s: %.2000r", ref, self._url, what, detail)
+        message = message or "The model server sent an answer this server cannot use."
+        return EngineError(f"{message} Retry later (reference {ref}).", 502, "upstream_error",
+                           billable=self._counted > 0)  # fmt: skip
 
     def cancel(self) -> None:
         """Nothing to do: closing the iteration closes the upstream connection."""
@@ -105,6 +181,7 @@ class UpstreamEngine:
         self.model = model_name
         self.upstream_model = upstream_model or model_name
         self.context_length: int | None = None
+        self.max_token_chars: int | None = 1  # without a tokenizer, a token is a byte (or more)
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=10.0)
@@ -121,6 +198,7 @@ class UpstreamEngine:
             self._tokenizer = AutoTokenizer.from_pretrained(
                 self._tokenizer_dir, trust_remote_code=False
             )
+            self.max_token_chars = longest_token(self._tokenizer)
         self._session = aiohttp.ClientSession(
             headers=self._headers,
             timeout=self._timeout,
@@ -145,15 +223,14 @@ class UpstreamEngine:
                 raise ValueError(f"the model's chat template refused the messages: {e}") from e
             tokens = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
         else:
-            size = sum(len(str(m.get("content") or "").encode()) for m in messages)
-            tokens = size + _TEMPLATE_ALLOWANCE * (len(messages) + 1)
+            tokens = _byte_bound(Prompt(tokens=0, messages=messages))
         return Prompt(tokens=tokens, messages=messages)
 
     def text_prompt(self, text: str) -> Prompt:
         if self._tokenizer is not None:
             tokens = len(self._tokenizer(text)["input_ids"])
         else:
-            tokens = len(text.encode()) + _TEMPLATE_ALLOWANCE
+            tokens = _byte_bound(Prompt(tokens=0, text=text))
         return Prompt(tokens=tokens, text=text)
 
     def generate(self, prompts: Sequence[Prompt], options: SamplingOptions) -> UpstreamGeneration:
@@ -184,20 +261,50 @@ class UpstreamEngine:
             if options.logprobs is not None:
                 body["logprobs"] = options.logprobs
         path = "/chat/completions" if chat else "/completions"
-        generation = UpstreamGeneration(self._session, self._base_url + path, body)
-        generation.usage.prompt_tokens = sum(p.tokens for p in prompts)
-        return generation
+        choices = len(prompts) * options.n
+        return UpstreamGeneration(
+            self._session, self._base_url + path, body, prompts, choices,
+            max_completion=choices * options.max_tokens,
+        )  # fmt: skip
+
+
+def _byte_bound(prompt: Prompt) -> int:
+    """The prompt's tokens bounded from above by its bytes (byte-level tokenizers), plus the
+    template's allowance per message: what the gateway counts when it has no tokenizer."""
+    if prompt.messages is not None:
+        size = sum(len(str(m.get("content") or "").encode()) for m in prompt.messages)
+        return size + _TEMPLATE_ALLOWANCE * (len(prompt.messages) + 1)
+    return len((prompt.text or "").encode()) + _TEMPLATE_ALLOWANCE
+
+
+_CONTEXT_WORDS = ("context length", "context_length", "maximum context", "too long")
 
 
 def _upstream_error(status: int, body: bytes) -> EngineError:
-    """A client error upstream (bad parameters) stays 400; anything else is our 502."""
+    """A client error upstream (bad parameters) stays 400; anything else is our 502. The
+    client never sees the upstream's text (it can name internal models and hosts): it is
+    logged under a reference that the client's message gives."""
     try:
         message = str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        message = body[:500].decode("utf-8", "replace")
+        message = body[:2000].decode("utf-8", "replace")
+    ref = uuid.uuid4().hex[:12]
+    log.warning("upstream answered %d, reference %s: %.2000r", status, ref, message)
     if status in (400, 404, 413, 422):
-        return EngineError(f"the model server refused the request: {message}", 400)
-    return EngineError(f"the upstream server answered {status}: {message}", 502)
+        if any(word in message.lower() for word in _CONTEXT_WORDS):
+            return EngineError(
+                "The prompt and max_tokens do not fit the model's context length; shorten the "
+                f"prompt or lower max_tokens (reference {ref}).",
+                400,
+                "context_length_exceeded",
+            )
+        return EngineError(
+            f"The model server refused the request's parameters (reference {ref}).", 400
+        )
+    return EngineError(
+        f"The model server failed to answer (reference {ref}); retry later.", 502,
+        "upstream_error",
+    )  # fmt: skip
 
 
 def _logprobs(raw: dict[str, Any] | None) -> list[TokenLogprob]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request, Response
 
 from avocado_llm.serve import protocol as p
+from avocado_llm.serve.admission import admit, build_prompt
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import STREAM, bad_request
@@ -43,8 +44,11 @@ async def create_chat_completion(
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         for m in body.messages
     ]
+    digest = body_hash("chat", body)
+    chars = sum(len(m["content"]) for m in messages)
+    await admit(request, services, key, longest_chars=chars, param="messages", body_hash=digest)
     try:
-        prompt = engine.chat_prompt(messages)
+        prompt = await build_prompt(request, engine.chat_prompt, messages)
     except ValueError as e:
         raise bad_request(str(e), "messages") from e
     max_tokens = resolve_max_tokens(services, key.plan, [prompt], requested, key.plan.max_tokens)
@@ -59,7 +63,7 @@ async def create_chat_completion(
         ignore_eos=body.ignore_eos,
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    call = Call("chat", key, [prompt], options, body.stream, include_usage, body_hash("chat", body))
+    call = Call("chat", key, [prompt], options, body.stream, include_usage, digest)
     return await respond(request, services, call, ChatFormatter(engine.model, top is not None))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Request, Response
 
 from avocado_llm.serve import protocol as p
+from avocado_llm.serve.admission import admit, build_prompt
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import STREAM, bad_request
@@ -36,7 +37,10 @@ async def create_completion(
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     check_plan(key.plan, max_tokens=body.max_tokens, n=body.n, top_logprobs=body.logprobs)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    prompts = [engine.text_prompt(text) for text in texts]
+    digest = body_hash("completions", body)
+    longest = max(len(text) for text in texts)
+    await admit(request, services, key, longest_chars=longest, param="prompt", body_hash=digest)
+    prompts = await build_prompt(request, lambda: [engine.text_prompt(t) for t in texts])
     default = services.settings.default_completion_max_tokens
     max_tokens = resolve_max_tokens(services, key.plan, prompts, body.max_tokens, default)
     options = SamplingOptions(
@@ -50,10 +54,7 @@ async def create_completion(
         ignore_eos=body.ignore_eos,
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    call = Call(
-        "completions", key, prompts, options, body.stream, include_usage,
-        body_hash("completions", body),
-    )  # fmt: skip
+    call = Call("completions", key, prompts, options, body.stream, include_usage, digest)
     formatter = CompletionFormatter(engine.model, body.logprobs is not None)
     return await respond(request, services, call, formatter)
 
