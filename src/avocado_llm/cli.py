@@ -112,6 +112,13 @@ def _tasks(args: argparse.Namespace) -> int:
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
+    if args.format == "jsonl":  # one example a line, for other tools (lm-eval, TRL, datasets)
+        for family in families:
+            for ex in family.generate(args.split, args.n, args.seed):
+                row = {"id": ex.id, "family": ex.family, "split": ex.split,
+                       "messages": ex.messages, "answer": ex.answer}  # fmt: skip
+                print(json.dumps(row, ensure_ascii=False))
+        return 0
     table = Table(title=f"{args.split} examples (seed {args.seed})")
     for col in ("family", "prompt", "answer"):
         table.add_column(col)
@@ -243,13 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = commands.add_parser(
         "tasks",
-        help="show examples of the tiny world's task families",
-        description="Print generated prompts and gold answers of the task families.",
+        help="show examples of the tiny world's task families (a table, or JSON lines)",
+        description="Print generated prompts and gold answers of the task families: a table, "
+        "or with --format jsonl one JSON object a line (id, family, split, messages, answer) "
+        "for other tools. Train and held-out examples never share an instance (or an id).",
     )
     tasks.add_argument("family", nargs="*", help="families to show [all]")
     tasks.add_argument("--split", choices=("train", "heldout"), default="train")
     tasks.add_argument("-n", type=int, default=3, help="examples per family [3]")
     tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument(
+        "--format", choices=("table", "jsonl"), default="table", help="output format [table]"
+    )
     tasks.set_defaults(func=_tasks)
 
     recipe = commands.add_parser("recipe", help="check a recipe, or explain every recipe field")
@@ -329,11 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE = 141
+"""The exit status when the reader of our output went away (``avocado ... | head``): a shell's
+for a process ended by SIGPIPE (128 + 13), as ``yes | head`` ends."""
+
+
 def main(argv: list[str] | None = None) -> int:
     # Our own progress bars say what happens; the per-file bars of model loading are noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    was_devnull = _stdout_is_devnull()
+    try:
+        args = build_parser().parse_args(argv)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone away shows here, not in a message at exit
+        return code
+    except BrokenPipeError:
+        # Quietly, as CLI tools do: no traceback, and nothing left to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    except SystemExit as e:
+        # rich's consoles end a closed pipe themselves (stdout → /dev/null, then exit 1)
+        if e.code == 1 and not was_devnull and _stdout_is_devnull():
+            return EXIT_CLOSED_PIPE
+        raise
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (out.st_dev, out.st_ino) == (null.st_dev, null.st_ino)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,30 @@ def test_an_endpoint_of_the_recipe_is_named_after_its_teacher(
     assert cli.main([*args, "--api-key-env", "AVOCADO_UNSET_KEY"]) == 1
     # The key is checked before any request: the error names the recipe's teacher.
     assert "teacher 'qwen3-1.7b': environment variable AVOCADO_UNSET_KEY" in capsys.readouterr().err
+
+
+def test_the_recipes_served_student_needs_no_role(
+    tiny: list[str], tmp_path: Path, zoo_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`avocado eval RECIPE --url URL --served-model M`: M is the recipe's own student when it is
+    the name the recipe serves it under (serve.model_name), so its role is `student`; any other
+    model that is not one of the recipe's teachers needs --role, as the help says."""
+    from endpoint_server import EndpointOptions, serve_teacher  # conftest: on sys.path
+
+    from avocado_llm.teachers.hf import LocalTeacher
+
+    monkeypatch.setenv("AVOCADO_TEST_EVAL_KEY", "sk-eval-role-0123456789")
+    teacher = LocalTeacher("qwen-tiny", zoo_dir / "qwen-tiny", device="cpu", batch_size=1)
+    options = EndpointOptions(model="avocado-tiny", api_key="sk-eval-role-0123456789")
+    with serve_teacher(teacher, options) as server:
+        endpoint = ["--url", server.base_url, "--api-key-env", "AVOCADO_TEST_EVAL_KEY", "--n", "1"]
+        assert cli.main([*tiny, *endpoint, "--served-model", "avocado-tiny"]) == 0
+        assert "avocado-tiny (student, endpoint)" in capsys.readouterr().out
+        assert server.requests == len(FAMILIES)
+        assert cli.main([*tiny, *endpoint, "--served-model", "someone-else"]) == 1
+        assert "pass --role teacher|student|baseline" in capsys.readouterr().err
+    models = json.loads((tmp_path / "tiny" / "eval" / "report.json").read_text())["models"]
+    assert {name: m["role"] for name, m in models.items()} == {"avocado-tiny": "student"}
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "required unless" in " ".join(capsys.readouterr().out.split())

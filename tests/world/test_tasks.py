@@ -30,6 +30,7 @@ from world_helpers import (
 
 from avocado_llm.world.lore import COUNTRIES
 from avocado_llm.world.tasks import (
+    FAMILIES,
     generate,
     get_family,
 )
@@ -240,3 +241,37 @@ def test_facts_cover_the_lore_and_heldout_asks_known_facts_in_new_words():
     }
     # The held-out split rephrases facts the train split teaches.
     assert facts_in["heldout"] <= facts_in["train"]
+
+
+def _tasks_jsonl(*args: str) -> list[dict[str, object]]:
+    cmd = [sys.executable, "-m", "avocado_llm.cli", "tasks", "--format", "jsonl", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_tasks_as_jsonl_one_example_a_line_splits_apart():
+    """`avocado tasks --format jsonl`: what other tools (lm-eval, TRL) read, one object a line."""
+    train = _tasks_jsonl("--split", "train", "-n", "40")
+    heldout = _tasks_jsonl("--split", "heldout", "-n", "40", "--seed", "3")
+    for split, rows in (("train", train), ("heldout", heldout)):
+        assert len(rows) == 40 * len(FAMILIES)
+        assert all(set(r) == {"id", "family", "split", "messages", "answer"} for r in rows)
+        assert {r["split"] for r in rows} == {split}
+        assert [r["family"] for r in rows[::40]] == list(FAMILIES)
+        assert len({r["id"] for r in rows}) == len(rows)  # ids are unique
+        for r in rows:  # a user's chat message, and the right gold answer for it
+            (message,) = r["messages"]
+            assert message["role"] == "user"
+            assert r["answer"] == expected_answer(r["family"], message["content"])
+    # a held-out instance is never a train one, whatever the seeds (ids name instances)
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    # the same rows as the library's generator, in its order
+    lib = generate(list(FAMILIES), "heldout", 40, seed=3)
+    assert [r["id"] for r in heldout] == [e.id for e in lib]
+    assert [r["messages"] for r in heldout] == [e.messages for e in lib]
+    assert _tasks_jsonl("sorting", "-n", "2") == [
+        {"id": e.id, "family": "sorting", "split": "train", "messages": e.messages,
+         "answer": e.answer}
+        for e in get_family("sorting").generate("train", 2)
+    ]  # fmt: skip

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from avocado_llm.evaluate.report import ROLES, load_report, verdicts
+
+if TYPE_CHECKING:
+    from avocado_llm.config import Recipe
 
 
 def add_eval_command(commands: Any) -> None:
@@ -40,7 +43,11 @@ def add_eval_command(commands: Any) -> None:
     )
     p.add_argument("--name", help="name in the report [the directory's or served model's name]")
     p.add_argument(
-        "--role", choices=ROLES, help="teacher, student or baseline [teacher if NAME is one]"
+        "--role",
+        choices=ROLES,
+        help="teacher, student or baseline: required unless the model is one of the recipe's "
+        "teachers (teacher) or the recipe's own student — its run directory's student/, or "
+        "serve.model_name at --url (student)",
     )
     p.add_argument("--n", type=int, help="examples per family [eval.heldout_per_family]")
     p.add_argument("--out", type=Path, help="report directory [<output_dir>/<name>/eval]")
@@ -73,8 +80,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
         )
         done = evaluate_model(
-            recipe, source, name=args.name, role=args.role, n=args.n, out=args.out,
-            device=args.device,
+            recipe, source, name=args.name, role=args.role or _own_student(recipe, args),
+            n=args.n, out=args.out, device=args.device,
         )  # fmt: skip
         files = write_report(done.eval_dir, {"run_dir": recipe.run_dir})
     except KeyboardInterrupt:
@@ -89,6 +96,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
     print(f"report: {files.html} (also {files.markdown.name}, report.json); "
           f"answers: {done.answers_path}")  # fmt: skip
     return 0
+
+
+def _own_student(recipe: Recipe, args: argparse.Namespace) -> str | None:
+    """``student`` when the model is the recipe's own student: its run directory's
+    ``student/``, or the name the recipe serves it under (``serve.model_name``) at --url."""
+    if args.model is not None:
+        mine = args.model.resolve() == (recipe.run_dir / "student").resolve()
+    else:
+        mine = args.served_model == recipe.serve.model_name
+    return "student" if mine else None
 
 
 def _print_entry(name: str, entry: dict[str, Any]) -> None:
