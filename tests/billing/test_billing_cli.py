@@ -126,3 +126,41 @@ def test_database_url_flag_and_default(
     assert code == 1 and "cannot use the database" in err
     code, _, err = admin(capsys, "--database-url", "mysql+nodriver://u:pw@h/db", "migrate")
     assert code == 2 and "not one SQLAlchemy can open" in err and "pw" not in err
+
+
+def test_account_key_limits(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """What keys made in the console may have: set on creation, shown, changed, forgotten."""
+    monkeypatch.setenv("AVOCADO_DATABASE_URL", database_url)
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    code, out, _ = admin(capsys, "accounts", "create", "acme", "--models", "m1,m2", "--rpm", "60",
+                         "--max-tokens", "64", "--top-logprobs", "2")  # fmt: skip
+    assert code == 0 and "models      m1, m2" in out and "logprobs    top 2" in out
+    code, out, _ = admin(capsys, "accounts", "limits", "acme", "--rpm", "none", "--tpm", "500",
+                         "--keys-expire-by", "2031-01-31")  # fmt: skip
+    assert code == 0 and "rpm         unlimited" in out and "tpm         500" in out
+    assert "m1, m2" in out and "max_tokens  64" in out and "2031-01-31" in out  # the rest stay
+    billing = Billing(database_url, SECRET)
+    try:
+        limits, _ = billing.account_key_limits("acme")
+        assert limits is not None and limits.plan.logprobs and limits.plan.max_top_logprobs == 2
+        assert limits.expires_by == datetime(2031, 1, 31, tzinfo=UTC)
+    finally:
+        billing.close()
+    for bad, says in [(["--rpm", "0"], "rpm must be a positive"),
+                      (["--max-tokens", "-5"], "max_tokens must be positive")]:  # fmt: skip
+        code, _, err = admin(capsys, "accounts", "limits", "acme", *bad)
+        assert code == 1 and says in err, err
+    code, _, err = admin(capsys, "accounts", "limits", "acme", "--keys-expire-by", "soon")
+    assert code == 2 and "YYYY-MM-DD" in err
+    # forgotten: the tightest of the operator's keys, and none yet
+    code, out, _ = admin(capsys, "accounts", "limits", "acme", "--reset")
+    assert code == 0 and "cannot make keys" in out
+    code, _, err = admin(capsys, "keys", "create", "--account", "acme", "--max-tokens", "8")
+    assert code == 0 and "no key limits of its own" in err
+    code, out, _ = admin(capsys, "accounts", "limits", "acme")
+    assert "tightest of the operator's keys" in out and "max_tokens  8" in out
+    # created without limits: none of its own
+    assert admin(capsys, "accounts", "create", "globex")[0] == 0
+    assert "cannot make keys" in admin(capsys, "accounts", "limits", "globex")[1]

@@ -316,3 +316,39 @@ def test_repeated_failed_sign_ins_are_throttled(console: Console) -> None:
     assert attempt("umbrella-password") == 429  # even the right one, for a while
     assert "avocado_console" not in client.cookies
     client.close()
+
+
+def test_a_new_key_is_shown_once_to_the_session_that_made_it(console: Console) -> None:
+    """It waits server-side (never in a cookie) for the next page of the very session that
+    made it; another session of the same user does not see it, nor a second look."""
+    maker, other = _client(console, "globex"), _client(console, "globex")
+    answer = maker.post("/console/keys", data={"csrf": _csrf(maker), "tpm": "777"})
+    assert answer.status_code == 303
+    set_cookies = [v for k, v in answer.headers.multi_items() if k.lower() == "set-cookie"]
+    assert not any("avk_" in v for v in set_cookies), set_cookies
+    assert "new-key-value" not in other.get("/console/keys").text
+    shown = re.search(r'id="new-key-value">([^<]+)<', maker.get("/console/keys").text)
+    assert shown and console.billing.authenticate(shown[1].strip()) is not None
+    assert shown[1].strip() not in maker.get("/console/keys").text
+    for c in (maker, other):
+        c.close()
+
+
+def test_a_right_password_over_the_limit_is_refused(console: Console) -> None:
+    """Attempts are counted before the password is checked: the 11th is refused unchecked, and
+    a success starts the username's count afresh."""
+    console.billing.create_account("initrode", 1_000_000)
+    console.billing.create_console_user("initrode", "initrode-password", account="initrode")
+    client = httpx.Client(base_url=console.origin)
+
+    def attempt(password: str) -> int:
+        data = {"csrf": _csrf(client, "/console/login"), "username": "initrode",
+                "password": password}  # fmt: skip
+        return client.post("/console/login", data=data).status_code
+
+    assert [attempt(f"guess-{i}") for i in range(9)] == [401] * 9
+    assert attempt("initrode-password") == 303  # the 10th: within the limit
+    client.cookies.clear()
+    assert [attempt(f"guess-{i}") for i in range(10)] == [401] * 10  # counted afresh
+    assert attempt("initrode-password") == 429
+    client.close()

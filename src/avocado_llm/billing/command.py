@@ -348,6 +348,12 @@ def _keys_create(billing: Billing, args: argparse.Namespace) -> None:
         return
     print(f"key_id: {key_id}\nkey:    {key}")
     print("the key is shown only this once: store it now", file=sys.stderr)
+    if billing.account_key_limits(args.account)[1] == key_limits.DERIVED:
+        print(
+            f"note: {args.account!r} has no key limits of its own: keys made in the console "
+            "get the tightest of your keys for it (`avocado admin accounts limits` sets them)",
+            file=sys.stderr,
+        )
 
 
 def _keys_revoke(billing: Billing, args: argparse.Namespace) -> None:
