@@ -11,6 +11,7 @@ from watermark_helpers import SECRET, ask
 
 from avocado_llm.protect.detect import Detector, EntropyGate
 from avocado_llm.protect.scheme import Watermark, WatermarkParams, account_key
+from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.world.tasks import FAMILIES, generate
 
@@ -41,6 +42,43 @@ def test_watermarked_answers_are_detected(engine: LocalEngine, temperature: floa
     # the same prompts without the watermark are not flagged under either key
     plain = asyncio.run(ask(engine, PROMPTS, [None] * len(PROMPTS), temperature))
     assert det.score(plain, KEY_A).p_value > 1e-3
+
+
+async def ask_with(
+    engine: LocalEngine, marks: list[Watermark | None], temperature: float, top_p: float
+) -> list[str]:
+    """``ask`` with a ``top_p``: one request per prompt, all at once (they share batches)."""
+    await engine.start()
+
+    async def collect(i: int, mark: Watermark | None) -> str:
+        options = SamplingOptions(
+            max_tokens=24, temperature=temperature, top_p=top_p, seed=i, watermark=mark
+        )
+        gen = engine.generate([engine.chat_prompt(PROMPTS[i])], options)
+        return "".join([d.text async for d in gen])
+
+    return list(await asyncio.gather(*[collect(i, m) for i, m in enumerate(marks)]))
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p"),
+    [(1.0, 1e-9), (1.0, 0.2), (1e-6, 1.0), (0.01, 1.0), (2.0, 0.5)],
+    ids=["tiny-top-p", "small-top-p", "tiny-temperature", "cold", "hot-nucleus"],
+)
+def test_no_sampling_parameter_removes_the_watermark(
+    engine: LocalEngine, temperature: float, top_p: float
+) -> None:
+    """Issue #18: the nucleus is the watermarked distribution's and a cold row is drawn from
+    the biased logits, so a tiny ``top_p`` or temperature gives the watermarked argmax (it
+    used to give the model's own, unmarked one: p ≈ 0.5). On the GPU too (``make test-gpu``
+    runs this file on CUDA: the tensor sampler and the Triton watermark)."""
+    mark = Watermark(KEY_A, delta=STRONG, params=PARAMS)
+    answers = asyncio.run(ask_with(engine, [mark] * len(PROMPTS), temperature, top_p))
+    det = detector(engine)
+    mine = det.score(answers, KEY_A)
+    assert mine.scored >= 100
+    assert mine.p_value < 1e-6, mine
+    assert det.score(answers, KEY_B).p_value > 1e-3
 
 
 def test_entropy_gated_watermark_is_detected_from_prompts(engine: LocalEngine) -> None:
