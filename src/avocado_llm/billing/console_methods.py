@@ -55,10 +55,13 @@ class ConsoleMethods:
         with self._write() as conn:
             key_limits.store(conn, key_limits.account_id_of(conn, account), limits)
 
-    def create_console_key(self, account: str, asked: KeyRequest) -> tuple[str, str]:
+    def create_console_key(
+        self, account: str, asked: KeyRequest, session_token: str | None = None
+    ) -> tuple[str, str]:
         """A key made by a customer: ``asked`` within the account's limits, in one transaction
-        with reading them. ValueError, with a message for the customer, when the account has no
-        limits yet or ``asked`` goes beyond them."""
+        with reading them (and, given ``session_token``, with holding the key for that
+        session's :meth:`take_flashed_key`). ValueError, with a message for the customer, when
+        the account has no limits yet or ``asked`` goes beyond them."""
         with self._write() as conn:
             ceiling, _ = key_limits.effective(conn, key_limits.account_id_of(conn, account))
             if ceiling is None:
@@ -67,7 +70,7 @@ class ConsoleMethods:
                     "(`avocado admin accounts limits`) or for a key"
                 )
             limits = key_limits.narrow(ceiling, asked, utcnow())
-            return keys.insert_key(
+            key_id, key = keys.insert_key(
                 conn,
                 self._need_secret(),
                 account,
@@ -78,6 +81,9 @@ class ConsoleMethods:
                 plan=limits.plan,
                 origin=key_limits.CONSOLE,
             )
+            if session_token is not None:
+                console_users.put_flash(conn, self._need_secret(), session_token, key_id, key)
+            return key_id, key
 
     # --- sign-in attempts -----------------------------------------------------------------
 
@@ -114,11 +120,6 @@ class ConsoleMethods:
         return SignIn(user=user, token=token)
 
     # --- a new key's one display ----------------------------------------------------------
-
-    def flash_key(self, session_token: str, key_id: str, key: str) -> None:
-        """Hold ``key`` for this session's next :meth:`take_flashed_key` (for 5 minutes)."""
-        with self._write() as conn:
-            console_users.put_flash(conn, self._need_secret(), session_token, key_id, key)
 
     def take_flashed_key(self, session_token: str) -> tuple[str, str] | None:
         """``(key_id, key)`` held for this session, forgotten as it is read."""

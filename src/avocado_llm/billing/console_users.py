@@ -224,6 +224,7 @@ def session_user(conn: Connection, token: str) -> tuple[ConsoleUserInfo, str] | 
 
 def end_session(conn: Connection, token: str) -> None:
     conn.execute(delete(ConsoleSession).where(ConsoleSession.id == _token_id(token)))
+    conn.execute(delete(ConsoleFlash).where(ConsoleFlash.session_id == _token_id(token)))
 
 
 # --- sign-in attempts ---------------------------------------------------------------------

@@ -342,12 +342,12 @@ async def console_keys_create(request: Request) -> Response:
         unknown = [m for m in asked.models if m not in priced]
         if unknown:
             raise ValueError(f"unknown model(s): {', '.join(unknown)}")
-        key_id, key = await run_in_threadpool(
-            billing.create_console_key, str(session.user.account), asked
+        # shown once, on the page this redirects to: held server-side for this session
+        await run_in_threadpool(
+            billing.create_console_key, str(session.user.account), asked, session.token
         )
     except ValueError as e:
         return await _keys_page(request, session, error=str(e), status=400)
-    await run_in_threadpool(billing.flash_key, session.token, key_id, key)
     return redirect(f"{PREFIX}/keys")
 
 
