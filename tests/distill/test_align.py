@@ -382,3 +382,32 @@ def test_real_teacher_top_k_through_the_template_seam_into_the_loss(
         exact[row].scatter_add_(0, batch.ids[row], batch.probs[row])
     divergence = sparse_kl(exact.log(), batch.ids, batch.probs, batch.rest)
     assert divergence.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("bad", [1000.0, math.inf, math.nan, 0.5])
+def test_stored_values_that_are_no_log_probability_give_nan_targets_not_an_overflow(
+    bad: float,
+) -> None:
+    """A harvest written before the endpoint refused them may hold such values: they become NaN
+    targets, which training refuses with a clear error (no OverflowError, nothing made up)."""
+    tok = hand_tokenizer(["un", "unhappiness", "the"])
+    top = kd_targets(
+        tok, "unhappiness", ["unhappiness"], [["unhappiness", "the"]],
+        [[bad, math.log(0.2)]], [bad], "text",
+    )  # fmt: skip
+    assert top.positions.tolist() == [0] and top.probs.isnan().any()
+    chain = kd_targets(
+        tok, "unhappiness", ["un", "happiness"], [["un", "the"], ["happiness"]],
+        [[math.log(0.6), math.log(0.2)], [math.log(0.5)]], [math.log(0.6), bad], "text",
+    )  # fmt: skip
+    assert chain.probs.isnan().any()
+
+
+def test_minus_infinity_and_rounding_above_zero_are_probabilities() -> None:
+    tok = hand_tokenizer(["un", "unhappiness", "the"])
+    out = kd_targets(
+        tok, "unhappiness", ["unhappiness"], [["unhappiness", "the"]],
+        [[1e-7, -math.inf]], [1e-7], "text",
+    )  # fmt: skip
+    whole = tok.convert_tokens_to_ids("unhappiness")
+    assert as_dict(out, 0) == {whole: 1.0} and out.rest.tolist() == [0.0]

@@ -184,3 +184,18 @@ def test_min_weight_drops_examples_with_little_support(records) -> None:
     assert (report.families["arithmetic"].kept, report.families["arithmetic"].total) == (1, 2)
     with pytest.raises(FusionError, match="min_weight"):
         fuse(r.table(), "vote", unverified=NONE, min_weight=2.0)
+
+
+@pytest.mark.parametrize("bad", [1000.0, float("inf"), float("nan")])
+def test_vote_survives_stored_log_probabilities_that_are_none(records, bad: float) -> None:
+    """A harvest written before the endpoint refused them: a positive or NaN confidence neither
+    overflows nor poisons the label-free reliability (positive: probability 1; NaN: unknown)."""
+    r = records()
+    for i in range(3):
+        r.add("qwen", f"p{i}", "5", logprob=bad).add("gemma", f"p{i}", "5", logprob=-0.2)
+    r.add("gpt-oss", "p0", "7", logprob=-0.3)
+    examples, report = fuse(r.table(), "vote", unverified={"arithmetic"})
+    assert {ex.target for ex in examples} == {"5"}
+    reliability = report.families["arithmetic"].reliability
+    assert all(0.0 <= v <= 1.0 for v in reliability.values()), reliability
+    assert all(w == w and w >= 0 for ex in examples for w in ex.weights.values())

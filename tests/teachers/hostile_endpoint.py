@@ -146,7 +146,9 @@ def _index_string(answer: Answer) -> None:
     answer["choices"].append({**answer["choices"][0], "index": "one"})
 
 
-STREAM_MODES = ("endless", "drip", "huge_body", "echo_html", "echo_error", "markup_error")
+STREAM_MODES = (
+    "endless", "drip", "huge_body", "echo_html", "echo_error", "markup_error", "deep_json",
+)  # fmt: skip
 """Modes that are not one JSON answer."""
 MODES = (*JSON_MODES, *STREAM_MODES)
 
@@ -205,6 +207,8 @@ class HostileServer:
         elif mode == "markup_error":
             error = {"error": {"message": "[/red][bold]boom\x1b[2J\x07 \ud800", "type": "x"}}
             await _send(send, 400, json.dumps(error).encode())
+        elif mode == "deep_json":  # nested deeper than Python's parser recurses; 200 KB
+            await _send(send, 200, b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
         elif mode == "huge_body":
             data = json.dumps(answer).encode()
             padded = data[:-1] + b" " * (opts.huge_bytes - len(data)) + b"}"

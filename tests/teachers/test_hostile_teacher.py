@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,24 @@ from hostile_endpoint import JSON_MODES, HostileServer, Hostility, serve_hostile
 
 from avocado_llm.cli import main
 from avocado_llm.config import Recipe, load_recipe
-from avocado_llm.harvest import harvest, harvest_prompts, read_records
+from avocado_llm.harvest import harvest, harvest_prompts, read_records, record_key
+from avocado_llm.harvest.keys import record_row
 from avocado_llm.harvest.runner import HarvestSummary
-from avocado_llm.teachers import TeacherError
+from avocado_llm.harvest.store import HarvestStore
+from avocado_llm.teachers import (
+    Completion,
+    TeacherError,
+    TeacherInfo,
+    TokenLogprobs,
+    sampling_params,
+)
 
 KEY_ENV = "AVOCADO_HOSTILE_TEST_KEY"
 KEY = "sk-hostile-0123456789abcdef"
 MAX_NEW_TOKENS = 8
 TOP_K = 3
 GOOD = ("good", "tiny_positive_logprob")
-BAD_ANSWERS = [m for m in JSON_MODES if m not in GOOD] + ["echo_html", "markup_error"]
+BAD_ANSWERS = [m for m in JSON_MODES if m not in GOOD] + ["echo_html", "markup_error", "deep_json"]
 """Modes whose answer is unusable whatever the retries: exactly that answer fails."""
 
 
@@ -262,3 +271,51 @@ def test_a_key_with_control_characters_is_refused_without_being_shown(
     _, err = capfd.readouterr()
     assert f"the API key in {KEY_ENV} holds" in err and "abc" not in err
     assert endpoint.requests == 0
+
+
+@pytest.mark.parametrize("poison", [math.nan, 1000.0, math.inf])
+def test_an_old_harvest_with_bad_log_probabilities_fuses_and_distill_refuses_it(
+    poison: float, tmp_path: Path, zoo_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Records of a harvest written before the endpoint refused such values: ``fuse --strategy
+    vote`` (label-free reliability from confidence) works, ``distill`` stops at once with a
+    clear error, non-zero, and saves no student."""
+    recipe = make_recipe(tmp_path, zoo_dir, "http://127.0.0.1:9/v1", teacher={"api_key_env": None})
+    data = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    data["teachers"] = [{**data["teachers"][0], "name": name} for name in ("old-a", "old-b")]
+    data["student"] = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+                       "intermediate_size": 64, "vocab_size": 400}  # fmt: skip
+    data["training"] = {"steps": 2, "batch_size": 2, "device": "cpu", "checkpoint_every": 1}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    recipe = load_recipe(path)
+    params = sampling_params(recipe.harvest, recipe.seed)
+    store = HarvestStore(recipe.harvest_dir, recipe.name, recipe.harvest.shard_size)
+    try:
+        for name, value in (("old-a", poison), ("old-b", -0.25)):
+            info = TeacherInfo(name, "hostile", "http://127.0.0.1:9/v1#hostile", "test")
+            store.register_teacher(info, params)
+            logprobs = [
+                TokenLogprobs(None, t, value, [None, None], [t, "7"], [value, -3.0]) for t in "42"
+            ]
+            answer = Completion("42", "stop", logprobs=logprobs, completion_tokens=2)
+            now = datetime.now(UTC)
+            rows = [
+                record_row(
+                    record_key(info, ex.messages, params, 0), ex, info, params, 0, answer, now
+                )
+                for ex in harvest_prompts(recipe)
+            ]
+            assert store.write(name, rows) == 6
+    finally:
+        store.close()
+
+    assert main(["fuse", str(path), "--strategy", "vote"]) == 0
+    code = main(["distill", str(path), "--strategy", "vote"])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "student saved" not in out
+    assert "NaN or infinite" in err and "harvest" in err and "nothing was trained" in err
+    student = recipe.run_dir / "student"
+    assert not (student / "model.safetensors").exists()
+    assert not list(student.glob("checkpoints/step-*"))

@@ -218,6 +218,20 @@ class KDTargets:
     """(P,) float32: the teacher's mass on every other student id."""
 
 
+STORED_ROUNDING = 1e-4
+"""A positive stored log-probability up to this is rounding: probability 1."""
+
+
+def probability(logprob: float) -> float:
+    """``exp(logprob)`` of a stored log-probability, never an OverflowError: a value that is no
+    log-probability (NaN, +inf, positive past rounding; harvests made before the endpoint
+    teacher refused them may hold some) gives NaN, which training refuses with a clear error
+    rather than learn from a made-up number; -inf gives 0."""
+    if math.isnan(logprob) or logprob > STORED_ROUNDING:
+        return math.nan
+    return math.exp(min(logprob, 0.0))
+
+
 def _scatter(
     mapper: CandidateMapper, pieces: Sequence[str], logprobs: Sequence[float], lead: bytes
 ) -> tuple[dict[int, float], float]:
@@ -225,7 +239,7 @@ def _scatter(
     q: dict[int, float] = {}
     listed = unmapped = 0.0
     for piece, logprob in zip(pieces, logprobs, strict=True):
-        p = math.exp(logprob)
+        p = probability(logprob)
         listed += p
         sid = mapper.student_id(piece, lead)
         if sid is None:
@@ -285,7 +299,7 @@ def kd_targets(
             last = end_of.get(s_spans[i][1])
             if not chain_rule or teacher_token_logprobs is None or last is None:
                 continue  # crossing boundaries, or the chain rule is off
-            moved = math.exp(sum(teacher_token_logprobs[j : last + 1]))
+            moved = math.prod(probability(lp) for lp in teacher_token_logprobs[j : last + 1])
             realised = teacher_tokens[j]
             source = (
                 mapper.student_id(realised, head) if realised in teacher_top_tokens[j] else None

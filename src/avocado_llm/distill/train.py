@@ -52,6 +52,46 @@ class StepLoss:
     kd: float
 
 
+class NonFiniteLoss(ValueError):
+    """Training met a NaN or infinite value; it stops before any reaches the weights."""
+
+
+NON_FINITE_HINT = (
+    "check the harvest's log-probabilities (NaN, infinite or positive values: harvests made "
+    "before the endpoint teacher refused them may hold some; harvest those teachers again, or "
+    "distill with --no-kd) and the fusion weights, or lower training.learning_rate"
+)
+
+
+def _check_targets(items: list[DistillItem]) -> None:
+    """Refuse, before the first step, KD targets that are not probabilities."""
+    bad = [
+        n
+        for n, item in enumerate(items)
+        for t in item.teachers
+        if not (math.isfinite(t.weight) and t.probs.isfinite().all() and t.rest.isfinite().all())
+    ]
+    if bad:
+        raise NonFiniteLoss(
+            f"the KD targets of {len(set(bad))} of {len(items)} training examples hold NaN or "
+            f"infinite probabilities (the first: example {bad[0]}); nothing was trained: "
+            + NON_FINITE_HINT
+        )
+
+
+def _check_finite(step: int, totals: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+    """Stop at the first step whose loss (or gradient) is not finite, naming it."""
+    norm = float(grad_norm) if grad_norm is not None else 0.0
+    if totals.isfinite().all() and math.isfinite(norm):
+        return
+    loss, ce, kd = totals.tolist()
+    raise NonFiniteLoss(
+        f"training stopped at step {step}: the loss is {loss} (CE {ce}, KD {kd}, gradient norm "
+        f"{norm}); this step changed no weight and the student was not saved (earlier "
+        f"checkpoints are kept): " + NON_FINITE_HINT
+    )
+
+
 def lr_lambda(cfg: TrainingConfig) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to 10% of the peak."""
 
@@ -137,6 +177,7 @@ def train(
     """Train ``model`` on ``items``; checkpoints and ``loss.jsonl`` go to ``out_dir``."""
     if not items:
         raise ValueError("no training items: the fusion kept no example; check the harvest")
+    _check_targets(items)
     acc = accelerator or Accelerator(
         cpu=cfg.device == "cpu",
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
@@ -173,12 +214,13 @@ def train(
                     # DDP averages gradients over ranks: scale so the sum is over the step.
                     acc.backward(loss * world / n_global)
                 totals += torch.tensor([loss.item(), ce.item(), kd.item()])
-            acc.clip_grad_norm_(model.parameters(), 1.0)
+            totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu() / n_global
+            norm = acc.clip_grad_norm_(model.parameters(), 1.0)
+            _check_finite(step, totals, norm)  # before the update: no NaN reaches the weights
             lr = sched.get_last_lr()[0]
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu() / n_global
             record = StepLoss(*totals.tolist())
             history.append(record)
             metrics = {}

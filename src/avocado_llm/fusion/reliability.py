@@ -50,8 +50,10 @@ def confidence_prior(prompts: list[Prompt]) -> dict[str, float]:
     for prompt in prompts:
         for c in prompt.candidates:
             values.setdefault(c.teacher, [])
-            if c.confidence is not None:
-                values[c.teacher].append(math.exp(c.confidence))
+            if c.confidence is not None and not math.isnan(c.confidence):
+                # A mean log-probability above 0 (a harvest that stored positive values) is no
+                # probability: clamped to 1 rather than overflowing.
+                values[c.teacher].append(math.exp(min(c.confidence, 0.0)))
     return {t: sum(v) / len(v) if v else UNKNOWN_CONFIDENCE for t, v in sorted(values.items())}
 
 

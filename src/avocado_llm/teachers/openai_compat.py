@@ -297,7 +297,7 @@ class OpenAICompatTeacher:
             raise TeacherError(self.name, f"HTTP {status} from {where}: {_error(raw)}")
         try:
             return json.loads(raw)
-        except ValueError:  # not JSON, or not UTF-8
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
             kind = response.headers.get("content-type", "no content type")
             text = redact(raw.decode("utf-8", "replace"))[:200]
             raise BadAnswer(self.name, f"non-JSON answer ({kind}): {text!r}") from None
