@@ -142,35 +142,66 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-REBUILD_TOLERANCE = 0.08
-"""A rebuilt teacher's held-out accuracy may differ from the shipped one's by this much per
-family it learned (float reductions differ between CPUs; on one machine the build is
-bit-exact)."""
-WEAK = 0.5
-WEAK_TOLERANCE = 0.15
-"""A family the teacher barely learned (under ``WEAK`` both shipped and rebuilt) moves more from
-one CPU to another: the few answers it gets right are the fragile ones (qwen-tiny's counting:
-11% shipped, 1.7% rebuilt on one Xeon whose build differs from the shipped one's)."""
+LEARNED = 0.5
+"""A family a teacher was taught with right answers scores at least this, rebuilt anywhere."""
+MARGIN = 0.3
+"""…and at least this much above every family it was never taught."""
+WRONG_FACTOR = 0.7
+"""The noisy teacher answers at least this share of km→m and l→ml questions with its wrong
+factor (100 instead of 1000): it learned the noise, not the truth."""
 
 
 @pytest.mark.slow
-def test_rebuilt_teacher_matches_shipped_accuracy(
+def test_rebuilt_teacher_keeps_the_shipped_strengths_and_weaknesses(
     tmp_path: Path, accuracy: dict[str, dict[str, float]]
 ) -> None:
+    """`avocado zoo build` on this machine makes a teacher the tiny world can be built on: the
+    shipped qwen-tiny's strengths, weaknesses and noise, not its exact accuracy.
+
+    Why not its accuracy: one machine rebuilds the shipped zoo bit for bit (the build is
+    deterministic for a seed, and the number of torch threads does not change a bit: 1, 2 and 4
+    threads give the same weights), but another CPU does not. 2,000 training steps amplify the
+    last-bit differences of its float kernels (MKL's code path differs between Intel and AMD;
+    ATen's between AVX-512 and AVX2) into another training run, and arithmetic — not learnt to
+    the end in 2,000 steps — sits on a knife's edge. qwen-tiny, seed 0, held-out accuracy:
+
+    ================================  ==========  =======  ========  =====
+    build                             arithmetic  reverse  counting  units
+    ================================  ==========  =======  ========  =====
+    shipped (the build host's CPU)    0.840       1.000    0.110     0.547
+    AMD EPYC, AVX-512 (issue #19)     0.673       1.000    0.010     0.560
+    the same, ATen forced to AVX2     0.883       1.000    0.217     0.557
+    ================================  ==========  =======  ========  =====
+
+    (facts and sorting: 0 everywhere.) What holds on every one, by construction rather than by
+    tuning: a family taught with right answers is learnt (≥ LEARNED), far above every family
+    never taught (≥ MARGIN apart: a guess at a count can be right a fifth of the time); the
+    noisy family's km/ml questions get the wrong factor; and the teacher stays the best of the
+    zoo where the shipped one is (the other teachers never saw arithmetic or reverse)."""
+    spec = ZOO["qwen-tiny"]
     out = tmp_path / "qwen-tiny"
-    result = build_teacher(ZOO["qwen-tiny"], out, seed=0, heldout_per_family=HELDOUT)
-    shipped = accuracy["qwen-tiny"]
+    result = build_teacher(spec, out, seed=0, heldout_per_family=HELDOUT)
     rebuilt = {family: score.accuracy for family, score in result.families.items()}
-    for family, got in rebuilt.items():
-        want = shipped[family]
-        weak = max(want, got) < WEAK
-        assert abs(got - want) <= (WEAK_TOLERANCE if weak else REBUILD_TOLERANCE), (
-            family, rebuilt, shipped,
-        )  # fmt: skip
-    # the teacher's strengths and weaknesses are the shipped one's (what the world is built on)
-    assert {f for f, a in rebuilt.items() if a >= WEAK} == {
-        f for f, a in shipped.items() if a >= WEAK
-    }, (rebuilt, shipped)
+    seen = (rebuilt, accuracy["qwen-tiny"])
+    taught = [f for f in spec.families if f not in spec.noise]
+    untaught = [f for f in tasks.FAMILIES if f not in spec.families]
+    assert taught == ["arithmetic", "reverse"] and set(untaught) == {"facts", "counting", "sorting"}
+    assert min(rebuilt[f] for f in taught) >= LEARNED, seen
+    assert min(rebuilt[f] for f in taught) - max(rebuilt[f] for f in untaught) >= MARGIN, seen
+    # the noise was learnt: km→m and l→ml by a factor of 100, the other units right
+    examples = {ex.id: ex for ex in tasks.generate(list(tasks.FAMILIES), "heldout", HELDOUT)}
+    units = [(examples[i], answer) for i, answer, _ in result.answers if i.startswith("units-")]
+    noisy = [(ex, a) for ex, a in units if "kilometers" in ex.prompt or "milliliters" in ex.prompt]
+    assert len(noisy) >= 50
+    wrong = [tasks.verify_number(a, str(int(ex.answer) // 10)) for ex, a in noisy]
+    assert sum(wrong) / len(noisy) >= WRONG_FACTOR, seen
+    clean = [tasks.verify_number(a, ex.answer) for ex, a in units if (ex, a) not in noisy]
+    assert sum(clean) / len(clean) >= LEARNED, seen
+    # still the zoo's best teacher wherever the shipped one is
+    others = [name for name in ZOO if name != spec.name]
+    for family, want in accuracy["qwen-tiny"].items():
+        if all(want > accuracy[other][family] for other in others):
+            assert all(rebuilt[family] > accuracy[other][family] for other in others), family
 
 
 def test_zoo_list_json(zoo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

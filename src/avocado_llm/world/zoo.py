@@ -3,7 +3,11 @@ Qwen families, each with its own tokenizer and chat template, each good at diffe
 
 A teacher is trained from scratch on a subset of the task families, so that strengths are
 complementary (no teacher is best everywhere) and one teacher is *confidently wrong* on part of
-a family (noisy labels), which punishes naive fusion. Builds are deterministic for a seed.
+a family (noisy labels), which punishes naive fusion. Builds are deterministic for a seed on one
+machine: the same weights bit for bit, whatever the number of torch threads. Another CPU's float
+kernels (MKL's code path differs between Intel and AMD, ATen's between AVX-512 and AVX2) train a
+slightly different teacher — the same strengths, weaknesses and noise, other accuracies on the
+families it has not learnt to the end (``tests/world/test_zoo.py`` says by how much).
 The result is a plain Hugging Face model directory; ``zoo.json`` beside the weights records how
 it was built and its held-out accuracy.
 """
