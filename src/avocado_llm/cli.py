@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a reader gone away shows here, not in a message at exit
+        if sys.stdout is not None:  # (None when started with stdout closed)
+            sys.stdout.flush()  # a reader gone away shows here, not in a message at exit
         return code
     except BrokenPipeError:
         # Quietly, as CLI tools do: no traceback, and nothing left to flush at exit.

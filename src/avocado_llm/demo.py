@@ -73,11 +73,12 @@ def demo_secret(run_dir: Path) -> str:
     the watermark's key — and with it every greedy answer — is the same from one demo to the
     next. It guards only the demo's throwaway ledgers (fresh keys and sign-ins every time)."""
     path = run_dir / SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made by an earlier demo (or one running beside this one)
+        return path.read_text().strip() or secret
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
