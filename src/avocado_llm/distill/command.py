@@ -26,7 +26,12 @@ def add_distill_command(commands: Any) -> None:
     p.add_argument("recipe", type=Path)
     p.add_argument("--strategy", help="fusion strategy whose examples to train on [recipe's]")
     p.add_argument("--out", type=Path, help="output directory [<output_dir>/<name>/student]")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint (refused if the recipe's student or training "
+        "fields, seed or fused examples changed; checkpoint_every, eval_every and device may)",
+    )
     p.add_argument(
         "--force",
         action="store_true",
