@@ -320,8 +320,15 @@ def test_latest_checkpoint_pointer_stays_in_the_run(
     shutil.copytree(out / "checkpoints" / "step-0000002", elsewhere)
     pointer = out / "checkpoints" / "latest.json"
     rel = os.path.relpath(elsewhere, pointer.parent)
-    pointer.write_text(json.dumps({"step": 2, "path": rel}))
-    with pytest.raises(ValueError, match="must name a step-NNNNNNN folder"):
+    for latest in ({"step": 2, "path": rel}, {"step": -1, "path": "step-0000002"},
+                   {"step": 2, "path": "step-0000002/../../../../elsewhere/ckpt"}):  # fmt: skip
+        pointer.write_text(json.dumps(latest))
+        with pytest.raises(ValueError, match="must name a step-NNNNNNN folder"):
+            distill(recipe_with(path, "training.steps=4"), out=out, resume=True)
+    (out / "checkpoints" / "step-0000002").rename(out / "checkpoints" / "moved")
+    (out / "checkpoints" / "step-0000002").symlink_to(elsewhere)
+    pointer.write_text(json.dumps({"step": 2, "path": "step-0000002"}))
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
         distill(recipe_with(path, "training.steps=4"), out=out, resume=True)
 
 

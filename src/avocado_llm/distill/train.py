@@ -275,7 +275,12 @@ def _load_checkpoint(acc: Accelerator, out_dir: Path) -> int:
     name = latest.get("path") if isinstance(latest, dict) else None
     step = latest.get("step") if isinstance(latest, dict) else None
     # latest.json names a folder beside it, nothing else: never a path out of the run directory.
-    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name) or type(step) is not int:
+    if (
+        not isinstance(name, str)
+        or not CHECKPOINT_NAME.fullmatch(name)
+        or type(step) is not int
+        or step < 0
+    ):
         raise CheckpointError(
             f"{pointer} points at {name!r} (step {step!r}); it must name a step-NNNNNNN folder "
             "in the same directory. Fix or delete latest.json, or start over with --force"
