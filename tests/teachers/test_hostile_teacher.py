@@ -319,3 +319,18 @@ def test_an_old_harvest_with_bad_log_probabilities_fuses_and_distill_refuses_it(
     student = recipe.run_dir / "student"
     assert not (student / "model.safetensors").exists()
     assert not list(student.glob("checkpoints/step-*"))
+
+
+def test_the_students_provenance_records_the_endpoint_without_its_credentials(
+    tmp_path: Path, zoo_dir: Path
+) -> None:
+    """``avocado.json`` and the model card record the recipe: its ``base_url`` loses the user,
+    password and query that may carry an endpoint's credentials."""
+    from avocado_llm.distill.pipeline import public_recipe
+
+    password, query_key = "pa55-WORD-xyz", "QUERY-SECRET-42"
+    url = f"http://alice:{password}@127.0.0.1:9/v1?key={query_key}"
+    recipe = make_recipe(tmp_path, zoo_dir, url, teacher={"api_key_env": None})
+    text = json.dumps(public_recipe(recipe))
+    assert password not in text and query_key not in text and "alice" not in text
+    assert "http://127.0.0.1:9/v1" in text

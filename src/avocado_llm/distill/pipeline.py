@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -25,6 +26,7 @@ from avocado_llm.harvest import read_records
 from avocado_llm.harvest.files import acquire_lock, atomic_write, clear_entry, release_lock
 from avocado_llm.teachers import teacher_path
 from avocado_llm.teachers.hf import weights_revision
+from avocado_llm.teachers.redact import public_url
 from avocado_llm.world.tokenizers import tokenizer_type
 from avocado_llm.world.zoo import count_params
 
@@ -33,6 +35,16 @@ RESUME_SAFE = ("training.checkpoint_every", "training.eval_every", "training.dev
 """Fields that do not change the trained model: they may change on ``--resume`` and do not make
 a trained student stale. Every other ``student.*`` / ``training.*`` field, the seed, the fusion
 strategy and the fused examples are in the student's fingerprint."""
+
+
+def public_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as ``avocado.json`` and the model card record it: an endpoint teacher's
+    ``base_url`` without the user, password or query that may carry its credentials."""
+    data = recipe_to_dict(recipe)
+    for teacher in data.get("teachers") or []:
+        if teacher.get("base_url"):
+            teacher["base_url"] = public_url(teacher["base_url"])
+    return data
 
 
 @dataclass
@@ -259,7 +271,7 @@ def _distill(
         "token_level_kd": use_kd,
         "items": stats,
         "final_loss": history[-1].loss if history else None,
-        "recipe": recipe_to_dict(recipe),
+        "recipe": public_recipe(recipe),
         "fingerprint": fingerprint,
     }
     atomic_write(paths.out / "README.md", model_card(meta).encode())
