@@ -171,6 +171,7 @@ def test_rebuilt_teacher_keeps_the_shipped_strengths_and_weaknesses(
     shipped (the build host's CPU)    0.840       1.000    0.110     0.547
     AMD EPYC, AVX-512 (issue #19)     0.673       1.000    0.010     0.560
     the same, ATen forced to AVX2     0.883       1.000    0.217     0.557
+    the same, MKL_CBWR=COMPATIBLE     0.883       1.000    0.007     0.537
     ================================  ==========  =======  ========  =====
 
     (facts and sorting: 0 everywhere.) What holds on every one, by construction rather than by
