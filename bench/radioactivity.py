@@ -80,10 +80,10 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=10000, help="training steps of B and C")
     parser.add_argument(
-        "--student-hidden", type=int, default=64, help="hidden size of B and C [64: Avocado's]"
+        "--student-hidden", type=int, default=64, help="hidden size of B and C [64: schema default]"
     )
     parser.add_argument(
-        "--student-layers", type=int, default=2, help="layers of B and C [2: Avocado's]"
+        "--student-layers", type=int, default=2, help="layers of B and C [2: schema default]"
     )
     parser.add_argument(
         "--fusion",

@@ -39,7 +39,7 @@ binomial test stays exact. From text alone every position is scored (weaker, sti
 **Defaults** (``DEFAULT_PARAMS``, ``DEFAULT_DELTA``; ``Plan.watermark`` defaults to the same
 delta): gamma 0.5, h 2, gate 0.8 nats, delta 3.0, chosen for the confident tiny student (92.6%
 held-out accuracy) by a sweep (``bench/watermark_sweep.py``) on held-out prompts disjoint from
-the ones the README reports. Such a model hesitates at few positions (a few digits per hundred
+the ones docs/protect.md reports. Such a model hesitates at few positions (a few digits per hundred
 answers; its answer template is near-certain), so the gate must be low enough to open there,
 and the bias strong enough that the gated positions come out green almost always (83% on the
 sweep); the gate keeps the bias off every position the model is sure of, which keeps the cost
@@ -88,7 +88,7 @@ class WatermarkParams:
 
 DEFAULT_PARAMS = WatermarkParams()
 DEFAULT_DELTA = 3.0
-"""Logit bias of green tokens (``Plan.watermark``'s default too; see the README's numbers)."""
+"""Logit bias of green tokens (``Plan.watermark``'s default too; see docs/protect.md's numbers)."""
 
 
 @dataclass(frozen=True)
