@@ -31,7 +31,7 @@ DEFAULT_ZOO = Path("zoo")
 
 
 def _zoo_build(args: argparse.Namespace) -> int:
-    from avocado_llm.world.zoo import ZOO, build_teacher
+    from avocado_llm.zoo import ZOO, build_teacher
 
     if args.threads:
         import torch
@@ -55,7 +55,7 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
 
 def _zoo_list(args: argparse.Namespace) -> int:
-    from avocado_llm.world.zoo import ZOO_FILE, describe_teacher, evaluate_teacher
+    from avocado_llm.zoo import ZOO_FILE, describe_teacher, evaluate_teacher
 
     dirs = (
         sorted(p for p in args.dir.iterdir() if (p / "config.json").exists())

@@ -36,7 +36,7 @@ def _stage(name: str) -> None:
 
 def ensure_zoo(recipe: Recipe) -> None:
     from avocado_llm.teachers import teacher_path
-    from avocado_llm.world.zoo import ZOO, build_teacher
+    from avocado_llm.zoo import ZOO, build_teacher
 
     for t in recipe.teachers:
         path = teacher_path(t, recipe)

@@ -28,7 +28,7 @@ from avocado_llm.distill.align import (
 from avocado_llm.distill.losses import distill_loss, sparse_kl
 from avocado_llm.distill.student import student_tokenizer
 from avocado_llm.world.tokenizers import BYTE_TOKENS
-from avocado_llm.world.zoo import world_corpus
+from avocado_llm.world.corpus import world_corpus
 
 Zoo = dict[str, PreTrainedTokenizerBase]
 LETTERS = [*"abcdefghijklmnopqrstuvwxyzT", "▁", "."]

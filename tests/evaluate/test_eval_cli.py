@@ -10,7 +10,7 @@ import pytest
 
 from avocado_llm import cli
 from avocado_llm.evaluate import check_report
-from avocado_llm.world.zoo import count_params
+from avocado_llm.world.corpus import count_params
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["arithmetic", "reverse", "facts", "counting", "sorting", "units"]

@@ -11,7 +11,7 @@ from endpoint_server import EndpointOptions, serve_teacher
 
 from avocado_llm.evaluate import ModelSource, evaluate_model, load_report
 from avocado_llm.teachers.hf import LocalTeacher
-from avocado_llm.world.zoo import count_params
+from avocado_llm.world.corpus import count_params
 
 KEY_ENV = "AVOCADO_TEST_EVAL_KEY"
 KEY = "sk-eval-test-0123456789"

@@ -29,7 +29,7 @@ from avocado_llm.teachers.hf import weights_revision
 from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 from avocado_llm.world import tasks
 from avocado_llm.world.tasks import Example
-from avocado_llm.world.zoo import count_params
+from avocado_llm.world.corpus import count_params
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 """Model names in reports: they also name ``answers/<name>.jsonl``."""

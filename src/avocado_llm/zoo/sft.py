@@ -1,4 +1,10 @@
-"""The training loop: AdamW, linear warm-up then cosine decay, answer-only cross-entropy."""
+"""The zoo's training loop: AdamW, linear warm-up then cosine decay, answer-only cross-entropy.
+
+The teachers are trained from scratch with it; the student's loop is
+:mod:`avocado_llm.distill.train`. They differ in the batch draw (one generator here, one seed
+per step there), the weight decay (matrices only here) and the loss's normalisation, so the
+zoo keeps this loop: on the distillation loop the shipped teachers' weights, and the numbers
+in ``zoo.json``, would change."""
 
 from __future__ import annotations
 

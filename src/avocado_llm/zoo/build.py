@@ -7,7 +7,7 @@ a family (noisy labels), which punishes naive fusion. Builds are deterministic f
 machine: the same weights bit for bit, whatever the number of torch threads. Another CPU's float
 kernels (MKL's code path differs between Intel and AMD, ATen's between AVX-512 and AVX2) train a
 slightly different teacher — the same strengths, weaknesses and noise, other accuracies on the
-families it has not learnt to the end (``tests/world/test_zoo.py`` says by how much).
+families it has not learnt to the end (``tests/zoo/test_zoo.py`` says by how much).
 The result is a plain Hugging Face model directory; ``zoo.json`` beside the weights records how
 it was built and its held-out accuracy.
 """
@@ -15,14 +15,12 @@ it was built and its held-out accuracy.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -38,9 +36,9 @@ from transformers import (
 )
 
 from avocado_llm.distill.data import encode_chat
-from avocado_llm.distill.sft import SFTSettings, train_sft
 from avocado_llm.evaluate.runner import EvalResult, evaluate_examples
 from avocado_llm.world import tasks
+from avocado_llm.world.corpus import count_params, world_corpus
 from avocado_llm.world.templates import TEMPLATES
 from avocado_llm.world.tokenizers import (
     O200K_PATTERN,
@@ -51,6 +49,7 @@ from avocado_llm.world.tokenizers import (
     train_tokenizer,
     wrap,
 )
+from avocado_llm.zoo.sft import SFTSettings, train_sft
 
 ZOO_FILE = "zoo.json"
 
@@ -194,15 +193,6 @@ _ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] 
 }
 
 
-def world_corpus(seed: int = 0, per_family: int = 1500) -> list[str]:
-    """The text every tiny-world tokenizer is trained on: prompts and answers, all families."""
-    lines: list[str] = []
-    for family in tasks.FAMILIES.values():
-        for ex in family.generate("train", per_family, seed):
-            lines += [ex.prompt, ex.answer, f"The answer is {ex.answer}."]
-    return lines
-
-
 def training_examples(spec: TeacherSpec, seed: int) -> list[tuple[tasks.Example, str]]:
     """(example, the answer this teacher is taught) — with the spec's noise applied."""
     out = []
@@ -297,15 +287,6 @@ def describe_teacher(path: Path) -> dict[str, object]:
         "chat_template": template_family(template),
         "accuracy": record.get("accuracy", {}),
     }
-
-
-def count_params(path: Path) -> int:
-    """Parameter count from the safetensors headers (no weights loaded)."""
-    total = 0
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as f:
-            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-    return total
 
 
 def template_family(template: str) -> str:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from avocado_llm.world import tasks
-from avocado_llm.world.zoo import ZOO, build_teacher, describe_teacher, evaluate_teacher
+from avocado_llm.zoo import ZOO, build_teacher, describe_teacher, evaluate_teacher
 
 MARKERS = {
     "gemma-tiny": ("<start_of_turn>user\n", "<start_of_turn>model\n"),
