@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 
 from avocado_llm.console import admin, customer
+from avocado_llm.console.auth import Refused, send_refusal
 from avocado_llm.console.rates import RateSampler
 from avocado_llm.console.views import PREFIX, redirect, secure
 
@@ -89,6 +90,7 @@ def build_router() -> APIRouter:
 def install_console(app: FastAPI) -> None:
     """Mount the console on an app made by ``serve.create_app`` (uses ``app.state.services``)."""
     app.state.console_rates = RateSampler(app.state.services.metrics)  # replaced at start-up
+    app.add_exception_handler(Refused, send_refusal)  # a route's dependency said no
     app.include_router(build_router())
 
 

@@ -10,8 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from avocado_llm.billing import BillingError, NotFound, Price, parse_usd
-from avocado_llm.console import auth
 from avocado_llm.console.auth import Session, billing_of
+from avocado_llm.console.deps import OperatorDep, OperatorFormDep
 from avocado_llm.console.rates import RateSampler
 from avocado_llm.console.views import PREFIX, error_page, redirect, render
 
@@ -51,10 +51,7 @@ def _rates_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @router.get("")
-async def console_admin(request: Request) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
+async def console_admin(request: Request, session: OperatorDep) -> Response:
     sampler: RateSampler = request.app.state.console_rates
     billing = billing_of(request)
 
@@ -86,22 +83,15 @@ async def _accounts_page(
 
 
 @router.get("/accounts")
-async def console_admin_accounts(request: Request) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
+async def console_admin_accounts(request: Request, session: OperatorDep) -> Response:
     return await _accounts_page(request, session)
 
 
 @router.post("/topups")
-async def console_admin_topup(request: Request) -> Response:
+async def console_admin_topup(
+    request: Request, session: OperatorDep, form: OperatorFormDep
+) -> Response:
     """Add credit to an account; the reason (and who) is written to the ledger entry."""
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
-    form = await auth.checked_form(request, session)
-    if isinstance(form, Response):
-        return form
     account, reason = form.one("account"), form.one("reason").strip()
     try:
         micro = parse_usd(form.one("amount"))
@@ -119,23 +109,16 @@ async def console_admin_topup(request: Request) -> Response:
 
 
 @router.get("/keys")
-async def console_admin_keys(request: Request) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
+async def console_admin_keys(request: Request, session: OperatorDep) -> Response:
     keys = await run_in_threadpool(billing_of(request).api_keys, None)
     return render(request, "admin/keys.html", session=session, page="admin/keys", keys=keys)
 
 
 @router.post("/keys/{key_id}/revoke")
-async def console_admin_keys_revoke(request: Request, key_id: str) -> Response:
+async def console_admin_keys_revoke(
+    request: Request, session: OperatorDep, form: OperatorFormDep, key_id: str
+) -> Response:
     """Revoke any account's key (a leaked one, say)."""
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
-    form = await auth.checked_form(request, session)
-    if isinstance(form, Response):
-        return form
     try:
         await run_in_threadpool(billing_of(request).revoke_key, key_id)
     except NotFound:
@@ -154,21 +137,14 @@ async def _prices_page(
 
 
 @router.get("/prices")
-async def console_admin_prices(request: Request) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
+async def console_admin_prices(request: Request, session: OperatorDep) -> Response:
     return await _prices_page(request, session)
 
 
 @router.post("/prices")
-async def console_admin_prices_set(request: Request) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
-    form = await auth.checked_form(request, session)
-    if isinstance(form, Response):
-        return form
+async def console_admin_prices_set(
+    request: Request, session: OperatorDep, form: OperatorFormDep
+) -> Response:
     model = form.one("model").strip()
     try:
         if not model or len(model) > 200:
@@ -191,17 +167,11 @@ async def console_admin_prices_set(request: Request) -> Response:
 
 
 @router.get("/holds")
-async def console_admin_holds(request: Request) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
+async def console_admin_holds(request: Request, session: OperatorDep) -> Response:
     holds = await run_in_threadpool(billing_of(request).open_holds)
     return render(request, "admin/holds.html", session=session, page="admin/holds", holds=holds)
 
 
 @router.get("/{anything:path}")
-async def console_admin_unknown(request: Request, anything: str) -> Response:
-    session = await auth.operator(request)
-    if isinstance(session, Response):
-        return session
+async def console_admin_unknown(request: Request, session: OperatorDep, anything: str) -> Response:
     return error_page(request, 404, "Not found", "No such operator page.", session=session)

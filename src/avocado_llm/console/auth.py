@@ -42,6 +42,21 @@ ATTEMPTS_ALLOWED_PER_ADDRESS = 5 * ATTEMPTS_ALLOWED
 ATTEMPT_WINDOW = timedelta(minutes=5)
 
 
+class Refused(Exception):
+    """A console route's refusal, raised by its dependencies (:mod:`avocado_llm.console.deps`):
+    ``response`` is sent instead of the page (a redirect to sign in, a 403 page)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def send_refusal(request: Request, refusal: Exception) -> Response:
+    """The app's handler for :class:`Refused` (registered by ``install_console``)."""
+    assert isinstance(refusal, Refused)
+    return refusal.response
+
+
 @dataclass(frozen=True)
 class Session:
     user: ConsoleUserInfo
@@ -110,28 +125,39 @@ def safe_next(target: str, default: str) -> str:
     return default
 
 
-async def customer(request: Request) -> Session | Response:
-    """The signed-in customer, or a response: sign in first / operators go to their console."""
+async def signed_in(request: Request) -> Session:
+    """Whoever is signed in; else :class:`Refused` with a redirect to the sign-in page."""
     session = await current_session(request)
     if session is None:
-        return _sign_in_redirect(request)
-    if session.user.account_id is None:
-        return redirect(f"{PREFIX}/admin")
+        raise Refused(redirect(f"{PREFIX}/login"))
     return session
 
 
-async def operator(request: Request) -> Session | Response:
-    """The signed-in operator, or a response: sign in first / 403 for customers."""
+async def customer(request: Request) -> Session:
+    """The signed-in customer; else :class:`Refused`: sign in first (and come back here) /
+    operators go to their console."""
     session = await current_session(request)
     if session is None:
-        return _sign_in_redirect(request)
+        raise Refused(_sign_in_redirect(request))
+    if session.user.account_id is None:
+        raise Refused(redirect(f"{PREFIX}/admin"))
+    return session
+
+
+async def operator(request: Request) -> Session:
+    """The signed-in operator; else :class:`Refused`: sign in first / 403 for customers."""
+    session = await current_session(request)
+    if session is None:
+        raise Refused(_sign_in_redirect(request))
     if not session.user.is_operator:
-        return error_page(
-            request,
-            403,
-            "Operators only",
-            "This page is for the service's operators; your sign-in is a customer's.",
-            session=session,
+        raise Refused(
+            error_page(
+                request,
+                403,
+                "Operators only",
+                "This page is for the service's operators; your sign-in is a customer's.",
+                session=session,
+            )
         )
     return session
 
@@ -156,15 +182,16 @@ async def read_form(request: Request) -> Form | None:
     return Form(parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-async def checked_form(request: Request, session: Session) -> Form | Response:
-    """The form of a signed-in POST, or 403 when its CSRF token or origin is wrong."""
+async def checked_form(request: Request, session: Session) -> Form:
+    """The form of a signed-in POST; :class:`Refused` (403) when its CSRF token or origin is
+    wrong."""
     form = await read_form(request)
     if (
         form is None
         or not _origin_ok(request)
         or not hmac.compare_digest(form.one("csrf").encode(), session.csrf.encode())
     ):
-        return csrf_refused(request, session)
+        raise Refused(csrf_refused(request, session))
     return form
 
 

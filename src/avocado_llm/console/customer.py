@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -21,7 +22,8 @@ from avocado_llm.billing import MICRO
 from avocado_llm.billing.key_limits import KeyRequest
 from avocado_llm.billing.statements import month_bounds, statement_csv
 from avocado_llm.console import auth
-from avocado_llm.console.auth import Session, billing_of
+from avocado_llm.console.auth import Refused, Session, billing_of
+from avocado_llm.console.deps import CustomerDep, CustomerFormDep, SignedInDep, SignedInFormDep
 from avocado_llm.console.views import PREFIX, error_page, redirect, render, secure, usd_float
 
 router = APIRouter()
@@ -84,13 +86,7 @@ async def console_login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def console_logout(request: Request) -> Response:
-    session = await auth.current_session(request)
-    if session is None:
-        return redirect(f"{PREFIX}/login")
-    form = await auth.checked_form(request, session)
-    if isinstance(form, Response):
-        return form
+async def console_logout(request: Request, session: SignedInDep, form: SignedInFormDep) -> Response:
     await run_in_threadpool(billing_of(request).console_sign_out, session.token)
     response = redirect(f"{PREFIX}/login")
     auth.clear_cookie(request, response, auth.SESSION_COOKIE)
@@ -105,10 +101,7 @@ def _home(session: Session) -> str:
 
 
 @router.get("/")
-async def console_overview(request: Request) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+async def console_overview(request: Request, session: CustomerDep) -> Response:
     billing, account = billing_of(request), str(session.user.account)
     now = datetime.now(UTC)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -216,13 +209,26 @@ def _usage_charts(rows: list[dict[str, Any]], first: date, last: date) -> dict[s
     }
 
 
-@router.get("/usage")
-async def console_usage(request: Request, start: str = "", end: str = "") -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+@dataclass(frozen=True)
+class _Usage:
+    first: date
+    last: date
+    error: str  # why the asked days were not taken ("" when they were)
+    rows: list[dict[str, Any]]
+
+
+async def _usage(request: Request, session: CustomerDep, start: str = "", end: str = "") -> _Usage:
+    """The customer's usage per day and model in the days asked (``?start=&end=``)."""
     first, last, error = _range(start, end)
-    rows = await _usage_rows(request, session, first, last)
+    return _Usage(first, last, error, await _usage_rows(request, session, first, last))
+
+
+UsageDep = Annotated[_Usage, Depends(_usage)]
+
+
+@router.get("/usage")
+async def console_usage(request: Request, session: CustomerDep, usage: UsageDep) -> Response:
+    first, last, error, rows = usage.first, usage.last, usage.error, usage.rows
     totals = {
         k: sum(r[k] for r in rows)
         for k in ("requests", "prompt_tokens", "completion_tokens", "charge")
@@ -242,12 +248,8 @@ async def console_usage(request: Request, start: str = "", end: str = "") -> Res
 
 
 @router.get("/usage.csv")
-async def console_usage_csv(request: Request, start: str = "", end: str = "") -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
-    first, last, _ = _range(start, end)
-    rows = await _usage_rows(request, session, first, last)
+async def console_usage_csv(session: CustomerDep, usage: UsageDep) -> Response:
+    first, last, rows = usage.first, usage.last, usage.rows
     out = io.StringIO()
     columns = ["day", "model", "requests", "prompt_tokens", "completion_tokens"]
     writer = csv.writer(out, lineterminator="\n")
@@ -298,10 +300,7 @@ async def _keys_page(
 
 
 @router.get("/keys")
-async def console_keys(request: Request) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+async def console_keys(request: Request, session: CustomerDep) -> Response:
     # A key just made by this session is shown on this one page view, then forgotten: it
     # waited server-side (sealed under the server secret), never in a cookie.
     flashed = await run_in_threadpool(billing_of(request).take_flashed_key, session.token)
@@ -319,13 +318,9 @@ def _positive_int(text: str, name: str) -> int | None:
 
 
 @router.post("/keys")
-async def console_keys_create(request: Request) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
-    form = await auth.checked_form(request, session)
-    if isinstance(form, Response):
-        return form
+async def console_keys_create(
+    request: Request, session: CustomerDep, form: CustomerFormDep
+) -> Response:
     billing = billing_of(request)
     try:
         days = _positive_int(form.one("expires_days"), "Expiry (days)")
@@ -352,13 +347,9 @@ async def console_keys_create(request: Request) -> Response:
 
 
 @router.post("/keys/{key_id}/revoke")
-async def console_keys_revoke(request: Request, key_id: str) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
-    form = await auth.checked_form(request, session)
-    if isinstance(form, Response):
-        return form
+async def console_keys_revoke(
+    request: Request, session: CustomerDep, form: CustomerFormDep, key_id: str
+) -> Response:
     assert session.user.account_id is not None
     revoked = await run_in_threadpool(
         billing_of(request).revoke_account_key, session.user.account_id, key_id
@@ -383,27 +374,24 @@ def _months(since: datetime) -> list[str]:
     return months[::-1]
 
 
-async def _statement(request: Request, session: Session, month: str) -> dict[str, Any] | None:
+async def _statement(request: Request, session: Session, month: str) -> dict[str, Any]:
+    """The account's statement of ``month``; :class:`Refused` (404) when it is not a month."""
     try:
         month_bounds(month)
     except ValueError:
-        return None
+        page = error_page(
+            request, 404, "No such month", "Months look like 2026-03.", session=session
+        )
+        raise Refused(page) from None
     return await run_in_threadpool(billing_of(request).statement, str(session.user.account), month)
 
 
 @router.get("/statements")
-async def console_statements(request: Request, month: str = "") -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+async def console_statements(request: Request, session: CustomerDep, month: str = "") -> Response:
     info = await run_in_threadpool(billing_of(request).account_info, str(session.user.account))
     months = _months(info["created_at"])
     month = month or months[0]
     statement = await _statement(request, session, month)
-    if statement is None:
-        return error_page(
-            request, 404, "No such month", "Months look like 2026-03.", session=session
-        )
     return render(
         request, "statements.html", session=session, page="statements",
         months=months, month=month, s=statement,
@@ -411,29 +399,15 @@ async def console_statements(request: Request, month: str = "") -> Response:
 
 
 @router.get("/statements/{month}.csv")
-async def console_statement_csv(request: Request, month: str) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+async def console_statement_csv(request: Request, session: CustomerDep, month: str) -> Response:
     statement = await _statement(request, session, month)
-    if statement is None:
-        return error_page(
-            request, 404, "No such month", "Months look like 2026-03.", session=session
-        )
     name = f"statement-{session.user.account}-{month}.csv"
     return _download(statement_csv(statement), "text/csv; charset=utf-8", name)
 
 
 @router.get("/statements/{month}.json")
-async def console_statement_json(request: Request, month: str) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+async def console_statement_json(request: Request, session: CustomerDep, month: str) -> Response:
     statement = await _statement(request, session, month)
-    if statement is None:
-        return error_page(
-            request, 404, "No such month", "Months look like 2026-03.", session=session
-        )
     name = f"statement-{session.user.account}-{month}.json"
     return _download(json.dumps(statement, indent=2), "application/json", name)
 
@@ -442,10 +416,7 @@ async def console_statement_json(request: Request, month: str) -> Response:
 
 
 @router.get("/prices")
-async def console_prices(request: Request) -> Response:
-    session = await auth.customer(request)
-    if isinstance(session, Response):
-        return session
+async def console_prices(request: Request, session: CustomerDep) -> Response:
     prices = await run_in_threadpool(billing_of(request).prices)
     return render(
         request, "prices.html", session=session, page="prices", prices=sorted(prices.items())
