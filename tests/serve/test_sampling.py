@@ -45,7 +45,7 @@ def test_the_kernel_draws_the_same_uniforms_as_the_tensors() -> None:
         steps = np.array([0, 1, 2, 1000, 123457])
         for k in (0, 1, 8, 15):
             ours = uniforms(np.array(s0), np.array(s1), steps, k).tolist()
-            theirs = [draws._uniform(s0, s1, int(t), k) for t in steps]
+            theirs = [draws.counter_uniform(s0, s1, int(t), k) for t in steps]
             assert ours == theirs
             assert all(0 <= u < 1 for u in ours)
 
@@ -218,7 +218,7 @@ def test_the_gate_from_the_probabilities_is_the_entropy_of_the_logits() -> None:
     for i in range(300):
         p, x = probs[i].numpy(), logits[i].numpy()
         for anchor in (int(logits[i].argmax()), int(torch.multinomial(probs[i], 1, generator=gen))):
-            lean, mass = draws._lean(p, x, float(x[anchor]))
+            lean, mass = draws.row_lean(p, x, float(x[anchor]))
             got = lean / mass - np.log(p[anchor] / mass)
             assert abs(got - float(want[i])) < 2e-5
 
@@ -242,7 +242,7 @@ def test_a_shut_gate_draws_the_models_own_token() -> None:
 
 @pytest.mark.parametrize("lazy", [True, False])
 def test_the_rejection_sampler_weighs_only_candidates_within_reach(lazy: bool) -> None:
-    """``_draw_marked`` on a made-up row (every token green): proposals uniform over four
+    """``draw_marked`` on a made-up row (every token green): proposals uniform over four
     tokens, logits 0, -14.9, -15.1 and -20 with reach 15: the first two are candidates (weight
     1), the others weigh ``red``. ``lazy``: the cut is not given and no probability is sure
     (the sampler finds the top itself); else the cut is given."""
@@ -255,7 +255,7 @@ def test_the_rejection_sampler_weighs_only_candidates_within_reach(lazy: bool) -
     counts = np.zeros(4)
     for i in range(20_000):
         s0, s1 = seed_words(row_seed(77, i))
-        t = draws._draw_marked(row, cdf, cut, red, s0, s1, 3, 12345, 2.0**31, tables,
+        t = draws.draw_marked(row, cdf, cut, red, s0, s1, 3, 12345, 2.0**31, tables,
                                 probs, 1.0, 15.0)  # fmt: skip
         counts[t] += 1
     weights = np.array([1.0, 1.0, red, red])

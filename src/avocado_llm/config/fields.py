@@ -23,8 +23,8 @@ import yaml
 Check = tuple[str, str, str]
 """A problem found by ``check()``: (path relative to the checked dataclass, message, fix)."""
 
-_ROOT = "(recipe)"  # Problem.path of problems about the file as a whole
-_INVALID: Any = object()  # what a failed conversion returns; its problem is already recorded
+ROOT = "(recipe)"  # Problem.path of problems about the file as a whole
+INVALID: Any = object()  # what a failed conversion returns; its problem is already recorded
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RecipeError(ValueError):
 # --- YAML -------------------------------------------------------------------------------------
 
 
-class _YamlLoader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 scalars (``3e-4`` is a float; ``yes``/``no``/``on`` stay strings)
     that refuses duplicate keys instead of silently keeping the last one."""
 
@@ -72,53 +72,53 @@ class _YamlLoader(yaml.SafeLoader):
 
 
 _BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
-_YamlLoader.yaml_implicit_resolvers = {
+YamlLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _FLOAT_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_YamlLoader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-_YamlLoader.add_implicit_resolver(  # checked after int, so "10" stays an int
+YamlLoader.add_implicit_resolver(  # checked after int, so "10" stays an int
     _FLOAT_TAG,
     re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.inf$"),
     list("-+0123456789."),
 )
 
 
-def _yaml_problem(error: yaml.YAMLError) -> Problem:
+def yaml_problem(error: yaml.YAMLError) -> Problem:
     mark = getattr(error, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     reason = getattr(error, "problem", None) or str(error)
     fix = "fix the YAML there: indentation, a ':' after each key, matching quotes and brackets"
-    return Problem(_ROOT, f"YAML syntax error{where}: {reason}", fix)
+    return Problem(ROOT, f"YAML syntax error{where}: {reason}", fix)
 
 
 # --- generic conversion -----------------------------------------------------------------------
 
 
 @dataclass
-class _Build:
+class Build:
     """The problems found so far in one recipe."""
 
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, path: str, message: str, fix: str) -> Any:
-        self.problems.append(Problem(path or _ROOT, message, fix))
-        return _INVALID
+        self.problems.append(Problem(path or ROOT, message, fix))
+        return INVALID
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path and not key.startswith("[") else path + key
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     kind = {dict: "a mapping", list: "a list", type(None): "null"}.get(type(value))
     text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     return kind if value is None else f"{kind or type(value).__name__} {text}"
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str | None:
+def did_you_mean(word: str, choices: list[str]) -> str | None:
     close = difflib.get_close_matches(word, choices, n=1)
     return f"did you mean {close[0]!r}?" if close else None
 
@@ -155,11 +155,11 @@ def _is_a(value: Any, tp: Any) -> bool:
     return isinstance(value, get_origin(tp) or tp)
 
 
-def _convert(value: Any, tp: Any, path: str, b: _Build) -> Any:
-    """``value`` (as parsed from YAML) as a ``tp``, or _INVALID once the problem is noted."""
+def _convert(value: Any, tp: Any, path: str, b: Build) -> Any:
+    """``value`` (as parsed from YAML) as a ``tp``, or INVALID once the problem is noted."""
     origin, args = get_origin(tp), get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, b)
+        return build_dataclass(tp, value, path, b)
     if origin in (Union, types.UnionType):  # only `X | None` is supported
         if value is None:
             return None
@@ -169,32 +169,31 @@ def _convert(value: Any, tp: Any, path: str, b: _Build) -> Any:
         if any(value == a and type(value) is type(a) for a in args):
             return value
         choices = ", ".join(repr(a) for a in args)
-        fix = _did_you_mean(str(value), [str(a) for a in args]) or f"use one of {choices}"
-        return b.add(path, f"{_show(value)} is not one of {choices}", fix)
+        fix = did_you_mean(str(value), [str(a) for a in args]) or f"use one of {choices}"
+        return b.add(path, f"{show(value)} is not one of {choices}", fix)
     if not _is_a(value, tp):
         return b.add(
-            path, f"expected {_type_name(tp)}, got {_show(value)}", _HOW_TO_WRITE[origin or tp]
+            path, f"expected {_type_name(tp)}, got {show(value)}", _HOW_TO_WRITE[origin or tp]
         )
     if origin is list:
         items = [_convert(v, args[0], f"{path}[{i}]", b) for i, v in enumerate(value)]
-        return _INVALID if any(v is _INVALID for v in items) else items
+        return INVALID if any(v is INVALID for v in items) else items
     if origin is dict:
         entries = {str(k): _convert(v, args[1], _join(path, str(k)), b) for k, v in value.items()}
-        return _INVALID if any(v is _INVALID for v in entries.values()) else entries
+        return INVALID if any(v is INVALID for v in entries.values()) else entries
     return Path(value).expanduser() if tp is Path else float(value) if tp is float else value
 
 
-def _build(cls: type, data: Any, path: str, b: _Build) -> Any:
+def build_dataclass(cls: type, data: Any, path: str, b: Build) -> Any:
     """An instance of dataclass ``cls`` from a YAML mapping, every bad key noted in ``b``."""
     if not isinstance(data, dict):
         fix = "write its keys as 'key: value' lines (see `avocado recipe explain`)"
-        return b.add(path, f"expected a mapping of {cls.__name__} keys, got {_show(data)}", fix)
+        return b.add(path, f"expected a mapping of {cls.__name__} keys, got {show(data)}", fix)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             fix = (
-                _did_you_mean(str(key), list(fields))
-                or f"remove it; keys here: {', '.join(fields)}"
+                did_you_mean(str(key), list(fields)) or f"remove it; keys here: {', '.join(fields)}"
             )
             b.add(_join(path, str(key)), "unknown key", fix)
     hints, values = get_type_hints(cls), {}
@@ -207,7 +206,7 @@ def _build(cls: type, data: Any, path: str, b: _Build) -> Any:
             fix = f"add {name}: {_type_name(hints[name])} ({doc.rstrip('.')})"
             b.add(_join(path, name), "missing required field", fix)
         # A bad or missing value gets the default (or an empty one) so that checks can still run.
-        if values.get(name, _INVALID) is _INVALID:
+        if values.get(name, INVALID) is INVALID:
             values.pop(name, None)
             if required:
                 values[name] = {str: "", list: []}.get(get_origin(hints[name]) or hints[name])
@@ -220,16 +219,14 @@ def _related(a: str, b: str) -> bool:
     return long == short or long.startswith((short + ".", short + "["))
 
 
-def _check_tree(obj: Any, path: str, b: _Build, reported: list[str]) -> None:
+def check_tree(obj: Any, path: str, b: Build, reported: list[str]) -> None:
     """Run ``check()`` on every dataclass in the tree, children first. A check's problem is
     dropped where a conversion problem was already reported on that key, or around it."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
             if dataclasses.is_dataclass(item):
-                _check_tree(
-                    item, _join(path, f.name) + ("" if i is None else f"[{i}]"), b, reported
-                )
+                check_tree(item, _join(path, f.name) + ("" if i is None else f"[{i}]"), b, reported)
     if not hasattr(obj, "check"):
         return
     for where, message, fix in obj.check():
@@ -237,7 +234,7 @@ def _check_tree(obj: Any, path: str, b: _Build, reported: list[str]) -> None:
             b.add(_join(path, where), message, fix)
 
 
-def _range(
+def check_range(
     obj: Any,
     name: str,
     low: float | None = None,
@@ -295,7 +292,7 @@ def describe(cls: type, prefix: str = "") -> str:
             default = " (required)"
         elif section is None:
             value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            default = f" = {_plain(value)!r}"
+            default = f" = {plain(value)!r}"
         else:
             default = ""
         lines += [
@@ -307,11 +304,11 @@ def describe(cls: type, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     return str(value) if isinstance(value, Path) else value

@@ -9,17 +9,17 @@ from typing import Any
 import yaml
 
 from avocado_llm.config.fields import (
-    _INVALID,
-    _ROOT,
+    INVALID,
+    ROOT,
+    Build,
     Problem,
     RecipeError,
-    _Build,
-    _build,
-    _check_tree,
-    _plain,
-    _show,
-    _yaml_problem,
-    _YamlLoader,
+    YamlLoader,
+    build_dataclass,
+    check_tree,
+    plain,
+    show,
+    yaml_problem,
 )
 from avocado_llm.config.schema import Recipe
 
@@ -41,18 +41,18 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
         recipe.student.init_from = beside(recipe.student.init_from)
 
 
-def _recipe(data: Any, base_dir: Path, b: _Build) -> Recipe:
-    recipe = _build(Recipe, data, "", b)
-    if recipe is not _INVALID:
+def _recipe(data: Any, base_dir: Path, b: Build) -> Recipe:
+    recipe = build_dataclass(Recipe, data, "", b)
+    if recipe is not INVALID:
         _resolve_paths(recipe, Path(base_dir).absolute())
-        _check_tree(recipe, "", b, [p.path for p in b.problems])
+        check_tree(recipe, "", b, [p.path for p in b.problems])
     # Group the problems by section, in schema order (a stable sort keeps the order within one).
     order = {f.name: i for i, f in enumerate(dataclasses.fields(Recipe))}
     b.problems.sort(key=lambda p: order.get(re.split(r"[.\[]", p.path)[0], -1))
     return recipe
 
 
-def _apply_override(data: dict[str, Any], text: str, where: str, b: _Build) -> None:
+def _apply_override(data: dict[str, Any], text: str, where: str, b: Build) -> None:
     """Set one ``dotted.key=value`` override in ``data``; list items are ``teachers[0].model``."""
     key, sep, raw = text.partition("=")
     keys = key.strip().replace("[", ".").replace("]", "").split(".")
@@ -60,9 +60,9 @@ def _apply_override(data: dict[str, Any], text: str, where: str, b: _Build) -> N
         b.add(where, f"bad override {text!r}", "write key=value, e.g. training.learning_rate=3e-4")
         return
     try:
-        value = yaml.load(raw, Loader=_YamlLoader)
+        value = yaml.load(raw, Loader=YamlLoader)
     except yaml.YAMLError as error:
-        b.add(where, f"bad override {text!r}: {_yaml_problem(error).message}", "quote the value")
+        b.add(where, f"bad override {text!r}: {yaml_problem(error).message}", "quote the value")
         return
     node: Any = data
     for i, k in enumerate(keys):
@@ -74,9 +74,7 @@ def _apply_override(data: dict[str, Any], text: str, where: str, b: _Build) -> N
                 return
             k = int(k)
         elif not isinstance(node, dict):
-            b.add(
-                where, f"bad override {text!r}: {at} is {_show(node)}", "override a key inside it"
-            )
+            b.add(where, f"bad override {text!r}: {at} is {show(node)}", "override a key inside it")
             return
         elif i < len(keys) - 1 and node.get(k) is None:
             node[k] = {}
@@ -95,20 +93,20 @@ def _merge(base: Any, over: Any) -> Any:
 def _read(path: Path, chain: tuple[Path, ...] = ()) -> Any:
     """A recipe file's data, with ``extends: OTHER.yaml`` (relative to it) merged underneath."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=YamlLoader)
     except OSError as error:
         fix = "check the path; recipes live in recipes/, e.g. recipes/tiny.yaml"
         raise RecipeError(
-            str(path), [Problem(_ROOT, f"cannot read it: {error.strerror}", fix)]
+            str(path), [Problem(ROOT, f"cannot read it: {error.strerror}", fix)]
         ) from error
     except yaml.YAMLError as error:
-        raise RecipeError(str(path), [_yaml_problem(error)]) from error
+        raise RecipeError(str(path), [yaml_problem(error)]) from error
     if not isinstance(data, dict) or "extends" not in data:
         return data
     parent = data.pop("extends")
     if not isinstance(parent, str):
         fix = "write extends: tiny.yaml (a path relative to this recipe)"
-        raise RecipeError(str(path), [Problem("extends", f"is {_show(parent)}", fix)])
+        raise RecipeError(str(path), [Problem("extends", f"is {show(parent)}", fix)])
     base = (path.parent / parent).resolve()
     if base in chain or base == path.resolve():
         fix = "a recipe cannot extend itself, directly or through others"
@@ -123,7 +121,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     key by key, lists and values are replaced."""
     path = Path(path)
     data = _read(path)
-    b = _Build()
+    b = Build()
     for i, text in enumerate(overrides or []):
         if isinstance(data, dict):
             _apply_override(data, text, f"overrides[{i}]", b)
@@ -135,7 +133,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def recipe_from_dict(data: dict[str, Any], *, base_dir: Path) -> Recipe:
     """Validate an already-parsed recipe; relative input paths are resolved against base_dir."""
-    b = _Build()
+    b = Build()
     recipe = _recipe(data, base_dir, b)
     if b.problems:
         raise RecipeError(f"recipe in {base_dir}", b.problems)
@@ -144,7 +142,7 @@ def recipe_from_dict(data: dict[str, Any], *, base_dir: Path) -> Recipe:
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain YAML-ready data; ``recipe_from_dict`` gives the same recipe back."""
-    return _plain(recipe)
+    return plain(recipe)
 
 
 def load_recipe_or_report(path: str | Path, overrides: list[str] | None = None) -> Recipe | None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from avocado_llm.config.fields import Check, _did_you_mean, _range
+from avocado_llm.config.fields import Check, check_range, did_you_mean
 
 DEFAULT_FAMILIES = ("arithmetic", "reverse", "facts", "counting", "sorting", "units")
 """The tiny world's task families (``avocado_llm.world.tasks.FAMILIES`` is the registry)."""
@@ -20,7 +20,7 @@ special tokens (``<unk> <s> </s> <pad>``) and the 66 characters of the tiny worl
 def _strategy_checks(strategy: str, where: str) -> list[Check]:
     if strategy in STRATEGIES or re.fullmatch(r"single:.+", strategy):
         return []
-    fix = _did_you_mean(strategy, list(STRATEGIES)) or (
+    fix = did_you_mean(strategy, list(STRATEGIES)) or (
         f"use one of {', '.join(STRATEGIES)}, or single:<teacher name>"
     )
     return [(where, f"unknown fusion strategy {strategy!r}", fix)]
@@ -45,8 +45,8 @@ class WorldConfig:
     not in `families` simply has no prompts."""
 
     def check(self) -> list[Check]:
-        problems = _range(self, "train_per_family", 0, low_open=True)
-        problems += _range(self, "heldout_per_family", 0, low_open=True)
+        problems = check_range(self, "train_per_family", 0, low_open=True)
+        problems += check_range(self, "heldout_per_family", 0, low_open=True)
         if not self.families:
             problems.append(
                 ("families", "no task families", f"list some of {', '.join(DEFAULT_FAMILIES)}")
@@ -58,7 +58,7 @@ class WorldConfig:
         for where in ("families", "unverified"):
             for i, family in enumerate(getattr(self, where)):
                 if family not in registry:
-                    fix = _did_you_mean(family, list(registry)) or (
+                    fix = did_you_mean(family, list(registry)) or (
                         f"use one of {', '.join(registry)}"
                     )
                     problems.append((f"{where}[{i}]", f"unknown task family {family!r}", fix))
@@ -105,7 +105,7 @@ class TeacherConfig:
     default only the final answer is kept."""
 
     def check(self) -> list[Check]:
-        problems = _range(self, "max_concurrency", 0, low_open=True)
+        problems = check_range(self, "max_concurrency", 0, low_open=True)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             problems.append(
                 ("name", f"bad teacher name {self.name!r}", "use letters, digits, _ . -")
@@ -180,16 +180,16 @@ class HarvestConfig:
             problems.append(("from_run", f"bad run name {self.from_run!r}", fix))
         return [
             *problems,
-            *_range(self, "prompts_per_family", 1),
-            *_range(self, "samples_per_prompt", 1),
-            *_range(self, "temperature", 0),
-            *_range(self, "top_p", 0, 1, low_open=True),
-            *_range(self, "max_new_tokens", 1),
-            *_range(self, "top_logprobs", 0, 20),
-            *_range(self, "batch_size", 1),
-            *_range(self, "shard_size", 1),
-            *_range(self, "max_retries", 0),
-            *_range(self, "request_timeout_s", 0, low_open=True),
+            *check_range(self, "prompts_per_family", 1),
+            *check_range(self, "samples_per_prompt", 1),
+            *check_range(self, "temperature", 0),
+            *check_range(self, "top_p", 0, 1, low_open=True),
+            *check_range(self, "max_new_tokens", 1),
+            *check_range(self, "top_logprobs", 0, 20),
+            *check_range(self, "batch_size", 1),
+            *check_range(self, "shard_size", 1),
+            *check_range(self, "max_retries", 0),
+            *check_range(self, "request_timeout_s", 0, low_open=True),
         ]
 
 
@@ -210,7 +210,9 @@ class FusionConfig:
     1 for verified answers and for `all` / `single:`) reaches this."""
 
     def check(self) -> list[Check]:
-        problems = _strategy_checks(self.strategy, "strategy") + _range(self, "min_weight", 0, 1)
+        problems = _strategy_checks(self.strategy, "strategy") + check_range(
+            self, "min_weight", 0, 1
+        )
         if self.strategy == "judge" and self.judge_teacher is None:
             fix = "set judge_teacher to one of the teachers' names"
             problems.append(("judge_teacher", "the judge strategy needs a judge teacher", fix))
@@ -246,8 +248,8 @@ class StudentConfig:
 
     def check(self) -> list[Check]:
         names = ["hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"]
-        problems = [p for name in names for p in _range(self, name, 1)]
-        problems += _range(self, "vocab_size", 1) + _range(
+        problems = [p for name in names for p in check_range(self, name, 1)]
+        problems += check_range(self, "vocab_size", 1) + check_range(
             self, "max_params_ratio", 0, 1, low_open=True
         )
         if self.init_from is None and 1 <= self.vocab_size < MIN_STUDENT_VOCAB:
@@ -312,16 +314,16 @@ class TrainingConfig:
 
     def check(self) -> list[Check]:
         problems = [
-            *_range(self, "steps", 1),
-            *_range(self, "batch_size", 1),
-            *_range(self, "learning_rate", 0, 1, low_open=True, high_open=True),
-            *_range(self, "weight_decay", 0),
-            *_range(self, "warmup_steps", 0),
-            *_range(self, "grad_accum", 1),
-            *_range(self, "alpha_ce", 0, 1),
-            *_range(self, "jsd_beta", 0, 1),
-            *_range(self, "eval_every", 0),
-            *_range(self, "checkpoint_every", 1),
+            *check_range(self, "steps", 1),
+            *check_range(self, "batch_size", 1),
+            *check_range(self, "learning_rate", 0, 1, low_open=True, high_open=True),
+            *check_range(self, "weight_decay", 0),
+            *check_range(self, "warmup_steps", 0),
+            *check_range(self, "grad_accum", 1),
+            *check_range(self, "alpha_ce", 0, 1),
+            *check_range(self, "jsd_beta", 0, 1),
+            *check_range(self, "eval_every", 0),
+            *check_range(self, "checkpoint_every", 1),
         ]
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device):
             fix = "use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
@@ -344,8 +346,11 @@ class EvalConfig:
     is the chosen strategy trained without token-level KD (cross-entropy only)."""
 
     def check(self) -> list[Check]:
-        problems = [*_range(self, "heldout_per_family", 1), *_range(self, "batch_size", 1)]
-        problems += _range(self, "max_new_tokens", 1)
+        problems = [
+            *check_range(self, "heldout_per_family", 1),
+            *check_range(self, "batch_size", 1),
+        ]
+        problems += check_range(self, "max_new_tokens", 1)
         for i, strategy in enumerate(self.baselines):
             if strategy != "sft":
                 problems += _strategy_checks(strategy, f"baselines[{i}]")
@@ -364,7 +369,7 @@ class ServeConfig:
     """Model name clients send in requests and see in /v1/models."""
 
     def check(self) -> list[Check]:
-        return _range(self, "port", 1, 65535)
+        return check_range(self, "port", 1, 65535)
 
 
 @dataclass(kw_only=True)

@@ -36,7 +36,7 @@ def seed_words(seed: int) -> tuple[int, int]:
     return seed & MASK31, (seed >> 31) & MASK31
 
 
-def _uniform(s0: int, s1: int, step: int, k: int) -> float:
+def counter_uniform(s0: int, s1: int, step: int, k: int) -> float:
     """``U(seed, step, k)`` of :func:`avocado_llm.serve.sampling.uniforms` on one row: the same
     bits."""
     c = step * DRAWS_PER_STEP + k
@@ -45,7 +45,7 @@ def _uniform(s0: int, s1: int, step: int, k: int) -> float:
     return float((hi << 22) + (lo >> 9)) * 2.0**-53
 
 
-def _search(cdf: np.ndarray, u: float) -> int:
+def search_cdf(cdf: np.ndarray, u: float) -> int:
     """The token at quantile ``u`` of a row's cumulative (unnormalised) distribution: the
     first whose cumulative mass exceeds ``u · total`` (``torch.searchsorted(right=True)``)."""
     target = u * cdf[cdf.shape[0] - 1]
@@ -59,7 +59,7 @@ def _search(cdf: np.ndarray, u: float) -> int:
     return min(lo, cdf.shape[0] - 1)
 
 
-def _draw_marked(
+def draw_marked(
     row: np.ndarray,
     cdf: np.ndarray,
     cut: float,
@@ -85,20 +85,20 @@ def _draw_marked(
     probability (``probs``) is at least ``sure`` is a candidate (within ``reach`` of the top
     whatever the top), and the cut is found — one pass — only for a token below that."""
     for k in range(REJECT_TRIES):
-        t = _search(cdf, _uniform(s0, s1, step, 2 * k))
+        t = search_cdf(cdf, counter_uniform(s0, s1, step, 2 * k))
         if _mix(seed ^ token_mix[t]) < threshold:
             if not (probs.shape[0] > 0 and probs[t] >= sure):
                 if cut != cut:
-                    cut = _top(row) - reach
+                    cut = top_logit(row) - reach
                 if row[t] < cut:
-                    if _uniform(s0, s1, step, 2 * k + 1) < red:
+                    if counter_uniform(s0, s1, step, 2 * k + 1) < red:
                         return t
                     continue
             return t
-        if _uniform(s0, s1, step, 2 * k + 1) < red:
+        if counter_uniform(s0, s1, step, 2 * k + 1) < red:
             return t
     if cut != cut:
-        cut = _top(row) - reach
+        cut = top_logit(row) - reach
     total = 0.0  # the target's mass, green candidates weighing 1 and the rest ``red``
     before = 0.0
     for t in range(cdf.shape[0]):
@@ -108,8 +108,8 @@ def _draw_marked(
             green = row[t] >= cut and _mix(seed ^ token_mix[t]) < threshold
             total += p if green else p * red
     if total <= 0:  # no green candidate, red weighs 0 in float64: the model's own draw
-        return _search(cdf, _uniform(s0, s1, step, 2 * REJECT_TRIES))
-    target = _uniform(s0, s1, step, 2 * REJECT_TRIES) * total
+        return search_cdf(cdf, counter_uniform(s0, s1, step, 2 * REJECT_TRIES))
+    target = counter_uniform(s0, s1, step, 2 * REJECT_TRIES) * total
     acc = 0.0
     before = 0.0
     last = 0
@@ -125,7 +125,7 @@ def _draw_marked(
     return last
 
 
-def _bias_row(
+def bias_row(
     row: np.ndarray, cut: float, d: float, seed: int, threshold: float, token_mix: np.ndarray
 ) -> None:
     """Raise the row's green candidates (logit ≥ ``cut``) by ``d``, in place."""
@@ -134,7 +134,7 @@ def _bias_row(
             row[t] += d
 
 
-def _top(row: np.ndarray) -> float:
+def top_logit(row: np.ndarray) -> float:
     """The largest logit of a row."""
     top = row[0]
     for i in range(1, row.shape[0]):
@@ -143,7 +143,7 @@ def _top(row: np.ndarray) -> float:
     return top
 
 
-def _lean(probs: np.ndarray, row: np.ndarray, anchor: float) -> tuple[float, float]:
+def row_lean(probs: np.ndarray, row: np.ndarray, anchor: float) -> tuple[float, float]:
     """``Σ p_i (anchor - x_i)`` and ``Σ p_i`` over a row: one pass of multiply-adds in float32
     (compiled with fastmath: vectorised)."""
     t = np.float32(anchor)
@@ -157,9 +157,9 @@ def _lean(probs: np.ndarray, row: np.ndarray, anchor: float) -> tuple[float, flo
 
 
 if njit is not None:
-    _uniform = compile_fn(_uniform, inline="always")
-    _search = compile_fn(_search)
-    _top = compile_fn(_top)
-    _draw_marked = compile_fn(_draw_marked)
-    _bias_row = compile_fn(_bias_row)
-    _lean = compile_fn(_lean, fastmath=True)
+    counter_uniform = compile_fn(counter_uniform, inline="always")
+    search_cdf = compile_fn(search_cdf)
+    top_logit = compile_fn(top_logit)
+    draw_marked = compile_fn(draw_marked)
+    bias_row = compile_fn(bias_row)
+    row_lean = compile_fn(row_lean, fastmath=True)

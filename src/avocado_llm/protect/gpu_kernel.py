@@ -25,11 +25,11 @@ import torch
 from avocado_llm.protect import scheme
 from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import (
-    _M1,
-    _M2,
-    _M3,
     FULL_ENTROPY_MAX_VOCAB,
     GATE_TOP,
+    M1,
+    M2,
+    M3,
     MASK31,
     SPREAD,
     START,
@@ -49,11 +49,11 @@ BLOCK = 1024
 
 if triton is not None:
     _MASK = tl.constexpr(MASK31)
-    _K1, _K2, _K3 = tl.constexpr(_M1), tl.constexpr(_M2), tl.constexpr(_M3)
+    _K1, _K2, _K3 = tl.constexpr(M1), tl.constexpr(M2), tl.constexpr(M3)
     _START = tl.constexpr(START)
 
     @triton.jit
-    def _mix(x):  # scheme._mix in Triton (int64, no overflow)
+    def _mix(x):  # scheme.mix in Triton (int64, no overflow)
         x = x & _MASK
         x = ((x ^ (x >> 16)) * _K1) & _MASK
         x = ((x ^ (x >> 13)) * _K2) & _MASK

@@ -9,7 +9,7 @@ row: the top two logits (or top 64), the entropy gate, the keyed hash of the tok
 reach — adds exactly the same biases (tested bit for bit against the tensor path,
 ``tests/protect/test_kernel.py``), and hands the sampler each row's argmax from the same pass.
 :meth:`CompiledState.choose` goes further: it draws the sampled rows too (a watermarked one by
-rejection, ``draws._draw_marked``), so the watermark adds only the work a plain step does not
+rejection, ``draws.draw_marked``), so the watermark adds only the work a plain step does not
 do. The tensor path stays for logits on a GPU, where the model's step dwarfs it.
 
 The one difference: the gate's entropy is summed in float64 here (in float32 from the
@@ -32,13 +32,13 @@ import torch
 from avocado_llm.protect import scheme
 from avocado_llm.protect.draws import (
     MAX_REJECTION_BIAS,
-    _bias_row,
-    _draw_marked,
-    _lean,
-    _search,
-    _top,
-    _uniform,
+    bias_row,
+    counter_uniform,
+    draw_marked,
+    row_lean,
+    search_cdf,
     seed_words,
+    top_logit,
 )
 from avocado_llm.protect.jit import compile_fn as _compile
 from avocado_llm.protect.jit import mix as _mix
@@ -242,9 +242,9 @@ def _kept_first(
     sampler would keep it too — a green token surely within reach, or another one kept with
     probability ``e^(-delta/T)`` (its own uniform) — so that the gate need not be looked at
     (about half the rows: the gate's top 64 alone is a pass over the whole row). Uses the
-    same uniforms as ``draws._draw_marked``, so the token is the one it would pick."""
+    same uniforms as ``draws.draw_marked``, so the token is the one it would pick."""
     s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
-    first = _search(cdf[b], _uniform(s0, s1, step, 0))
+    first = search_cdf(cdf[b], counter_uniform(s0, s1, step, 0))
     picks[b] = first
     temperature = float(floats[b, ROW_TEMPERATURE])
     seed = _context_seed(ints, b, h, vocab, context_mix)
@@ -252,7 +252,7 @@ def _kept_first(
         # within reach whatever the top: p ≥ e^(-reach/T) ≥ p_top e^(-reach/T) (Σ p ≤ 1)
         reach = float(d + np.float32(spread) * floats[b, ROW_TEMPERATURE])
         return probs[b, first] >= math.exp(-reach / temperature) * (1.0 + 2e-4)
-    return _uniform(s0, s1, step, 1) < math.exp(-float(d) / temperature)
+    return counter_uniform(s0, s1, step, 1) < math.exp(-float(d) / temperature)
 
 
 def _context_seed(ints: np.ndarray, b: int, h: int, vocab: int, context_mix: np.ndarray) -> int:
@@ -294,9 +294,9 @@ def _mark_rows(
 
     With ``cdf`` (the decode loop's :meth:`CompiledState.choose`), a row of temperature above
     0 is drawn instead: from its ``cdf`` row where it has no watermark or its gate is shut,
-    else by ``draws._draw_marked`` (its logits are left unbiased), with its own uniforms; every
+    else by ``draws.draw_marked`` (its logits are left unbiased), with its own uniforms; every
     row's step counter advances. A watermarked row at temperature 1 of a vocabulary up to
-    ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (``draws._lean``: one
+    ``FULL_ENTROPY_MAX_VOCAB`` takes its gate's entropy from ``probs`` (``draws.row_lean``: one
     vectorised pass, no exponential) and needs no top logit (unless the rejection sampler
     meets a green token too unlikely to be surely within reach). A row marked in ``exact``
     was biased by :func:`_bias_exact` and its ``cdf`` is the biased distribution's (its nucleus
@@ -333,7 +333,9 @@ def _mark_rows(
         sampled = drawing and floats[b, ROW_TEMPERATURE] > 0
         if sampled and (d == 0 or (exact.shape[0] > 0 and exact[b])):
             # no watermark (the model's own draw), or biased already: no pass over the logits
-            picks[b] = _search(cdf[b], _uniform(ints[b, ROW_S0], ints[b, ROW_S1], step, 0))
+            picks[b] = search_cdf(
+                cdf[b], counter_uniform(ints[b, ROW_S0], ints[b, ROW_S1], step, 0)
+            )
             continue
         if sampled and not write_bias and _kept_first(b, d, ints, floats, cdf, probs, step, h,
                                                       vocab, context_mix, token_mix, spread,
@@ -342,9 +344,9 @@ def _mark_rows(
         if sampled and not big and floats[b, ROW_TEMPERATURE] == 1:  # probs: at temperature 1
             # the first proposal is the model's own draw: the token when the gate is shut
             s0, s1 = ints[b, ROW_S0], ints[b, ROW_S1]
-            first = _search(cdf[b], _uniform(s0, s1, step, 0))
+            first = search_cdf(cdf[b], counter_uniform(s0, s1, step, 0))
             picks[b] = first
-            lean, mass = _lean(probs[b], row, float(row[first]))
+            lean, mass = row_lean(probs[b], row, float(row[first]))
             # H = Σ q_i (x_first - x_i) - log q_first, q = probs / mass: no exponential
             entropy = lean / mass - math.log(probs[b, first] / mass)
             if gated and entropy < floats[b, ROW_MIN_ENTROPY]:
@@ -353,10 +355,10 @@ def _mark_rows(
             sure = mass * math.exp(-float(reach)) * (1.0 + 1e-4)
             threshold = float(floats[b, ROW_GAMMA]) * 2147483648.0
             s = _context_seed(ints, b, h, vocab, context_mix)
-            picks[b] = _draw_marked(row, cdf[b], np.nan, math.exp(-float(d)), s0, s1, step, s,
+            picks[b] = draw_marked(row, cdf[b], np.nan, math.exp(-float(d)), s0, s1, step, s,
                                     threshold, token_mix, probs[b], sure, reach)  # fmt: skip
             if write_bias:
-                _bias_row(row, _top(row) - reach, d, s, threshold, token_mix)
+                bias_row(row, top_logit(row) - reach, d, s, threshold, token_mix)
             biased += 1
             continue
         if big:
@@ -386,13 +388,13 @@ def _mark_rows(
             if marked:
                 red = math.exp(-float(d) / float(floats[b, ROW_TEMPERATURE]))
                 s = _context_seed(ints, b, h, vocab, context_mix)
-                picks[b] = _draw_marked(row, cdf[b], cut, red, s0, s1, step, s, threshold,
+                picks[b] = draw_marked(row, cdf[b], cut, red, s0, s1, step, s, threshold,
                                         token_mix, _NO_ROW, 0.0, reach)  # fmt: skip
                 if write_bias:
-                    _bias_row(row, cut, d, s, threshold, token_mix)
+                    bias_row(row, cut, d, s, threshold, token_mix)
                 biased += 1
             else:
-                picks[b] = _search(cdf[b], _uniform(s0, s1, step, 0))
+                picks[b] = search_cdf(cdf[b], counter_uniform(s0, s1, step, 0))
             continue
         if not marked:
             continue
@@ -459,7 +461,7 @@ def _bias_exact(
         reach = d + np.float32(spread) * floats[b, ROW_TEMPERATURE]
         s = _context_seed(ints, b, h, vocab, context_mix)
         threshold = float(floats[b, ROW_GAMMA]) * 2147483648.0
-        _bias_row(row, top - reach, d, s, threshold, token_mix)
+        bias_row(row, top - reach, d, s, threshold, token_mix)
 
 
 def _shift(ints: np.ndarray, tokens: np.ndarray) -> None:

@@ -21,9 +21,9 @@ from avocado_llm.protect.scheme import (
     SPREAD,
     START,
     Watermark,
-    _mix,
     gate_entropy,
     hash_tables,
+    mix,
     top_entropy,
 )
 
@@ -68,7 +68,7 @@ class WatermarkState:
         self.mixed = any(w < self.h for w in widths)
         self.context = torch.full((len(marks), self.h), START, dtype=torch.long, device=device)
         self.gated = any(m is not None and m.params.min_entropy > 0 for m in marks)
-        self.key_mix = _mix(self.keys.long())
+        self.key_mix = mix(self.keys.long())
         self.threshold = self.gamma.double() * float(1 << 31)  # green: hash < gamma · 2^31
         self.picks: torch.Tensor | None = None  # the sampler takes its own argmax
 

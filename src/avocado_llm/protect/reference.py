@@ -35,8 +35,8 @@ from avocado_llm.protect.scheme import (
     START,
     HashTables,
     WatermarkParams,
-    _mix,
     gate_entropy,
+    mix,
 )
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def key_scores(
     out: list[KeyScore] = []
     for start in range(0, len(keys), chunk):
         k = torch.tensor(list(keys[start : start + chunk]), dtype=torch.long)
-        seed = hashes.seeds_many(_mix(k & MASK31), table.context)  # (K, P)
+        seed = hashes.seeds_many(mix(k & MASK31), table.context)  # (K, P)
         green = (hashes.hashes(seed[..., None], cand[None]) < threshold) & valid[None]  # (K,P,C)
         biased = table.logits[None] + table.delta * green.float()
         pick = biased.argmax(-1)  # (K, P)

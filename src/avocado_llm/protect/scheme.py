@@ -61,7 +61,7 @@ import torch
 
 MASK31 = (1 << 31) - 1
 START = MASK31  # the context token before an answer's first token (no real token id)
-_M1, _M2, _M3 = 0x5BD1E995 & MASK31, 0x27D4EB2F & MASK31, 0x165667B1 & MASK31
+M1, M2, M3 = 0x5BD1E995 & MASK31, 0x27D4EB2F & MASK31, 0x165667B1 & MASK31
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,13 @@ def account_key(secret: str | bytes, account_id: int | str) -> int:
     return int.from_bytes(mac.digest()[:4], "big") & MASK31
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
+def mix(x: torch.Tensor) -> torch.Tensor:
     """A 31-bit integer finaliser (murmur-style) on int64 tensors; no overflow, so the engine
     and the detector get the same bits on any device."""
     x = x & MASK31
-    x = ((x ^ (x >> 16)) * _M1) & MASK31
-    x = ((x ^ (x >> 13)) * _M2) & MASK31
-    x = ((x ^ (x >> 16)) * _M3) & MASK31
+    x = ((x ^ (x >> 16)) * M1) & MASK31
+    x = ((x ^ (x >> 13)) * M2) & MASK31
+    x = ((x ^ (x >> 16)) * M3) & MASK31
     return x ^ (x >> 15)
 
 
@@ -142,27 +142,27 @@ def top_entropy(values: torch.Tensor) -> torch.Tensor:
 
 
 def mix_int(x: int) -> int:
-    """:func:`_mix` on one Python int: the same bits (every product stays below 2^62)."""
+    """:func:`mix` on one Python int: the same bits (every product stays below 2^62)."""
     x &= MASK31
-    x = ((x ^ (x >> 16)) * _M1) & MASK31
-    x = ((x ^ (x >> 13)) * _M2) & MASK31
-    x = ((x ^ (x >> 16)) * _M3) & MASK31
+    x = ((x ^ (x >> 16)) * M1) & MASK31
+    x = ((x ^ (x >> 13)) * M2) & MASK31
+    x = ((x ^ (x >> 16)) * M3) & MASK31
     return x ^ (x >> 15)
 
 
 def seeds(keys: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """Per-position seeds from keys (N,) and contexts (N, h) of token ids (or START):
     ``s = mix(key); s = mix(s ^ mix(c_j + j + 1))`` for each context column ``j``."""
-    s = _mix(keys.long())
+    s = mix(keys.long())
     for j in range(context.shape[-1]):
-        s = _mix(s ^ _mix(context[..., j].long() + j + 1))
+        s = mix(s ^ mix(context[..., j].long() + j + 1))
     return s
 
 
 def uniform(seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Pseudo-uniform numbers in [0, 1) for (seed, token) pairs (broadcasting):
     ``mix(seed ^ mix(2 t + 1)) / 2^31``."""
-    return _mix(seed ^ _mix(tokens.long() * 2 + 1)).double() / float(1 << 31)
+    return mix(seed ^ mix(tokens.long() * 2 + 1)).double() / float(1 << 31)
 
 
 SPREAD = 12.0
@@ -187,8 +187,8 @@ class HashTables:
         ids = torch.arange(vocab + 1, device=device)
         ids[vocab] = START
         self.vocab = vocab
-        self.token = _mix(ids[:vocab] * 2 + 1)  # (V,)
-        self.context = torch.stack([_mix(ids + j + 1) for j in range(h)])  # (h, V + 1)
+        self.token = mix(ids[:vocab] * 2 + 1)  # (V,)
+        self.context = torch.stack([mix(ids + j + 1) for j in range(h)])  # (h, V + 1)
         if device.type == "cpu":  # the compiled decode step's views (no copies)
             self.token_np, self.context_np = self.token.numpy(), self.context.numpy()
 
@@ -196,7 +196,7 @@ class HashTables:
         s = key_mix
         idx = context.clamp(max=self.vocab)  # START → the last index
         for j in range(context.shape[-1]):
-            s = _mix(s ^ self.context[j][idx[:, j]])
+            s = mix(s ^ self.context[j][idx[:, j]])
         return s
 
     def seeds_many(self, key_mix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -204,12 +204,12 @@ class HashTables:
         s = key_mix[:, None]
         idx = context.clamp(max=self.vocab)
         for j in range(context.shape[-1]):
-            s = _mix(s ^ self.context[j][idx[:, j]][None, :])
+            s = mix(s ^ self.context[j][idx[:, j]][None, :])
         return s
 
     def hashes(self, seed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``uniform(seed, tokens) * 2^31`` as integers."""
-        return _mix(seed ^ self.token[tokens])
+        return mix(seed ^ self.token[tokens])
 
 
 def green_mask(keys: torch.Tensor, context: torch.Tensor, vocab: int, gamma: float) -> torch.Tensor:

@@ -47,7 +47,7 @@ import torch
 from avocado_llm.protect import kernel
 from avocado_llm.protect.draws import COUNTER_SALT, DRAWS_PER_STEP, seed_words
 from avocado_llm.protect.marking import WatermarkState
-from avocado_llm.protect.scheme import Watermark, _mix
+from avocado_llm.protect.scheme import Watermark, mix
 
 if TYPE_CHECKING:
     from avocado_llm.protect.gpu_kernel import TritonState
@@ -70,8 +70,8 @@ def uniforms(s0: np.ndarray, s1: np.ndarray, step: np.ndarray, k: int) -> np.nda
     host, whatever the device: a row's seed and step are known there, and a few dozen
     operations on B numbers cost ~20 µs in numpy but ~30 kernel launches on a GPU."""
     c = step * DRAWS_PER_STEP + k
-    hi = _mix(s0 ^ _mix(c))
-    lo = _mix(s1 ^ hi ^ _mix(c ^ COUNTER_SALT))
+    hi = mix(s0 ^ mix(c))
+    lo = mix(s1 ^ hi ^ mix(c ^ COUNTER_SALT))
     return ((hi << 22) + (lo >> 9)).astype(np.float64) * 2.0**-53
 
 
