@@ -135,6 +135,14 @@ def _recipe_check(args: argparse.Namespace) -> int:
     recipe = load_recipe_or_report(args.recipe, args.set)
     if recipe is None:
         return 1
+    from avocado_llm.config import RecipeError
+    from avocado_llm.world.checks import check_families
+
+    try:  # the schema holds names; the world knows which families exist
+        check_families(recipe, str(args.recipe))
+    except RecipeError as error:
+        print(error, file=sys.stderr)
+        return 1
     print(f"{args.recipe}: ok — run {recipe.name!r}, {len(recipe.teachers)} teachers, "
           f"families {', '.join(recipe.world.families)}")  # fmt: skip
     return 0

@@ -27,8 +27,8 @@ from avocado_llm.harvest.files import acquire_lock, atomic_write, clear_entry, r
 from avocado_llm.teachers import teacher_path
 from avocado_llm.teachers.hf import weights_revision
 from avocado_llm.teachers.redact import public_url
-from avocado_llm.world.tokenizers import tokenizer_type
 from avocado_llm.world.corpus import count_params
+from avocado_llm.world.tokenizers import tokenizer_type
 
 ALIGN_KIND = {"byte_bpe": "byte_level", "unigram": "sentencepiece", "char_bpe": "sentencepiece"}
 RESUME_SAFE = ("training.checkpoint_every", "training.eval_every", "training.device")

@@ -28,9 +28,9 @@ from transformers import (
 
 from avocado_llm.config import StudentConfig
 from avocado_llm.harvest.files import fsync_dir
+from avocado_llm.world.corpus import world_corpus
 from avocado_llm.world.templates import STUDENT
 from avocado_llm.world.tokenizers import TokenizerSpec, train_tokenizer, wrap
-from avocado_llm.world.corpus import world_corpus
 
 STUDENT_SPECIAL = ("<unk>", "<s>", "</s>", "<pad>")
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from avocado_llm.config import Recipe
+from avocado_llm.config import Recipe, RecipeError
 from avocado_llm.evaluate.report import ROLES, update_report, write_answers
 from avocado_llm.evaluate.runner import (
     EvalError,
@@ -28,8 +28,9 @@ from avocado_llm.teachers import teacher_path
 from avocado_llm.teachers.hf import weights_revision
 from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 from avocado_llm.world import tasks
-from avocado_llm.world.tasks import Example
+from avocado_llm.world.checks import check_families
 from avocado_llm.world.corpus import count_params
+from avocado_llm.world.tasks import Example
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 """Model names in reports: they also name ``answers/<name>.jsonl``."""
@@ -103,6 +104,10 @@ def evaluate_model(
     per_family = n if n is not None else recipe.eval.heldout_per_family
     if per_family < 1:
         raise EvalError(f"examples per family must be at least 1, got {per_family} (--n)")
+    try:
+        check_families(recipe)
+    except RecipeError as error:
+        raise EvalError(str(error)) from None
     examples = tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
     fingerprint = eval_fingerprint(recipe, source, per_family)  # before: the files may change
     result, params = _score(recipe, source, examples, name, device)

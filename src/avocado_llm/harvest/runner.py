@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from avocado_llm.config import Recipe
+from avocado_llm.config import Recipe, RecipeError
 from avocado_llm.harvest.keys import record_key, record_row
 from avocado_llm.harvest.store import HarvestError, HarvestStore
 from avocado_llm.teachers import (
@@ -46,6 +46,7 @@ from avocado_llm.teachers import (
 from avocado_llm.teachers.base import PartialAnswers
 from avocado_llm.teachers.redact import redact
 from avocado_llm.world import tasks
+from avocado_llm.world.checks import check_families
 from avocado_llm.world.tasks import Example
 
 
@@ -112,6 +113,10 @@ async def harvest(
             f"recipe {recipe.name!r} reuses the harvest of run {recipe.harvest.from_run!r} "
             "(harvest.from_run): harvest with that run's recipe, or remove from_run"
         )
+    try:
+        check_families(recipe)
+    except RecipeError as error:
+        raise HarvestError(str(error)) from None
     out = Path(out_dir) if out_dir is not None else recipe.harvest_dir
     prompts = harvest_prompts(recipe, limit)
     params = sampling_params(recipe.harvest, recipe.seed)
