@@ -27,8 +27,8 @@ from avocado_llm.distill.align import (
 )
 from avocado_llm.distill.losses import distill_loss, sparse_kl
 from avocado_llm.distill.student import student_tokenizer
-from avocado_llm.world.tokenizers import BYTE_TOKENS
 from avocado_llm.world.corpus import world_corpus
+from avocado_llm.world.tokenizers import BYTE_TOKENS
 
 Zoo = dict[str, PreTrainedTokenizerBase]
 LETTERS = [*"abcdefghijklmnopqrstuvwxyzT", "▁", "."]

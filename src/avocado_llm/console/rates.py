@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from avocado_llm.serve.metrics import Metrics
+from avocado_llm.telemetry.metrics import Metrics
 
 SAMPLE_EVERY_S = 5.0
 KEEP_S = 3600.0

@@ -23,7 +23,6 @@ from avocado_llm.serve.deps import authenticate
 from avocado_llm.serve.engine import Engine
 from avocado_llm.serve.errors import ERROR_RESPONSES, install_error_handlers
 from avocado_llm.serve.local_engine import LocalEngine
-from avocado_llm.serve.metrics import Metrics
 from avocado_llm.serve.middleware import AccessLog, BodyLimit
 from avocado_llm.serve.ratelimit import Limiter, RateLimiter
 from avocado_llm.serve.ratelimit_redis import RedisRateLimiter
@@ -31,6 +30,7 @@ from avocado_llm.serve.routes import chat, completions, models, system
 from avocado_llm.serve.serving import KeyCache, Services
 from avocado_llm.serve.settings import ServeSettings
 from avocado_llm.serve.upstream import UpstreamEngine
+from avocado_llm.telemetry.metrics import Metrics
 
 log = logging.getLogger("avocado.serve")
 

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import anyio
 from fastapi import Request, Response
@@ -34,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from avocado_llm.billing import Hold, HoldClosed
 from avocado_llm.billing.leases import ServerLease
-from avocado_llm.protect.serving import with_watermark
+from avocado_llm.protect.serving import account_watermark
 from avocado_llm.serve.engine import EngineError, Generation, Usage
 from avocado_llm.serve.errors import APIError, bad_request, envelope
 from avocado_llm.serve.serving import Call, ChoiceResult, Formatter, Services
@@ -137,7 +138,8 @@ async def _run(
     meter = Meter(services, call, hold, reserved, idem_key, started, lease, server_id)
     services.metrics.in_flight.inc()
     try:
-        options = with_watermark(call.options, services.settings.secret, key)
+        mark = account_watermark(services.settings.secret, key)
+        options = call.options if mark is None else replace(call.options, watermark=mark)
         generation = services.engine.generate(call.prompts, options)
     except EngineError as e:
         await meter.fail()

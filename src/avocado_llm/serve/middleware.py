@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avocado_llm.serve.errors import envelope, loggable
-from avocado_llm.serve.metrics import Metrics
+from avocado_llm.telemetry.metrics import Metrics
 
 access_log = logging.getLogger("avocado.serve.access")
 

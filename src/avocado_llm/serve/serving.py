@@ -18,9 +18,9 @@ from avocado_llm.billing.leases import ServerLease
 from avocado_llm.serve import protocol
 from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import bad_request, model_not_found
-from avocado_llm.serve.metrics import Metrics
 from avocado_llm.serve.ratelimit import Limiter
 from avocado_llm.serve.settings import ServeSettings
+from avocado_llm.telemetry.metrics import Metrics
 
 T = TypeVar("T")
 

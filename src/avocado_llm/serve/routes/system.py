@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from avocado_llm.serve.deps import ServicesDep
-from avocado_llm.serve.metrics import CONTENT_TYPE
+from avocado_llm.telemetry.metrics import CONTENT_TYPE
 
 router = APIRouter()
 
