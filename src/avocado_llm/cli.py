@@ -27,6 +27,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from avocado_llm.config.cli import EXIT_ERROR, add_command, fail, recipe_from_args, report_errors
+
 DEFAULT_ZOO = Path("zoo")
 
 
@@ -130,19 +132,9 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _recipe_check(args: argparse.Namespace) -> int:
-    from avocado_llm.config import load_recipe_or_report
-
-    recipe = load_recipe_or_report(args.recipe, args.set)
+    recipe = recipe_from_args(args)
     if recipe is None:
-        return 1
-    from avocado_llm.config import RecipeError
-    from avocado_llm.world.checks import check_families
-
-    try:  # the schema holds names; the world knows which families exist
-        check_families(recipe, str(args.recipe))
-    except RecipeError as error:
-        print(error, file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(f"{args.recipe}: ok — run {recipe.name!r}, {len(recipe.teachers)} teachers, "
           f"families {', '.join(recipe.world.families)}")  # fmt: skip
     return 0
@@ -158,38 +150,38 @@ def _recipe_explain(args: argparse.Namespace) -> int:
 def _harvest(args: argparse.Namespace) -> int:
     import asyncio
 
-    from avocado_llm.config import load_recipe_or_report
     from avocado_llm.harvest import HarvestError, harvest
     from avocado_llm.teachers import TeacherError
 
-    recipe = load_recipe_or_report(args.recipe, args.set)
+    recipe = recipe_from_args(args)
     if recipe is None:
-        return 1
+        return EXIT_ERROR
     out = args.out if args.out is not None else recipe.harvest_dir
     if args.status:
         return _harvest_status(out)
-    try:
+
+    def run_harvest() -> int:
         summary = asyncio.run(harvest(recipe, args.out, limit=args.limit, device=args.device))
-    except KeyboardInterrupt:
-        print(f"interrupted: what was written is kept in {out}; run the same command to resume",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    except (HarvestError, TeacherError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    table = Table(title=f"Harvest {recipe.name!r} → {out}")
-    for col in ("teacher", "records", "already done", "new", "failed", "tokens", "tok/s"):
-        table.add_column(col, justify="left" if col == "teacher" else "right")
-    for t in summary.teachers:
-        tps = t.completion_tokens / t.seconds if t.seconds else 0.0
-        table.add_row(t.name, f"{t.planned:,}", f"{t.skipped:,}", f"{t.written:,}",
-                      f"{t.failed:,}", f"{t.completion_tokens:,}", f"{tps:,.0f}")  # fmt: skip
-    _console().print(table)
-    if not summary.ok:
-        print(f"{summary.failed} records failed (reasons in {out / 'failures.jsonl'}); "
-              "run the same command again to retry them", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+        table = Table(title=f"Harvest {recipe.name!r} → {out}")
+        for col in ("teacher", "records", "already done", "new", "failed", "tokens", "tok/s"):
+            table.add_column(col, justify="left" if col == "teacher" else "right")
+        for t in summary.teachers:
+            tps = t.completion_tokens / t.seconds if t.seconds else 0.0
+            table.add_row(t.name, f"{t.planned:,}", f"{t.skipped:,}", f"{t.written:,}",
+                          f"{t.failed:,}", f"{t.completion_tokens:,}", f"{tps:,.0f}")  # fmt: skip
+        _console().print(table)
+        if not summary.ok:
+            print(f"{summary.failed} records failed (reasons in {out / 'failures.jsonl'}); "
+                  "run the same command again to retry them", file=sys.stderr)  # fmt: skip
+            return EXIT_ERROR
+        return 0
+
+    return report_errors(
+        run_harvest,
+        (HarvestError, TeacherError),
+        interrupted=f"interrupted: what was written is kept in {out}; run the same command "
+        "to resume",
+    )
 
 
 def _harvest_status(out: Path) -> int:
@@ -198,8 +190,7 @@ def _harvest_status(out: Path) -> int:
     try:
         teachers = status(out)
     except HarvestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e)
     table = Table(title=f"Harvest in {out}")
     for col in ("teacher", "records", "prompts", "failed", "tokens", "finish reasons"):
         table.add_column(col, justify="left" if col in ("teacher", "finish reasons") else "right")
@@ -274,29 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = commands.add_parser("recipe", help="check a recipe, or explain every recipe field")
     recipe_cmds = recipe.add_subparsers(dest="recipe_command", required=True, metavar="<cmd>")
-    check = recipe_cmds.add_parser(
+    add_command(
+        recipe_cmds,
         "check",
+        _recipe_check,
+        recipe=True,
         help="load a recipe and report every problem at once",
         description="Validate RECIPE (types, unknown keys, values, files) and print all problems.",
     )
-    check.add_argument("recipe", type=Path)
-    check.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
-    check.set_defaults(func=_recipe_check)
     explain = recipe_cmds.add_parser(
         "explain", help="print every recipe field with its type, default and meaning"
     )
     explain.set_defaults(func=_recipe_explain)
 
-    harvest = commands.add_parser(
+    harvest = add_command(
+        commands,
         "harvest",
+        _harvest,
+        recipe=True,
         help="ask every teacher the recipe's prompts; keep text, top-k log-probs, provenance",
         description="Ask every teacher of RECIPE its training prompts and write the answers "
         "(text, top-k log-probabilities, provenance) as Parquet shards with a manifest. "
         "Rerunning resumes: records already written are skipped, failed ones are retried.",
     )
-    harvest.add_argument("recipe", type=Path)
     harvest.add_argument(
         "--out", type=Path, default=None, help="harvest directory [<output_dir>/<name>/harvest]"
     )
@@ -305,15 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the first N prompts (families interleaved), for quick runs",
     )  # fmt: skip
     harvest.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
-    harvest.add_argument(
         "--status", action="store_true", help="print what the harvest directory holds and exit"
     )
     harvest.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps for local teachers [auto]"
     )
-    harvest.set_defaults(func=_harvest)
 
     from avocado_llm.fusion.command import add_fuse_command
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from avocado_llm.config.cli import EXIT_ERROR, add_command, fail, recipe_from_args, report_errors
+
 DEMO_ACCOUNT = "demo"
 DEMO_OPERATOR = "operator"
 DEMO_CREDIT_USD = 5
@@ -218,17 +220,17 @@ def report_accuracy(run_dir: Path) -> float | None:
         return None
 
 
+HELP = "serve the recipe's student and sell it a few calls with the openai client"
+DESCRIPTION = """\
+Start `avocado serve` on RECIPE's trained student with a throwaway ledger, create a demo
+account, price and key, ask one held-out question of each task family with the official openai
+client (greedy: the same answers every time), print each answer with the gold answer and ✔/✘,
+the usage, charge and balance, and stop the server.
+"""
+
+
 def add_demo_command(commands: Any) -> None:
-    p = commands.add_parser(
-        "demo",
-        help="serve the recipe's student and sell it a few calls with the openai client",
-        description="Start `avocado serve` on RECIPE's trained student with a throwaway ledger, "
-        "create a demo account, price and key, ask one held-out question of each task family "
-        "with the official openai client (greedy: the same answers every time), print each "
-        "answer with the gold answer and ✔/✘, the usage, charge and balance, and stop the "
-        "server.",
-    )
-    p.add_argument("recipe", type=Path)
+    p = add_command(commands, "demo", run_demo_command, HELP, DESCRIPTION, recipe=True)
     p.add_argument(
         "--prompt",
         action="append",
@@ -240,25 +242,21 @@ def add_demo_command(commands: Any) -> None:
         action="store_true",
         help="keep the server running until Ctrl-C (the default when run from a terminal)",
     )
-    p.set_defaults(func=run_demo_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from avocado_llm.config import load_recipe_or_report
-
-    recipe = load_recipe_or_report(args.recipe)
+    recipe = recipe_from_args(args)
     if recipe is None:
-        return 1
+        return EXIT_ERROR
     student = recipe.run_dir / "student"
     if not (student / "avocado.json").exists():
-        print(f"error: no trained student in {student}; run `avocado run {args.recipe}` first",
-              file=sys.stderr)  # fmt: skip
-        return 1
+        return fail(f"no trained student in {student}; run `avocado run {args.recipe}` first")
     if args.prompt:
         calls = [DemoCall(p) for p in args.prompt]
     else:
         calls = heldout_calls(list(recipe.world.families), recipe.seed)
-    try:
+
+    def sell() -> int:
         demo(
             student,
             recipe.serve.model_name,
@@ -267,9 +265,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
             secret=demo_secret(recipe.run_dir),
             accuracy=report_accuracy(recipe.run_dir),
         )
-    except KeyboardInterrupt:
         return 0
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return report_errors(sell, (RuntimeError,), interrupted_code=0)

@@ -24,7 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from avocado_llm.config import Recipe, load_recipe_or_report
+from avocado_llm.config import Recipe
+from avocado_llm.config.cli import EXIT_ERROR, add_command, recipe_from_args, report_errors
 from avocado_llm.config.fingerprint import StaleError, changes, summary
 
 console = Console(stderr=True)
@@ -46,42 +47,6 @@ def ensure_zoo(recipe: Recipe) -> None:
             raise ValueError(f"teachers: {t.name!r} is marked zoo but the zoo has {list(ZOO)}")
         console.print(f"building zoo teacher {t.name} → {path}")
         build_teacher(ZOO[t.name], path, seed=recipe.seed)
-
-
-def fuse_stage(recipe: Recipe, strategy: str, device: str) -> Path:
-    """Fuse unless the fused file was made from the same records with the same settings."""
-    from avocado_llm.fusion import fuse, scorers_needed, strategy_slug, write_fused
-    from avocado_llm.fusion.command import fusion_fingerprint, recipe_records
-    from avocado_llm.fusion.store import read_fingerprint
-    from avocado_llm.harvest import read_records
-    from avocado_llm.teachers import load_teacher
-
-    out = recipe.run_dir / "fusion"
-    path = out / f"{strategy_slug(strategy)}.parquet"
-    records = recipe_records(recipe, read_records(recipe.harvest_dir))
-    fingerprint = fusion_fingerprint(recipe, strategy, records)
-    if path.exists():
-        diff = changes(read_fingerprint(path), fingerprint)
-        if not diff:
-            console.print(f"fusion {strategy}: up to date ({path})")
-            return path
-        console.print(f"fusion {strategy}: fusing again, what made {path} changed:{summary(diff)}")
-    scorers: dict[str, Any] = {}
-    local = [t.name for t in recipe.teachers if t.kind == "local"]
-    for name in scorers_needed(strategy, local, recipe.fusion.judge_teacher):
-        cfg = next(t for t in recipe.teachers if t.name == name)
-        scorers[name] = load_teacher(cfg, recipe, device)
-    examples, report = fuse(
-        records,
-        strategy,
-        unverified=set(recipe.world.unverified),
-        scorers=scorers or None,
-        judge=recipe.fusion.judge_teacher,
-        min_weight=recipe.fusion.min_weight,
-    )
-    write_fused(out, strategy, examples, report, fingerprint)
-    console.print(f"fusion {strategy}: {len(examples)} examples, wins {report.wins}")
-    return path
 
 
 def distill_stage(
@@ -141,12 +106,10 @@ def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str)
 
 
 def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
-    from avocado_llm.fusion import strategy_slug
+    from avocado_llm.fusion import fuse_recipe, strategy_slug
     from avocado_llm.harvest import harvest
     from avocado_llm.teachers import teacher_path
-    from avocado_llm.world.checks import check_families
 
-    check_families(recipe)  # before the zoo build: an unknown family fails at once
     t0 = time.monotonic()
     _stage("1/5 zoo")
     ensure_zoo(recipe)
@@ -165,7 +128,9 @@ def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     _stage("3/5 fuse")
     strategies = [recipe.fusion.strategy, *recipe.eval.baselines]
     for s in dict.fromkeys(s for s in strategies if s != "sft"):
-        fuse_stage(recipe, s, device)
+        fused = fuse_recipe(recipe, s, device=device, reuse=True, note=console.print)
+        if fused.report is not None:
+            console.print(f"fusion {s}: {fused.examples} examples, wins {fused.report.wins}")
     _stage("4/5 distill")
     student = distill_stage(recipe, recipe.fusion.strategy, recipe.run_dir / "student", force=force)
     models = {t.name: (teacher_path(t, recipe), "teacher") for t in recipe.teachers}
@@ -203,37 +168,34 @@ def print_summary(report: dict, seconds: float) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
+HELP = "the whole loop: zoo → harvest → fuse → distill → evaluate (skips what is done)"
+DESCRIPTION = """\
+Run every stage of RECIPE, skipping finished work: a second run reuses the harvest, fusion and
+trained students and only re-evaluates what changed.
+"""
+
+
 def add_run_command(commands: Any) -> None:
-    p = commands.add_parser(
-        "run",
-        help="the whole loop: zoo → harvest → fuse → distill → evaluate (skips what is done)",
-        description="Run every stage of RECIPE, skipping finished work: a second run reuses the "
-        "harvest, fusion and trained students and only re-evaluates what changed.",
-    )
-    p.add_argument("recipe", type=Path)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
+    p = add_command(commands, "run", run_command, HELP, DESCRIPTION, recipe=True, device=True)
     p.add_argument(
         "--force",
         action="store_true",
         help="retrain a student whose settings or examples changed (deleting its checkpoints) "
         "instead of stopping with the list of changes",
     )
-    p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    recipe = load_recipe_or_report(args.recipe, args.set)
+    recipe = recipe_from_args(args)
     if recipe is None:
-        return 1
-    try:
+        return EXIT_ERROR
+
+    def run_all() -> int:
         run(recipe, device=args.device, force=args.force)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command to continue where it stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return report_errors(
+        run_all,
+        (RuntimeError, ValueError, FileNotFoundError),
+        interrupted="interrupted: run the same command to continue where it stopped",
+    )

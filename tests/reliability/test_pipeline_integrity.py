@@ -26,9 +26,10 @@ import yaml
 
 from avocado_llm.config import Recipe, RecipeError, load_recipe
 from avocado_llm.distill.pipeline import distill
+from avocado_llm.fusion import fuse_recipe
 from avocado_llm.harvest import HarvestError, HarvestStore, harvest, read_records
 from avocado_llm.harvest.keys import record_key
-from avocado_llm.run import distill_stage, eval_stage, fuse_stage
+from avocado_llm.run import distill_stage, eval_stage
 from avocado_llm.teachers.base import SamplingParams, TeacherInfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ def fused_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import asyncio
 
     assert asyncio.run(harvest(recipe, device="cpu", progress=False)).ok
-    fuse_stage(recipe, "single:qwen-tiny", "cpu")
+    fuse_recipe(recipe, "single:qwen-tiny", device="cpu", reuse=True)
     return path
 
 
@@ -188,7 +189,7 @@ def test_teacher_revision_covers_every_model_file_and_the_template(tmp_path: Pat
 
 
 def test_fusion_leaves_out_records_of_other_harvest_settings(fused_run: Path) -> None:
-    from avocado_llm.fusion.command import recipe_records
+    from avocado_llm.fusion import recipe_records
 
     recipe = recipe_with(fused_run)
     table = read_records(recipe.harvest_dir)

@@ -15,24 +15,27 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from avocado_llm.config import cli
 from avocado_llm.evaluate.report import ROLES, load_report, verdicts
 
 if TYPE_CHECKING:
     from avocado_llm.config import Recipe
 
 
+HELP = "score a model (directory or endpoint) on held-out tasks; write the report"
+DESCRIPTION = """\
+Score one model on the held-out split of RECIPE's task families: a local Hugging Face directory
+(--model) or a model behind an OpenAI-compatible endpoint (--url), answering greedily. Its
+scores are added to (or replace its entry in) <out>/report.json; report.md, report.html and the
+plots are regenerated, and its answers are written to <out>/answers/<name>.jsonl.
+"""
+
+
 def add_eval_command(commands: Any) -> None:
     """Register ``eval`` on the ``avocado`` parser's subcommands."""
-    p = commands.add_parser(
-        "eval",
-        help="score a model (directory or endpoint) on held-out tasks; write the report",
-        description="Score one model on the held-out split of RECIPE's task families: a local "
-        "Hugging Face directory (--model) or a model behind an OpenAI-compatible endpoint "
-        "(--url), answering greedily. Its scores are added to (or replace its entry in) "
-        "<out>/report.json; report.md, report.html and the plots are regenerated, and its "
-        "answers are written to <out>/answers/<name>.jsonl.",
+    p = cli.add_command(
+        commands, "eval", run_eval_command, HELP, DESCRIPTION, recipe=True, device=True
     )
-    p.add_argument("recipe", type=Path)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, metavar="DIR", help="a local HF model directory")
     source.add_argument("--url", help="an OpenAI-compatible base URL, e.g. http://host:8001/v1")
@@ -51,27 +54,21 @@ def add_eval_command(commands: Any) -> None:
     )
     p.add_argument("--n", type=int, help="examples per family [eval.heldout_per_family]")
     p.add_argument("--out", type=Path, help="report directory [<output_dir>/<name>/eval]")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
-    p.set_defaults(func=run_eval_command)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from avocado_llm.config import load_recipe_or_report
     from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
     from avocado_llm.evaluate.report import ReportError, write_report
     from avocado_llm.evaluate.runner import EvalError
     from avocado_llm.teachers.base import TeacherError
 
     if args.model is not None and (args.served_model or args.api_key_env):
-        print("error: --served-model and --api-key-env go with --url only", file=sys.stderr)
-        return 2
-    recipe = load_recipe_or_report(args.recipe, args.set)
+        return cli.fail("--served-model and --api-key-env go with --url only", cli.EXIT_USAGE)
+    recipe = cli.recipe_from_args(args)
     if recipe is None:
-        return 1
-    try:
+        return cli.EXIT_ERROR
+
+    def evaluate() -> int:
         source = ModelSource(
             path=args.model,
             url=args.url,
@@ -84,18 +81,18 @@ def run_eval_command(args: argparse.Namespace) -> int:
             n=args.n, out=args.out, device=args.device,
         )  # fmt: skip
         files = write_report(done.eval_dir, {"run_dir": recipe.run_dir})
-    except KeyboardInterrupt:
-        print("interrupted: the report was not changed", file=sys.stderr)
-        return 130
-    except (EvalError, TeacherError, ReportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    _print_entry(done.name, done.entry)
-    for line in verdicts(load_report(done.eval_dir)):
-        print(line)
-    print(f"report: {files.html} (also {files.markdown.name}, report.json); "
-          f"answers: {done.answers_path}")  # fmt: skip
-    return 0
+        _print_entry(done.name, done.entry)
+        for line in verdicts(load_report(done.eval_dir)):
+            print(line)
+        print(f"report: {files.html} (also {files.markdown.name}, report.json); "
+              f"answers: {done.answers_path}")  # fmt: skip
+        return 0
+
+    return cli.report_errors(
+        evaluate,
+        (EvalError, TeacherError, ReportError),
+        interrupted="interrupted: the report was not changed",
+    )
 
 
 def _own_student(recipe: Recipe, args: argparse.Namespace) -> str | None:

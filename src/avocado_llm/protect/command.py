@@ -11,25 +11,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from avocado_llm.config.cli import EXIT_USAGE, add_command, fail
 
 if TYPE_CHECKING:  # torch loads only when a watermark command runs, not for every `avocado`
     from avocado_llm.protect.detect import Answer, Attribution, Detector
     from avocado_llm.protect.scheme import Score, WatermarkParams
 
 
+HELP = "detect Avocado's keyed watermark in text or in a suspect model"
+DESCRIPTION = """\
+The API's answers carry a watermark keyed by the server secret and the account. `detect` scores
+text; `suspect` asks a model through its OpenAI-compatible API and tests whether it was
+distilled from Avocado. The secret comes from AVOCADO_SECRET (or --secret-env VAR).
+"""
+
+
 def add_watermark_command(commands: Any) -> None:
     """Register ``watermark`` on the ``avocado`` parser's subcommands."""
-    p = commands.add_parser(
-        "watermark",
-        help="detect Avocado's keyed watermark in text or in a suspect model",
-        description="The API's answers carry a watermark keyed by the server secret and the "
-        "account. `detect` scores text; `suspect` asks a model through its OpenAI-compatible "
-        "API and tests whether it was distilled from Avocado. The secret comes from "
-        "AVOCADO_SECRET (or --secret-env VAR).",
-    )
+    p = add_command(commands, "watermark", run_watermark_command, HELP, DESCRIPTION)
     sub = p.add_subparsers(dest="watermark_command", required=True, metavar="<cmd>")
 
     d = sub.add_parser(
@@ -88,7 +90,6 @@ def add_watermark_command(commands: Any) -> None:
     )
     _common(s, model_flag="--model-dir")
     s.set_defaults(by_account=True)
-    p.set_defaults(func=run_watermark_command)
 
 
 def _common(p: argparse.ArgumentParser, model_flag: str = "--model") -> None:
@@ -133,14 +134,9 @@ def run_watermark_command(args: argparse.Namespace) -> int:
 
     secret = os.environ.get(args.secret_env, "")
     if not secret:
-        print(
-            f"error: set {args.secret_env} (the server secret the keys derive from)",
-            file=sys.stderr,
-        )
-        return 2
+        return fail(f"set {args.secret_env} (the server secret the keys derive from)", EXIT_USAGE)
     if args.account is None and not args.by_account:
-        print("error: name the account (--account ID) or use --by-account", file=sys.stderr)
-        return 2
+        return fail("name the account (--account ID) or use --by-account", EXIT_USAGE)
     try:
         accounts = [args.account] if args.account is not None else candidate_accounts(args)
         params = WatermarkParams(
@@ -149,14 +145,11 @@ def run_watermark_command(args: argparse.Namespace) -> int:
             DEFAULT_PARAMS.min_entropy if args.min_entropy is None else args.min_entropy,
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, EXIT_USAGE)
     if args.watermark_command == "detect" and not args.file.is_file():
-        print(f"error: no file {args.file}", file=sys.stderr)
-        return 2
+        return fail(f"no file {args.file}", EXIT_USAGE)
     if not (args.model / "config.json").is_file():
-        print(f"error: no model in {args.model} (no config.json)", file=sys.stderr)
-        return 2
+        return fail(f"no model in {args.model} (no config.json)", EXIT_USAGE)
     detector = Detector.from_model_dir(args.model, params, min_entropy=params.min_entropy)
     if args.watermark_command == "detect":
         answers = read_answers(args.file)
@@ -171,12 +164,11 @@ def run_watermark_command(args: argparse.Namespace) -> int:
         else:
             prompts = prompts[: args.max_prompts]
         if not prompts:
-            print(
-                "error: the served model hesitates on none of the candidate prompts: "
+            return fail(
+                "the served model hesitates on none of the candidate prompts: "
                 "raise --prompts or use --ask-all",
-                file=sys.stderr,
+                EXIT_USAGE,
             )
-            return 2
         got = ask_suspect(args.url, args.api_key_env, prompts, model=args.suspect_model)
         answers = got.answers
         extra = {"url": args.url, "model": got.model, "candidate_prompts": candidates}

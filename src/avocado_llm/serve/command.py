@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from avocado_llm.config.cli import EXIT_USAGE, add_command, fail
 from avocado_llm.serve.settings import ServeSettings
 
 WORKER_START_TIMEOUT_S = 600  # longest a worker process may take to load the model
@@ -38,17 +39,18 @@ _FLAGS = {
 }
 
 
+HELP = "serve a model behind an OpenAI-compatible API with keys, credit and limits"
+DESCRIPTION = """\
+Serve a Hugging Face model directory in process (dynamic batching), or put the same keys,
+prices, holds and rate limits in front of an OpenAI-compatible server (--upstream). Every flag
+may also come from its AVOCADO_* variable (AVOCADO_MODEL_DIR, AVOCADO_DATABASE_URL, ...);
+AVOCADO_SECRET is required. Keys, accounts and prices are managed with `avocado admin`.
+"""
+
+
 def add_serve_command(commands: Any) -> None:
     """Register ``serve`` on the ``avocado`` parser's subcommands."""
-    p = commands.add_parser(
-        "serve",
-        help="serve a model behind an OpenAI-compatible API with keys, credit and limits",
-        description="Serve a Hugging Face model directory in process (dynamic batching), or "
-        "put the same keys, prices, holds and rate limits in front of an OpenAI-compatible "
-        "server (--upstream). Every flag may also come from its AVOCADO_* variable "
-        "(AVOCADO_MODEL_DIR, AVOCADO_DATABASE_URL, ...); AVOCADO_SECRET is required. Keys, "
-        "accounts and prices are managed with `avocado admin`.",
-    )
+    p = add_command(commands, "serve", run_serve_command, HELP, DESCRIPTION)
     p.add_argument("--model", type=Path, metavar="DIR", help="HF model directory to serve")
     p.add_argument("--model-name", metavar="NAME", help="model id for clients [DIR's name]")
     p.add_argument("--host", help="interface to listen on [127.0.0.1]")
@@ -74,7 +76,6 @@ def add_serve_command(commands: Any) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps [auto]")
     p.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")
     p.add_argument("--log-level", default="info", help="debug, info, warning [info]")
-    p.set_defaults(func=run_serve_command)
 
 
 def run_serve_command(args: argparse.Namespace) -> int:
@@ -85,12 +86,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
         problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
-        print(f"error: {problems}", file=sys.stderr)
-        return 2
+        return fail(problems, EXIT_USAGE)
     if not settings.secret.get_secret_value():
-        print("error: set AVOCADO_SECRET (the server secret API keys are HMAC'd under)",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        return fail("set AVOCADO_SECRET (the server secret API keys are HMAC'd under)", EXIT_USAGE)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     common: dict[str, Any] = {"host": settings.host, "port": settings.port, "access_log": False,
               "log_level": args.log_level, "timeout_graceful_shutdown": 30}  # fmt: skip
