@@ -314,14 +314,14 @@ def main() -> None:
         processes[-1].start()
         ledgers = {"sqlite": f"sqlite:///{workdir / 'ledger.db'}"}
         if not args.no_postgres:
-            from avocado_llm.billing.pgtemp import TempPostgres
+            from avocado_llm.testing.pgtemp import TempPostgres
 
             pg = TempPostgres().start()
             stack.append(pg)
             ledgers["postgresql"] = pg.create_database("bench")
         redis_url = None
         if args.redis:
-            from avocado_llm.serve.redistemp import TempRedis
+            from avocado_llm.testing.redistemp import TempRedis
 
             redis_server = TempRedis().start()
             stack.append(redis_server)

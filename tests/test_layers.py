@@ -42,7 +42,7 @@ BELOW: dict[str, tuple[str, ...]] = {
     TOP: ("evaluate", "serve"),
     # Helpers for tests and benchmarks (throwaway PostgreSQL, Redis): no production module
     # imports them, so no floor above lists this one.
-    "testing": ("billing",),
+    "testing": (),
 }
 SAME_FLOOR = {"migrations": "billing"}
 """Packages that belong to another's floor (the ledger's migrations import its schema)."""

@@ -1,8 +1,8 @@
 """Ledger fixtures: every ledger test runs on SQLite and on a real PostgreSQL server.
 
-The PostgreSQL cluster is started once per test session (Debian's ``postgresql`` package,
-on 127.0.0.1, in a temp dir) and stopped at the end; each test gets its own database, cloned
-from a migrated template, and dropped afterwards.
+The PostgreSQL cluster is ``tests/conftest.py``'s ``postgres`` (one per test session, shared by
+every suite); each test gets its own database, cloned from the migrated template there, and
+dropped afterwards.
 """
 
 from __future__ import annotations
@@ -15,26 +15,9 @@ import pytest
 from billing_helpers import SECRET
 
 from avocado_llm.billing import Billing
-from avocado_llm.billing.pgtemp import PostgresNotFound, TempPostgres
+from avocado_llm.testing.pgtemp import TempPostgres
 
-_TEMPLATE = "avocado_template"
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[TempPostgres]:
-    """A throwaway PostgreSQL cluster for the session (fails, never skips, without one)."""
-    try:
-        pg = TempPostgres().start()
-    except PostgresNotFound as e:
-        pytest.fail(f"the ledger tests need a PostgreSQL server: {e}", pytrace=False)
-    try:
-        billing = Billing(pg.create_database(_TEMPLATE), SECRET)
-        billing.migrate()
-        billing.close()
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,8 +31,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
         return
     pg: TempPostgres = request.getfixturevalue("postgres")
+    template: str = request.getfixturevalue("ledger_template")
     name = f"ledger_{next(_counter)}"
-    yield pg.create_database(name, template=_TEMPLATE)
+    yield pg.create_database(name, template=template)
     pg.drop_database(name)
 
 

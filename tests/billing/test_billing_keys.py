@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from avocado_llm.billing import Billing, BillingError, NotFound, Plan, key_limits
 from avocado_llm.billing.key_limits import KeyLimits, KeyRequest
 from avocado_llm.billing.keys import key_hmac
-from avocado_llm.billing.pgtemp import find_bindir
 from avocado_llm.billing.schema import ApiKey
+from avocado_llm.testing.pgtemp import find_bindir
 
 
 def _dump(database_url: str) -> bytes:

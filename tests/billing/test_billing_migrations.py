@@ -10,9 +10,10 @@ from billing_helpers import SECRET
 from sqlalchemy import inspect, update
 from sqlalchemy.exc import IntegrityError
 
-from avocado_llm.billing import Billing, pgtemp
+from avocado_llm.billing import Billing
 from avocado_llm.billing.database import alembic_config
 from avocado_llm.billing.schema import Account, Base
+from avocado_llm.testing import pgtemp
 
 
 def test_migrated_schema_matches_the_models(billing: Billing) -> None:

@@ -12,24 +12,13 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect, update
 
-from avocado_llm.billing import MICRO, Billing, BillingError, KeyInfo, NotFound, Plan, pgtemp
+from avocado_llm.billing import MICRO, Billing, BillingError, KeyInfo, NotFound, Plan
 from avocado_llm.billing.console_users import hash_password, verify_password
 from avocado_llm.billing.database import alembic_config
 from avocado_llm.billing.schema import ConsoleSession, LedgerEntry, UsageEvent
+from avocado_llm.testing.pgtemp import TempPostgres
 
 SECRET = "console-ledger-secret"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[pgtemp.TempPostgres]:
-    try:
-        pg = pgtemp.TempPostgres().start()
-    except pgtemp.PostgresNotFound as e:
-        pytest.fail(f"the ledger tests need a PostgreSQL server: {e}", pytrace=False)
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,7 +26,7 @@ def billing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Billing]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
     else:
-        pg: pgtemp.TempPostgres = request.getfixturevalue("postgres")
+        pg: TempPostgres = request.getfixturevalue("postgres")
         url = pg.create_database(f"console_{tmp_path.name[-20:].replace('-', '_').lower()}")
     ledger = Billing(url, SECRET)
     ledger.migrate()

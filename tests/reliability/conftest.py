@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: a throwaway PostgreSQL cluster for the session, a fake
+"""Fixtures of the reliability tests: databases on ``tests/conftest.py``'s PostgreSQL, a fake
 upstream, and the zygote that starts ``avocado serve`` processes quickly."""
 
 from __future__ import annotations
@@ -20,25 +20,12 @@ from rel_helpers import (
 )
 
 from avocado_llm.billing import MICRO, Billing, Plan
-from avocado_llm.billing.pgtemp import PostgresNotFound, TempPostgres
+from avocado_llm.testing.pgtemp import TempPostgres
 
 GATEWAY_ENV = {"AVOCADO_MAX_BODY_BYTES": "65536", "AVOCADO_MAX_PROMPT_TOKENS": "256"}
 """The gateway's caps: 64 KiB bodies, prompts of at most 255 tokens."""
 
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[TempPostgres]:
-    """A PostgreSQL cluster on loopback for the session (fails, never skips, without one)."""
-    try:
-        pg = TempPostgres().start()
-    except PostgresNotFound as e:
-        pytest.fail(f"the reliability tests need a PostgreSQL server: {e}", pytrace=False)
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture

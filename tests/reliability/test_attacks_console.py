@@ -35,7 +35,7 @@ from rel_helpers import (
 from sqlalchemy import text
 
 from avocado_llm.billing import MICRO, Billing
-from avocado_llm.billing.pgtemp import TempPostgres
+from avocado_llm.testing.pgtemp import TempPostgres
 
 PASSWORD = "a-long-console-password"
 OTHER_MODEL = "another-model"

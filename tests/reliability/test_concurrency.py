@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from avocado_llm.billing import Billing, charge_for
 from avocado_llm.billing.schema import Account
-from avocado_llm.serve.redistemp import RedisNotFound, TempRedis
+from avocado_llm.testing.redistemp import RedisNotFound, TempRedis
 
 SERVERS = 3
 

@@ -3,9 +3,8 @@ session (loading it is the slow part), and per test a fresh ledger and a real se
 
 The ledger is a SQLite file unless a test asks for PostgreSQL too, with
 ``@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)``:
-then a throwaway PostgreSQL cluster is started once for the session (Debian's server
-binaries, on loopback) and each test gets its own database, cloned from a migrated template
-and dropped afterwards.
+then ``tests/conftest.py``'s ``postgres`` cluster is started once for the session and each
+test gets its own database, cloned from the migrated template there and dropped afterwards.
 ``redis_server`` is a throwaway redis-server for the session (shared rate limits).
 """
 
@@ -21,13 +20,12 @@ import torch
 from serve_helpers import PRICE, SECRET, World, run_server
 
 from avocado_llm.billing import MICRO, Billing
-from avocado_llm.billing.pgtemp import PostgresNotFound, TempPostgres
 from avocado_llm.serve import ServeSettings, create_app
 from avocado_llm.serve.local_engine import LocalEngine
-from avocado_llm.serve.redistemp import RedisNotFound, TempRedis
+from avocado_llm.testing.pgtemp import TempPostgres
+from avocado_llm.testing.redistemp import RedisNotFound, TempRedis
 
 MODEL = "qwen-tiny"
-_TEMPLATE = "avocado_serve_template"
 _databases = itertools.count()
 
 
@@ -39,22 +37,6 @@ def engine(zoo_dir: Path) -> Iterator[LocalEngine]:
     yield engine
     asyncio.run(engine.aclose())
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[TempPostgres]:
-    """A throwaway PostgreSQL cluster for the session (fails, never skips, without one)."""
-    try:
-        pg = TempPostgres().start()
-    except PostgresNotFound as e:
-        pytest.fail(f"the ledger tests need a PostgreSQL server: {e}", pytrace=False)
-    try:
-        billing = Billing(pg.create_database(_TEMPLATE), SECRET)
-        billing.migrate()
-        billing.close()
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +59,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'ledger.db'}"
         return
     pg: TempPostgres = request.getfixturevalue("postgres")
+    template: str = request.getfixturevalue("ledger_template")
     name = f"serve_{next(_databases)}"
-    yield pg.create_database(name, template=_TEMPLATE)
+    yield pg.create_database(name, template=template)
     pg.drop_database(name)
 
 

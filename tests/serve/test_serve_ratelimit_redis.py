@@ -21,7 +21,7 @@ from avocado_llm.serve.errors import APIError
 from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.serve.ratelimit import RateLimiter
 from avocado_llm.serve.ratelimit_redis import RedisRateLimiter
-from avocado_llm.serve.redistemp import TempRedis
+from avocado_llm.testing.redistemp import TempRedis
 
 QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
 MODEL = "qwen-tiny"  # the session engine's (conftest)

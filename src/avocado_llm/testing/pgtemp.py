@@ -4,7 +4,7 @@ Uses the server binaries of Debian's ``postgresql`` package (``/usr/lib/postgres
 those on PATH. ``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run as the
 ``postgres`` user. The cluster lives in a fresh directory under the temp dir, listens on
 127.0.0.1 only, trusts local connections, and skips fsync (its data is thrown away). A
-:class:`~avocado_llm.billing.watchdog.Watchdog` stops the server and removes the directory if
+:class:`~avocado_llm.testing.watchdog.Watchdog` stops the server and removes the directory if
 the process that started it dies without doing so (SIGKILL, a killed process group)::
 
     with TempPostgres() as pg:
@@ -25,7 +25,7 @@ from types import TracebackType
 import psycopg
 from psycopg import sql
 
-from avocado_llm.billing.watchdog import Watchdog
+from avocado_llm.testing.watchdog import Watchdog
 
 INSTALL_HINT = "install Debian's PostgreSQL server: `apt-get install -y postgresql`"
 

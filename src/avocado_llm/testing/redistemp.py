@@ -2,7 +2,7 @@
 
 Runs Debian's ``redis-server`` (``apt-get install -y redis-server``; ``make test`` does it) on
 127.0.0.1 and a free port, in a fresh temp dir, with no persistence (no RDB snapshots, no AOF).
-A :class:`~avocado_llm.billing.watchdog.Watchdog` stops the server and removes the directory if
+A :class:`~avocado_llm.testing.watchdog.Watchdog` stops the server and removes the directory if
 the process that started it dies without doing so (SIGKILL, a killed process group), so a killed
 test run leaves no server behind. (Not the kernel's parent-death signal: it fires when the
 *thread* that started the server ends, which may be long before the process does.)::
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from avocado_llm.billing.watchdog import Watchdog
+from avocado_llm.testing.watchdog import Watchdog
 
 INSTALL_HINT = "install Debian's Redis server: `apt-get install -y redis-server`"
 

@@ -1,7 +1,7 @@
 """A sidecar that cleans up after a process which may die without doing it itself.
 
-The throwaway servers of the tests and benchmarks (:mod:`avocado_llm.billing.pgtemp`,
-:mod:`avocado_llm.serve.redistemp`) must not outlive the process that started them, however it
+The throwaway servers of the tests and benchmarks (:mod:`avocado_llm.testing.pgtemp`,
+:mod:`avocado_llm.testing.redistemp`) must not outlive the process that started them, however it
 ends — SIGKILL and a killed process group included, where no ``finally`` runs. The kernel's
 parent-death signal cannot do it for PostgreSQL (``pg_ctl`` daemonizes the postmaster, and the
 signal follows the *thread* that forked, not the process), so :class:`Watchdog` starts this

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from avocado_llm.serve.redistemp import TempRedis
+from avocado_llm.testing.redistemp import TempRedis
 
 GONE_WITHIN_S = 30.0
 """Generous: the watchdog notices within half a second; the bound is for a loaded machine."""
 
 OWNER = """
 import sys, threading, time
-from avocado_llm.serve.redistemp import TempRedis
+from avocado_llm.testing.redistemp import TempRedis
 servers = []
 if sys.argv[1] == "thread":  # started from a thread that ends before the owner does
     worker = threading.Thread(target=lambda: servers.append(TempRedis().start()))

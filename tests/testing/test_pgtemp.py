@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from avocado_llm.billing.pgtemp import TempPostgres
+from avocado_llm.testing.pgtemp import TempPostgres
 
 GONE_WITHIN_S = 30.0
 """Generous: the watchdog notices within half a second; the bound is for a loaded machine."""
 
 OWNER = """
 import sys, time
-from avocado_llm.billing.pgtemp import TempPostgres
+from avocado_llm.testing.pgtemp import TempPostgres
 pg = TempPostgres().start()
 print(pg.port, pg.dir, flush=True)
 time.sleep(600)
