@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import Progress
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from avocado_llm.evaluate.stats import wilson_interval
+from avocado_llm.models.chat import stop_token_ids
+from avocado_llm.models.generation import Sampling, generate_batch
+from avocado_llm.models.loading import MissingChatTemplate, load_model
 from avocado_llm.teachers.base import SamplingParams, Teacher
 from avocado_llm.world.tasks import Example, get_family
 
@@ -90,38 +87,20 @@ class EvalResult:
         return {"role": role, "params": params, "overall": self.overall, "families": families}
 
 
-@torch.inference_mode()
 def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int = 32,
 ) -> tuple[list[str], list[int]]:
-    """Greedy answers to a batch of conversations, and the number of tokens each generated."""
-    tokenizer.padding_side = "left"
-    enc = tokenizer.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        padding=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    new = out[:, enc["input_ids"].shape[1] :]
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
-    counts = []
-    for row in new.tolist():
-        n = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
-        counts.append(n)
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [t.strip() for t in texts], counts
+    """Greedy answers to a batch of conversations, and the number of tokens each generated
+    (its stop token included). Stops at the model's stop tokens, as a teacher and the serving
+    engine do (:func:`~avocado_llm.models.chat.stop_token_ids`)."""
+    sampling = Sampling(max_new_tokens=max_new_tokens, logprobs=False)
+    stop_ids = stop_token_ids(model, tokenizer)
+    rows = generate_batch(model, tokenizer, conversations, stop_ids, sampling)
+    texts = [tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for [g] in rows]
+    return texts, [g.completion_tokens for [g] in rows]
 
 
 def evaluate_examples(
@@ -188,23 +167,17 @@ def _family_chunks(examples: list[Example], size: int) -> list[list[Example]]:
 
 def load_local(path: Path, device: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model directory, ready for batched greedy generation on ``device``."""
-    from avocado_llm.teachers.hf import pick_device
-
     if not (path / "config.json").is_file():
         raise EvalError(f"no Hugging Face model in {path} (no config.json); check --model")
-    target = pick_device(device)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:  # never run code shipped in the directory: a model is data, not a program
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        loaded = load_model(path, device=device)
+    except MissingChatTemplate:
+        raise EvalError(
+            f"the tokenizer in {path} has no chat template; add chat_template.jinja"
+        ) from None
     except (OSError, ValueError) as error:
         raise EvalError(
             f"cannot load the model in {path}: {error}".strip()[:2000]
             + "\n(Avocado never runs code shipped with a model: trust_remote_code is off)"
         ) from None
-    if not tokenizer.chat_template:
-        raise EvalError(f"the tokenizer in {path} has no chat template; add chat_template.jinja")
-    if tokenizer.pad_token_id is None:  # left padding needs some pad id; it is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(target)
-    return model.eval(), tokenizer
+    return loaded.model, loaded.tokenizer

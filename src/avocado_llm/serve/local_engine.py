@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from avocado_llm.models.chat import prompt_ids
+from avocado_llm.models.loading import load_model, pick_device
 from avocado_llm.protect import kernel
 from avocado_llm.serve.batching import Row, TextTracker, decode
 from avocado_llm.serve.engine import (
@@ -35,7 +36,6 @@ from avocado_llm.serve.engine import (
     longest_token,
 )
 from avocado_llm.serve.sampling import row_seed
-from avocado_llm.teachers.hf import END_OF_TURN, pick_device
 
 log = logging.getLogger("avocado.serve.engine")
 
@@ -137,12 +137,9 @@ class LocalEngine:
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
         try:
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
+            ids = prompt_ids(self.tokenizer, messages)
         except Exception as e:  # jinja raises its own errors for conversations it refuses
             raise ValueError(f"the model's chat template refused the messages: {e}") from e
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Prompt(tokens=len(ids), token_ids=tuple(ids), messages=messages)
 
     def text_prompt(self, text: str) -> Prompt:
@@ -159,19 +156,11 @@ class LocalEngine:
     def _load(self) -> None:
         if self.threads is not None:  # process-wide: the engine is the process's torch user
             torch.set_num_threads(self.threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=False)
-        if not self.tokenizer.chat_template:
-            raise ValueError(f"the tokenizer in {self.model_dir} has no chat template")
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.hf_model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=dtype, trust_remote_code=False
-        )
-        self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
+        loaded = load_model(self.model_dir, device=self.device)
+        self.tokenizer, self.hf_model = loaded.tokenizer, loaded.model
         self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
         self.max_token_chars = longest_token(self.tokenizer)
-        self.eos_ids = frozenset(self._eos_ids())
+        self.eos_ids = frozenset(loaded.stop_ids)
         # compile (or load) the watermark's kernel now, not in the first request
         if self.device.type == "cpu":
             kernel.available()
@@ -181,16 +170,6 @@ class LocalEngine:
             if gpu_kernel.available(self.device):
                 head = self.hf_model.get_output_embeddings()
                 gpu_kernel.warm(self.device, int(head.weight.shape[0]))  # type: ignore[union-attr]
-
-    def _eos_ids(self) -> list[int]:
-        """The generation config's stop tokens, the tokenizer's EOS and the chat template's
-        end-of-turn marker."""
-        eos = self.hf_model.generation_config.eos_token_id
-        ids = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
-        vocab = self.tokenizer.get_vocab()
-        template = str(self.tokenizer.chat_template)
-        ids += [vocab[m] for m in END_OF_TURN if m in template and m in vocab]
-        return [i for i in {*ids, self.tokenizer.eos_token_id} if i is not None]
 
     def _work(self) -> None:
         """The worker thread: batch, decode, repeat until ``None`` arrives."""
