@@ -180,3 +180,17 @@ def test_a_model_without_a_chat_template_needs_one(zoo_dir: Path, tmp_path: Path
     loaded = load_model(model, chat_template=CHATML, device="cpu")
     assert render_prompt(loaded.tokenizer, TWO_TURNS) == RENDERED["qwen-tiny"]
     assert loaded.device.type == "cpu" and loaded.tokenizer.padding_side == "left"
+
+
+def test_evaluation_stops_where_a_teacher_does_when_the_config_lists_only_eos(
+    zoo_dir: Path,
+) -> None:
+    """Evaluation's answers come from the same stop rule: a generation config that lists only
+    ``<eos>`` (as a GGUF's often does) changes no answer and no token count."""
+    from avocado_llm.evaluate.runner import generate_answers, load_local
+
+    model, tokenizer = load_local(zoo_dir / "gemma-tiny", device="cpu")
+    conversations = [e.messages for e in generate(list(FAMILIES), "heldout", 2, seed=5)]
+    expected = generate_answers(model, tokenizer, conversations)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id]
+    assert generate_answers(model, tokenizer, conversations) == expected
