@@ -194,3 +194,22 @@ def test_evaluation_stops_where_a_teacher_does_when_the_config_lists_only_eos(
     expected = generate_answers(model, tokenizer, conversations)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id]
     assert generate_answers(model, tokenizer, conversations) == expected
+
+
+def test_scoring_gives_one_log_probability_per_answer_token(
+    zoo_model: tuple[str, LocalModel],
+) -> None:
+    from avocado_llm.models.scoring import score_completions
+
+    _, loaded = zoo_model
+    conversations, answers = [TWO_TURNS, TWO_TURNS[:1]], ["8", "5"]
+    scores = score_completions(loaded.model, loaded.tokenizer, conversations, answers, 1)
+    for conversation, answer, score in zip(conversations, answers, scores, strict=True):
+        labels = encode_chat(loaded.tokenizer, conversation, answer).labels
+        assert len(score) == sum(label != -100 for label in labels)  # end of turn included
+        assert all(math.isfinite(s) and s <= 0 for s in score)
+    batched = score_completions(loaded.model, loaded.tokenizer, conversations, answers)
+    for one, many in zip(scores, batched, strict=True):  # padding changes no score
+        assert many == pytest.approx(one, abs=1e-4)
+    with pytest.raises(ValueError, match="2 conversations but 1 completions"):
+        score_completions(loaded.model, loaded.tokenizer, conversations, answers[:1])

@@ -12,6 +12,8 @@ It imports neither of those users (nor ``distill``), so each can build on it.
 - :mod:`~avocado_llm.models.generation`: batched generation with left padding, stopping at
   the stop tokens, with the top-k log-probabilities of every generated position
   (``generate_batch``);
+- :mod:`~avocado_llm.models.scoring`: teacher-forced log-probabilities of known answers
+  (``score_completions``);
 - :mod:`~avocado_llm.models.files`: the files that decide a model's answers, and their hash
   (``weights_revision``).
 

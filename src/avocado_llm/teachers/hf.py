@@ -12,13 +12,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from avocado_llm.models.chat import END_OF_TURN, IGNORE, encode_chat
+from avocado_llm.models.chat import END_OF_TURN
 from avocado_llm.models.files import MODEL_FILES, model_files, weights_revision
 from avocado_llm.models.generation import Generation, Sampling, TopKRecorder, generate_batch
 from avocado_llm.models.loading import MissingChatTemplate, load_model, pick_device
+from avocado_llm.models.scoring import score_completions
 from avocado_llm.teachers.base import (
     Completion,
     Messages,
@@ -101,40 +101,15 @@ class LocalTeacher:
                 results[i] = completions
         return results
 
-    @torch.inference_mode()
     def score_sync(
         self, conversations: list[Messages], completions: list[str]
     ) -> list[list[float]]:
         """Per-token log-probabilities of each completion after its conversation, teacher-forced
-        in this teacher's own chat template (the tokens include the end-of-turn marker the
-        template puts after an answer). One forward pass per batch of ``batch_size``."""
-        if len(conversations) != len(completions):
-            raise ValueError(
-                f"{len(conversations)} conversations but {len(completions)} completions; "
-                "give one completion per conversation"
-            )
-        encoded = [  # the encoding the zoo was trained with: prompt, then answer + end of turn
-            encode_chat(self.tokenizer, messages, completion)
-            for messages, completion in zip(conversations, completions, strict=True)
-        ]
-        scores: list[list[float]] = []
-        for start in range(0, len(encoded), self.batch_size):
-            batch = encoded[start : start + self.batch_size]
-            width = max(len(e.input_ids) for e in batch)
-            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T), right-padded
-            for i, e in enumerate(batch):
-                ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-                mask[i, : len(e.input_ids)] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            for i, e in enumerate(batch):
-                end = len(e.input_ids)
-                first = end - sum(label != IGNORE for label in e.labels)  # first answer token
-                # Position p predicts token p + 1; log-softmax over the answer positions only.
-                logp = logits[i, first - 1 : end - 1].float().log_softmax(-1)  # (A, V)
-                scores.append(logp.gather(1, ids[i, first:end, None]).squeeze(1).tolist())
-        return scores
+        in this teacher's own chat template (:func:`~avocado_llm.models.scoring.score_completions`;
+        one forward pass per batch of ``batch_size``)."""
+        return score_completions(
+            self.model, self.tokenizer, conversations, completions, self.batch_size
+        )
 
     def _generate_batch(
         self, conversations: list[Messages], params: SamplingParams, offset: int
