@@ -47,10 +47,7 @@ BELOW: dict[str, tuple[str, ...]] = {
 SAME_FLOOR = {"migrations": "billing"}
 """Packages that belong to another's floor (the ledger's migrations import its schema)."""
 
-KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
-    # #20: the local teacher takes its chat encoding from the local-model component instead.
-    ("teachers/hf.py", "distill"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 """(module, imported floor) pairs tolerated for now, each with the issue that removes it."""
 
 
