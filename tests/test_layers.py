@@ -20,8 +20,9 @@ TOP = "top"
 TOP_MODULES = ("__init__", "cli", "run", "demo", "zoo")
 
 BELOW: dict[str, tuple[str, ...]] = {
-    # The ML stages, bottom to top: config → data sources and verifiers (the tiny world is
-    # one) → the local-model component → teachers → harvest → fusion → distill → evaluate.
+    # The ML stages, bottom to top: config → data sources and verifiers (``data/``, and the
+    # tiny world: one source) → the local-model component → teachers → harvest → fusion →
+    # distill → evaluate.
     "config": (),
     "world": ("config",),
     "models": ("world",),
@@ -44,8 +45,9 @@ BELOW: dict[str, tuple[str, ...]] = {
     # imports them, so no floor above lists this one.
     "testing": (),
 }
-SAME_FLOOR = {"migrations": "billing"}
-"""Packages that belong to another's floor (the ledger's migrations import its schema)."""
+SAME_FLOOR = {"migrations": "billing", "data": "world"}
+"""Packages that belong to another's floor: the ledger's migrations import its schema; your own
+prompt data (``data/``) and the tiny world are both prompt sources with their verifiers."""
 
 KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 """(module, imported floor) pairs tolerated for now, each with the issue that removes it."""

@@ -132,8 +132,16 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _recipe_check(args: argparse.Namespace) -> int:
+    from avocado_llm.config import RecipeError
+    from avocado_llm.world.checks import check_families
+
     recipe = recipe_from_args(args)
     if recipe is None:
+        return EXIT_ERROR
+    try:  # the schema holds names; the world knows which families exist
+        check_families(recipe, str(args.recipe))
+    except RecipeError as error:
+        print(error, file=sys.stderr)
         return EXIT_ERROR
     print(f"{args.recipe}: ok — run {recipe.name!r}, {len(recipe.teachers)} teachers, "
           f"families {', '.join(recipe.world.families)}")  # fmt: skip

@@ -109,7 +109,9 @@ def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     from avocado_llm.fusion import fuse_recipe, strategy_slug
     from avocado_llm.harvest import harvest
     from avocado_llm.teachers import teacher_path
+    from avocado_llm.world.checks import check_families
 
+    check_families(recipe)  # before the zoo build: an unknown family fails at once
     t0 = time.monotonic()
     _stage("1/5 zoo")
     ensure_zoo(recipe)
