@@ -325,7 +325,7 @@ def _schema_classes(cls: type) -> list[type]:
 
 def test_every_field_has_a_docstring() -> None:
     classes = _schema_classes(Recipe)
-    assert TeacherConfig in classes and len(classes) == 9
+    assert TeacherConfig in classes and len(classes) == 11  # with data and its sources
 
     for cls in classes:
         docs = field_docs(cls)
@@ -374,3 +374,65 @@ def test_extends_loops_and_bad_from_run_are_reported(tmp_path: Path) -> None:
     assert "cannot read it" in str(problems_of(missing))
     bad = write(tmp_path, MINIMAL + "harvest:\n  from_run: ../elsewhere\n", "d.yaml")
     assert "bad run name" in problems_of(bad)["harvest.from_run"].message
+
+
+# --- data.sources (issue #21) -----------------------------------------------------------------
+
+
+def test_data_sources_load_with_defaults_and_paths_beside_the_recipe(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "support.jsonl").write_text("{}\n")
+    recipe = load_recipe(
+        write(
+            tmp_path,
+            MINIMAL
+            + "world:\n  families: []\n"
+            + "data:\n  sources:\n    - {name: support, path: data/support.jsonl, prompt: q}\n",
+        )
+    )
+
+    (source,) = recipe.data.sources
+    assert source.path == tmp_path.absolute() / "data" / "support.jsonl"
+    assert (source.verifier, source.heldout_fraction, source.on_error) == ("none", 0.2, "fail")
+    assert source.messages is None and source.limit is None and source.system is None
+    assert recipe.world.families == []
+
+
+def test_data_section_problems_are_all_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    (tmp_path / "b.txt").write_text("x\n")
+    found = problems_of(
+        write(
+            tmp_path,
+            MINIMAL
+            + textwrap.dedent("""\
+            data:
+              sources:
+                - {name: a, path: a.jsonl, prompt: q, messages: m, verifier: numbr}
+                - {name: a, path: a.jsonl, verifier: "regex:([0-9]", heldout_fraction: 1.0}
+                - {name: arithmetic, path: missing.parquet, prompt: q, limit: 0}
+                - {name: "b c", path: b.txt, prompt: q, on_error: ignore, max_prompt_tokens: 0}
+            """),
+        )
+    )
+
+    assert "both messages and prompt" in found["data.sources[0].prompt"].message
+    assert "did you mean 'number'" in found["data.sources[0].verifier"].fix
+    assert "no prompt column" in found["data.sources[1].messages"].message
+    assert "bad pattern" in found["data.sources[1].verifier"].message
+    assert "must be in [0, 1)" in found["data.sources[1].heldout_fraction"].message
+    assert "duplicate source name 'a'" in found["data.sources[1].name"].message
+    assert "also a task family" in found["data.sources[2].name"].message
+    assert "no such file" in found["data.sources[2].path"].message
+    assert "must be >= 1" in found["data.sources[2].limit"].message
+    assert "unknown format '.txt'" in found["data.sources[3].path"].message
+    assert "bad source name" in found["data.sources[3].name"].message
+    assert "is not one of 'fail', 'skip'" in found["data.sources[3].on_error"].message
+    assert "must be >= 1" in found["data.sources[3].max_prompt_tokens"].message
+
+
+def test_a_recipe_needs_families_or_sources(tmp_path: Path) -> None:
+    found = problems_of(write(tmp_path, MINIMAL + "world:\n  families: []\n"))
+
+    assert "no task families and no data sources" in found["world.families"].message
+    assert "data.sources" in found["world.families"].fix

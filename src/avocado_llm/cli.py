@@ -5,6 +5,7 @@ Commands (``avocado <command> --help`` describes each):
 - ``zoo build`` / ``zoo list``: the tiny world's teacher zoo;
 - ``tasks``: show examples of the task families;
 - ``recipe check`` / ``recipe explain``: validate a recipe, or print the reference of every field;
+- ``data check``: read a recipe's own prompt sources (rows, splits, duplicates, bad rows);
 - ``harvest``: ask every teacher of a recipe its prompts and keep the answers (resumable);
 - ``fuse``: choose, per harvested prompt, the answer to learn and from which teachers;
 - ``distill``: train the student on the fused answers (SFT + cross-tokenizer KD);
@@ -309,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps for local teachers [auto]"
     )
+
+    from avocado_llm.data.command import add_data_command
+
+    add_data_command(commands)
 
     from avocado_llm.fusion.command import add_fuse_command
 

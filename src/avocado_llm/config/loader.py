@@ -39,6 +39,9 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
             teacher.chat_template = beside(teacher.chat_template)
     if recipe.student.init_from is not None:
         recipe.student.init_from = beside(recipe.student.init_from)
+    for source in recipe.data.sources:
+        if isinstance(source.path, Path):
+            source.path = beside(source.path)
 
 
 def _recipe(data: Any, base_dir: Path, b: Build) -> Recipe:

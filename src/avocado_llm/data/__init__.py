@@ -1,0 +1,1 @@
+"""Your own prompt data: sources, splits and per-source verifiers."""
