@@ -412,6 +412,7 @@ def test_data_section_problems_are_all_reported(tmp_path: Path) -> None:
                 - {name: a, path: a.jsonl, verifier: "regex:([0-9]", heldout_fraction: 1.0}
                 - {name: arithmetic, path: missing.parquet, prompt: q, limit: 0}
                 - {name: "b c", path: b.txt, prompt: q, on_error: ignore, max_prompt_tokens: 0}
+                - {name: e, path: a.jsonl, prompt: q, verifier: "regex:"}
             """),
         )
     )
@@ -429,6 +430,7 @@ def test_data_section_problems_are_all_reported(tmp_path: Path) -> None:
     assert "bad source name" in found["data.sources[3].name"].message
     assert "is not one of 'fail', 'skip'" in found["data.sources[3].on_error"].message
     assert "must be >= 1" in found["data.sources[3].max_prompt_tokens"].message
+    assert "needs a pattern" in found["data.sources[4].verifier"].message
 
 
 def test_a_recipe_needs_families_or_sources(tmp_path: Path) -> None:

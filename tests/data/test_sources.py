@@ -389,3 +389,15 @@ def test_data_check_fails_with_a_clear_message(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: source 'chats'")
     assert "chats.jsonl line 2: malformed JSON" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_long_heldout_prompt_still_catches_a_long_shared_run(tmp_path: Path) -> None:
+    held = _long(200, "long")
+    words = held.split()
+    h = write_jsonl(tmp_path / "h.jsonl", [{"question": held}])
+    t = write_jsonl(tmp_path / "t.jsonl", [{"question": "Quote: " + " ".join(words[50:90])}])
+    sources = [source(h, name="h", heldout_fraction=0.999), source(t, name="t", heldout_fraction=0)]
+
+    reports = check_sources(sources)
+
+    assert (reports["h"].heldout, reports["t"].contaminated) == (1, 1)

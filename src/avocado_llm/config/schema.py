@@ -60,6 +60,8 @@ SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 def verifier_problems(spec: str, where: str) -> list[Check]:
     """A problem unless ``spec`` is a known verifier name or ``regex:`` + a valid pattern."""
     if spec.startswith("regex:"):
+        if not spec.removeprefix("regex:"):
+            return [(where, "regex: needs a pattern after the colon", "e.g. regex:^[0-9]+$")]
         try:
             re.compile(spec.removeprefix("regex:"))
         except re.error as error:
