@@ -1,0 +1,341 @@
+"""Per-source verifiers: score a model's free-form answer against a source's reference answer.
+
+A source names its verifier in the recipe (``verifier: number``); :func:`verifier` turns that
+spec into a :class:`Verifier`, a callable ``(answer, reference) -> float`` in [0, 1] (1 =
+correct; every verifier here gives 0.0 or 1.0). ``none`` (the default) is represented by
+*no* verifier: :func:`verifier` returns ``None`` and the pipeline uses label-free fusion and a
+judge for that source. :func:`check_spec` says what is wrong with a spec before any work.
+
+The specs:
+
+- ``exact``: the final answer equals the reference after normalisation (case, whitespace,
+  surrounding quotes / markdown, a leading "The answer is", trailing punctuation); the whole
+  answer equal to the reference counts too (multi-line references).
+- ``number``: the last number of the final answer equals the reference's number within a
+  relative tolerance of 1e-6; thousands commas, signs (also "−"), decimals, exponents and
+  percent ("50%" matches 50 and 0.5) are understood.
+- ``sequence``: the items of the final answer (comma, semicolon, space or "and" separated,
+  brackets ignored) equal the reference's items, in order.
+- ``choice``: a multiple-choice letter ("B", "(B)", "B) Paris", "The answer is B",
+  "option B") equals the reference's letter; or, when the answer gives no letter, its text
+  equals the reference's option text ("B) Paris" → "Paris").
+- ``regex:<pattern>``: the final answer (or, when it is short, the whole answer) *fullmatches*
+  the pattern (Python ``re``; add ``(?i)`` for case-insensitive); the reference is ignored.
+  The pattern comes from the recipe's author, who is trusted: inputs are capped in length,
+  but a pattern with catastrophic backtracking is the author's to avoid.
+- ``math``: mathematical equivalence through the ``math-verify`` library ("x = 1/2",
+  "\\frac{1}{2}" and "0.5" agree). Answers or references that could keep SymPy busy for ever
+  (power towers, exponents of 7+ digits, big factorials) score 0 without being parsed. Beyond
+  that, math-verify's own timeouts use ``signal.alarm``, which works only in the main thread:
+  there they are on (:data:`MATH_TIMEOUT_S`); in any other thread they are off.
+
+**The final answer** of a model's text is found as the tiny world's verifiers expect it
+(``world.tasks.normalize``), widened for real models' prose: the last ``\\boxed{...}``; else
+the text after the last "answer is" / "Answer:" / "####" marker (to the end of its line); else
+the last non-empty line. Answers are capped (the last :data:`MAX_ANSWER_CHARS` characters are
+kept: the final answer is at the end) and so is the final answer (:data:`MAX_FINAL_CHARS`).
+
+Scoring never raises: ``None`` scores as an empty answer, numbers and ``bytes`` are turned
+into text, a list (a ``sequence`` reference stored as a list) is joined with ", ". An empty
+reference scores 0 for every verifier that uses one.
+
+Imports only the standard library; ``math-verify`` is imported on first use.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+NAMES = ("exact", "number", "sequence", "choice", "math", "none")
+"""Verifier names; ``regex:<pattern>`` is the one spec with an argument."""
+REGEX_PREFIX = "regex:"
+
+MAX_ANSWER_CHARS = 20_000
+"""Longer answers keep only their last characters (the final answer is at the end)."""
+MAX_FINAL_CHARS = 1_000
+"""The final answer is cut to this many characters before any number, item or regex work."""
+MAX_REGEX_WHOLE_CHARS = 4_000
+"""``regex:`` also tries the whole answer when it is at most this long."""
+MAX_MATH_CHARS = 4_000
+"""``math`` parses at most the last this-many characters of an answer (and of a reference)."""
+MATH_TIMEOUT_S = 5
+"""math-verify's own parse / verify timeouts, in the main thread."""
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """A named scorer: ``verifier(answer, reference)`` is 1.0 when the answer is correct."""
+
+    name: str
+    """The spec it was built from (``number``, ``regex:^[0-9]+$``)."""
+    check: Callable[[str, str], bool]
+
+    def __call__(self, answer: object, reference: object) -> float:
+        try:
+            return 1.0 if self.check(_as_text(answer), _as_text(reference)) else 0.0
+        except Exception:  # a verifier is a judge of text, never a crash of the pipeline
+            return 0.0
+
+
+def check_spec(spec: object) -> str | None:
+    """Why ``spec`` is no verifier spec (an unknown name, with the nearest one; a regex that
+    does not compile), or ``None`` when it is fine."""
+    if not isinstance(spec, str):
+        return f"a verifier must be a string (one of {', '.join(NAMES)} or regex:<pattern>)"
+    if spec.startswith(REGEX_PREFIX):
+        pattern = spec[len(REGEX_PREFIX) :]
+        if not pattern:
+            return "regex: needs a pattern after the colon, e.g. regex:^[0-9]+$"
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            return f"the pattern in {spec!r} does not compile: {error}"
+        return None
+    if spec in NAMES:
+        return None
+    if spec == "regex":
+        return "regex needs a pattern: regex:<pattern>, e.g. regex:^[0-9]+$"
+    close = difflib.get_close_matches(spec.lower(), [*NAMES, "regex"], n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(NAMES)}"
+    return f"unknown verifier {spec!r}: {hint} (or regex:<pattern>)"
+
+
+def verifier(spec: str) -> Verifier | None:
+    """The verifier a spec names; ``None`` for ``none`` (no verifier: label-free fusion).
+    Raises ``ValueError`` with :func:`check_spec`'s message for a bad spec."""
+    problem = check_spec(spec)
+    if problem:
+        raise ValueError(problem)
+    if spec == "none":
+        return None
+    if spec.startswith(REGEX_PREFIX):
+        return Verifier(spec, _regex_check(re.compile(spec[len(REGEX_PREFIX) :])))
+    return Verifier(spec, _CHECKS[spec])
+
+
+# --- text and the final answer -------------------------------------------------------------
+
+# The same rules as the tiny world's ``world.tasks.normalize`` (kept here: data/ and world/
+# sit on one floor and do not import each other).
+_PREFIX = re.compile(
+    r"^(?:(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*:?|:)\s*|it\s+is\s+|it's\s+|result\s*:\s*|=\s*)",
+    re.IGNORECASE,
+)
+_WRAP = "\"'`*_$“”‘’"
+_MARKER = re.compile(r"(?:answer[\s*_]*(?:is\b|:)|####)[\s*_:]*", re.IGNORECASE)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_as_text(v) for v in value)
+    return str(value)
+
+
+def _clean(text: str) -> str:
+    """Strip wrappers, a leading "The answer is" and trailing punctuation; keep case."""
+    t = " ".join(text.split()).strip(_WRAP).strip()
+    for _ in range(2):  # "Answer: The answer is 42" happens
+        t = _PREFIX.sub("", t).strip().strip(_WRAP).strip()
+    return t.rstrip(".!;").strip().strip(_WRAP).strip()
+
+
+def _key(text: str) -> str:
+    return _clean(text).lower()
+
+
+def _last_boxed(text: str) -> str | None:
+    starts = list(_BOXED.finditer(text))
+    if not starts:
+        return None
+    i = start = starts[-1].end()
+    depth = 1
+    while i < len(text):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+        i += 1
+    return text[start:]  # unclosed: take the rest
+
+
+def final_answer(text: str) -> tuple[str, bool]:
+    """The final answer in a model's text (cleaned, case kept) and whether an explicit marker
+    (``\\boxed``, "answer is", "####") gave it rather than the last line."""
+    t = text[-MAX_ANSWER_CHARS:]
+    boxed = _last_boxed(t)
+    if boxed is not None:
+        return _clean(boxed[:MAX_FINAL_CHARS]), True
+    marker = None
+    for marker in _MARKER.finditer(t):  # noqa: B007 (the last one)
+        continue
+    if marker is not None:
+        rest = t[marker.end() :].lstrip()
+        line = rest.split("\n", 1)[0]
+        if _clean(line):
+            return _clean(line[:MAX_FINAL_CHARS]), True
+    lines = [line for line in t.splitlines() if _clean(line)]
+    return (_clean(lines[-1][:MAX_FINAL_CHARS]) if lines else ""), False
+
+
+# --- the verifiers -------------------------------------------------------------------------
+
+
+def _exact(answer: str, reference: str) -> bool:
+    gold = _key(reference[:MAX_ANSWER_CHARS])
+    if not gold:
+        return False
+    return _key(final_answer(answer)[0]) == gold or _key(answer[:MAX_ANSWER_CHARS]) == gold
+
+
+_NUMBER = re.compile(
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\d)\s*(%?)|[-+]?\.\d+\s*(%?)"
+)
+
+
+def _numbers(text: str) -> list[tuple[float, bool]]:
+    out = []
+    for m in _NUMBER.finditer(text.replace("−", "-")):
+        raw = m.group(0).rstrip("% \t\n").replace(",", "")
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            out.append((value, bool(m.group(1) or m.group(2))))
+    return out
+
+
+def _last_number(text: str) -> tuple[float, bool] | None:
+    final, explicit = final_answer(text)
+    found = _numbers(final)
+    if not found and not explicit:  # "42 apples\n\nHope this helps!"
+        found = _numbers(text[-MAX_ANSWER_CHARS:])
+    return found[-1] if found else None
+
+
+def _readings(number: tuple[float, bool]) -> list[float]:
+    value, percent = number
+    return [value, value / 100] if percent else [value]
+
+
+def _number(answer: str, reference: str) -> bool:
+    gold, got = _last_number(reference), _last_number(answer)
+    if gold is None or got is None:
+        return False
+    return any(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+        for a in _readings(got)
+        for b in _readings(gold)
+    )
+
+
+def _items(text: str) -> list[str]:
+    t = re.sub(r"[\[\](){}]", " ", text.lower())
+    t = re.sub(r"\band\b", " ", t)
+    return [x.strip(_WRAP + ".") for x in re.split(r"[\s,;]+", t) if x.strip(_WRAP + ".")]
+
+
+def _sequence(answer: str, reference: str) -> bool:
+    gold = _items(_clean(reference[:MAX_FINAL_CHARS]))
+    if not gold:
+        return False
+    final = final_answer(answer)[0]
+    if _items(final) == gold:
+        return True
+    return ":" in final and _items(final.rsplit(":", 1)[1]) == gold  # "The sorted list: 2, 4"
+
+
+_CHOICE = (
+    re.compile(r"^(?:option|choice|letter)\s+\(?([A-Za-z])\)?(?:$|[\s.):,])", re.IGNORECASE),
+    re.compile(r"^[(\[]([A-Za-z])[)\]](?:\s*(.*))?$", re.DOTALL),  # "(B)", "(b) Paris"
+    re.compile(r"^([A-Z])(?:$|[.):]\s*(.*)$)", re.DOTALL),  # "B", "B.", "B) Paris", "B: Paris"
+    re.compile(r"^([a-z])(?:$|[.)]\s*(.*)$)", re.DOTALL),  # "b", "b) Paris" (not "a dog")
+)
+
+
+def _choice_of(text: str) -> tuple[str | None, str]:
+    """The option letter (upper case) and the option text after it, if any."""
+    t = _clean(text)
+    for pattern in _CHOICE:
+        m = pattern.match(t)
+        if m:
+            rest = m.group(2) if m.lastindex and m.lastindex >= 2 else None
+            return m.group(1).upper(), _key(rest or "")
+    return None, _key(t)
+
+
+def _choice(answer: str, reference: str) -> bool:
+    gold_letter, gold_text = _choice_of(reference[:MAX_FINAL_CHARS])
+    final = final_answer(answer)[0]
+    letter, text = _choice_of(final)
+    if letter is None:  # "B\n\nBecause ...": the first line gives the letter
+        first = next((line for line in answer[:MAX_FINAL_CHARS].splitlines() if line.strip()), "")
+        letter, _ = _choice_of(first)
+    if letter is not None and gold_letter is not None:
+        return letter == gold_letter
+    return bool(gold_text) and (text or _key(final)) == gold_text
+
+
+def _regex_check(pattern: re.Pattern[str]) -> Callable[[str, str], bool]:
+    def check(answer: str, reference: str) -> bool:
+        final = final_answer(answer)[0]
+        if pattern.fullmatch(final):
+            return True
+        whole = answer.strip()
+        return len(whole) <= MAX_REGEX_WHOLE_CHARS and pattern.fullmatch(whole) is not None
+
+    return check
+
+
+# Inputs that can keep SymPy busy for ever: power towers, exponents of 7+ digits, factorials of
+# big numbers or of expressions. Refused everywhere: math-verify's timeouts run only in the main
+# thread, and even there each one costs seconds.
+_POW = r"(?:\^|(?<=[\w)\]}])\s*\*\*(?=\s*[\w({]))"  # ^, or ** between operands (not **bold**)
+_MATH_BOMB = re.compile(
+    rf"{_POW}\s*\{{[^}}]*{_POW}"  # 2^{10^{10}}
+    rf"|{_POW}\s*\([^)]*{_POW}"  # 2**(2**40)
+    rf"|{_POW}\s*[\d.]+\s*{_POW}"  # 2**2**40
+    rf"|{_POW}\s*[{{(]?\s*[\d,]{{7,}}"  # 2^{10000000}
+    r"|\d{6,}\s*!|\([^()]*(?:\^|\*\*|\d{3})[^()]*\)\s*!"  # 1000000!, (10^9)!
+)
+
+
+def _math(answer: str, reference: str) -> bool:
+    answer = answer[-MAX_MATH_CHARS:]
+    reference = reference[-MAX_MATH_CHARS:].strip()
+    if not reference or not answer.strip():
+        return False
+    if _MATH_BOMB.search(answer) or _MATH_BOMB.search(reference):
+        return False
+    from math_verify import parse, verify  # imported on first use: it pulls in SymPy
+
+    in_main = threading.current_thread() is threading.main_thread()
+    timeout = MATH_TIMEOUT_S if in_main else None
+    if "$" not in reference and "\\boxed" not in reference and "\\(" not in reference:
+        reference = f"${reference}$"  # math-verify reads a bare LaTeX gold only inside $...$
+    gold = parse(reference, parsing_timeout=timeout)
+    if not gold:
+        return False
+    got = parse(answer, parsing_timeout=timeout)
+    return bool(got) and bool(verify(gold, got, timeout_seconds=timeout))
+
+
+_CHECKS: dict[str, Callable[[str, str], bool]] = {
+    "exact": _exact,
+    "number": _number,
+    "sequence": _sequence,
+    "choice": _choice,
+    "math": _math,
+}
