@@ -401,3 +401,27 @@ def test_a_long_heldout_prompt_still_catches_a_long_shared_run(tmp_path: Path) -
     reports = check_sources(sources)
 
     assert (reports["h"].heldout, reports["t"].contaminated) == (1, 1)
+
+
+def test_unusable_sources_raise_a_clear_data_error(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text('[{"question": "a"}, {"question": "b"')
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "state.json").write_text("{")
+    expected = {
+        "a.json": "a.json element 2: malformed JSON",
+        "plain": "not a directory saved by datasets",
+        "damaged": "a damaged datasets directory",
+    }
+    for name, message in expected.items():
+        with pytest.raises(DataError, match=message):
+            check_sources([source(tmp_path / name, on_error="skip")])
+
+
+def test_non_utf8_bytes_in_a_binary_parquet_column(tmp_path: Path) -> None:
+    path = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"question": pa.array([b"ok", b"caf\xe9"], pa.binary())}), path)
+
+    (report,) = check_sources([source(path, on_error="skip")]).values()
+
+    assert report.errors == ["b.parquet row 2: non-UTF-8 bytes in 'question'"]

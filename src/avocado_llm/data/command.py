@@ -59,4 +59,4 @@ def run_data_check(args: argparse.Namespace) -> int:
                 print(f"    {error}")
         return 0
 
-    return report_errors(check, (DataError,))
+    return report_errors(check, (DataError, OSError))  # OSError: a source unreadable midway

@@ -70,12 +70,12 @@ class Reader:
 
 def open_source(path: Path) -> Reader:
     """The source at ``path`` (a file by its suffix, or a ``datasets`` directory)."""
-    if path.is_dir():
-        files = _arrow_files(path)
-        schema = _arrow_schema(files[0]) if files else None
-        return Reader(path, schema.names if schema else [], "datasets")
     suffix = path.suffix.lower()
     try:
+        if path.is_dir():
+            files = _arrow_files(path)
+            schema = _arrow_schema(files[0]) if files else None
+            return Reader(path, schema.names if schema else [], "datasets")
         if suffix == ".jsonl":
             return Reader(path, None, "jsonl")
         if suffix == ".json":
@@ -241,16 +241,21 @@ def _parquet_records(path: Path, wanted: list[str] | None) -> Iterator[Record]:
 def _arrow_files(path: Path) -> list[Path]:
     """The Arrow files of a ``save_to_disk`` directory, in order (every split of a
     ``DatasetDict``)."""
-    if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
-        return [f for split in splits for f in _arrow_files(path / split)]
+    index = path / "dataset_dict.json"
     state = path / "state.json"
-    if not state.is_file():
+    if not index.is_file() and not state.is_file():
         raise DataError(
             f"{path}: not a directory saved by datasets (no state.json or dataset_dict.json); "
             "save it with Dataset.save_to_disk, or point path at a file"
         )
-    return [path / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    try:
+        if index.is_file():
+            splits = json.loads(index.read_text(encoding="utf-8"))["splits"]
+            return [f for split in splits for f in _arrow_files(path / split)]
+        files = json.loads(state.read_text(encoding="utf-8"))["_data_files"]
+        return [path / f["filename"] for f in files]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: a damaged datasets directory ({error!r})") from error
 
 
 def _arrow_schema(file: Path) -> pa.Schema:
