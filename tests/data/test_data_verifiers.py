@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from avocado_llm.config.schema import VERIFIERS, verifier_problems
 from avocado_llm.data.verifiers import (
     MAX_ANSWER_CHARS,
     NAMES,
@@ -318,3 +319,15 @@ def test_bad_specs_get_a_clear_message(spec: object, message: str) -> None:
     assert problem is not None and message in problem
     with pytest.raises(ValueError, match=r"verifier|regex|pattern"):
         verifier(spec)  # type: ignore[arg-type]
+
+
+def test_every_name_the_recipe_schema_accepts_has_a_verifier() -> None:
+    assert NAMES == VERIFIERS
+    for spec in [*VERIFIERS, "regex:^[0-9]+$", "numbr", "regex:(", "regex:"]:
+        assert (check_spec(spec) is None) == (not verifier_problems(spec, "verifier")), spec
+
+
+def test_a_list_longer_than_the_final_answer_cap_never_matches_a_cut_copy() -> None:
+    items = [str(i) for i in range(1000)]
+    assert score("sequence", ", ".join(items), ", ".join([*items[:-1], "x"])) == 0.0
+    assert score("sequence", ", ".join(items[:100]), ", ".join(items[:100])) == 1.0

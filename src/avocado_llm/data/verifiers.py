@@ -39,7 +39,8 @@ Scoring never raises: ``None`` scores as an empty answer, numbers and ``bytes`` 
 into text, a list (a ``sequence`` reference stored as a list) is joined with ", ". An empty
 reference scores 0 for every verifier that uses one.
 
-Imports only the standard library; ``math-verify`` is imported on first use.
+Imports only the standard library and the recipe schema's names; ``math-verify`` is imported
+on first use.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-NAMES = ("exact", "number", "sequence", "choice", "math", "none")
-"""Verifier names; ``regex:<pattern>`` is the one spec with an argument."""
+from avocado_llm.config.schema import VERIFIERS
+
+NAMES = VERIFIERS
+"""Verifier names (the recipe schema's list); ``regex:<pattern>`` is the one spec with an
+argument."""
 REGEX_PREFIX = "regex:"
 
 MAX_ANSWER_CHARS = 20_000
@@ -248,7 +252,7 @@ def _items(text: str) -> list[str]:
 
 
 def _sequence(answer: str, reference: str) -> bool:
-    gold = _items(_clean(reference[:MAX_FINAL_CHARS]))
+    gold = _items(_clean(reference[:MAX_ANSWER_CHARS]))  # not cut: a cut list must not match
     if not gold:
         return False
     final = final_answer(answer)[0]
