@@ -19,6 +19,7 @@ from avocado_llm.data.prompts import (
     PromptRow,
     check_sources,
     heldout_index,
+    iter_prompts,
     normalize,
     prompt_rows,
 )
@@ -425,3 +426,26 @@ def test_non_utf8_bytes_in_a_binary_parquet_column(tmp_path: Path) -> None:
     (report,) = check_sources([source(path, on_error="skip")]).values()
 
     assert report.errors == ["b.parquet row 2: non-UTF-8 bytes in 'question'"]
+
+
+def test_iter_prompts_gives_every_source_split_by_split(tmp_path: Path) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", QUESTIONS)
+    b = write_table(tmp_path / "b.csv", [{"question": "What now?"}, {"question": "x,y"}])
+    sources = [source(a, name="a"), source(b, name="b", heldout_fraction=0.0)]
+
+    train = list(iter_prompts(sources, "train"))
+    heldout = list(iter_prompts(sources, "heldout"))
+
+    assert len(train) + len(heldout) == len(QUESTIONS) + 2
+    assert {r.source for r in train} == {"a", "b"} and {r.source for r in heldout} == {"a"}
+    assert {r.id for r in train}.isdisjoint({r.id for r in heldout})
+
+
+def test_a_csv_row_with_the_wrong_number_of_fields_is_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "w.csv"
+    path.write_text("question,answer\nok,1\ntoo,many,fields\n")
+
+    (report,) = check_sources([source(path, on_error="skip")]).values()
+
+    assert report.reasons == {"wrong number of fields": 1}
+    assert report.errors == ["w.csv line 3: 3 fields where the header has 2"]

@@ -273,8 +273,7 @@ def _read(source: SourceConfig, report: SourceReport) -> Iterator[PromptRow]:
         if layout is None:
             layout = _layout(source, reader, record.values)
         if record.values is None:
-            reason = (record.problem or "unreadable").split(" (")[0].split(" at ")[0]
-            report.bad(reason, f"{record.where}: {record.problem}")
+            report.bad(record.reason, f"{record.where}: {record.problem}")
             continue
         try:
             messages, reference = _prompt(layout, record.values)
@@ -352,3 +351,11 @@ def check_sources(sources: list[SourceConfig]) -> dict[str, SourceReport]:
         for _ in prompt_rows(source, "train", index, reports[source.name]):
             pass
     return reports
+
+
+def iter_prompts(sources: list[SourceConfig], split: Split) -> Iterator[PromptRow]:
+    """Every source's rows of ``split``, source after source: pass one (the held-out index)
+    runs first, so a ``fail`` source with bad rows raises before any row is given."""
+    index = heldout_index(sources)
+    for source in sources:
+        yield from prompt_rows(source, split, index)

@@ -44,6 +44,8 @@ class Record:
     """Its columns, or ``None`` when it could not be read (``problem`` says why)."""
     problem: str | None = None
     """Why it could not be read, e.g. ``malformed JSON (Expecting value: column 1)``."""
+    reason: str = ""
+    """The kind of problem, for counts: ``malformed JSON``, ``non-UTF-8 bytes``, ..."""
 
 
 @dataclass
@@ -125,7 +127,9 @@ def _starts_with_bracket(path: Path) -> bool:
 def _row(where: str, value: Any) -> Record:
     if isinstance(value, dict):
         return Record(where, value)
-    return Record(where, None, f"expected a JSON object, got {type(value).__name__}")
+    return Record(
+        where, None, f"expected a JSON object, got {type(value).__name__}", "not an object"
+    )
 
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
@@ -135,14 +139,17 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                yield Record(where, None, f"non-UTF-8 bytes at byte {error.start}")
+                yield Record(
+                    where, None, f"non-UTF-8 bytes at byte {error.start}", "non-UTF-8 bytes"
+                )
                 continue
             if not text.strip():
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as error:
-                yield Record(where, None, f"malformed JSON ({error.msg}: column {error.colno})")
+                problem = f"malformed JSON ({error.msg}: column {error.colno})"
+                yield Record(where, None, problem, "malformed JSON")
                 continue
             yield _row(where, value)
 
@@ -216,7 +223,7 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[Record]:
                 continue
             if len(fields) != len(header):
                 problem = f"{len(fields)} fields where the header has {len(header)}"
-                yield Record(where, None, problem)
+                yield Record(where, None, problem, "wrong number of fields")
                 continue
             yield Record(where, dict(zip(header, fields, strict=True)))
 
