@@ -157,7 +157,8 @@ def test_sequence_words_ignore_case() -> None:
     "answer",
     ["B", "(B)", "B)", "B.", "B) Paris", "(b)", "b", "The answer is B", "The answer is (B).",
      "**Answer:** B", "Option B", "\\boxed{B}", "B\n\nBecause Paris is the capital of France.",
-     "Let's see: Lyon is wrong.\nAnswer: B) Paris"],
+     "Let's see: Lyon is wrong.\nAnswer: B) Paris", "The correct option is (B).",
+     "Lyon is not it.\nI'd go with (B) Paris.", "So the right choice is B."],
 )  # fmt: skip
 def test_choice_accepts_the_letter_however_written(answer: str) -> None:
     assert score("choice", answer, "B") == 1.0
@@ -166,7 +167,19 @@ def test_choice_accepts_the_letter_however_written(answer: str) -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    ["A", "(C)", "The answer is D", "a dog", "I think so", "Paris, probably", "", "AB"],
+    [
+        "A",
+        "(C)",
+        "The answer is D",
+        "a dog",
+        "I think so",
+        "Paris, probably",
+        "",
+        "AB",
+        "The option is a good one",
+        "Either (A) or (C).",
+        "The correct option is (B), no, (C).",
+    ],
 )
 def test_choice_refuses_other_letters_and_prose(answer: str) -> None:
     assert score("choice", answer, "B") == 0.0
@@ -331,3 +344,15 @@ def test_a_list_longer_than_the_final_answer_cap_never_matches_a_cut_copy() -> N
     items = [str(i) for i in range(1000)]
     assert score("sequence", ", ".join(items), ", ".join([*items[:-1], "x"])) == 0.0
     assert score("sequence", ", ".join(items[:100]), ", ".join(items[:100])) == 1.0
+
+
+def test_math_from_many_threads_at_once_gives_the_same_scores() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [("\\boxed{\\frac{1}{2}}", "0.5", 1.0), ("x = 1/3", "0.5", 0.0), ("**42**", "42", 1.0)]
+    cases += [(f"\\boxed{{{i}/4}}", str(i / 4), 1.0) for i in range(1, 30)]
+    v = verifier("math")
+    assert v is not None
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda c: v(c[0], c[1]), cases * 4))
+    assert got == [c[2] for c in cases] * 4

@@ -280,10 +280,27 @@ def _choice_of(text: str) -> tuple[str | None, str]:
     return None, _key(t)
 
 
+_CHOICE_IN = re.compile(
+    r"\b(?:option|choice|letter)\s+(?:is\s+)?(?:[(\[]([A-Za-z])[)\]]|([A-Z]))(?=$|[\s.,;:!)])",
+    re.IGNORECASE,
+)
+_PAREN_LETTER = re.compile(r"[(\[]([A-Z])[)\]]")
+
+
+def _letter_in(sentence: str) -> str | None:
+    """The one letter a sentence names ("the correct option is (B)", "I'd go with (B)");
+    ``None`` when it names none or several ("(A) or (C)", "option (B), no, (C)")."""
+    named = {(m.group(1) or m.group(2)).upper() for m in _CHOICE_IN.finditer(sentence)}
+    named |= {m.group(1) for m in _PAREN_LETTER.finditer(sentence)}
+    return named.pop() if len(named) == 1 else None
+
+
 def _choice(answer: str, reference: str) -> bool:
     gold_letter, gold_text = _choice_of(reference[:MAX_FINAL_CHARS])
     final = final_answer(answer)[0]
     letter, text = _choice_of(final)
+    if letter is None:
+        letter = _letter_in(final)
     if letter is None:  # "B\n\nBecause ...": the first line gives the letter
         first = next((line for line in answer[:MAX_FINAL_CHARS].splitlines() if line.strip()), "")
         letter, _ = _choice_of(first)
