@@ -449,3 +449,23 @@ def test_a_csv_row_with_the_wrong_number_of_fields_is_a_bad_row(tmp_path: Path) 
 
     assert report.reasons == {"wrong number of fields": 1}
     assert report.errors == ["w.csv line 3: 3 fields where the header has 2"]
+
+
+def test_a_byte_order_mark_in_jsonl_is_not_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"question": "first"}\n{"question": "second"}\n')
+
+    (report,) = check_sources([source(path)]).values()
+
+    assert (report.rows, report.skipped) == (2, 0)
+
+
+def test_a_damaged_parquet_file_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"question": [f"q{i}" for i in range(1000)]}), path)
+    data = bytearray(path.read_bytes())
+    data[8:400] = b"\xff" * 392  # the first column chunk's pages
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(DataError, match=r"d\.parquet"):
+        check_sources([source(path)])

@@ -58,7 +58,14 @@ class Reader:
     kind: str
 
     def records(self, wanted: list[str] | None = None) -> Iterator[Record]:
-        """Every row; ``wanted`` columns only, where the format can read fewer."""
+        """Every row; ``wanted`` columns only, where the format can read fewer. A file that
+        breaks midway (a damaged Parquet page, a read error) raises DataError."""
+        try:
+            yield from self._records(wanted)
+        except (OSError, pa.ArrowException) as error:
+            raise DataError(f"{self.path}: cannot read it: {error}") from error
+
+    def _records(self, wanted: list[str] | None) -> Iterator[Record]:
         if self.kind == "jsonl":
             return _jsonl_records(self.path)
         if self.kind == "json":
@@ -137,7 +144,7 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
         for number, raw in enumerate(f, 1):
             where = f"{path.name} line {number}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
                 yield Record(
                     where, None, f"non-UTF-8 bytes at byte {error.start}", "non-UTF-8 bytes"
@@ -216,8 +223,18 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[Record]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with _csv_open(path) as f:
         reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, [])
-        for fields in reader:
+        try:
+            header = next(reader, [])
+        except csv.Error as error:
+            raise DataError(f"{path.name} line 1: bad CSV header ({error})") from error
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:  # e.g. a NUL byte; the reader goes on at the next line
+                yield Record(f"{path.name} line {reader.line_num}", None, str(error), "bad CSV")
+                continue
             where = f"{path.name} line {reader.line_num}"
             if not fields:  # a blank line
                 continue
