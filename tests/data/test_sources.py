@@ -469,3 +469,13 @@ def test_a_damaged_parquet_file_is_a_data_error(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"d\.parquet"):
         check_sources([source(path)])
+
+
+def test_a_chats_own_system_turn_wins_over_the_sources_system(tmp_path: Path) -> None:
+    own = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}]
+    path = write_jsonl(tmp_path / "o.jsonl", [{"m": own}, {"m": own[1:]}])
+
+    got = rows(source(path, messages="m", system="Default.", heldout_fraction=0.0))
+
+    assert sorted(r.messages[0]["content"] for r in got) == ["Default.", "Mine."]
+    assert all(len(r.messages) == 2 for r in got)
