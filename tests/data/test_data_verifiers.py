@@ -251,6 +251,12 @@ def test_math_works_in_a_worker_thread() -> None:
         "\\boxed{(10^{9})!}",
         "$2^{12345678}$",
         "1234567!",
+        "\\boxed{10^{9}!}",
+        "\\boxed{10**9!}",
+        "\\boxed{\\binom{10^{9}}{10^{8}}}",
+        "$\\prod_{i=1}^{1000000000} i$",
+        "\\boxed{\\Gamma(10^{9})}",
+        "factorial(10**9)",
     ],
 )
 def test_math_bombs_score_zero_instead_of_hanging(bomb: str) -> None:
@@ -268,6 +274,10 @@ def test_math_keeps_ordinary_powers_in_a_worker_thread() -> None:
     assert in_thread("math", "So it is \\boxed{2^{10}}!", "1024") == 1.0
     assert in_thread("math", "2**10", "1024") == 1.0
     assert in_thread("math", "**42**", "42") == 1.0  # markdown bold is no power
+    assert in_thread("math", "\\boxed{5!}", "120") == 1.0
+    assert in_thread("math", "\\boxed{\\binom{5}{2}}", "10") == 1.0
+    assert in_thread("math", "$\\sum_{i=1}^{4} i$", "10") == 1.0
+    assert in_thread("math", "\\boxed{\\sum_{i=1}^{n} i^2}", "\\sum_{i=1}^{n} i^2") == 1.0
 
 
 # --- hostile input -------------------------------------------------------------------------

@@ -25,7 +25,8 @@ The specs:
   but a pattern with catastrophic backtracking is the author's to avoid.
 - ``math``: mathematical equivalence through the ``math-verify`` library ("x = 1/2",
   "\\frac{1}{2}" and "0.5" agree). Answers or references that could keep SymPy busy for ever
-  (power towers, exponents of 7+ digits, big factorials) score 0 without being parsed. Beyond
+  (power towers, exponents of 7+ digits, big factorials, binomials, products, Gamma) score 0
+  without being parsed (a heuristic list: see :data:`_MATH_BOMB`). Beyond
   that, math-verify's own timeouts use ``signal.alarm``, which works only in the main thread:
   there they are on (:data:`MATH_TIMEOUT_S`); in any other thread they are off.
 
@@ -321,8 +322,10 @@ def _regex_check(pattern: re.Pattern[str]) -> Callable[[str, str], bool]:
 
 
 # Inputs that can keep SymPy busy for ever: power towers, exponents of 7+ digits, factorials of
-# big numbers or of expressions. Refused everywhere: math-verify's timeouts run only in the main
-# thread, and even there each one costs seconds.
+# big numbers or of expressions, binomials / products / sums / Gamma over big numbers. A
+# heuristic list, not a proof: a caller scoring untrusted text at scale should also run the
+# math verifier in a worker process it can kill. Refused everywhere: math-verify's timeouts run
+# only in the main thread, and even there each one costs seconds (or cannot stop a C call).
 _POW = r"(?:\^|(?<=[\w)\]}])\s*\*\*(?=\s*[\w({]))"  # ^, or ** between operands (not **bold**)
 _MATH_BOMB = re.compile(
     rf"{_POW}\s*\{{[^}}]*{_POW}"  # 2^{10^{10}}
@@ -330,6 +333,10 @@ _MATH_BOMB = re.compile(
     rf"|{_POW}\s*[\d.]+\s*{_POW}"  # 2**2**40
     rf"|{_POW}\s*[{{(]?\s*[\d,]{{7,}}"  # 2^{10000000}
     r"|\d{6,}\s*!|\([^()]*(?:\^|\*\*|\d{3})[^()]*\)\s*!"  # 1000000!, (10^9)!
+    rf"|{_POW}\s*\{{?\s*[\d.]+\s*\}}?\s*!"  # 10^{9}!, 10**9!
+    # \binom{10^9}{10^8}, \Gamma(10^9), \prod_{i=1}^{10^9}: a 4-digit number or a 2-digit power
+    r"|(?:\\(?:[dt]?binom|choose|prod|sum|Gamma|operatorname)|\b(?:gamma|factorial|binomial)\b)"
+    r"[^$]{0,40}?(?:\d{4}|\d{2}\s*(?:\^|\*\*)|(?:\^|\*\*)\s*\{?\s*\d{2})"
 )
 
 
