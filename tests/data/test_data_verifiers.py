@@ -7,6 +7,7 @@ have no ``__init__.py``, so two files of one name would collide on import.)
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -366,3 +367,17 @@ def test_math_from_many_threads_at_once_gives_the_same_scores() -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda c: v(c[0], c[1]), cases * 4))
     assert got == [c[2] for c in cases] * 4
+
+
+def test_math_leaves_a_callers_own_alarm_running() -> None:
+    fired: list[int] = []
+    old = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        assert score("math", "\\boxed{\\frac{1}{2}}", "0.5") == 1.0
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0 < remaining <= 30  # not cancelled by math-verify's own alarm
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert fired == []

@@ -28,7 +28,8 @@ The specs:
   (power towers, exponents of 7+ digits, big factorials, binomials, products, Gamma) score 0
   without being parsed (a heuristic list: see :data:`_MATH_BOMB`). Beyond
   that, math-verify's own timeouts use ``signal.alarm``, which works only in the main thread:
-  there they are on (:data:`MATH_TIMEOUT_S`); in any other thread they are off.
+  there they are on (:data:`MATH_TIMEOUT_S`) unless the caller has an alarm of its own
+  running (math-verify's would cancel it); in any other thread they are off.
 
 **The final answer** of a model's text is found as the tiny world's verifiers expect it
 (``world.tasks.normalize``), widened for real models' prose: the last ``\\boxed{...}``; else
@@ -49,6 +50,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -340,6 +342,17 @@ _MATH_BOMB = re.compile(
 )
 
 
+def _alarm_is_free() -> bool:
+    """Whether math-verify may use ``signal.alarm``: only in the main thread, and only when the
+    caller has no alarm of its own running (math-verify's would cancel it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    except (AttributeError, OSError):  # no interval timers (Windows)
+        return False
+
+
 def _math(answer: str, reference: str) -> bool:
     answer = answer[-MAX_MATH_CHARS:]
     reference = reference[-MAX_MATH_CHARS:].strip()
@@ -349,8 +362,7 @@ def _math(answer: str, reference: str) -> bool:
         return False
     from math_verify import parse, verify  # imported on first use: it pulls in SymPy
 
-    in_main = threading.current_thread() is threading.main_thread()
-    timeout = MATH_TIMEOUT_S if in_main else None
+    timeout = MATH_TIMEOUT_S if _alarm_is_free() else None
     if "$" not in reference and "\\boxed" not in reference and "\\(" not in reference:
         reference = f"${reference}$"  # math-verify reads a bare LaTeX gold only inside $...$
     gold = parse(reference, parsing_timeout=timeout)
