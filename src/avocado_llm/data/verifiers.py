@@ -128,8 +128,8 @@ def verifier(spec: str) -> Verifier | None:
 
 # --- text and the final answer -------------------------------------------------------------
 
-# The same rules as the tiny world's ``world.tasks.normalize`` (kept here: data/ and world/
-# sit on one floor and do not import each other).
+# The same rules as the tiny world's ``world.tasks.normalize`` (copied, so that the verifiers of
+# any source do not depend on the tiny world's module).
 _PREFIX = re.compile(
     r"^(?:(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*:?|:)\s*|it\s+is\s+|it's\s+|result\s*:\s*|=\s*)",
     re.IGNORECASE,
