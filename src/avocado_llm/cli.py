@@ -140,12 +140,14 @@ def _recipe_check(args: argparse.Namespace) -> int:
     if recipe is None:
         return EXIT_ERROR
     try:  # the schema holds names; the world knows which families exist
-        check_families(recipe, str(args.recipe))
+        check_families(recipe, str(args.recipe), stage=False)
     except RecipeError as error:
         print(error, file=sys.stderr)
         return EXIT_ERROR
+    families = ", ".join(recipe.world.families) or "none"
+    sources = ", ".join(s.name for s in recipe.data.sources) or "none"
     print(f"{args.recipe}: ok — run {recipe.name!r}, {len(recipe.teachers)} teachers, "
-          f"families {', '.join(recipe.world.families)}")  # fmt: skip
+          f"families {families}, data sources {sources}")  # fmt: skip
     return 0
 
 

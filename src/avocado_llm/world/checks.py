@@ -28,9 +28,21 @@ def family_problems(recipe: Recipe) -> list[Problem]:
     return problems
 
 
-def check_families(recipe: Recipe, source: str | None = None) -> None:
+def sources_problems(recipe: Recipe) -> list[Problem]:
+    """A recipe whose only prompts are ``data.sources``: ``avocado data check`` reads them, but
+    the harvest, fusion, training and evaluation do not yet (issue #21), so running it would
+    harvest nothing. Refused, rather than run on zero prompts."""
+    if recipe.data.sources and not recipe.world.families:
+        fix = "add world.families for now; `avocado data check RECIPE` checks your sources"
+        why = "the harvest, fusion and evaluation do not read data.sources yet"
+        return [Problem("data.sources", why, fix)]
+    return []
+
+
+def check_families(recipe: Recipe, source: str | None = None, *, stage: bool = True) -> None:
     """Raise :class:`~avocado_llm.config.fields.RecipeError` (``source``: the recipe's file, by
-    default its name) if the recipe names a task family the tiny world does not have."""
-    problems = family_problems(recipe)
+    default its name) if the recipe names a task family the tiny world does not have, or, for a
+    ``stage`` that runs models, has no prompts it can use (:func:`sources_problems`)."""
+    problems = family_problems(recipe) + (sources_problems(recipe) if stage else [])
     if problems:
         raise RecipeError(source or f"recipe {recipe.name!r}", problems)
