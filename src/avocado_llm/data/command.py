@@ -25,10 +25,13 @@ a held-out prompt (exactly or by a 13-word run), and bad rows skipped and why.
 
 def add_data_command(commands: Any) -> None:
     """Register ``data check`` on the ``avocado`` parser's subcommands."""
-    data = commands.add_parser("data", help="your own prompt sources (check)")
+    data = commands.add_parser("data", help="your own prompt sources (check, example)")
     data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="<data command>")
     p = add_command(data_cmds, "check", run_data_check, HELP, DESCRIPTION, recipe=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from avocado_llm.data.examples import add_example_command
+
+    add_example_command(data_cmds)
 
 
 def run_data_check(args: argparse.Namespace) -> int:
