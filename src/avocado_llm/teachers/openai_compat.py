@@ -10,7 +10,8 @@ Endpoints give token strings, not ids, so logprobs carry ``token_id=None``.
 An endpoint is not trusted. Each request has one deadline (``timeout_s``, the recipe's
 ``harvest.request_timeout_s``, for the whole request, not per read) and a byte cap on its body
 (``max_response_bytes``, by default :func:`response_cap` of what was asked); an answer past
-either is retried, then fails. Every answer is checked before it becomes a :class:`Completion`:
+either is retried, then fails (:mod:`avocado_llm.teachers.bounded` reads the body). Every
+answer is checked (:mod:`avocado_llm.teachers.answers`) before it becomes a :class:`Completion`:
 types, Unicode (no lone surrogates), counts (``0 ≤ tokens < 2**31``; completion tokens, logprob
 positions and text bounded by ``max_tokens``), and log-probabilities (finite and ≤ 0; a
 positive value up to ``LOGPROB_ROUNDING`` is a server's rounding and is stored as 0). An answer
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import time
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from avocado_llm.teachers.answers import Malformed, parse_completions
 from avocado_llm.teachers.base import (
     BadAnswer,
     Completion,
@@ -41,7 +42,13 @@ from avocado_llm.teachers.base import (
     SamplingParams,
     TeacherError,
     TeacherInfo,
-    TokenLogprobs,
+)
+from avocado_llm.teachers.bounded import (
+    ERROR_BODY_BYTES,
+    TooBig,
+    error_message,
+    read_capped,
+    retry_after,
 )
 from avocado_llm.teachers.redact import add_secret, protect_logger, public_url, redact, url_secrets
 
@@ -50,20 +57,6 @@ ANSWER_STATUSES = frozenset({400, 413, 422})
 """Refusals of one request's content (a prompt too long, say): that answer fails, not the batch."""
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_TOP_LOGPROBS = 20  # OpenAI refuses more; vLLM's default --max-logprobs is 20 too
-# Only running out of tokens is "length"; tool calls, content filters and the like end an
-# answer on the model's (or the server's) own terms: "stop".
-LENGTH_REASONS = frozenset({"length", "max_tokens", "model_length"})
-LOGPROB_ROUNDING = 1e-4
-"""A positive log-probability up to this is a server's float rounding (a log-softmax of a
-near-certain token), stored as 0; above it the answer is refused."""
-MAX_COUNT = 2**31 - 1
-"""Token counts are int32 in the harvest's Parquet schema."""
-MAX_TOKEN_BYTES = 256
-"""More bytes than any token of the usual vocabularies spells: ``max_tokens`` tokens of text are
-at most ``max_tokens × MAX_TOKEN_BYTES`` bytes (+ ``TEXT_SLACK_BYTES``)."""
-TEXT_SLACK_BYTES = 1024
-ERROR_BODY_BYTES = 64 << 10
-"""An error answer is read up to this much (the rest is dropped)."""
 
 
 def response_cap(params: SamplingParams, n: int, top_logprobs: int) -> int:
@@ -82,10 +75,6 @@ class _Transient(Exception):
         super().__init__(cause)
         self.wait_s = wait_s
         self.answer_only = answer_only
-
-
-class _Malformed(ValueError):
-    """The answer breaks the protocol or a bound; the message says where."""
 
 
 def _read_key(teacher: str, env: str | None) -> str | None:
@@ -250,8 +239,9 @@ class OpenAICompatTeacher:
                 cause = exc
                 continue
             try:
-                return self._parse(data, time.perf_counter() - t0, k, params)
-            except _Malformed as exc:
+                latency = time.perf_counter() - t0
+                return parse_completions(data, latency, k, params, self.keep_reasoning)
+            except Malformed as exc:
                 raise BadAnswer(self.name, f"malformed answer: {exc}") from None
         error = BadAnswer if cause is not None and cause.answer_only else TeacherError
         tries = self.max_retries + 1
@@ -277,235 +267,27 @@ class OpenAICompatTeacher:
                 async with client.stream("POST", url, json=body) as response:
                     status = response.status_code
                     if status >= 400:
-                        raw = await _read(response, ERROR_BODY_BYTES, truncate=True)
+                        raw = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
                     else:
-                        raw = await _read(response, cap)
+                        raw = await read_capped(response, cap)
         except TimeoutError:
             cause = f"no whole answer within request_timeout_s ({self.timeout_s:g} s)"
             raise _Transient(cause, answer_only=True) from None
-        except _TooBig as exc:
+        except TooBig as exc:
             raise _Transient(str(exc), answer_only=True) from None
         except TRANSIENT_ERRORS as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:  # e.g. a header httpx refuses to send: no retry fixes it
             raise TeacherError(self.name, f"{type(exc).__name__}: {exc}") from exc
         if status in RETRY_STATUSES:
-            raise _Transient(f"HTTP {status}: {_error(raw)}", _retry_after(response))
+            raise _Transient(f"HTTP {status}: {error_message(raw)}", retry_after(response))
         if status in ANSWER_STATUSES:
-            raise BadAnswer(self.name, f"HTTP {status} from {where}: {_error(raw)}")
+            raise BadAnswer(self.name, f"HTTP {status} from {where}: {error_message(raw)}")
         if status >= 400:
-            raise TeacherError(self.name, f"HTTP {status} from {where}: {_error(raw)}")
+            raise TeacherError(self.name, f"HTTP {status} from {where}: {error_message(raw)}")
         try:
             return json.loads(raw)
         except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
             kind = response.headers.get("content-type", "no content type")
             text = redact(raw.decode("utf-8", "replace"))[:200]
             raise BadAnswer(self.name, f"non-JSON answer ({kind}): {text!r}") from None
-
-    def _parse(
-        self, data: Any, latency: float, top_k: int, params: SamplingParams
-    ) -> list[Completion]:
-        """Completions from a checked answer (see the module's docstring); a _Malformed says
-        which field broke which rule."""
-        if not isinstance(data, dict):
-            raise _Malformed(f"the answer is a JSON {type(data).__name__}, not an object")
-        usage = _object(data.get("usage"), "usage")
-        raw_choices = data.get("choices")
-        if not isinstance(raw_choices, list) or not raw_choices:
-            raise _Malformed("no choices")
-        indexed = []
-        for i, choice in enumerate(raw_choices):
-            choice = _object(choice, f"choices[{i}]")
-            index = choice.get("index", i)
-            indexed.append((_count(index, f"choices[{i}].index"), i, choice))
-        choices = [c for _, _, c in sorted(indexed, key=lambda t: t[:2])]
-        limit = params.max_new_tokens + 1  # one token of slack: an end-of-turn some count
-        logprobs = [_logprobs(c, top_k, limit) if top_k else None for c in choices]
-        prompt_tokens = _count(usage.get("prompt_tokens") or 0, "usage.prompt_tokens")
-        total = _count(usage.get("completion_tokens") or 0, "usage.completion_tokens")
-        if total > len(choices) * limit:
-            raise _Malformed(
-                f"usage.completion_tokens is {total} for {len(choices)} choice(s) of at most "
-                f"max_tokens={params.max_new_tokens}"
-            )
-        counts = _share(total, [len(lp or []) for lp in logprobs])
-        max_bytes = params.max_new_tokens * MAX_TOKEN_BYTES + TEXT_SLACK_BYTES
-        completions = []
-        for i, (choice, lps, count) in enumerate(zip(choices, logprobs, counts, strict=True)):
-            message = _object(choice.get("message"), f"choices[{i}].message")
-            text = _text(message.get("content"), f"choices[{i}].message.content")
-            reasoning = None
-            if self.keep_reasoning:
-                field = "reasoning_content" if "reasoning_content" in message else "reasoning"
-                reasoning = _text(message.get(field), f"choices[{i}].message.{field}") or None
-            size = len(text.encode()) + len((reasoning or "").encode())
-            if size > max_bytes:
-                raise _Malformed(
-                    f"choices[{i}] has {size} bytes of text, more than max_tokens="
-                    f"{params.max_new_tokens} tokens can spell ({max_bytes})"
-                )
-            finish = choice.get("finish_reason")
-            if finish is not None and not isinstance(finish, str):
-                raise _Malformed(f"choices[{i}].finish_reason is a {type(finish).__name__}")
-            completions.append(
-                Completion(
-                    text=text,
-                    finish_reason="length" if finish in LENGTH_REASONS else "stop",
-                    logprobs=lps,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=count,
-                    reasoning=reasoning,
-                    latency_s=latency,
-                )
-            )
-        return completions
-
-
-class _TooBig(Exception):
-    pass
-
-
-async def _read(response: httpx.Response, cap: int, truncate: bool = False) -> bytes:
-    """The body, at most ``cap`` bytes (decoded): past it, a _TooBig, or (``truncate``) the first
-    ``cap`` bytes. A Content-Length over the cap is refused before any byte is read."""
-    length = response.headers.get("content-length", "")
-    if not truncate and length.isdigit() and int(length) > cap:
-        raise _TooBig(f"the answer is {int(length)} bytes long, over the cap of {cap}")
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            if truncate:
-                break
-            raise _TooBig(f"the answer went past the cap of {cap} bytes")
-    return b"".join(chunks)[:cap]
-
-
-def _error(raw: bytes) -> str:
-    """The server's own words: OpenAI's envelope, FastAPI's ``detail``, or the raw text.
-    Some servers echo the key they refused, or the request's headers: it is redacted."""
-    text = raw.decode("utf-8", "replace")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    message: Any = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        message = message or data.get("detail") or data.get("message")
-    text = str(message) if message else text
-    return redact(text)[:500]
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    """A JSON object, ``None`` read as empty."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Malformed(f"{where} is a {type(value).__name__}, not an object")
-    return value
-
-
-def _count(value: Any, where: str) -> int:
-    """A whole number in ``[0, 2**31)`` (a float that is one, like 12.0, is accepted)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Malformed(f"{where} is {_show(value)}, not a whole number")
-    if not 0 <= value <= MAX_COUNT:
-        raise _Malformed(f"{where} is {value}, outside [0, {MAX_COUNT}]")
-    return value
-
-
-def _text(value: Any, where: str) -> str:
-    """A string (``None`` read as empty) that is valid Unicode: no lone surrogates."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Malformed(f"{where} is a {type(value).__name__}, not a string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise _Malformed(f"{where} holds a lone surrogate at {error.start}") from None
-    return value
-
-
-def _logprob(value: Any, where: str) -> float:
-    """A log-probability: finite and ≤ 0 (up to ``LOGPROB_ROUNDING``, then clamped to 0)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Malformed(f"{where} is {_show(value)}, not a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf if value > 0 else -math.inf
-    if not math.isfinite(number) or number > LOGPROB_ROUNDING:
-        raise _Malformed(f"{where} is {number}, not a log-probability (finite and at most 0)")
-    return min(number, 0.0)
-
-
-def _logprobs(choice: dict[str, Any], top_k: int, limit: int) -> list[TokenLogprobs] | None:
-    where = f"choices[{choice.get('index')}].logprobs"
-    block = _object(choice.get("logprobs"), where)
-    content = block.get("content")
-    if content is None:
-        return None
-    if not isinstance(content, list):
-        raise _Malformed(f"{where}.content is a {type(content).__name__}, not a list")
-    if len(content) > limit:
-        raise _Malformed(f"{where} has {len(content)} positions for max_tokens={limit - 1}")
-    positions = []
-    for p, entry in enumerate(content):
-        here = f"{where}.content[{p}]"
-        entry = _object(entry, here)
-        tops = entry.get("top_logprobs") or []
-        if not isinstance(tops, list) or len(tops) > top_k + 1:
-            raise _Malformed(f"{here}.top_logprobs is not a list of at most {top_k + 1}")
-        tops = [_object(t, f"{here}.top_logprobs[{j}]") for j, t in enumerate(tops)]
-        positions.append(
-            TokenLogprobs(
-                token_id=None,
-                token=_token(entry.get("token"), f"{here}.token"),
-                logprob=_logprob(entry.get("logprob"), f"{here}.logprob"),
-                top_ids=[None] * len(tops),
-                top_tokens=[
-                    _token(t.get("token"), f"{here}.top_logprobs[{j}].token")
-                    for j, t in enumerate(tops)
-                ],
-                top_logprobs=[
-                    _logprob(t.get("logprob"), f"{here}.top_logprobs[{j}].logprob")
-                    for j, t in enumerate(tops)
-                ],
-            )
-        )
-    return positions
-
-
-def _token(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _Malformed(f"{where} is {_show(value)}, not a string")
-    if len(value) > 4 * MAX_TOKEN_BYTES:
-        raise _Malformed(f"{where} is {len(value)} characters long, not one token")
-    return _text(value, where)
-
-
-def _show(value: Any) -> str:
-    """A short description of a JSON value for a message."""
-    shown = repr(value) if isinstance(value, int | float | bool) or value is None else ""
-    return f"{type(value).__name__} {shown[:40]}".strip()
-
-
-def _share(total: int, sizes: list[int]) -> list[int]:
-    """Split a request's completion tokens (the API reports one sum) among its choices: each
-    gets its logprob count, and the rest (end-of-turn tokens; all without logprobs) evenly."""
-    base, rest = divmod(max(total - sum(sizes), 0), len(sizes) or 1)
-    return [size + base + (i < rest) for i, size in enumerate(sizes)]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:  # an HTTP date: the backoff alone decides
-        return None
