@@ -426,6 +426,14 @@ class TrainingConfig:
         return problems
 
 
+DEFAULT_JUDGE_RUBRIC = (
+    "You are an impartial judge. Given a user's prompt and two answers, A and B, decide which "
+    "answer serves the user better: correct, helpful, complete and concise; ignore the order "
+    "and the length. Reply with one word: A, B or tie."
+)
+"""What makes a better answer, unless the recipe's ``eval.judge_rubric`` says otherwise."""
+
+
 @dataclass(kw_only=True)
 class EvalConfig:
     """Evaluation on held-out prompts: the student against every teacher and the baselines."""
@@ -439,6 +447,21 @@ class EvalConfig:
     baselines: list[str] = field(default_factory=lambda: ["all"])
     """Fusion strategies that also train a student, as baselines for the chosen strategy; ``sft``
     is the chosen strategy trained without token-level KD (cross-entropy only)."""
+    heldout_per_source: int | None = None
+    """Held-out prompts scored per data source, at most (null: eval.heldout_per_family)."""
+    judge: str | None = None
+    """The teacher that judges the student's answers against each teacher's on the held-out
+    prompts of sources without a verifier (null: fusion.judge_teacher, else the first teacher).
+    Unused when judge_url is set."""
+    judge_url: str | None = None
+    """An OpenAI-compatible base URL whose model judges instead of a teacher (set judge_model)."""
+    judge_model: str | None = None
+    """The model name sent to judge_url."""
+    judge_api_key_env: str | None = None
+    """Environment variable holding judge_url's key (never the key itself)."""
+    judge_rubric: str = DEFAULT_JUDGE_RUBRIC
+    """The judge's system prompt: what makes an answer better. Each pair of answers is asked in
+    both orders, so a judge that favours a position gives a tie, not a win."""
 
     def check(self) -> list[Check]:
         problems = [
@@ -446,6 +469,12 @@ class EvalConfig:
             *check_range(self, "batch_size", 1),
         ]
         problems += check_range(self, "max_new_tokens", 1)
+        if self.heldout_per_source is not None:
+            problems += check_range(self, "heldout_per_source", 1)
+        if self.judge_url is not None and not self.judge_model:
+            problems.append(("judge_model", "judge_url needs a model name", "set judge_model"))
+        if not self.judge_rubric.strip():
+            problems.append(("judge_rubric", "empty rubric", "describe a better answer"))
         for i, strategy in enumerate(self.baselines):
             if strategy != "sft":
                 problems += _strategy_checks(strategy, f"baselines[{i}]")
@@ -538,6 +567,9 @@ class Recipe:
             problems.append(
                 ("fusion.judge_teacher", f"no teacher {judge!r}", f"use one of: {known}")
             )
+        if self.eval.judge is not None and self.eval.judge not in names:
+            message = f"no teacher {self.eval.judge!r}"
+            problems.append(("eval.judge", message, f"use one of: {known}"))
         if self.eval.heldout_per_family > self.world.heldout_per_family:
             message = f"{self.eval.heldout_per_family} > world.heldout_per_family"
             fix = f"use at most {self.world.heldout_per_family}, or enlarge the world's split"

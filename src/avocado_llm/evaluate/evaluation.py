@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from avocado_llm.config import Recipe, RecipeError
+from avocado_llm.data.prompts import iter_prompts
+from avocado_llm.data.sources import DataError, source_digest
+from avocado_llm.data.verifiers import verifier
+from avocado_llm.evaluate.judged import judge_answers
 from avocado_llm.evaluate.report import ROLES, update_report, write_answers
 from avocado_llm.evaluate.runner import (
     EvalError,
     EvalResult,
+    SourcePrompt,
     evaluate_endpoint,
     evaluate_examples,
     load_local,
@@ -104,12 +109,14 @@ def evaluate_model(
     per_family = n if n is not None else recipe.eval.heldout_per_family
     if per_family < 1:
         raise EvalError(f"examples per family must be at least 1, got {per_family} (--n)")
-    try:
-        check_families(recipe)
+    try:  # evaluation reads data.sources: a recipe of sources only is fine here
+        check_families(recipe, stage=not recipe.data.sources)
     except RecipeError as error:
         raise EvalError(str(error)) from None
-    examples = tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
+    examples: list[Example | SourcePrompt] = []
+    examples += tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
     fingerprint = eval_fingerprint(recipe, source, per_family)  # before: the files may change
+    examples += source_prompts(recipe, per_source(recipe, per_family))
     result, params = _score(recipe, source, examples, name, device)
     entry = result.entry(role, params) | {
         "source": source.describe(),
@@ -119,15 +126,52 @@ def evaluate_model(
         "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fingerprint": fingerprint,
     }
+    if recipe.data.sources:
+        entry["n_per_source"] = per_source(recipe, per_family)
+        entry["open_sources"] = [s.name for s in recipe.data.sources if s.verifier == "none"]
     eval_dir = out if out is not None else recipe.run_dir / "eval"
     answers_path = eval_dir / "answers" / f"{name}.jsonl"
     rows = [
         dict(id=ex.id, family=ex.family, prompt=ex.prompt, gold=ex.answer, answer=a, correct=ok)
         for ex, (_, a, ok) in zip(examples, result.answers, strict=True)
     ]
+    for ex, row in zip(examples, rows, strict=True):
+        if isinstance(ex, SourcePrompt):  # the whole chat, for the judge
+            row["messages"] = ex.messages
     write_answers(answers_path, rows)
     update_report(eval_dir, name, entry, recipe=recipe.name)
+    if any(s.verifier == "none" for s in recipe.data.sources):
+        judge_answers(recipe, eval_dir, name, device)
     return ModelEvaluation(name, entry, eval_dir, answers_path)
+
+
+def per_source(recipe: Recipe, per_family: int) -> int:
+    """Held-out prompts scored per data source: ``eval.heldout_per_source``, else the count
+    per family (``--n``, else ``eval.heldout_per_family``)."""
+    count = recipe.eval.heldout_per_source or per_family
+    if count < 1:
+        raise EvalError(f"examples per source must be at least 1, got {count}")
+    return count
+
+
+def source_prompts(recipe: Recipe, cap: int) -> list[SourcePrompt]:
+    """The first ``cap`` held-out prompts of every data source (streamed: a big source is
+    read through, never held), each with its source's verifier (None for ``none``)."""
+    if not recipe.data.sources:
+        return []
+    counts: dict[str, int] = {}
+    prompts = []
+    checks = {s.name: verifier(s.verifier) for s in recipe.data.sources}
+    try:
+        for row in iter_prompts(recipe.data.sources, "heldout"):
+            if counts.get(row.source, 0) >= cap:
+                continue
+            counts[row.source] = counts.get(row.source, 0) + 1
+            check = checks[row.source] if row.reference is not None else None
+            prompts.append(SourcePrompt(row.id, row.source, row.messages, row.reference, check))
+    except DataError as error:
+        raise EvalError(str(error)) from None
+    return prompts
 
 
 def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> dict[str, Any]:
@@ -135,13 +179,23 @@ def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> di
     config, tokenizer and template files; an endpoint: its URL and model name), the examples
     (families, count, seed) and the answer length."""
     model = weights_revision(source.path) if source.path is not None else source.describe()
-    return {
+    fingerprint: dict[str, Any] = {
         "input:model": model,
         "seed": recipe.seed,
         "world.families": list(recipe.world.families),
         "n_per_family": per_family,
         "eval.max_new_tokens": recipe.eval.max_new_tokens,
     }
+    if recipe.data.sources:  # only then: a tiny-world recipe keeps its fingerprint
+        fingerprint["n_per_source"] = per_source(recipe, per_family)
+        for s in recipe.data.sources:
+            fingerprint[f"input:source:{s.name}"] = source_digest(s.path)
+            fingerprint[f"data.sources.{s.name}"] = {
+                k: getattr(s, k) if k != "path" else str(s.path)
+                for k in ("path", "messages", "prompt", "system", "reference", "verifier",
+                          "heldout_fraction", "limit", "on_error", "max_prompt_tokens")
+            }  # fmt: skip
+    return fingerprint
 
 
 def _recipe_teacher(recipe: Recipe, source: ModelSource) -> str | None:
@@ -156,7 +210,11 @@ def _recipe_teacher(recipe: Recipe, source: ModelSource) -> str | None:
 
 
 def _score(
-    recipe: Recipe, source: ModelSource, examples: list[Example], name: str, device: str
+    recipe: Recipe,
+    source: ModelSource,
+    examples: list[Example | SourcePrompt],
+    name: str,
+    device: str,
 ) -> tuple[EvalResult, int | None]:
     """Greedy answers of ``source`` scored, and its parameter count (``None`` for endpoints:
     an endpoint does not say how big its model is)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
-from avocado_llm.evaluate.report import Table
+from avocado_llm.evaluate.report import Table, judged_rows
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,21 @@ over families; best per column in bold. Generated {{ generated }}.</p>
 </table>
 {% for line in verdicts %}<p class="verdict">{{ line }}</p>
 {% endfor %}
+{%- if judged %}
+<h2>Judged sources</h2>
+<p class="meta">Sources without a verifier: a judge compares the student's answer with each
+teacher's, asked in both orders; win / tie / loss of the student.</p>
+<table id="judged">
+  <thead><tr><th>source</th><th>student</th><th>teacher</th><th>win</th><th>tie</th>
+  <th>loss</th><th>n</th><th>judge</th></tr></thead>
+  <tbody>
+  {%- for r in judged %}
+  <tr><td>{{ r.source }}</td><td>{{ r.student }}</td><td>{{ r.model }}</td><td>{{ r.win }}</td>
+    <td>{{ r.tie }}</td><td>{{ r.loss }}</td><td>{{ r.n }}</td><td>{{ r.judge }}</td></tr>
+  {%- endfor %}
+  </tbody>
+</table>
+{%- endif %}
 {%- for plot in plots %}
 <figure><img src="{{ plot.uri }}" alt="{{ plot.caption }}" data-file="{{ plot.file }}">
   <figcaption>{{ plot.caption }}</figcaption></figure>
@@ -119,5 +134,6 @@ def render_html(
         families=table.families,
         rows=_rows(table),
         verdicts=verdicts,
+        judged=judged_rows(report),
         plots=plots,
     )

@@ -90,8 +90,8 @@ def check_report(report: Any) -> list[str]:
         if not _is_fraction(m.get("overall")):
             problems.append(f"{at}.overall: {m.get('overall')!r} is not a fraction in [0, 1]")
         families = m.get("families")
-        if not isinstance(families, dict) or not families:
-            problems.append(f"{at}.families: no families")
+        if not isinstance(families, dict) or not (families or m.get("open_sources")):
+            problems.append(f"{at}.families: no families")  # open-ended sources only: judged
             continue
         for family, s in families.items():
             where = f"{at}.families.{family}"
@@ -106,6 +106,21 @@ def check_report(report: Any) -> list[str]:
                 problems.append(f"{where}.ci95: {ci!r} does not contain {s['accuracy']}")
             elif not isinstance(s.get("tokens_per_s"), int | float) or s["tokens_per_s"] < 0:
                 problems.append(f"{where}.tokens_per_s: {s.get('tokens_per_s')!r} is not >= 0")
+    return problems + _judged_problems(report.get("judged", {}))
+
+
+def _judged_problems(judged: Any) -> list[str]:
+    """Every way ``judged`` breaks ``{SOURCE: {MODEL: {win, tie, loss, n}}}`` with
+    win + tie + loss == n."""
+    if not isinstance(judged, dict):
+        return ["judged: not an object"]
+    problems = []
+    for source, rivals in judged.items():
+        for model, c in rivals.items() if isinstance(rivals, dict) else [(None, None)]:
+            counts = [c.get(k) for k in ("win", "tie", "loss", "n")] if isinstance(c, dict) else []
+            ok = len(counts) == 4 and all(isinstance(x, int) and x >= 0 for x in counts)
+            if not ok or sum(counts[:3]) != counts[3]:
+                problems.append(f"judged.{source}.{model}: not win + tie + loss == n counts")
     return problems
 
 
@@ -141,6 +156,32 @@ def update_report(
         report["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _atomic_write(eval_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def update_judged(eval_dir: str | Path, judged: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Add or replace the judged counts of each (source, model) of ``judged`` in
+    ``eval_dir/report.json`` (the other pairs are kept)."""
+    problems = _judged_problems(judged)
+    if problems:
+        raise ReportError("refusing to write invalid judged counts:\n  " + "\n  ".join(problems))
+    eval_dir = Path(eval_dir)
+    with _locked(eval_dir):
+        report = load_report(eval_dir)
+        for source, rivals in judged.items():
+            report.setdefault("judged", {}).setdefault(source, {}).update(rivals)
+        _atomic_write(eval_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+
+
+def judged_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The judged counts as table rows: source, teacher, student, win / tie / loss rates."""
+    rows = []
+    for source, rivals in sorted(report.get("judged", {}).items()):
+        for model, c in sorted(rivals.items()):
+            n = c["n"] or 1
+            rates = {k: f"{c[k] / n:.0%} ({c[k]})" for k in ("win", "tie", "loss")}
+            rows.append(dict(source=source, model=model, student=c.get("student", "student"),
+                             n=c["n"], judge=c.get("judge", "—"), **rates))  # fmt: skip
+    return rows
 
 
 def write_answers(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -179,7 +220,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     table = Table(families, names, models)
     for column in [*families, "overall"]:
         values = [v for n in names if (v := table.accuracy(n, column)) is not None]
-        table.best[column] = max(values)
+        if values:
+            table.best[column] = max(values)
     return table
 
 
@@ -242,6 +284,15 @@ def render_markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
         params = f"{m['params']:,}" if m["params"] is not None else "—"
         lines.append("| " + " | ".join([name, m["role"], *cells, params]) + " |")
     lines += ["", *verdicts(report)]
+    judged = judged_rows(report)
+    if judged:
+        lines += ["", "## Judged sources (student against each teacher)", ""]
+        lines += ["Both answer orders asked; win / tie / loss of the student, with counts.", ""]
+        lines += ["| source | student | teacher | win | tie | loss | n | judge |"]
+        lines += ["|---|---|---|---:|---:|---:|---:|---|"]
+        for r in judged:
+            cells = [r[k] for k in ("source", "student", "model", "win", "tie", "loss")]
+            lines.append("| " + " | ".join([*cells, str(r["n"]), r["judge"]]) + " |")
     lines += ["", "## Generation speed (tokens/s)", ""]
     lines += ["| model | " + " | ".join(table.families) + " |"]
     lines += ["|---|" + "---:|" * len(table.families)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,25 @@ from avocado_llm.world.tasks import Example, get_family
 
 class EvalError(RuntimeError):
     """An evaluation that cannot start: a bad name, role or model source."""
+
+
+@dataclass(frozen=True)
+class SourcePrompt:
+    """A held-out prompt of one of the recipe's ``data.sources``, scored by the source's
+    verifier, or only answered (``verify`` is None: judged later against the teachers)."""
+
+    id: str
+    family: str
+    """The source's name: it is reported beside the families."""
+    messages: list[dict[str, str]]
+    answer: str | None
+    """The reference answer, if any."""
+    verify: Callable[[str, str], float] | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
 
 @dataclass
@@ -52,8 +72,9 @@ class FamilyScore:
 @dataclass
 class EvalResult:
     families: dict[str, FamilyScore] = field(default_factory=dict)
-    answers: list[tuple[str, str, bool]] = field(default_factory=list)
-    """(example id, answer, correct) for every example, in the order of the examples."""
+    answers: list[tuple[str, str, bool | None]] = field(default_factory=list)
+    """(example id, answer, correct) for every example, in the order of the examples; correct
+    is None for a prompt of a source without a verifier."""
 
     @property
     def overall(self) -> float:
@@ -62,9 +83,18 @@ class EvalResult:
             return 0.0
         return sum(s.accuracy for s in self.families.values()) / len(self.families)
 
-    def add(self, example: Example, answer: str, tokens: int, seconds: float) -> None:
-        """Score one answer with its family's verifier."""
-        ok = get_family(example.family).verify(answer, example.answer)
+    def add(
+        self, example: Example | SourcePrompt, answer: str, tokens: int, seconds: float
+    ) -> None:
+        """Score one answer with its family's (or source's) verifier; an answer to a prompt
+        without one is only kept (``correct`` None), for the judge."""
+        if isinstance(example, SourcePrompt):
+            if example.verify is None:
+                self.answers.append((example.id, answer, None))
+                return
+            ok = bool(example.verify(answer, example.answer or ""))
+        else:
+            ok = get_family(example.family).verify(answer, example.answer)
         score = self.families.setdefault(example.family, FamilyScore())
         score.n += 1
         score.correct += ok
@@ -106,7 +136,7 @@ def generate_answers(
 def evaluate_examples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    examples: list[Example],
+    examples: Sequence[Example | SourcePrompt],
     batch_size: int = 64,
     max_new_tokens: int = 32,
     description: str = "eval",
@@ -130,7 +160,7 @@ def evaluate_examples(
 
 async def evaluate_endpoint(
     teacher: Teacher,
-    examples: list[Example],
+    examples: Sequence[Example | SourcePrompt],
     max_new_tokens: int = 32,
     chunk_size: int = 64,
     description: str = "eval",
@@ -156,7 +186,9 @@ async def evaluate_endpoint(
     return result
 
 
-def _family_chunks(examples: list[Example], size: int) -> list[list[Example]]:
+def _family_chunks(
+    examples: Sequence[Example | SourcePrompt], size: int
+) -> list[list[Example | SourcePrompt]]:
     """Consecutive runs of one family, cut into chunks of at most ``size``, in order."""
     chunks = []
     for _, group in itertools.groupby(examples, key=lambda e: e.family):

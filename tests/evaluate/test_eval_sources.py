@@ -1,0 +1,132 @@
+"""Evaluation over the recipe's own prompt sources (issue #21): accuracy with n and a 95%
+interval where a source has a verifier, a judged win / tie / loss of the student against each
+teacher where it has none (both answer orders asked), and a fingerprint that covers the
+sources' content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from endpoint_server import EndpointOptions, serve_teacher
+
+from avocado_llm.config import Recipe, load_recipe
+from avocado_llm.evaluate import ModelSource, evaluate_model, load_report, write_report
+from avocado_llm.evaluate.evaluation import eval_fingerprint
+from avocado_llm.evaluate.judged import outcome, parse_verdict
+from avocado_llm.teachers.hf import LocalTeacher
+
+ROWS = 24
+
+
+def _write_sources(root: Path) -> tuple[Path, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    sums, chats = root / "sums.jsonl", root / "open.jsonl"
+    sums.write_text(
+        "".join(
+            json.dumps({"question": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)}) + "\n"
+            for a in range(ROWS)
+        ),
+        encoding="utf-8",
+    )
+    chats.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"Tell me about topic {i}."}]})
+            + "\n"
+            for i in range(ROWS)
+        ),
+        encoding="utf-8",
+    )
+    return sums, chats
+
+
+def _recipe(tmp_path: Path, zoo_dir: Path, judge_url: str | None = None) -> Recipe:
+    sums, chats = _write_sources(tmp_path / "data")
+    eval_: dict[str, object] = {"heldout_per_family": 4, "max_new_tokens": 8, "batch_size": 8}
+    if judge_url is not None:
+        eval_ |= {"judge_url": judge_url, "judge_model": "qwen-tiny"}
+    numbers = {"name": "sums", "path": str(sums), "prompt": "question", "reference": "answer"}
+    numbers |= {"verifier": "number", "heldout_fraction": 0.5}
+    chatty = {"name": "chats", "path": str(chats), "messages": "messages", "heldout_fraction": 0.5}
+    data = {
+        "name": "eval-sources",
+        "output_dir": str(tmp_path / "runs"),
+        "world": {"families": [], "zoo_dir": str(zoo_dir)},
+        "data": {"sources": [numbers, chatty]},
+        "teachers": [{"name": "gemma-tiny", "zoo": True}],
+        "eval": eval_,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return load_recipe(path)
+
+
+def test_sources_are_scored_and_open_ones_judged_in_both_orders(
+    tmp_path: Path, zoo_dir: Path
+) -> None:
+    judge = LocalTeacher("qwen-tiny", zoo_dir / "qwen-tiny", device="cpu", batch_size=16)
+    with serve_teacher(judge, EndpointOptions(model="qwen-tiny")) as server:
+        recipe = _recipe(tmp_path, zoo_dir, judge_url=server.base_url)
+        out = tmp_path / "eval"
+        evaluate_model(recipe, ModelSource(path=zoo_dir / "gemma-tiny"), out=out, device="cpu")
+        assert server.requests == 0  # no student yet: nothing to judge
+        student = ModelSource(path=zoo_dir / "qwen-tiny")
+        evaluate_model(recipe, student, name="student", role="student", out=out, device="cpu")
+        asked = server.requests
+    report = load_report(out)
+    for name in ("gemma-tiny", "student"):
+        sums = report["models"][name]["families"]["sums"]
+        assert sums["n"] == 4 and 0.0 <= sums["accuracy"] <= 1.0
+        assert sums["ci95"][0] <= sums["accuracy"] <= sums["ci95"][1]
+        assert "chats" not in report["models"][name]["families"]  # no verifier: judged
+    counts = report["judged"]["chats"]["gemma-tiny"]
+    assert counts["n"] == 4 and counts["win"] + counts["tie"] + counts["loss"] == counts["n"]
+    assert counts["student"] == "student"
+    assert asked == 2 * counts["n"]  # both orders of every pair
+    files = write_report(out)
+    html = files.html.read_text(encoding="utf-8")
+    assert '<table id="judged">' in html and "gemma-tiny" in html.split('id="judged"')[1]
+    assert "## Judged sources" in files.markdown.read_text(encoding="utf-8")
+    answers = [json.loads(line) for line in (out / "answers" / "student.jsonl").open()]
+    assert {a["family"] for a in answers} == {"sums", "chats"}
+
+
+def test_the_fingerprint_covers_the_sources_content(tmp_path: Path, zoo_dir: Path) -> None:
+    recipe = _recipe(tmp_path, zoo_dir)
+    model = ModelSource(path=zoo_dir / "gemma-tiny")
+    before = eval_fingerprint(recipe, model, 4)
+    assert before["data.sources.sums"]["verifier"] == "number"
+    with recipe.data.sources[1].path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": "One more."}]}) + "\n")
+    after = eval_fingerprint(recipe, model, 4)
+    assert after["input:source:chats"] != before["input:source:chats"]
+    assert after["input:source:sums"] == before["input:source:sums"]
+
+
+def test_a_tiny_world_recipe_keeps_its_fingerprint(make_recipe, zoo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    fingerprint = eval_fingerprint(make_recipe(), ModelSource(path=zoo_dir / "qwen-tiny"), 5)
+    keys = {"input:model", "seed", "world.families", "n_per_family", "eval.max_new_tokens"}
+    assert set(fingerprint) == keys
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("A", "B", "win"),  # the student's answer chosen in both orders
+        ("B", "A", "loss"),
+        ("A", "A", "tie"),  # always the first position: position bias, no preference
+        ("tie", "B", "win"),
+        ("I cannot tell", "tie.", "tie"),
+    ],
+)
+def test_both_orders_cancel_position_bias(first: str, second: str, expected: str) -> None:
+    assert outcome(parse_verdict(first), parse_verdict(second)) == expected
+
+
+def test_verdicts_are_read_strictly() -> None:
+    assert parse_verdict(" B.") == "B"
+    assert parse_verdict("a good answer") == "tie"  # an article, not a verdict
+    assert parse_verdict("Answer A is better") == "A"
+    assert parse_verdict("TIE") == "tie"
