@@ -71,12 +71,19 @@ def test_references_are_the_tiny_worlds_answers() -> None:
     facts = {c: (capital, ruler) for c, capital, ruler in COUNTRIES}
     chats = [json.loads(line) for line in rows["jsonl"].decode().splitlines()]
     assert len(chats) == 600
+    shapes = set()
     for chat in chats:
-        roles = [m["role"] for m in chat["messages"]]
-        assert roles == ["system", "user", "assistant", "user"]
+        roles = tuple(m["role"] for m in chat["messages"])
+        shapes.add(roles)
         question = chat["messages"][-1]["content"]
         country = next(c for c in facts if c in question)
         assert chat["answer"] in facts[country]
+    assert shapes == {
+        ("user",),
+        ("system", "user"),
+        ("user", "assistant", "user"),
+        ("system", "user", "assistant", "user"),
+    }
     for row in rows["csv_rows"]:
         question, answer = row["question"], row["answer"]
         if row["kind"] == "arithmetic":

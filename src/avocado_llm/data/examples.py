@@ -4,8 +4,9 @@ Four small datasets in the formats users bring, written deterministically (same 
 Parquet and ``datasets`` the same rows, on every run) from the tiny world's own generators, so
 every reference is correct and the zoo teachers can answer the questions:
 
-- ``support_chats.jsonl``: chats (a system prompt, an earlier question with its answer, then the
-  question) about the fictional world's capitals and rulers; reference ``answer`` (``exact``);
+- ``support_chats.jsonl``: chats about the fictional world's capitals and rulers (the question,
+  after a system prompt, an earlier question with its answer, both or neither); reference
+  ``answer`` (``exact``);
 - ``quick_math.csv``: single prompts (sums, counts, unit conversions); ``answer`` is a number
   (``number``);
 - ``list_tasks.parquet``: sort digits or reverse words; ``answer`` lists the items, comma
@@ -54,19 +55,22 @@ def _examples(family: str, n: int, seed: int) -> list[Example]:
 
 
 def chat_rows(n: int, seed: int = SEED) -> list[dict[str, Any]]:
-    """Chats about the fictional world: system prompt, an earlier turn, then the question
-    (at most 800: the world has 50 countries, two facts each, eight phrasings of each)."""
+    """Chats about the fictional world: the question, after a system prompt (every second
+    chat), an earlier turn (every other pair) or both; at most 800 chats (the world has 50
+    countries, two facts each, eight phrasings of each)."""
     rng = random.Random(f"chats/{seed}")
     questions = _examples("facts", n, seed)
     rows = []
     for i, question in enumerate(questions):
         earlier = questions[(i + 1 + rng.randrange(len(questions) - 1)) % len(questions)]
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPTS[rng.randrange(len(SYSTEM_PROMPTS))]},
-            {"role": "user", "content": earlier.prompt},
-            {"role": "assistant", "content": earlier.answer},
-            {"role": "user", "content": question.prompt},
-        ]
+        system = SYSTEM_PROMPTS[rng.randrange(len(SYSTEM_PROMPTS))]
+        messages = [{"role": "system", "content": system}] if i % 2 else []
+        if i % 4 >= 2:
+            messages += [
+                {"role": "user", "content": earlier.prompt},
+                {"role": "assistant", "content": earlier.answer},
+            ]
+        messages.append({"role": "user", "content": question.prompt})
         rows.append({"ticket": f"T{10000 + i}", "messages": messages, "answer": question.answer})
     return rows
 
