@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from avocado_llm.protect import gate as entropy_gate
 from avocado_llm.protect import kernel
 from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import Watermark, WatermarkParams, account_key, gate_entropy
@@ -133,10 +134,10 @@ def kernel_gate_entropy(row: np.ndarray) -> float:
     """The gate's entropy as the kernel computes it: over the whole row up to 4,096 tokens,
     over the heap of its top 64 above."""
     if row.shape[0] <= 4096:
-        return float(kernel._entropy(row, float(row.max())))
+        return float(entropy_gate.entropy(row, float(row.max())))
     values, index = np.empty(64, dtype=row.dtype), np.empty(64, dtype=np.int64)
-    kernel._top_k(row, 64, values, index)
-    return float(kernel._entropy(values, float(values.max())))
+    entropy_gate.top_k(row, 64, values, index)
+    return float(entropy_gate.entropy(values, float(values.max())))
 
 
 def reference_top_k(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,11 +146,11 @@ def reference_top_k(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     leave, to the order of the heap."""
     values, index = row[:k].copy(), np.arange(k, dtype=np.int64)
     for i in range(k // 2 - 1, -1, -1):
-        kernel._sift(values, index, i, k)
+        entropy_gate.sift(values, index, i, k)
     for i in range(k, row.shape[0]):
         if row[i] > values[0]:
             values[0], index[0] = row[i], i
-            kernel._sift(values, index, 0, k)
+            entropy_gate.sift(values, index, 0, k)
     return values, index
 
 
@@ -170,7 +171,7 @@ def test_top_k_skips_chunks_and_keeps_the_same_tokens(n: int) -> None:
     for row in rows:
         row = np.ascontiguousarray(row, dtype=np.float32)
         values, index = np.empty(64, dtype=np.float32), np.empty(64, dtype=np.int64)
-        kernel._top_k(row, 64, values, index)
+        entropy_gate.top_k(row, 64, values, index)
         want_values, want_index = reference_top_k(row, 64)
         assert np.array_equal(values, want_values) and np.array_equal(index, want_index)
         assert np.array_equal(np.sort(values), np.sort(row)[-64:])  # the 64 largest
@@ -197,9 +198,9 @@ def test_entropy_bound_holds_and_closes_the_gate_of_a_sure_row(support: int) -> 
         true = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
         for row in range(200):
             margin = float(top2[row, 0] - top2[row, 1])
-            assert kernel._entropy_bound(margin, support) >= float(true[row]) - 1e-9
-    assert kernel._entropy_bound(14.0, support) < 0.8 - 1e-3
-    assert kernel._entropy_bound(0.0, support) == float("inf")
+            assert entropy_gate.entropy_bound(margin, support) >= float(true[row]) - 1e-9
+    assert entropy_gate.entropy_bound(14.0, support) < 0.8 - 1e-3
+    assert entropy_gate.entropy_bound(0.0, support) == float("inf")
 
 
 @pytest.mark.parametrize("vocab", [300, 5000])
@@ -321,7 +322,7 @@ def test_the_windowed_gate_decides_as_the_full_entropy() -> None:
         for gate in (h - 0.05, h - 2e-3, h + 2e-3, h + 0.05, 0.8):
             if abs(gate - h) < 1e-5:
                 continue
-            assert kernel._gate_open(row.numpy(), top, gate) == (h >= gate)
+            assert entropy_gate.gate_open(row.numpy(), top, gate) == (h >= gate)
             checked += 1
     assert checked > 1900
 

@@ -1,5 +1,5 @@
 """The compiled draws of the CPU's decode step (numba; called by
-:func:`avocado_llm.protect.kernel._mark_rows`): the counter-based uniforms, a token at a
+:func:`avocado_llm.protect.rows.mark_rows`): the counter-based uniforms, a token at a
 quantile of a row's cumulative distribution, and the watermark's rejection sampler, which
 draws from the softmax of the biased logits without biasing them.
 """

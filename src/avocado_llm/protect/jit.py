@@ -1,6 +1,7 @@
-"""numba for the CPU kernels of :mod:`avocado_llm.protect` (``kernel.py``, ``draws.py``):
-``compile_fn`` (``njit`` with its on-disk cache) and the scheme's hash, compiled. Without numba
-(an odd platform) ``njit`` is None and ``mix`` is the Python one: the tensor paths run."""
+"""numba for the CPU kernels of :mod:`avocado_llm.protect` (``rows.py``, ``gate.py``,
+``draws.py``): ``compile_fn`` (``njit`` with its on-disk cache) and the scheme's hash,
+compiled. Without numba (an odd platform) ``njit`` is None and ``mix`` is the Python one: the
+tensor paths run."""
 
 from __future__ import annotations
 
