@@ -76,9 +76,9 @@ def test_harvest_and_evaluation_refuse_an_unknown_family(
 def test_a_recipe_of_data_sources_only_is_checked_but_not_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``data.sources`` are read by ``avocado data check`` only, so far: ``recipe check`` passes
-    such a recipe, but the stages that run models refuse it before any work instead of
-    harvesting zero prompts."""
+    """``data.sources`` are read by ``avocado data check``, the harvest, fusion and training, but
+    not yet by the evaluation: ``recipe check`` passes such a recipe, and ``run`` / ``eval``
+    refuse it before any work instead of scoring zero prompts."""
     (tmp_path / "own.jsonl").write_text('{"question": "What is 2 plus 2?"}\n')
     path = tmp_path / "own.yaml"
     path.write_text(
@@ -89,7 +89,7 @@ def test_a_recipe_of_data_sources_only_is_checked_but_not_run(
     assert main(["recipe", "check", str(path)]) == 0
     assert "data sources own" in capsys.readouterr().out
     recipe = load_recipe(path)
-    with pytest.raises(RecipeError, match=r"do not read data\.sources yet"):
+    with pytest.raises(RecipeError, match=r"evaluation does not read data\.sources yet"):
         check_families(recipe)
     assert main(["run", str(path), "--set", f"output_dir={tmp_path / 'runs'}"]) == 1
     assert "data.sources" in capsys.readouterr().err

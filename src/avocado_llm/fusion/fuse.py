@@ -8,10 +8,11 @@ never what it used.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 
+from avocado_llm.data.verifiers import Verifier, verifier
 from avocado_llm.fusion.example import FamilyReport, FusedExample, FusionError, FusionReport
 from avocado_llm.fusion.records import Prompt, group_prompts
 from avocado_llm.fusion.scoring import Scorer
@@ -27,13 +28,17 @@ def fuse(
     scorers: dict[str, Scorer] | None = None,
     judge: str | None = None,
     min_weight: float = 0.0,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[list[FusedExample], FusionReport]:
     """Choose, for every prompt of a harvest, the answers to learn and whose distributions.
 
     ``unverified`` families are fused without gold (``verify`` falls back to ``vote`` there).
     ``scorers`` (teacher name → :class:`~avocado_llm.fusion.scoring.Scorer`) are read by
     ``min_ce`` (all of them) and ``judge`` (the one named ``judge``). Examples whose support
-    (:attr:`FusedExample.support`) is below ``min_weight`` are dropped.
+    (:attr:`FusedExample.support`) is below ``min_weight`` are dropped. ``sources`` (prompt
+    source name → verifier spec, ``data.sources``) are families too: ``verify`` uses the
+    source's verifier, and fuses a source without one (``none``) label-free, as it does any
+    family of the records that is neither a tiny-world family nor a source.
     """
     if not 0.0 <= min_weight <= 1.0:
         raise FusionError(f"min_weight must be in [0, 1], got {min_weight}")
@@ -44,9 +49,15 @@ def fuse(
             f"unverified names unknown families {unknown}; families: {', '.join(FAMILIES)}"
         )
     run = get_strategy(strategy, set(records["teacher"].to_pylist()))
-    context = Context(unverified, dict(scorers or {}), judge)
+    verifiers = source_verifiers(sources or {})
+    blind = set(unverified)
+    if sources:  # gold is read only where a verifier reads it
+        blind |= {name for name in sources if name not in verifiers}
+        known = set(FAMILIES) | set(verifiers)
+        blind |= {f for f in set(records["family"].to_pylist()) if f not in known}
+    context = Context(unverified, dict(scorers or {}), judge, verifiers)
     by_family: dict[str, list[Prompt]] = {}
-    for prompt in group_prompts(records, unverified):
+    for prompt in group_prompts(records, blind):
         by_family.setdefault(prompt.family, []).append(prompt)
     examples: list[FusedExample] = []
     report = FusionReport(strategy)
@@ -55,8 +66,21 @@ def fuse(
         chosen = [e for e in chosen if e.support >= min_weight]
         examples += chosen
         report.families[family] = _family_report(prompts, chosen, reliability)
-    _evaluate(report, examples, records)
+    _evaluate(report, examples, records, verifiers)
     return examples, report
+
+
+def source_verifiers(sources: Mapping[str, str]) -> dict[str, Verifier]:
+    """Source name → its verifier, for the sources that have one."""
+    verifiers = {}
+    for name, spec in sources.items():
+        try:
+            check = verifier(spec)
+        except ValueError as error:
+            raise FusionError(f"source {name!r}: {error}") from None
+        if check is not None:
+            verifiers[name] = check
+    return verifiers
 
 
 def _family_report(
@@ -75,12 +99,24 @@ def _family_report(
     )
 
 
-def _evaluate(report: FusionReport, examples: list[FusedExample], records: pa.Table) -> None:
-    """EVALUATION ONLY: each family's share of targets the verifier accepts against gold."""
+def _evaluate(
+    report: FusionReport,
+    examples: list[FusedExample],
+    records: pa.Table,
+    verifiers: Mapping[str, Verifier] | None = None,
+) -> None:
+    """EVALUATION ONLY: each family's (and verified source's) share of targets the verifier
+    accepts against gold."""
+    verifiers = verifiers or {}
     gold = dict(zip(records["prompt_id"].to_pylist(), records["gold"].to_pylist(), strict=True))
     right: dict[str, list[bool]] = {}
     for ex in examples:
-        if gold.get(ex.prompt_id) is not None and ex.family in FAMILIES:
+        if gold.get(ex.prompt_id) is None:
+            continue
+        if ex.family in verifiers:
+            verdict = bool(verifiers[ex.family](ex.target, gold[ex.prompt_id]))
+            right.setdefault(ex.family, []).append(verdict)
+        elif ex.family in FAMILIES:
             verdict = get_family(ex.family).verify(ex.target, gold[ex.prompt_id])
             right.setdefault(ex.family, []).append(verdict)
     for family, summary in report.families.items():

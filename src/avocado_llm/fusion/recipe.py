@@ -55,6 +55,8 @@ def recipe_records(recipe: Recipe, records: pa.Table) -> pa.Table:
     params = sampling_params(recipe.harvest, recipe.seed).as_dict()
     samples = params.pop("n")
     prompts = {ex.id for ex in harvest_prompts(recipe)}
+    if recipe.data.sources:
+        prompts |= _source_ids(recipe)
     teachers = {t.name for t in recipe.teachers}
 
     def wanted(row: dict[str, Any]) -> bool:
@@ -70,6 +72,17 @@ def recipe_records(recipe: Recipe, records: pa.Table) -> pa.Table:
     return records.filter(pa.array([wanted(row) for row in rows], type=pa.bool_()))
 
 
+def _source_ids(recipe: Recipe) -> set[str]:
+    """The ids of the training prompts of the recipe's ``data.sources`` (read as a stream)."""
+    from avocado_llm.data.sources import DataError
+    from avocado_llm.harvest.runner import source_prompts
+
+    try:
+        return {ex.id for ex in source_prompts(recipe)}
+    except DataError as error:
+        raise FusionError(str(error)) from None
+
+
 def fusion_fingerprint(recipe: Recipe, strategy: str, records: pa.Table) -> dict[str, Any]:
     """What makes a fused file: the fusion fields and the records it reads (their keys name
     teacher, revision, prompt and sampling; their completions are the answers)."""
@@ -81,7 +94,14 @@ def fusion_fingerprint(recipe: Recipe, strategy: str, records: pa.Table) -> dict
         "fusion.judge_teacher": recipe.fusion.judge_teacher,
         "world.unverified": sorted(recipe.world.unverified),
         "input:harvest records": f"{len(answers)} records, {digest(answers)}",
-    }
+    } | _sources_fingerprint(recipe)
+
+
+def _sources_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """The verifiers of the recipe's ``data.sources`` (none at all for the tiny world alone)."""
+    if not recipe.data.sources:
+        return {}
+    return {"data.sources verifiers": {s.name: s.verifier for s in recipe.data.sources}}
 
 
 def fuse_recipe(
@@ -116,6 +136,7 @@ def fuse_recipe(
         scorers=_scorers(recipe, strategy, device),
         judge=recipe.fusion.judge_teacher,
         min_weight=recipe.fusion.min_weight,
+        sources={s.name: s.verifier for s in recipe.data.sources} or None,
     )
     path = write_fused(out, strategy, examples, report, fingerprint)
     return Fused(path, strategy, len(examples), report)

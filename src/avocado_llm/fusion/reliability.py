@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 
 from avocado_llm.fusion.records import Candidate, Prompt
 from avocado_llm.world.tasks import get_family
@@ -30,17 +31,22 @@ UNKNOWN_CONFIDENCE = 0.5
 """Prior of a teacher that gave no log-probabilities (an endpoint without them)."""
 
 
-def verified_reliability(prompts: list[Prompt]) -> dict[str, float]:
-    """Per teacher: the share of its answers the family's verifier accepts against gold."""
+Check = Callable[[str, str], object]
+"""A verifier: ``check(answer, gold)`` is truthy when the answer is right."""
+
+
+def verified_reliability(prompts: list[Prompt], check: Check | None = None) -> dict[str, float]:
+    """Per teacher: the share of its answers the verifier accepts against gold (``check``, by
+    default the tiny-world family's own)."""
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for prompt in prompts:
         if prompt.gold is None:
             continue
-        family = get_family(prompt.family)
+        verify = check or get_family(prompt.family).verify
         for c in prompt.candidates:
             total[c.teacher] += 1
-            right[c.teacher] += family.verify(c.text, prompt.gold)
+            right[c.teacher] += bool(verify(c.text, prompt.gold))
     return {t: right[t] / total[t] for t in sorted(total)}
 
 

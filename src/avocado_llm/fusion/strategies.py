@@ -2,7 +2,9 @@
 
 Each strategy takes a family's prompts and returns its examples and the teacher reliabilities
 it used. Only ``verify`` reads gold, and only where ``records.group_prompts`` left it (not on
-unverified families, where it falls back to ``vote``).
+unverified families, where it falls back to ``vote``). A prompt source of ``data.sources`` is a
+family here: ``verify`` checks its answers with the source's verifier against its reference,
+and falls back to ``vote`` on a source without a verifier (``verifier: none``).
 
 - ``verify``: answers the verifier accepts; the target is the correct answer of the teacher
   most often right on the family; every teacher that wrote exactly that text shares the weight.
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from avocado_llm.fusion.example import FusedExample, FusionError
 from avocado_llm.fusion.records import Candidate, Prompt
 from avocado_llm.fusion.reliability import (
+    Check,
     label_free_reliability,
     verified_reliability,
     weighted_votes,
@@ -48,6 +51,9 @@ class Context:
     unverified: set[str]
     scorers: dict[str, Scorer] = field(default_factory=dict)
     judge: str | None = None
+    verifiers: dict[str, Check] = field(default_factory=dict)
+    """Prompt source (``data.sources``) name → its verifier; a source without one is fused
+    label-free, its reference never read (``records.group_prompts`` blanks it)."""
 
 
 Strategy = Callable[[list[Prompt], Context], tuple[list[FusedExample], Reliability]]
@@ -110,11 +116,11 @@ def verify(prompts: list[Prompt], ctx: Context) -> tuple[list[FusedExample], Rel
     fallback, reliability = vote([p for p in prompts if p.gold is None], ctx)
     if not graded:
         return fallback, reliability  # an unverified family: gold was never loaded
-    reliability = verified_reliability(graded)
-    family = get_family(graded[0].family)
+    check = ctx.verifiers.get(graded[0].family) or get_family(graded[0].family).verify
+    reliability = verified_reliability(graded, check)
     examples = []
     for prompt in graded:
-        correct = [c for c in prompt.candidates if family.verify(c.text, str(prompt.gold))]
+        correct = [c for c in prompt.candidates if check(c.text, str(prompt.gold))]
         if correct:
             target = max(correct, key=lambda c: (reliability[c.teacher], confidence(c)))
             examples.append(example(prompt, target, "verify"))

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import zip_longest
+from itertools import chain, islice, zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from rich.progress import (
 )
 
 from avocado_llm.config import Recipe, RecipeError
+from avocado_llm.data.prompts import HeldoutIndex, heldout_index, prompt_rows
+from avocado_llm.data.sources import DataError, source_digest
 from avocado_llm.harvest.keys import record_key, record_row
 from avocado_llm.harvest.store import HarvestError, HarvestStore
 from avocado_llm.teachers import (
@@ -43,7 +46,7 @@ from avocado_llm.teachers import (
     load_teacher,
     sampling_params,
 )
-from avocado_llm.teachers.base import PartialAnswers
+from avocado_llm.teachers.base import PartialAnswers, TeacherInfo
 from avocado_llm.teachers.redact import redact
 from avocado_llm.world import tasks
 from avocado_llm.world.checks import check_families
@@ -96,6 +99,24 @@ def harvest_prompts(recipe: Recipe, limit: int | None = None) -> list[Example]:
     return mixed if limit is None else mixed[:limit]
 
 
+def source_prompts(recipe: Recipe, index: HeldoutIndex | None = None) -> Iterator[Example]:
+    """The training prompts of the recipe's ``data.sources``, streamed source after source:
+    each an :class:`Example` whose ``family`` is the source's name and whose ``answer`` is the
+    row's reference (``None`` for an open-ended prompt). ``index``: the held-out side of every
+    source (:func:`~avocado_llm.data.prompts.heldout_index`), computed here when not given."""
+    sources = recipe.data.sources
+    if index is None:
+        index = heldout_index(sources)
+    for source in sources:
+        for row in prompt_rows(source, "train", index):
+            yield Example(row.id, row.source, "train", row.messages, row.reference)  # type: ignore[arg-type]
+
+
+def source_digests(recipe: Recipe) -> dict[str, str]:
+    """Source name → the content hash of its file(s), as the harvest manifest keeps it."""
+    return {s.name: source_digest(s.path) for s in recipe.data.sources}
+
+
 async def harvest(
     recipe: Recipe,
     out_dir: str | Path | None = None,
@@ -114,15 +135,20 @@ async def harvest(
             "(harvest.from_run): harvest with that run's recipe, or remove from_run"
         )
     try:
-        check_families(recipe)
+        check_families(recipe, reads_sources=True)
     except RecipeError as error:
         raise HarvestError(str(error)) from None
     out = Path(out_dir) if out_dir is not None else recipe.harvest_dir
-    prompts = harvest_prompts(recipe, limit)
+    prompts: list[Example] | Prompts = harvest_prompts(recipe, limit)
+    digests: dict[str, str] = {}
+    if recipe.data.sources:  # your own data: streamed, after the tiny world's prompts
+        prompts, digests = _with_sources(recipe, prompts, limit)
     params = sampling_params(recipe.harvest, recipe.seed)
     store = HarvestStore(out, recipe.name, recipe.harvest.shard_size)
     owned = teachers is None
     try:
+        if digests:
+            store.register_sources(digests)
         if teachers is None:
             teachers = await asyncio.to_thread(
                 lambda: [load_teacher(cfg, recipe, device) for cfg in recipe.teachers]
@@ -153,6 +179,39 @@ async def harvest(
                 await teacher.aclose()
 
 
+class Prompts:
+    """Prompts to harvest, read again for every teacher: a list, or a stream of known length."""
+
+    def __init__(self, make: Callable[[], Iterable[Example]], total: int) -> None:
+        self.make, self.total = make, total
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.make())
+
+    def __len__(self) -> int:
+        return self.total
+
+
+def _with_sources(
+    recipe: Recipe, world: list[Example], limit: int | None
+) -> tuple[Prompts, dict[str, str]]:
+    """The tiny world's prompts, then every source's training prompts (streamed, counted and
+    checked once here, so a bad source fails before any teacher loads), and their digests."""
+    try:
+        digests = source_digests(recipe)
+        index = heldout_index(recipe.data.sources)
+        total = len(world) + sum(1 for _ in source_prompts(recipe, index))
+    except DataError as error:
+        raise HarvestError(str(error)) from None
+    if limit is not None:
+        total = min(total, limit)
+
+    def make() -> Iterable[Example]:
+        return islice(chain(world, source_prompts(recipe, index)), total)
+
+    return Prompts(make, total), digests
+
+
 def _progress_bars(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -168,26 +227,26 @@ def _progress_bars(enabled: bool) -> Progress:
 
 async def _harvest_teacher(
     teacher: Teacher,
-    prompts: list[Example],
+    prompts: list[Example] | Prompts,
     params: SamplingParams,
     store: HarvestStore,
     batch_size: int,
     bars: Progress,
 ) -> TeacherReport:
+    """Ask ``teacher`` every prompt it has not answered yet, ``batch_size`` prompts a batch.
+    The prompts are read once, in order; only a batch's keys are held at a time."""
     info = teacher.info
-    keys = {
-        ex.id: [record_key(info, ex.messages, params, i) for i in range(params.n)] for ex in prompts
-    }
     done = store.finished(info.name)
-    report = TeacherReport(info.name, planned=len(prompts) * params.n)
-    report.skipped = sum(key in done for ex in prompts for key in keys[ex.id])
-    todo = [ex for ex in prompts if not all(key in done for key in keys[ex.id])]
-    bar = bars.add_task(
-        info.name, total=len(prompts), completed=len(prompts) - len(todo), tps=0.0, failed=0
-    )
+    total = len(prompts)
+    report = TeacherReport(info.name, planned=total * params.n)
+    bar = bars.add_task(info.name, total=total, completed=0, tps=0.0, failed=0)
     start = time.perf_counter()
-    for first in range(0, len(todo), batch_size):
-        batch = todo[first : first + batch_size]
+    for batch, keys, skipped in _todo(prompts, info, params, done, batch_size):
+        report.skipped += skipped * params.n
+        bars.update(bar, advance=skipped)
+        if not batch:
+            continue
+        report.skipped += sum(key in done for ex in batch for key in keys[ex.id])
         missing = _missing(batch, keys, done)
         rows, failures = await _ask(teacher, batch, missing, keys, params)
         written, refused = _write(store, info.name, rows)
@@ -205,6 +264,33 @@ async def _harvest_teacher(
         tps = report.completion_tokens / max(report.seconds, 1e-9)
         bars.update(bar, advance=len(batch), tps=tps, failed=report.failed)
     return report
+
+
+def _todo(
+    prompts: Iterable[Example],
+    info: TeacherInfo,
+    params: SamplingParams,
+    done: set[str],
+    batch_size: int,
+) -> Iterator[tuple[list[Example], dict[str, list[str]], int]]:
+    """``(batch, its keys, prompts skipped before it)``: the prompts with a record still
+    missing, in order, ``batch_size`` at a time (the last batch may be empty, to report the
+    prompts skipped after the last full one). Prompts whose records are all done are skipped."""
+    batch: list[Example] = []
+    keys: dict[str, list[str]] = {}
+    skipped = 0
+    for ex in prompts:
+        ex_keys = [record_key(info, ex.messages, params, i) for i in range(params.n)]
+        if all(key in done for key in ex_keys):
+            skipped += 1
+            continue
+        batch.append(ex)
+        keys[ex.id] = ex_keys
+        if len(batch) == batch_size:
+            yield batch, keys, skipped
+            batch, keys, skipped = [], {}, 0
+    if batch or skipped:
+        yield batch, keys, skipped
 
 
 Failure = tuple[str, str, int, str]

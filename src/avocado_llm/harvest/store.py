@@ -238,6 +238,8 @@ class HarvestStore:
         manifest = read_manifest(self.root)
         known = {s["path"]: Shard(**s) for s in manifest.get("shards", [])}
         self.teachers: dict[str, dict[str, Any]] = manifest.get("teachers", {})
+        self.sources: dict[str, str] = dict(manifest.get("sources") or {})
+        """Source name → content digest of the prompt data harvested here (``data.sources``)."""
         self.damaged = quarantine_damaged(self.root, known)
         """Shards found damaged when this store was opened (moved to ``damaged/``)."""
         self.shards, self.index = scan_shards(self.root, known)
@@ -262,6 +264,24 @@ class HarvestStore:
                 f"another directory (--out), or delete that folder to harvest {info.name} again"
             )
         self.teachers[info.name] = {**asdict(info), "sampling": params.as_dict()}
+        self._write_manifest()
+
+    def register_sources(self, digests: dict[str, str]) -> None:
+        """Record each source's content digest; refuse (nothing recorded) a source whose content
+        changed since it was harvested here: its old answers and new prompts must not mix."""
+        changed = [
+            f"{name}: {self.sources[name]} → {digest}"
+            for name, digest in sorted(digests.items())
+            if self.sources.get(name, digest) != digest
+        ]
+        if changed:
+            raise HarvestError(
+                f"the prompt source(s) changed since they were harvested into {self.root} "
+                f"(content hash in its manifest.json): {'; '.join(changed)}. Resuming would mix "
+                "answers to two versions of a source: restore the source file, harvest into "
+                "another directory (--out), or delete this harvest directory to start over"
+            )
+        self.sources.update(digests)
         self._write_manifest()
 
     def write(self, teacher: str, rows: list[dict[str, Any]]) -> int:
@@ -332,4 +352,6 @@ class HarvestStore:
             "teachers": teachers,
             "shards": [asdict(s) for s in self.shards],
         }
+        if self.sources:  # only a harvest of data.sources has them
+            manifest["sources"] = dict(sorted(self.sources.items()))
         atomic_write(self.root / "manifest.json", json.dumps(manifest, indent=1).encode())

@@ -29,20 +29,32 @@ def family_problems(recipe: Recipe) -> list[Problem]:
 
 
 def sources_problems(recipe: Recipe) -> list[Problem]:
-    """A recipe whose only prompts are ``data.sources``: ``avocado data check`` reads them, but
-    the harvest, fusion, training and evaluation do not yet (issue #21), so running it would
-    harvest nothing. Refused, rather than run on zero prompts."""
+    """A recipe whose only prompts are ``data.sources``: the harvest, fusion and training read
+    them, but the evaluation does not yet (issue #21), so ``avocado run`` and ``avocado eval``
+    would score nothing. Refused there, rather than run on zero prompts."""
     if recipe.data.sources and not recipe.world.families:
-        fix = "add world.families for now; `avocado data check RECIPE` checks your sources"
-        why = "the harvest, fusion and evaluation do not read data.sources yet"
+        fix = (
+            "run `avocado harvest`, `avocado fuse` and `avocado distill` on it stage by stage, "
+            "or add world.families for now"
+        )
+        why = "the evaluation does not read data.sources yet"
         return [Problem("data.sources", why, fix)]
     return []
 
 
-def check_families(recipe: Recipe, source: str | None = None, *, stage: bool = True) -> None:
+def check_families(
+    recipe: Recipe,
+    source: str | None = None,
+    *,
+    stage: bool = True,
+    reads_sources: bool = False,
+) -> None:
     """Raise :class:`~avocado_llm.config.fields.RecipeError` (``source``: the recipe's file, by
     default its name) if the recipe names a task family the tiny world does not have, or, for a
-    ``stage`` that runs models, has no prompts it can use (:func:`sources_problems`)."""
-    problems = family_problems(recipe) + (sources_problems(recipe) if stage else [])
+    ``stage`` that runs models and does not read ``data.sources`` (``reads_sources``), has no
+    prompts it can use (:func:`sources_problems`)."""
+    problems = family_problems(recipe)
+    if stage and not reads_sources:
+        problems += sources_problems(recipe)
     if problems:
         raise RecipeError(source or f"recipe {recipe.name!r}", problems)
