@@ -16,6 +16,7 @@ from avocado_llm.config import Recipe, load_recipe
 from avocado_llm.evaluate import ModelSource, evaluate_model, load_report, write_report
 from avocado_llm.evaluate.evaluation import eval_fingerprint
 from avocado_llm.evaluate.judged import outcome, parse_verdict
+from avocado_llm.teachers.base import TeacherError
 from avocado_llm.teachers.hf import LocalTeacher
 
 ROWS = 24
@@ -84,7 +85,11 @@ def test_sources_are_scored_and_open_ones_judged_in_both_orders(
     counts = report["judged"]["chats"]["gemma-tiny"]
     assert counts["n"] == 4 and counts["win"] + counts["tie"] + counts["loss"] == counts["n"]
     assert counts["student"] == "student"
-    assert asked == 2 * counts["n"]  # both orders of every pair
+    # the judge is also checked on the sums where exactly one of the two answers is right
+    checks = report.get("judge_checks", {}).get("sums", {}).get("gemma-tiny", {"n": 0})
+    assert asked == 2 * (counts["n"] + checks["n"])  # both orders of every pair
+    if checks["n"]:
+        assert 0.0 <= report["judge_agreement"]["sums"] <= 1.0
     files = write_report(out)
     html = files.html.read_text(encoding="utf-8")
     assert '<table id="judged">' in html and "gemma-tiny" in html.split('id="judged"')[1]
@@ -130,3 +135,19 @@ def test_verdicts_are_read_strictly() -> None:
     assert parse_verdict("a good answer") == "tie"  # an article, not a verdict
     assert parse_verdict("Answer A is better") == "A"
     assert parse_verdict("TIE") == "tie"
+
+
+def test_a_failing_judge_leaves_the_student_unevaluated(tmp_path: Path, zoo_dir: Path) -> None:
+    """The judge answers every request with 400: the student's entry is not written, so the
+    next `avocado run` evaluates and judges it again instead of finding it up to date."""
+    judge = LocalTeacher("qwen-tiny", zoo_dir / "qwen-tiny", device="cpu", batch_size=16)
+    with serve_teacher(judge, EndpointOptions(model="qwen-tiny", always_400=True)) as server:
+        recipe = _recipe(tmp_path, zoo_dir, judge_url=server.base_url)
+        out = tmp_path / "eval"
+        evaluate_model(recipe, ModelSource(path=zoo_dir / "gemma-tiny"), out=out, device="cpu")
+        student = ModelSource(path=zoo_dir / "qwen-tiny")
+        with pytest.raises(TeacherError):
+            evaluate_model(recipe, student, name="student", role="student", out=out, device="cpu")
+        assert server.requests > 0
+    report = load_report(out)
+    assert set(report["models"]) == {"gemma-tiny"} and "judged" not in report

@@ -16,7 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 from avocado_llm.config import cli
-from avocado_llm.evaluate.report import ROLES, load_report, verdicts
+from avocado_llm.evaluate.report import (
+    ROLES,
+    agreement_lines,
+    judged_rows,
+    load_report,
+    verdicts,
+)
 
 if TYPE_CHECKING:
     from avocado_llm.config import Recipe
@@ -24,10 +30,12 @@ if TYPE_CHECKING:
 
 HELP = "score a model (directory or endpoint) on held-out tasks; write the report"
 DESCRIPTION = """\
-Score one model on the held-out split of RECIPE's task families: a local Hugging Face directory
-(--model) or a model behind an OpenAI-compatible endpoint (--url), answering greedily. Its
-scores are added to (or replace its entry in) <out>/report.json; report.md, report.html and the
-plots are regenerated, and its answers are written to <out>/answers/<name>.jsonl.
+Score one model on the held-out split of RECIPE's task families and data sources: a local
+Hugging Face directory (--model) or a model behind an OpenAI-compatible endpoint (--url),
+answering greedily. Its scores are added to (or replace its entry in) <out>/report.json;
+report.md, report.html and the plots are regenerated, and its answers are written to
+<out>/answers/<name>.jsonl. On sources without a verifier the judge (eval.judge or
+eval.judge_url) compares the student's answers with each teacher's, in both orders.
 """
 
 
@@ -82,7 +90,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
         )  # fmt: skip
         files = write_report(done.eval_dir, {"run_dir": recipe.run_dir})
         _print_entry(done.name, done.entry)
-        for line in verdicts(load_report(done.eval_dir)):
+        report = load_report(done.eval_dir)
+        for line in verdicts(report):
+            print(line)
+        for r in judged_rows(report):
+            print(f"judged {r['source']}: {r['student']} vs {r['model']}: win {r['win']}, "
+                  f"tie {r['tie']}, loss {r['loss']} of {r['n']} (judge {r['judge']})")  # fmt: skip
+        for line in agreement_lines(report):
             print(line)
         print(f"report: {files.html} (also {files.markdown.name}, report.json); "
               f"answers: {done.answers_path}")  # fmt: skip

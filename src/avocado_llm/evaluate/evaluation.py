@@ -139,9 +139,11 @@ def evaluate_model(
         if isinstance(ex, SourcePrompt):  # the whole chat, for the judge
             row["messages"] = ex.messages
     write_answers(answers_path, rows)
-    update_report(eval_dir, name, entry, recipe=recipe.name)
     if any(s.verifier == "none" for s in recipe.data.sources):
-        judge_answers(recipe, eval_dir, name, device)
+        # Before the entry: a judge that fails leaves the model unevaluated, so the next run
+        # evaluates (and judges) it again instead of finding it up to date.
+        judge_answers(recipe, eval_dir, name, role, device)
+    update_report(eval_dir, name, entry, recipe=recipe.name)
     return ModelEvaluation(name, entry, eval_dir, answers_path)
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from avocado_llm.config import Recipe
-from avocado_llm.evaluate.report import load_report, update_judged
+from avocado_llm.evaluate.report import REPORT_FILE, load_report, update_judged
 from avocado_llm.evaluate.runner import EvalError
 from avocado_llm.teachers import load_teacher
 from avocado_llm.teachers.base import SamplingParams, Teacher
@@ -81,15 +82,15 @@ def make_judge(recipe: Recipe, device: str = "auto") -> tuple[str, Teacher]:
     return name, load_teacher(teacher, recipe, device)
 
 
-def _open_answers(path: Path, sources: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """A model's answers to the prompts of open-ended sources, by (source, prompt id)."""
+def _answers(path: Path, sources: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """A model's answers to the prompts of ``sources``, by (source, prompt id)."""
     if not path.is_file():
         return {}
     rows = {}
     with path.open(encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            if row.get("family") in sources and row.get("correct") is None:
+            if row.get("family") in sources:
                 rows[(row["family"], row["id"])] = row
     return rows
 
@@ -100,46 +101,89 @@ def judged_student(models: dict[str, Any]) -> str | None:
     return "student" if "student" in students else (students[0] if students else None)
 
 
-def judge_answers(recipe: Recipe, eval_dir: Path, name: str, device: str = "auto") -> int:
+@dataclass(frozen=True)
+class _Pair:
+    source: str
+    teacher: str
+    messages: list[dict[str, str]]
+    student_answer: str
+    teacher_answer: str
+    student_right: bool | None
+    """On a verified source: whether the verifier accepts the student's answer rather than the
+    teacher's (only pairs where exactly one is right are asked); None on an open source."""
+
+
+def _pairs(
+    eval_dir: Path, student: str, teachers: list[str], open_: set[str], verified: set[str]
+) -> list[_Pair]:
+    answers = eval_dir / "answers"
+    mine = _answers(answers / f"{student}.jsonl", open_ | verified)
+    pairs = []
+    for teacher in teachers:
+        theirs = _answers(answers / f"{teacher}.jsonl", open_ | verified)
+        for key, row in mine.items():
+            other = theirs.get(key)
+            if other is None:
+                continue
+            marks = (row.get("correct"), other.get("correct"))
+            if key[0] in open_ and marks[0] is None:
+                right = None
+            elif key[0] in verified and marks in ((True, False), (False, True)):
+                right = marks[0]
+            else:
+                continue
+            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+            pairs.append(_Pair(key[0], teacher, messages, row["answer"], other["answer"], right))
+    return pairs
+
+
+def judge_answers(
+    recipe: Recipe, eval_dir: Path, name: str, role: str, device: str = "auto"
+) -> int:
     """Judge the student against every teacher whose answers ``eval_dir`` holds, where model
-    ``name`` (just evaluated) is one of the two; write the counts to ``report.json``. Returns
-    the number of judge requests made (two per compared prompt)."""
-    sources = {s.name for s in recipe.data.sources if s.verifier == "none"}
-    models = load_report(eval_dir)["models"]
+    ``name`` (just evaluated, in ``role``; its answers written, its entry not yet) is one of
+    the two, and write the counts to ``report.json``.
+
+    On open sources this gives the win / tie / loss counts; on verified sources the judge is
+    asked about the prompts where exactly one of the two answers passes the verifier, and its
+    agreement with the verifier is reported (``judge_agreement``). Returns the number of judge
+    requests made (two per compared prompt)."""
+    open_ = {s.name for s in recipe.data.sources if s.verifier == "none"}
+    verified = {s.name for s in recipe.data.sources if s.verifier != "none"}
+    models = load_report(eval_dir)["models"] if (eval_dir / REPORT_FILE).is_file() else {}
+    models = {**models, name: {"role": role}}
     student = judged_student(models)
-    if student is None or not sources:
+    if student is None or not open_:
         return 0
     teachers = sorted(n for n, m in models.items() if m["role"] == "teacher")
     if name != student:
         teachers = [t for t in teachers if t == name]
-    answers = eval_dir / "answers"
-    mine = _open_answers(answers / f"{student}.jsonl", sources)
-    pairs = []  # (source, teacher, messages, student answer, teacher answer)
-    for teacher in teachers:
-        theirs = _open_answers(answers / f"{teacher}.jsonl", sources)
-        for key, row in mine.items():
-            if key in theirs:
-                messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-                pairs.append((key[0], teacher, messages, row["answer"], theirs[key]["answer"]))
+    pairs = _pairs(eval_dir, student, teachers, open_, verified)
     if not pairs:
         return 0
     rubric = recipe.eval.judge_rubric
     conversations = []
-    for _, _, messages, own, other in pairs:
-        conversations.append(judge_messages(rubric, messages, own, other))
-        conversations.append(judge_messages(rubric, messages, other, own))
+    for p in pairs:
+        conversations.append(judge_messages(rubric, p.messages, p.student_answer, p.teacher_answer))
+        conversations.append(judge_messages(rubric, p.messages, p.teacher_answer, p.student_answer))
     judge_name, judge = make_judge(recipe, device)
     replies = asyncio.run(_ask(judge, conversations))
     judged: dict[str, dict[str, dict[str, Any]]] = {}
-    for i, (source, teacher, *_) in enumerate(pairs):
+    checks: dict[str, dict[str, dict[str, Any]]] = {}
+    for i, p in enumerate(pairs):
         result = outcome(parse_verdict(replies[2 * i]), parse_verdict(replies[2 * i + 1]))
-        counts = judged.setdefault(source, {}).setdefault(
-            teacher,
-            {"win": 0, "tie": 0, "loss": 0, "n": 0, "student": student, "judge": judge_name},
-        )
-        counts[result] += 1
-        counts["n"] += 1
-    update_judged(eval_dir, judged)
+        if p.student_right is None:
+            counts = judged.setdefault(p.source, {}).setdefault(
+                p.teacher,
+                {"win": 0, "tie": 0, "loss": 0, "n": 0, "student": student, "judge": judge_name},
+            )
+            counts[result] += 1
+            counts["n"] += 1
+        else:
+            check = checks.setdefault(p.source, {}).setdefault(p.teacher, {"agree": 0, "n": 0})
+            check["agree"] += result == ("win" if p.student_right else "loss")
+            check["n"] += 1
+    update_judged(eval_dir, judged, checks)
     return len(conversations)
 
 

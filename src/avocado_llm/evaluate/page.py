@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
-from avocado_llm.evaluate.report import Table, judged_rows
+from avocado_llm.evaluate.report import Table, agreement_lines, judged_rows
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ teacher's, asked in both orders; win / tie / loss of the student.</p>
   {%- endfor %}
   </tbody>
 </table>
+{%- for line in agreement %}
+<p class="meta judge-agreement">{{ line }}</p>
+{%- endfor %}
 {%- endif %}
 {%- for plot in plots %}
 <figure><img src="{{ plot.uri }}" alt="{{ plot.caption }}" data-file="{{ plot.file }}">
@@ -135,5 +138,6 @@ def render_html(
         rows=_rows(table),
         verdicts=verdicts,
         judged=judged_rows(report),
+        agreement=agreement_lines(report),
         plots=plots,
     )

@@ -158,9 +158,15 @@ def update_report(
     return report
 
 
-def update_judged(eval_dir: str | Path, judged: dict[str, dict[str, dict[str, Any]]]) -> None:
+def update_judged(
+    eval_dir: str | Path,
+    judged: dict[str, dict[str, dict[str, Any]]],
+    checks: dict[str, dict[str, dict[str, int]]] | None = None,
+) -> None:
     """Add or replace the judged counts of each (source, model) of ``judged`` in
-    ``eval_dir/report.json`` (the other pairs are kept)."""
+    ``eval_dir/report.json`` (the other pairs are kept). ``checks`` (verified sources: how often
+    the judge sided with the verifier, per teacher: ``{"agree", "n"}``) are kept under
+    ``judge_checks`` and summed into ``judge_agreement``: ``{SOURCE: fraction}``."""
     problems = _judged_problems(judged)
     if problems:
         raise ReportError("refusing to write invalid judged counts:\n  " + "\n  ".join(problems))
@@ -169,6 +175,13 @@ def update_judged(eval_dir: str | Path, judged: dict[str, dict[str, dict[str, An
         report = load_report(eval_dir)
         for source, rivals in judged.items():
             report.setdefault("judged", {}).setdefault(source, {}).update(rivals)
+        for source, rivals in (checks or {}).items():
+            report.setdefault("judge_checks", {}).setdefault(source, {}).update(rivals)
+        for source, rivals in report.get("judge_checks", {}).items():
+            n = sum(c["n"] for c in rivals.values())
+            if n:
+                agree = sum(c["agree"] for c in rivals.values()) / n
+                report.setdefault("judge_agreement", {})[source] = agree
         _atomic_write(eval_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
 
 
@@ -182,6 +195,16 @@ def judged_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(dict(source=source, model=model, student=c.get("student", "student"),
                              n=c["n"], judge=c.get("judge", "—"), **rates))  # fmt: skip
     return rows
+
+
+def agreement_lines(report: dict[str, Any]) -> list[str]:
+    """One line per verified source the judge was checked on: how often it sided with the
+    verifier where exactly one of the two answers was right."""
+    lines = []
+    for source, fraction in sorted(report.get("judge_agreement", {}).items()):
+        n = sum(c["n"] for c in report.get("judge_checks", {}).get(source, {}).values())
+        lines.append(f"judge agrees with the verifier on {source}: {fraction:.0%} of {n} pairs")
+    return lines
 
 
 def write_answers(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -293,6 +316,7 @@ def render_markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
         for r in judged:
             cells = [r[k] for k in ("source", "student", "model", "win", "tie", "loss")]
             lines.append("| " + " | ".join([*cells, str(r["n"]), r["judge"]]) + " |")
+        lines += ["", *agreement_lines(report)] if agreement_lines(report) else []
     lines += ["", "## Generation speed (tokens/s)", ""]
     lines += ["| model | " + " | ".join(table.families) + " |"]
     lines += ["|---|" + "---:|" * len(table.families)]
