@@ -16,7 +16,7 @@ from typing import Any
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from avocado_llm.console import admin, auth, build_router, customer, deps
+from avocado_llm.console import admin, auth, build_router, customer, customer_reports, deps
 from avocado_llm.console.views import PREFIX
 
 OPEN = {
@@ -41,7 +41,10 @@ def _routes() -> list[tuple[str, str, set[Callable[..., Any]]]]:
     """(method, path, what it depends on) of every console route: the console router's own,
     and those of the routers it includes (FastAPI includes them lazily)."""
     routes = [(r, "") for r in build_router().routes]
-    routes += [(r, PREFIX) for r in (*admin.router.routes, *customer.router.routes)]
+    routes += [
+        (r, PREFIX)
+        for r in (*admin.router.routes, *customer.router.routes, *customer_reports.router.routes)
+    ]
     found = []
     for route, prefix in routes:
         if isinstance(route, APIRoute):
