@@ -108,6 +108,10 @@ def test_the_fingerprint_covers_the_sources_content(tmp_path: Path, zoo_dir: Pat
     after = eval_fingerprint(recipe, model, 4)
     assert after["input:source:chats"] != before["input:source:chats"]
     assert after["input:source:sums"] == before["input:source:sums"]
+    recipe.eval.judge_rubric = "Prefer the shorter answer."
+    assert (
+        eval_fingerprint(recipe, model, 4)["eval.judge"]["rubric"] != before["eval.judge"]["rubric"]
+    )
 
 
 def test_a_tiny_world_recipe_keeps_its_fingerprint(make_recipe, zoo_dir: Path) -> None:  # type: ignore[no-untyped-def]

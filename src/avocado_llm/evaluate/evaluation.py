@@ -197,6 +197,13 @@ def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> di
                 for k in ("path", "messages", "prompt", "system", "reference", "verifier",
                           "heldout_fraction", "limit", "on_error", "max_prompt_tokens")
             }  # fmt: skip
+        if any(s.verifier == "none" for s in recipe.data.sources):  # what judges them
+            judge = recipe.eval.judge_url or recipe.eval.judge or recipe.fusion.judge_teacher
+            fingerprint["eval.judge"] = {
+                "judge": judge or recipe.teachers[0].name,
+                "model": recipe.eval.judge_model,
+                "rubric": recipe.eval.judge_rubric,
+            }
     return fingerprint
 
 
