@@ -179,3 +179,41 @@ def test_a_new_student_spells_characters_its_corpus_never_had(kind: str) -> None
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == text
+
+
+def test_avocado_run_takes_a_recipe_of_sources_only(tmp_path: Path, zoo_dir: Path) -> None:
+    """The whole loop on ``data.sources`` alone: every stage reads them, the report scores the
+    verified source under ``families`` and judges the open one."""
+    from avocado_llm.run import run
+    from avocado_llm.world import tasks
+
+    sums = tasks.generate(["arithmetic"], "train", 12, 0)
+    lines = ["question,answer", *(f'"{ex.prompt}",{ex.answer}' for ex in sums)]
+    (tmp_path / "sums.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    chats = tasks.generate(["reverse"], "train", 8, 0)
+    (tmp_path / "chats.jsonl").write_text(
+        "".join(json.dumps({"messages": ex.messages}) + "\n" for ex in chats), encoding="utf-8"
+    )
+    data = {
+        "name": "own-run",
+        "output_dir": str(tmp_path / "runs"),
+        "world": {"families": [], "zoo_dir": str(zoo_dir)},
+        "data": {
+            "sources": [
+                {"name": "sums", "path": "sums.csv", "prompt": "question",
+                 "reference": "answer", "verifier": "number", "heldout_fraction": 0.4},
+                {"name": "chats", "path": "chats.jsonl", "messages": "messages",
+                 "heldout_fraction": 0.4},
+            ]
+        },
+        "teachers": [{"name": n, "zoo": True} for n in ("qwen-tiny", "gemma-tiny")],
+        "harvest": {"max_new_tokens": 8, "top_logprobs": 3, "batch_size": 8},
+        "training": {"steps": 2, "batch_size": 4, "warmup_steps": 0},
+        "eval": {"heldout_per_source": 2, "max_new_tokens": 8, "batch_size": 8},
+    }  # fmt: skip
+    path = tmp_path / "own-run.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    report = run(load_recipe(path), device="cpu")
+    student = report["models"]["student"]
+    assert student["families"]["sums"]["n"] == 2
+    assert set(report["judged"]["chats"]) == {"qwen-tiny", "gemma-tiny"}

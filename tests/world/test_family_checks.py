@@ -73,12 +73,12 @@ def test_harvest_and_evaluation_refuse_an_unknown_family(
     assert not (tmp_path / "eval").exists()
 
 
-def test_a_recipe_of_data_sources_only_is_checked_but_not_run(
+def test_a_recipe_of_data_sources_only_is_checked_and_accepted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``data.sources`` are read by ``avocado data check``, the harvest, fusion and training, but
-    not yet by the evaluation: ``recipe check`` passes such a recipe, and ``run`` / ``eval``
-    refuse it before any work instead of scoring zero prompts."""
+    """``data.sources`` are read by ``avocado data check`` and by every stage (harvest, fusion,
+    training, evaluation): ``recipe check`` passes a recipe of sources only, and so does the
+    stages' check (tests/harvest/test_harvest_sources.py runs one end to end)."""
     (tmp_path / "own.jsonl").write_text('{"question": "What is 2 plus 2?"}\n')
     path = tmp_path / "own.yaml"
     path.write_text(
@@ -88,9 +88,4 @@ def test_a_recipe_of_data_sources_only_is_checked_but_not_run(
     )
     assert main(["recipe", "check", str(path)]) == 0
     assert "data sources own" in capsys.readouterr().out
-    recipe = load_recipe(path)
-    with pytest.raises(RecipeError, match=r"evaluation does not read data\.sources yet"):
-        check_families(recipe)
-    assert main(["run", str(path), "--set", f"output_dir={tmp_path / 'runs'}"]) == 1
-    assert "data.sources" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
+    check_families(load_recipe(path))

@@ -206,8 +206,11 @@ def _with_sources(
     if limit is not None:
         total = min(total, limit)
 
-    def make() -> Iterable[Example]:
-        return islice(chain(world, source_prompts(recipe, index)), total)
+    def make() -> Iterator[Example]:
+        try:  # a source that breaks while it is read again (edited meanwhile)
+            yield from islice(chain(world, source_prompts(recipe, index)), total)
+        except DataError as error:
+            raise HarvestError(str(error)) from None
 
     return Prompts(make, total), digests
 

@@ -29,16 +29,10 @@ def family_problems(recipe: Recipe) -> list[Problem]:
 
 
 def sources_problems(recipe: Recipe) -> list[Problem]:
-    """A recipe whose only prompts are ``data.sources``: the harvest, fusion and training read
-    them, but the evaluation does not yet (issue #21), so ``avocado run`` and ``avocado eval``
-    would score nothing. Refused there, rather than run on zero prompts."""
-    if recipe.data.sources and not recipe.world.families:
-        fix = (
-            "run `avocado harvest`, `avocado fuse` and `avocado distill` on it stage by stage, "
-            "or add world.families for now"
-        )
-        why = "the evaluation does not read data.sources yet"
-        return [Problem("data.sources", why, fix)]
+    """Nothing, now: a recipe whose only prompts are ``data.sources`` is read by every stage
+    (harvest, fusion, training and evaluation, issue #21). Kept so that a stage that cannot
+    use some recipe's prompts has one place to say so before any work."""
+    del recipe
     return []
 
 
