@@ -6,6 +6,7 @@ sources' content."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from endpoint_server import EndpointOptions, serve_teacher
 
 from avocado_llm.config import Recipe, load_recipe
 from avocado_llm.evaluate import ModelSource, evaluate_model, load_report, write_report
-from avocado_llm.evaluate.evaluation import eval_fingerprint
+from avocado_llm.evaluate.evaluation import eval_fingerprint, per_source, source_prompts
 from avocado_llm.evaluate.judged import outcome, parse_verdict
 from avocado_llm.teachers.base import TeacherError
 from avocado_llm.teachers.hf import LocalTeacher
@@ -155,3 +156,12 @@ def test_a_failing_judge_leaves_the_student_unevaluated(tmp_path: Path, zoo_dir:
         assert server.requests > 0
     report = load_report(out)
     assert set(report["models"]) == {"gemma-tiny"} and "judged" not in report
+
+
+def test_heldout_per_source_caps_each_source(tmp_path: Path, zoo_dir: Path) -> None:
+    recipe = _recipe(tmp_path, zoo_dir)
+    recipe.eval.heldout_per_source = 3
+    prompts = source_prompts(recipe, per_source(recipe, 100))
+    assert Counter(p.family for p in prompts) == {"sums": 3, "chats": 3}
+    assert all(p.verify is not None for p in prompts if p.family == "sums")
+    assert all(p.verify is None and p.answer is None for p in prompts if p.family == "chats")

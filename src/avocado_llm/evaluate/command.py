@@ -60,7 +60,12 @@ def add_eval_command(commands: Any) -> None:
         "teachers (teacher) or the recipe's own student — its run directory's student/, or "
         "serve.model_name at --url (student)",
     )
-    p.add_argument("--n", type=int, help="examples per family [eval.heldout_per_family]")
+    p.add_argument(
+        "--n",
+        type=int,
+        help="examples per family, and per data source unless eval.heldout_per_source is set "
+        "[eval.heldout_per_family]",
+    )
     p.add_argument("--out", type=Path, help="report directory [<output_dir>/<name>/eval]")
 
 
