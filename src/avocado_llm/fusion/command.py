@@ -21,8 +21,8 @@ HELP = "choose, per harvested prompt, the answer to learn and the teachers to le
 DESCRIPTION = """\
 Read RECIPE's harvest and choose, for every prompt, a target answer and per-teacher weights
 (strategies: verify, vote, min_ce, judge, all, single:<teacher>). Families in world.unverified
-are fused without gold. Writes <out>/<strategy>.parquet and <out>/<strategy>.report.json, and
-prints the report.
+and data sources without a verifier are fused without gold; a source with one is verified by it.
+Writes <out>/<strategy>.parquet and <out>/<strategy>.report.json, and prints the report.
 """
 
 
@@ -50,7 +50,9 @@ def run_fuse_command(args: argparse.Namespace) -> int:
         title = f"Fusion {fused.strategy!r}: {fused.examples:,} examples → {fused.path}"
         console = Console() if sys.stdout.isatty() else Console(width=200)
         console.print(report_table(fused.report, title))
-        unverified = ", ".join(f for f in recipe.world.unverified if f in fused.report.families)
+        blind = [*recipe.world.unverified]
+        blind += [s.name for s in recipe.data.sources if s.verifier == "none"]
+        unverified = ", ".join(f for f in blind if f in fused.report.families)
         console.print(
             "target acc. is evaluation data: computed with gold after fusion, never used by it"
             + (f"; fused without gold: {unverified}" if unverified else "")

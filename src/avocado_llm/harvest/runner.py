@@ -126,7 +126,10 @@ async def harvest(
     device: str = "auto",
 ) -> HarvestSummary:
     """Harvest ``recipe``'s teachers (or the given ones) into ``out_dir``
-    (default ``run_dir/harvest``), skipping every record already there."""
+    (default ``run_dir/harvest``), skipping every record already there. The prompts are the
+    tiny world's families, then the training prompts of every ``data.sources`` entry (streamed;
+    ``limit`` takes the first ``limit`` of them all). A source whose content changed since it
+    was harvested into ``out_dir`` is refused (its hash is in the manifest)."""
     if limit is not None and limit < 1:
         raise HarvestError(f"limit must be at least 1, got {limit}")
     if out_dir is None and recipe.harvest.from_run is not None:
