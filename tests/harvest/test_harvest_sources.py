@@ -140,7 +140,7 @@ def test_sources_are_harvested_resumed_fused_and_distilled(own_recipe: Path) -> 
 
 
 def _fuse_and_distill(recipe: Recipe) -> None:
-    from avocado_llm.distill.pipeline import distill
+    from avocado_llm.distill.pipeline import distill, student_corpus
     from avocado_llm.fusion import fuse_recipe, read_fused
 
     fused = fuse_recipe(recipe, "verify", note=lambda _: None)
@@ -161,6 +161,8 @@ def _fuse_and_distill(recipe: Recipe) -> None:
     assert len(chats) == len(CHATS)
     assert fused.report.families["chats"].target_accuracy is None
 
+    corpus = student_corpus(recipe)  # the new student's tokenizer learns the sources' text
+    assert corpus is not None and SYSTEM in corpus and "19" in corpus
     student = distill(recipe, strategy="verify")
     meta = json.loads((student / "avocado.json").read_text())
     assert meta["items"]["examples"] == len(examples)

@@ -226,6 +226,31 @@ def distill(
         release_lock(lock)
 
 
+SOURCE_TEXT_CHARS = 2_000_000
+"""Characters of each data source's training text the student tokenizer learns from."""
+
+
+def student_corpus(recipe: Recipe) -> list[str] | None:
+    """The text a new student's tokenizer is trained on: the world's (``None``: the default),
+    and, for a recipe with ``data.sources``, the start of each source's training prompts and
+    references too, so that their words get pieces of their own (any other character is still
+    spelled in byte pieces)."""
+    if not recipe.data.sources or recipe.student.init_from is not None:
+        return None
+    from avocado_llm.distill.student import world_text
+    from avocado_llm.harvest.runner import source_prompts
+
+    text = list(world_text(recipe.seed))
+    taken: dict[str, int] = {}
+    for ex in source_prompts(recipe):
+        if taken.get(ex.family, 0) >= SOURCE_TEXT_CHARS:
+            continue
+        pieces = [m["content"] for m in ex.messages] + ([ex.answer] if ex.answer else [])
+        text += pieces
+        taken[ex.family] = taken.get(ex.family, 0) + sum(len(p) for p in pieces)
+    return text
+
+
 def _distill(
     recipe: Recipe,
     paths: DistillPaths,
@@ -238,7 +263,7 @@ def _distill(
     fused = read_fused(paths.fused)
     table = read_records(paths.harvest)
     records = {row["key"]: row for row in table.to_pylist()}
-    model, tok = build_student(recipe.student, seed=recipe.seed)
+    model, tok = build_student(recipe.student, seed=recipe.seed, corpus=student_corpus(recipe))
     check_size(model, teacher_params(recipe), recipe.student.max_params_ratio)
     items, stats = build_items(tok, fused, records, teacher_kinds(recipe), use_kd=use_kd)
     cfg = recipe.training

@@ -55,6 +55,11 @@ def _world_text(seed: int) -> tuple[str, ...]:
     return tuple(world_corpus(seed))
 
 
+def world_text(seed: int) -> list[str]:
+    """The world's text for the student tokenizer (made once per seed and process)."""
+    return list(_world_text(seed))
+
+
 def build_student(
     cfg: StudentConfig, seed: int = 0, corpus: list[str] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
