@@ -11,6 +11,7 @@ import pytest
 from avocado_llm.cli import main
 from avocado_llm.config import RecipeError, load_recipe
 from avocado_llm.fusion import FusionError, fuse, read_fused, read_report, write_fused
+from avocado_llm.world.checks import family_problems
 
 
 def test_write_then_read_gives_back_the_examples_and_report(records, tmp_path: Path) -> None:
@@ -62,8 +63,11 @@ def test_recipe_unverified_defaults_and_checks(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as caught:
         load_recipe(write_recipe(tmp_path, world="unverified: [unit]", fusion="min_weight: 2"))
     problems = {p.path: p for p in caught.value.problems}
-    assert "did you mean 'units'" in problems["world.unverified[0]"].fix
     assert "fusion.min_weight" in problems
+    # family names are the world's to check, where they are used (world/checks.py, #20)
+    typo = load_recipe(write_recipe(tmp_path, world="unverified: [unit]"))
+    problems = {p.path: p for p in family_problems(typo)}
+    assert "did you mean 'units'" in problems["world.unverified[0]"].fix
 
 
 def test_fuse_command_says_what_to_do_without_a_harvest(tmp_path: Path, capsys) -> None:
