@@ -479,3 +479,18 @@ def test_a_chats_own_system_turn_wins_over_the_sources_system(tmp_path: Path) ->
 
     assert sorted(r.messages[0]["content"] for r in got) == ["Default.", "Mine."]
     assert all(len(r.messages) == 2 for r in got)
+
+
+def test_a_list_reference_is_joined_as_a_sequence_verifier_reads_it(tmp_path: Path) -> None:
+    """A Parquet column holding a list answer (a `sequence` reference) becomes "3, 1, 2", what
+    the `sequence` verifier compares; a list of objects is still a bad row."""
+    items = [{"question": f"Sort {i} 3 1", "answer": [1, 3, i]} for i in range(20)]
+    path = tmp_path / "lists.parquet"
+    pq.write_table(pa.Table.from_pylist(items), path)
+    got = {r.messages[-1]["content"]: r.reference for r in rows(source(path, reference="answer"))}
+    assert got["Sort 7 3 1"] == "1, 3, 7" and len(got) == 20
+    odd = [{"question": "Sort 3 1", "answer": [{"x": 1}]}]
+    path = tmp_path / "odd.jsonl"
+    write_jsonl(path, odd)
+    with pytest.raises(DataError, match="not text"):
+        rows(source(path, reference="answer"))

@@ -238,6 +238,10 @@ def _prompt(layout: _Layout, values: dict[str, Any]) -> tuple[list[dict[str, str
         chat.insert(0, {"role": "system", "content": system})
     if source.reference is not None:
         value = _column(values, source.reference)
+        if isinstance(value, list | tuple) and all(
+            isinstance(item, str | int | float) and not isinstance(item, bool) for item in value
+        ):  # a list answer (a `sequence` reference stored as a list): its items, as text
+            value = ", ".join(str(item) for item in value)
         reference = None if value is None else _text(value, repr(source.reference))
     limit = source.max_prompt_tokens
     length = sum(len(m["content"]) for m in chat)
