@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from avocado_llm.config.schema import VERIFIERS, verifier_problems
+from avocado_llm.config.sources import VERIFIERS, verifier_problems
 from avocado_llm.data.verifiers import (
     MAX_ANSWER_CHARS,
     NAMES,

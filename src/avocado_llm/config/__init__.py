@@ -6,9 +6,10 @@ bad values, missing files, conflicts between fields) is collected and raised at 
 ``avocado recipe explain`` prints ``describe(Recipe)``: every field with its type, default and
 docstring.
 
-The package is split in three: ``fields`` (the generic machinery: problems, the YAML loader, the
+The package is split in four: ``fields`` (the generic machinery: problems, the YAML loader, the
 type-driven converter, field documentation), ``schema`` (the recipe's dataclasses and their
-checks) and ``loader`` (reading, overriding, validating and saving recipes).
+checks), ``sources`` (its ``data`` section: your own prompt sources) and ``loader``
+(reading, overriding, validating and saving recipes).
 """
 
 from avocado_llm.config.fields import Check, Problem, RecipeError, describe, field_docs
@@ -21,18 +22,17 @@ from avocado_llm.config.loader import (
 from avocado_llm.config.schema import (
     DEFAULT_FAMILIES,
     STRATEGIES,
-    DataConfig,
     EvalConfig,
     FusionConfig,
     HarvestConfig,
     Recipe,
     ServeConfig,
-    SourceConfig,
     StudentConfig,
     TeacherConfig,
     TrainingConfig,
     WorldConfig,
 )
+from avocado_llm.config.sources import DataConfig, SourceConfig
 
 __all__ = [
     "DEFAULT_FAMILIES",

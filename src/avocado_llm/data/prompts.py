@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from avocado_llm.config.schema import SourceConfig
+from avocado_llm.config.sources import SourceConfig
 from avocado_llm.data.sources import DataError, Reader, missing_column, open_source
 
 NGRAM = 13

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from avocado_llm.config.schema import VERIFIERS
+from avocado_llm.config.sources import VERIFIERS
 
 NAMES = VERIFIERS
 """Verifier names (the recipe schema's list); ``regex:<pattern>`` is the one spec with an
