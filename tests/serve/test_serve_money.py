@@ -16,7 +16,7 @@ import pytest
 from serve_helpers import SECRET, World, charge, hang_up_after, run_server
 
 from avocado_llm.billing import MICRO, Billing
-from avocado_llm.serve import ServeSettings, create_app
+from avocado_llm.serve import ServeSettings, create_app, local_engine
 from avocado_llm.serve.local_engine import LocalEngine
 
 QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
@@ -78,6 +78,42 @@ def test_a_stream_cut_by_the_client_is_charged_for_what_was_produced(world: Worl
     charged = before - world.balance()
     assert charged == charge(event["prompt_tokens"], event["completion_tokens"])
     assert charged < charge(event["prompt_tokens"], max_tokens)
+
+
+def test_a_stream_the_engine_fails_midway_is_charged_for_what_was_sent(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process engine fails after a few tokens of a stream (a fault injected into its
+    decode step): the client saw that text, so it is billed (status "cancelled"), not given
+    away; the stream ends with an error event and no hold stays open."""
+    real = local_engine.decode
+
+    def failing(model, tokenizer, rows, eos_ids, on_step):  # type: ignore[no-untyped-def]
+        steps = 0
+
+        def step(live):  # type: ignore[no-untyped-def]
+            nonlocal steps
+            on_step(live)
+            steps += 1
+            if steps == 4:
+                raise RuntimeError("injected fault in the decode step")
+
+        real(model, tokenizer, rows, eos_ids, step)
+
+    monkeypatch.setattr(local_engine, "decode", failing)
+    before = world.balance()
+    body = {"model": world.model, "messages": QUESTION, "max_tokens": 50, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    headers = {"Authorization": f"Bearer {world.key}"}
+    answer = httpx.post(f"{world.base_url}/chat/completions", json=body, headers=headers)
+    assert answer.status_code == 200
+    events = [line[6:] for line in answer.text.splitlines() if line.startswith("data: ")]
+    assert '"error"' in events[-1] and "[DONE]" not in events
+    world.wait_settled()
+    [event] = world.billing.usage(world.account)
+    assert event["status"] == "cancelled" and event["completion_tokens"] == 4
+    assert before - world.balance() == charge(event["prompt_tokens"], 4) > 0
+    assert world.billing.account_info(world.account)["held"] == 0
 
 
 def chat_scope(key: str, spec: str) -> dict:

@@ -83,6 +83,8 @@ class LocalGeneration:
 
     def _receive(self, item: list[Delta] | EngineError, tokens: int, done: bool) -> None:
         self.usage.completion_tokens += tokens
+        if isinstance(item, EngineError):  # text streamed before the failure is billed
+            item.billable = self.usage.completion_tokens > 0
         if item:
             self._queue.put_nowait(item)
         if done:
