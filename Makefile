@@ -69,6 +69,7 @@ bench: install postgres
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/sampler_speed.py --threads 1
 	$(PY) bench/serve_throughput.py --threads 1
+	$(PY) bench/data_scale.py
 
 zoo: install
 	$(VENV)/bin/avocado zoo build --out zoo
