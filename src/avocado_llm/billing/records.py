@@ -23,6 +23,11 @@ class Plan:
     watermark: float = 3.0
     """Strength of the keyed watermark on this key's answers (the logit bias of green tokens,
     see ``avocado_llm.protect``); 0 turns it off. On by default: answers can be traced."""
+    tools: bool = True
+    """Whether requests may offer the model tools to call (``tools``, ``tool_choice``)."""
+    structured_outputs: bool = True
+    """Whether requests may ask for JSON answers (``response_format`` ``json_object`` or
+    ``json_schema``)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
