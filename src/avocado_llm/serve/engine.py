@@ -59,6 +59,10 @@ class SamplingOptions:
     logprobs: int | None = None
     """Return each token's log-probability and this many alternatives; None: none."""
     ignore_eos: bool = False
+    echo: bool = False
+    """Legacy completions: each choice starts with its prompt, and with ``logprobs`` the
+    prompt tokens' log-probabilities (the first token's ``None``) and alternatives, the
+    model's own (as vLLM's prompt log-probabilities); ``max_tokens`` may then be 0."""
     watermark: Watermark | None = None
     """The account's keyed watermark (in-process engine; set by the server from the plan)."""
 
@@ -79,7 +83,8 @@ class Prompt:
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None
+    """None for an echoed prompt's first token (nothing precedes it)."""
     top: list[tuple[str, float]] = field(default_factory=list)
 
 
