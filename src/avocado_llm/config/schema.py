@@ -7,6 +7,7 @@ from typing import Literal
 
 from avocado_llm.config.fields import Check, check_range, did_you_mean
 from avocado_llm.config.sources import DataConfig
+from avocado_llm.config.teacher_options import PromptTemplate, VllmConfig
 
 DEFAULT_FAMILIES = ("arithmetic", "reverse", "facts", "counting", "sorting", "units")
 """The tiny world's task families, by name only: the schema holds names as plain data, and the
@@ -90,9 +91,21 @@ class TeacherConfig:
     keep_reasoning: bool = False
     """Keep the teacher's reasoning (e.g. gpt-oss's analysis channel) in the target text; by
     default only the final answer is kept."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Local teachers: `hf` runs the checkpoint in this process; `vllm` serves it with a vLLM
+    OpenAI-compatible server on loopback (started by `avocado teachers up`, `avocado harvest`
+    and `avocado run`, from the `make vllm` virtualenv); `path` is then an HF safetensors
+    directory (`avocado models import` makes one from a GGUF)."""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    """The vLLM server's settings (engine: vllm)."""
+    prompt_template: PromptTemplate | None = None
+    """For a base model without a chat template: a plain-text prompt (few-shot prefix, turns,
+    stop strings), sent to /v1/completions by vLLM and OpenAI-compatible teachers and rendered
+    as the chat template by the in-process one. Not with chat_template."""
 
     def check(self) -> list[Check]:
         problems = check_range(self, "max_concurrency", 0, low_open=True)
+        problems += _engine_checks(self)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             problems.append(
                 ("name", f"bad teacher name {self.name!r}", "use letters, digits, _ . -")
@@ -130,6 +143,22 @@ class TeacherConfig:
             fix = "export the key as e.g. OPENAI_API_KEY and put that name here"
             problems.append(("api_key_env", message, fix))
         return problems
+
+
+def _engine_checks(t: TeacherConfig) -> list[Check]:
+    problems: list[Check] = []
+    if t.prompt_template is not None and t.chat_template is not None:
+        fix = "keep one: prompt_template for a base model, chat_template for a chat model"
+        problems.append(("prompt_template", "chat_template is set too", fix))
+    if t.engine != "vllm":
+        return problems
+    if t.kind != "local":
+        fix = "an openai teacher is a server already: set engine: hf, or kind: local with path"
+        problems.append(("engine", "engine: vllm is for local teachers", fix))
+    elif t.gguf_file is not None or (t.path is not None and t.path.is_file()):
+        fix = "import it: avocado models import FILE.gguf --out DIR, then set path: DIR"
+        problems.append(("engine", "vLLM serves an HF safetensors directory, not a GGUF", fix))
+    return problems
 
 
 @dataclass(kw_only=True)
