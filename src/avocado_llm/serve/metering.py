@@ -25,7 +25,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import anyio
 from fastapi import Request, Response
@@ -72,8 +73,52 @@ class MeteredStream(StreamingResponse):
                     await self._meter.stop(self._generation, failed=False)
 
 
-async def respond(request: Request, services: Services, call: Call, fmt: Formatter) -> Response:
-    """Run ``call`` with metering and answer it (JSON or SSE)."""
+class EventStream(Protocol):
+    """How a stream writes its events: OpenAI's chunk streams (:class:`ChunkStream`), or the
+    Responses API's typed events."""
+
+    def event(self, item: BaseModel | dict[str, Any]) -> bytes:
+        """One server-sent event."""
+        ...
+
+    def closing(self, rid: str, created: int, usage: Usage) -> bytes:
+        """Everything after the last text (sent once the request is settled)."""
+        ...
+
+    def failure(self, message: str, code: str | None) -> bytes:
+        """The event(s) that end a stream that failed."""
+        ...
+
+
+@dataclass
+class ChunkStream:
+    """Chat and legacy completions: ``data: <chunk>`` events, then the usage chunk (when
+    ``stream_options.include_usage``) and ``data: [DONE]``; a failure is an error envelope."""
+
+    fmt: Formatter
+    include_usage: bool
+
+    def event(self, item: BaseModel | dict[str, Any]) -> bytes:
+        data = item.model_dump_json() if isinstance(item, BaseModel) else _json(item)
+        return f"data: {data}\n\n".encode()
+
+    def closing(self, rid: str, created: int, usage: Usage) -> bytes:
+        tail = self.event(self.fmt.usage_chunk(rid, created, usage)) if self.include_usage else b""
+        return tail + b"data: [DONE]\n\n"
+
+    def failure(self, message: str, code: str | None) -> bytes:
+        return self.event(envelope(message, "server_error", None, code))
+
+
+async def respond(
+    request: Request,
+    services: Services,
+    call: Call,
+    fmt: Formatter,
+    events: EventStream | None = None,
+) -> Response:
+    """Run ``call`` with metering and answer it (JSON or SSE); a stream's events are
+    ``events``' (by default OpenAI's chunks, :class:`ChunkStream`)."""
     started = time.perf_counter()
     billing, key = services.billing, call.key
     idem_key = request.headers.get("idempotency-key")
@@ -88,7 +133,8 @@ async def respond(request: Request, services: Services, call: Call, fmt: Formatt
             media = "text/event-stream" if call.stream else "application/json"
             return Response(stored, media_type=media, headers={"Idempotent-Replayed": "true"})
     try:
-        return await _run(services, call, fmt, idem_key, started)
+        events = events or ChunkStream(fmt, call.include_usage)
+        return await _run(services, call, fmt, events, idem_key, started)
     except BaseException:
         if idem_key is not None:
             with anyio.CancelScope(shield=True):
@@ -97,7 +143,12 @@ async def respond(request: Request, services: Services, call: Call, fmt: Formatt
 
 
 async def _run(
-    services: Services, call: Call, fmt: Formatter, idem_key: str | None, started: float
+    services: Services,
+    call: Call,
+    fmt: Formatter,
+    events: EventStream,
+    idem_key: str | None,
+    started: float,
 ) -> Response:
     key, model = call.key, services.engine.model
     reserved = call.prompt_tokens + call.max_completion_tokens
@@ -119,7 +170,7 @@ async def _run(
             code="rate_limit_exceeded",
             headers=decision.headers,
         )
-    rid = f"{'chatcmpl' if call.endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    rid = f"{_ID_PREFIX.get(call.endpoint, 'cmpl-')}{uuid.uuid4().hex}"
     lease = services.lease
     server_id = lease.server_id if lease is not None else None
     try:
@@ -147,7 +198,7 @@ async def _run(
     headers = {**decision.headers, "x-request-id": rid}
     created = int(time.time())
     if call.stream:
-        body = meter.stream(generation, fmt, rid, created)
+        body = meter.stream(generation, fmt, events, rid, created)
         return MeteredStream(meter, generation, body, headers)
     return await meter.collect(generation, fmt, rid, created, headers)
 
@@ -269,6 +320,7 @@ class Meter:
                     choice = choices.setdefault(d.index, ChoiceResult(d.index))
                     choice.text += d.text
                     choice.logprobs += d.logprobs
+                    choice.tool_calls += d.tool_calls
                     choice.finish_reason = d.finish_reason or choice.finish_reason
         except EngineError as e:
             await self.stop(generation, failed=True)
@@ -283,7 +335,7 @@ class Meter:
         return Response(body, media_type="application/json", headers=headers)
 
     async def stream(
-        self, generation: Generation, fmt: Formatter, rid: str, created: int
+        self, generation: Generation, fmt: Formatter, events: EventStream, rid: str, created: int
     ) -> AsyncIterator[bytes]:
         """SSE events; settles before the usage chunk and ``[DONE]`` go out. Each chunk goes
         out only while the hold is surely this server's (:meth:`hold_is_ours`); else the stream
@@ -291,9 +343,8 @@ class Meter:
         sent: list[bytes] = []
         settled = failed = lease_lost = False
 
-        def event(item: BaseModel | dict) -> bytes:
-            data = item.model_dump_json() if isinstance(item, BaseModel) else _json(item)
-            sent.append(f"data: {data}\n\n".encode())
+        def event(item: BaseModel | dict | bytes) -> bytes:
+            sent.append(item if isinstance(item, bytes) else events.event(item))
             return sent[-1]
 
         try:
@@ -304,20 +355,18 @@ class Meter:
                     if not await self.hold_is_ours():
                         lease_lost = True
                         break
-                    yield event(fmt.chunk(rid, created, d))
+                    if (chunk := fmt.chunk(rid, created, d)) is not None:
+                        yield event(chunk)
             if lease_lost:
                 settled = True  # stop() settles what was produced, if the hold is still open
                 log.error("request %s: the lease lapsed mid-stream; stopping it", rid)
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(APIError):  # released: nothing was charged
                         await self.stop(generation, failed=False)
-                yield event(envelope(LEASE_LOST, "server_error", None, "hold_released"))
+                yield event(events.failure(LEASE_LOST, "hold_released"))
                 return
             usage = self.usage(generation)
-            if self.call.include_usage:
-                event(fmt.usage_chunk(rid, created, usage))
-            sent.append(b"data: [DONE]\n\n")
-            tail = sent[-2:] if self.call.include_usage else sent[-1:]
+            tail = event(events.closing(rid, created, usage))
             settled = True  # from here on, finish() alone settles it, even if the client leaves
             closed: APIError | None = None
             with anyio.CancelScope(shield=True):
@@ -326,15 +375,19 @@ class Meter:
                 except APIError as e:  # the hold was released: no usage chunk, no [DONE]
                     closed = e
             if closed is not None:
-                yield event(envelope(closed.message, "server_error", None, "hold_released"))
+                yield event(events.failure(closed.message, "hold_released"))
                 return
-            yield b"".join(tail)
+            yield tail
         except EngineError as e:
             failed = not e.billable  # (#18.7) text passed on before the error is billed
-            yield event(envelope(e.message, "server_error", None, e.code))
+            yield event(events.failure(e.message, e.code))
         finally:
             if not settled:
                 await self.stop(generation, failed)
+
+
+_ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}
+"""Request ids (and answers' ``id``) by endpoint, as OpenAI spells them."""
 
 
 def _json(item: dict) -> str:

@@ -16,7 +16,15 @@ from pydantic import BaseModel
 from avocado_llm.billing import Billing, KeyInfo, Plan
 from avocado_llm.billing.leases import ServerLease
 from avocado_llm.serve import protocol
-from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
+from avocado_llm.serve.engine import (
+    Delta,
+    Engine,
+    Prompt,
+    SamplingOptions,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
 from avocado_llm.serve.errors import bad_request, model_not_found
 from avocado_llm.serve.ratelimit import Limiter
 from avocado_llm.serve.settings import ServeSettings
@@ -111,6 +119,8 @@ class ChoiceResult:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    """The pieces of its function calls, in order (see :func:`serve.tools.merge_calls`)."""
 
 
 class Formatter(Protocol):
@@ -126,7 +136,10 @@ class Formatter(Protocol):
         """Chunks sent before any text (chat: the assistant role)."""
         ...
 
-    def chunk(self, rid: str, created: int, delta: Delta) -> BaseModel: ...
+    def chunk(self, rid: str, created: int, delta: Delta) -> BaseModel | None:
+        """The event of one delta; None: nothing to send (a delta without text, where the
+        format has no event for a bare finish reason)."""
+        ...
 
     def usage_chunk(self, rid: str, created: int, usage: Usage) -> BaseModel: ...
 
