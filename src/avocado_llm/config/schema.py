@@ -236,12 +236,51 @@ class FusionConfig:
 
 
 @dataclass(kw_only=True)
+class PruneConfig:
+    """Depth pruning of a student that starts from a model (`init_from` or
+    `init_from_teacher`), Minitron / ShortGPT style: whole transformer blocks are dropped, the
+    others keep their weights, and the model keeps its tokenizer and chat template. Off while
+    `keep_layers` and `max_params` are both null."""
+
+    keep_layers: int | None = None
+    """Transformer blocks to keep."""
+    max_params: int | None = None
+    """Keep as many blocks as fit in this many parameters (embeddings included); with
+    keep_layers set too, the smaller of the two."""
+    by: Literal["block_influence", "last"] = "block_influence"
+    """Which blocks go: block_influence measures each block on calibration_examples fused
+    training examples (prompt and answer in the model's chat template) as 1 - the cosine
+    similarity of its input and output hidden states, averaged over tokens, and drops the blocks
+    that change their input least; last drops the blocks before the final one (a baseline)."""
+    calibration_examples: int = 64
+    """Fused training examples the block influence is measured on (a seeded sample)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep_layers is not None or self.max_params is not None
+
+    def check(self) -> list[Check]:
+        problems = check_range(self, "calibration_examples", 1)
+        for name in ("keep_layers", "max_params"):
+            if getattr(self, name) is not None:
+                problems += check_range(self, name, 1)
+        return problems
+
+
+@dataclass(kw_only=True)
 class StudentConfig:
     """The model being trained: its architecture and its own tokenizer."""
 
     init_from: Path | None = None
     """An HF model directory to start from (relative to the recipe's directory); if unset, a new
     model is built from the fields below."""
+    init_from_teacher: str | None = None
+    """Start from this teacher's weights and tokenizer: the name of a recipe teacher with a
+    local model directory (`path`, e.g. one written by `avocado models import`), read when the
+    student is built, so it may not exist yet when the recipe is checked. Not with init_from."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """Depth pruning of the starting model before training (needs init_from or
+    init_from_teacher)."""
     architecture: Literal["qwen3", "llama"] = "qwen3"
     """Model family of a newly built student."""
     hidden_size: int = 64
@@ -278,6 +317,12 @@ class StudentConfig:
         if self.init_from is not None and not self.init_from.is_dir():
             fix = "fix the path (relative paths start at the recipe's directory), or remove it"
             problems.append(("init_from", f"no such directory: {self.init_from}", fix))
+        if self.init_from is not None and self.init_from_teacher is not None:
+            fix = "keep one of init_from and init_from_teacher"
+            problems.append(("init_from_teacher", "init_from is set too", fix))
+        if self.prune.enabled and self.init_from is None and self.init_from_teacher is None:
+            fix = "set init_from or init_from_teacher, or remove prune"
+            problems.append(("prune", "pruning needs a model to start from", fix))
         if problems:  # the divisibility rules below need positive sizes
             return problems
         if self.hidden_size % self.num_heads:
@@ -488,6 +533,10 @@ class Recipe:
             problems.append(
                 ("fusion.judge_teacher", f"no teacher {judge!r}", f"use one of: {known}")
             )
+        origin = self.student.init_from_teacher
+        if origin is not None and origin not in names:
+            message = f"no teacher {origin!r}"
+            problems.append(("student.init_from_teacher", message, f"use one of: {known}"))
         if self.eval.judge is not None and self.eval.judge not in names:
             message = f"no teacher {self.eval.judge!r}"
             problems.append(("eval.judge", message, f"use one of: {known}"))

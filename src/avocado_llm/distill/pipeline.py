@@ -19,7 +19,13 @@ from avocado_llm.config.fingerprint import StaleError, changes, normalise, pick,
 from avocado_llm.distill.align import kd_targets
 from avocado_llm.distill.batches import DistillItem, TeacherTargets, encode_item
 from avocado_llm.distill.card import model_card, plot_losses
-from avocado_llm.distill.student import build_student, check_size, n_params, save_student
+from avocado_llm.distill.student import (
+    build_student,
+    check_size,
+    n_params,
+    save_student,
+    student_origin,
+)
 from avocado_llm.distill.train import train
 from avocado_llm.fusion import FusedExample, read_fused, strategy_slug
 from avocado_llm.harvest import read_records
@@ -139,10 +145,14 @@ def distill_fingerprint(recipe: Recipe, strategy: str, use_kd: bool, fused: Path
     fp = pick(recipe_to_dict(recipe), ["seed", "student", "training"])
     for name in (*RESUME_SAFE, "student.max_params_ratio"):
         fp.pop(name, None)
+    if not recipe.student.prune.enabled:  # students trained before these fields keep matching
+        fp = {k: v for k, v in fp.items() if not k.startswith("student.prune.")}
+    if recipe.student.init_from_teacher is None:
+        fp.pop("student.init_from_teacher", None)
     fp |= {"fusion.strategy": strategy, "token_level_kd": use_kd}
     fp["input:fused examples"] = file_digest(fused) if fused.is_file() else None
-    if recipe.student.init_from is not None:
-        fp["input:init_from"] = weights_revision(recipe.student.init_from)
+    if (origin := student_origin(recipe)) is not None:
+        fp["input:init_from"] = weights_revision(origin)
     return normalise(fp)
 
 
@@ -235,7 +245,7 @@ def student_corpus(recipe: Recipe) -> list[str] | None:
     and, for a recipe with ``data.sources``, the start of each source's training prompts and
     references too, so that their words get pieces of their own (any other character is still
     spelled in byte pieces)."""
-    if not recipe.data.sources or recipe.student.init_from is not None:
+    if not recipe.data.sources or student_origin(recipe) is not None:
         return None
     from avocado_llm.distill.student import world_text
     from avocado_llm.harvest.runner import source_prompts
@@ -263,7 +273,13 @@ def _distill(
     fused = read_fused(paths.fused)
     table = read_records(paths.harvest)
     records = {row["key"]: row for row in table.to_pylist()}
-    model, tok = build_student(recipe.student, seed=recipe.seed, corpus=student_corpus(recipe))
+    model, tok = build_student(
+        recipe.student,
+        seed=recipe.seed,
+        corpus=student_corpus(recipe),
+        origin=student_origin(recipe),
+        examples=[(ex.messages, ex.target) for ex in fused],
+    )
     check_size(model, teacher_params(recipe), recipe.student.max_params_ratio)
     items, stats = build_items(tok, fused, records, teacher_kinds(recipe), use_kd=use_kd)
     cfg = recipe.training

@@ -2,7 +2,10 @@
 
 A new student gets a tokenizer trained on the world's text with an algorithm no teacher uses
 (Llama-2-style character BPE by default), and the Llama 2 ``[INST]`` chat template, so that
-distillation always crosses tokenizers. Its size is checked against the smallest teacher.
+distillation always crosses tokenizers. A student can instead start from a model directory
+(``student.init_from``) or from a teacher's (``student.init_from_teacher``), keeping its
+tokenizer and chat template, and be depth-pruned first (``student.prune``,
+:mod:`avocado_llm.distill.prune`). Its size is checked against the smallest teacher.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +30,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from avocado_llm.config import StudentConfig
+from avocado_llm.config import Recipe, StudentConfig
+from avocado_llm.distill.prune import calibration_texts, prune_model
 from avocado_llm.harvest.files import fsync_dir
 from avocado_llm.world.corpus import world_corpus
 from avocado_llm.world.templates import STUDENT
@@ -60,15 +65,51 @@ def world_text(seed: int) -> list[str]:
     return list(_world_text(seed))
 
 
+def student_origin(recipe: Recipe) -> Path | None:
+    """The model directory the student starts from: ``init_from``, or the model directory of
+    the teacher ``init_from_teacher`` names (``None``: a new student)."""
+    cfg = recipe.student
+    if cfg.init_from_teacher is None:
+        return cfg.init_from
+    from avocado_llm.teachers import teacher_path
+
+    teacher = next((t for t in recipe.teachers if t.name == cfg.init_from_teacher), None)
+    if teacher is None:
+        raise ValueError(f"student.init_from_teacher: no teacher {cfg.init_from_teacher!r}")
+    path = teacher_path(teacher, recipe)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"student.init_from_teacher: teacher {teacher.name!r} has no model directory at "
+            f"{path} (a Hugging Face directory with config.json); write it first (e.g. "
+            "`avocado models import`), or set student.init_from to one"
+        )
+    return path
+
+
 def build_student(
-    cfg: StudentConfig, seed: int = 0, corpus: list[str] | None = None
+    cfg: StudentConfig,
+    seed: int = 0,
+    corpus: list[str] | None = None,
+    *,
+    origin: Path | None = None,
+    examples: Sequence[tuple[list[dict[str, str]], str]] = (),
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A student from the recipe: loaded from ``init_from``, or new (tokenizer trained now)."""
-    if cfg.init_from is not None:
-        tok = AutoTokenizer.from_pretrained(cfg.init_from, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, trust_remote_code=False)
+    """A student from the recipe: loaded from ``origin`` (default ``init_from``) and pruned as
+    ``cfg.prune`` says, its block influence measured on ``examples`` ((messages, answer) pairs
+    of the fused harvest); or new (tokenizer trained now)."""
+    origin = origin if origin is not None else cfg.init_from
+    if origin is not None:
+        tok = AutoTokenizer.from_pretrained(origin, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            origin, trust_remote_code=False, dtype=torch.float32
+        )
         if not tok.chat_template:
             tok.chat_template = STUDENT
+        if tok.pad_token is None:  # batches need one; it is never a label
+            tok.pad_token = tok.eos_token
+        if cfg.prune.enabled:
+            texts = calibration_texts(tok, examples, cfg.prune.calibration_examples, seed)
+            prune_model(model, tok, cfg.prune, texts, origin=origin.name)
         return model, tok
     text = corpus if corpus is not None else list(_world_text(seed))
     # The template's markers are plain text in Llama 2's dialect: let the tokenizer learn them.
@@ -118,7 +159,8 @@ def check_size(model: PreTrainedModel, teacher_params: dict[str, int], ratio: fl
         raise ValueError(
             f"the student has {size:,} parameters, more than {ratio:g} × {smallest} "
             f"({teacher_params[smallest]:,}) = {limit:,}. Fix: shrink student.hidden_size, "
-            "num_layers, intermediate_size or vocab_size, or raise student.max_params_ratio"
+            "num_layers, intermediate_size or vocab_size, prune more (student.prune."
+            "keep_layers or max_params), or raise student.max_params_ratio"
         )
 
 
