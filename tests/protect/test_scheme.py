@@ -179,6 +179,8 @@ def test_greedy_fast_path_picks_what_the_general_path_picks(
 ) -> None:
     """Greedy rows look at their top tokens only; the argmax is the general path's, and so are
     the biased logits of every token that could win."""
+    import avocado_watermark.marking as wm_marking
+
     import avocado_llm.protect.marking as marking
 
     gen = torch.Generator().manual_seed(5)
@@ -192,7 +194,7 @@ def test_greedy_fast_path_picks_what_the_general_path_picks(
     picks = []
     # the fast path, then the general one (on tensors), then the compiled kernel
     for top, compiled in ((marking.GREEDY_TOP, False), (1, False), (marking.GREEDY_TOP, True)):
-        monkeypatch.setattr(marking, "GREEDY_TOP", top)
+        monkeypatch.setattr(wm_marking, "GREEDY_TOP", top)  # the tensor path reads it there
         state = WatermarkState.for_rows(marks, torch.device("cpu"), compiled=compiled)
         assert state is not None and state.greedy
         steps = []
