@@ -90,13 +90,27 @@ class ChatCompletionRequest(Request):
     ignore_eos: bool = False  # extension: keep generating past end-of-turn (load tests)
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+"""A prompt given as token ids (what lm-evaluation-harness sends)."""
+
+
 class CompletionRequest(Request):
     """``POST /v1/completions`` (legacy text completions)."""
 
     model: str
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=64)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=64)]
+    )
+    """Text, several texts, token ids, or several lists of token ids."""
+    echo: bool = False
+    """Each choice's text starts with its prompt; with ``logprobs``, so do its log-probabilities
+    (the prompt's first token has none). Then ``max_tokens`` may be 0: the prompt alone."""
     logprobs: int | None = Field(None, ge=0, le=5)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
+    """0 only with ``echo``."""
     n: int = Field(1, ge=1, le=128)
     seed: int | None = None
     stop: Stop = None
@@ -174,12 +188,13 @@ class ChatCompletionChunk(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
-    """Legacy logprobs: parallel lists, one item per generated token."""
+    """Legacy logprobs: parallel lists, one item per token of the choice's text (an echoed
+    prompt's tokens first: the very first has ``null`` log-probability and alternatives)."""
 
     text_offset: list[int]
-    token_logprobs: list[float]
+    token_logprobs: list[float | None]
     tokens: list[str]
-    top_logprobs: list[dict[str, float]]
+    top_logprobs: list[dict[str, float] | None]
 
 
 class CompletionChoice(BaseModel):

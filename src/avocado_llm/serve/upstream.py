@@ -67,7 +67,11 @@ class UpstreamGeneration:
         self._url = url
         self._body = body
         self._choices = choices
-        self._max_completion = max_completion
+        # echo: each choice's first chunk of text is its prompt (vLLM's: with the first token),
+        # which the upstream did not generate. It is a chunk more than max_tokens allows, and
+        # the usage's completion tokens may be one fewer than the chunks counted.
+        self._echoes = choices if body.get("echo") else 0
+        self._max_completion = max_completion + self._echoes
         self._prompt_bound = sum(2 * max(p.tokens, _byte_bound(p)) for p in prompts)
         self._prompt_bound += _PROMPT_SLACK
         self._counted = 0  # chunks with text passed on
@@ -140,7 +144,7 @@ class UpstreamGeneration:
             raise self._failed("a usage without whole token counts", usage)
         if not 1 <= prompt <= self._prompt_bound:
             raise self._failed(f"a usage of {prompt} prompt tokens", usage)
-        if not self._counted <= completion <= self._max_completion:
+        if not self._counted - self._echoes <= completion <= self._max_completion:
             raise self._failed(
                 f"a usage of {completion} completion tokens for {self._counted} chunks of text "
                 f"(max {self._max_completion})",
@@ -257,7 +261,10 @@ class UpstreamEngine:
             if options.logprobs is not None:
                 body |= {"logprobs": True, "top_logprobs": options.logprobs}
         else:
-            body["prompt"] = [p.text for p in prompts]
+            body["prompt"] = [p.text if p.text is not None else list(p.token_ids or ())
+                              for p in prompts]  # fmt: skip
+            if options.echo:
+                body["echo"] = True
             if options.logprobs is not None:
                 body["logprobs"] = options.logprobs
         path = "/chat/completions" if chat else "/completions"
@@ -324,6 +331,11 @@ def _logprobs(raw: dict[str, Any] | None) -> list[TokenLogprob]:
     values = raw.get("token_logprobs") or [0.0] * len(tokens)
     tops = raw.get("top_logprobs") or [{}] * len(tokens)
     return [
-        TokenLogprob(token, float(lp or 0.0), [(t, float(v)) for t, v in (top or {}).items()])
+        TokenLogprob(token, _float(lp), [(t, float(v)) for t, v in (top or {}).items()])
         for token, lp, top in zip(tokens, values, tops, strict=False)
     ]
+
+
+def _float(value: Any) -> float | None:
+    """A log-probability; None stays None (an echoed prompt's first token has none)."""
+    return None if value is None else float(value)
