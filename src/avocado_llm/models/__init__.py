@@ -13,7 +13,8 @@ It imports neither of those users (nor ``distill``), so each can build on it.
   the stop tokens, with the top-k log-probabilities of every generated position
   (``generate_batch``);
 - :mod:`~avocado_llm.models.scoring`: teacher-forced log-probabilities of known answers
-  (``score_completions``);
+  (``score_completions``), and of every token of a given sequence (``score_tokens``: an
+  echoed prompt's log-probabilities);
 - :mod:`~avocado_llm.models.files`: the files that decide a model's answers, and their hash
   (``weights_revision``).
 

@@ -25,6 +25,7 @@ import torch
 
 from avocado_llm.models.chat import prompt_ids
 from avocado_llm.models.loading import load_model, pick_device
+from avocado_llm.models.scoring import score_tokens
 from avocado_llm.protect import kernel
 from avocado_llm.serve.batching import Row, TextTracker, decode
 from avocado_llm.serve.engine import (
@@ -32,6 +33,7 @@ from avocado_llm.serve.engine import (
     EngineError,
     Prompt,
     SamplingOptions,
+    TokenLogprob,
     Usage,
     longest_token,
 )
@@ -111,6 +113,7 @@ class LocalEngine:
         self.model = model_name or self.model_dir.resolve().name
         self.context_length: int | None = None
         self.max_token_chars: int | None = None
+        self.features: frozenset[str] = frozenset()  # no tools, no constrained decoding
         self.device = pick_device(device)
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
@@ -137,7 +140,11 @@ class LocalEngine:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> Prompt:
+        if tools:  # the server refuses them first (features): never dropped silently
+            raise ValueError("this model does not support tools")
         try:
             ids = prompt_ids(self.tokenizer, messages)
         except Exception as e:  # jinja raises its own errors for conversations it refuses
@@ -151,9 +158,21 @@ class LocalEngine:
     def generate(self, prompts: Sequence[Prompt], options: SamplingOptions) -> LocalGeneration:
         if self._thread is None:
             raise EngineError("the engine is not started", status=503)
+        self._check_ids(prompts)
         job = LocalGeneration(prompts, options, asyncio.get_running_loop())
         self._queue.put(job)
         return job
+
+    def _check_ids(self, prompts: Sequence[Prompt]) -> None:
+        """A 400 unless every token id a client sent is one of the model's."""
+        for prompt in prompts:
+            ids = prompt.token_ids if prompt.text is None and prompt.messages is None else None
+            if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
+                raise EngineError(
+                    "the prompt has a token id outside this model's vocabulary "
+                    f"(0 to {self.vocab_size - 1})",
+                    status=400,
+                )
 
     def _load(self) -> None:
         if self.threads is not None:  # process-wide: the engine is the process's torch user
@@ -162,6 +181,8 @@ class LocalEngine:
         self.tokenizer, self.hf_model = loaded.tokenizer, loaded.model
         self.context_length = int(getattr(self.hf_model.config, "max_position_embeddings", 2048))
         self.max_token_chars = longest_token(self.tokenizer)
+        embeddings = self.hf_model.get_input_embeddings().weight.shape[0]  # type: ignore[union-attr]
+        self.vocab_size = min(len(self.tokenizer), int(embeddings))
         self.eos_ids = frozenset(loaded.stop_ids)
         # compile (or load) the watermark's kernel now, not in the first request
         if self.device.type == "cpu":
@@ -218,11 +239,46 @@ class LocalEngine:
         if self.on_batch is not None:
             self.on_batch(len(live))
         try:
-            decode(self.hf_model, self.tokenizer, self._rows(live), self.eos_ids, self._step)
+            for job in live:
+                if job.options.echo:
+                    self._echo(job)
+            live = [job for job in live if job.rows_left]
+            if live:
+                decode(self.hf_model, self.tokenizer, self._rows(live), self.eos_ids, self._step)
         except Exception:
             log.exception("generation failed for a batch of %d requests", len(live))
             for job in live:
-                job.fail(EngineError("The model failed while generating; retry the request."))
+                if job.rows_left:  # not those already answered (an echo of max_tokens 0)
+                    job.fail(EngineError("The model failed while generating; retry the request."))
+
+    def _echo(self, job: LocalGeneration) -> None:
+        """Hand each choice its prompt (``echo``), with the prompt's log-probabilities when
+        asked (one teacher-forced pass per prompt); a job of ``max_tokens`` 0 ends here."""
+        opts, deltas = job.options, []
+        last = opts.max_tokens == 0
+        for p, prompt in enumerate(job.prompts):
+            ids = list(prompt.token_ids or ())
+            text = prompt.text if prompt.text is not None else self.tokenizer.decode(ids)
+            logprobs = [] if opts.logprobs is None else self._prompt_logprobs(ids, opts.logprobs)
+            finish = "length" if last else None
+            for s in range(opts.n):
+                deltas.append(Delta(p * opts.n + s, str(text), finish, list(logprobs)))
+        if last:
+            job.rows_left = 0
+        job.deliver(deltas, 0, last)
+
+    def _prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        scores = score_tokens(self.hf_model, ids, top)
+        text_of = self._text_of
+        return [
+            TokenLogprob(text_of(t), lp, [(text_of(i), v) for i, v in zip(alts, vs, strict=True)])
+            for t, lp, alts, vs in zip(
+                ids, scores.logprobs, scores.top_ids, scores.top_logprobs, strict=True
+            )
+        ]
+
+    def _text_of(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
 
     def _rows(self, jobs: list[LocalGeneration]) -> list[Row]:
         rows = []

@@ -1,4 +1,10 @@
-"""``POST /v1/completions`` (legacy text completions: no chat template)."""
+"""``POST /v1/completions`` (legacy text completions: no chat template).
+
+``echo`` returns each prompt before its completion, and with ``logprobs`` the prompt's
+log-probabilities (the first token's ``null``) in the same parallel lists — what
+lm-evaluation-harness's ``local-completions`` reads for loglikelihood tasks (it sends token ids,
+``echo``, ``max_tokens`` 1, ``logprobs`` 1). Echoed tokens are prompt tokens: billed as prompt
+tokens, never as completion tokens."""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request, Response
 
+from avocado_llm.billing import Plan
 from avocado_llm.serve import protocol as p
 from avocado_llm.serve.admission import admit, build_prompt
 from avocado_llm.serve.deps import KeyDep, ServicesDep
-from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
+from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import STREAM, bad_request
 from avocado_llm.serve.metering import respond
 from avocado_llm.serve.serving import (
@@ -35,12 +42,13 @@ async def create_completion(
     check_model(engine, key, body.model)
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    check_echo(key.plan, body)
     check_plan(key.plan, max_tokens=body.max_tokens, n=body.n, top_logprobs=body.logprobs)
-    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    texts = prompt_list(body.prompt)
     digest = body_hash("completions", body)
-    longest = max(len(text) for text in texts)
+    longest = max(len(text) for text in texts)  # characters, or token ids (one char or more)
     await admit(request, services, key, longest_chars=longest, param="prompt", body_hash=digest)
-    prompts = await build_prompt(request, lambda: [engine.text_prompt(t) for t in texts])
+    prompts = await build_prompt(request, lambda: [text_prompt(engine, t) for t in texts])
     default = services.settings.default_completion_max_tokens
     max_tokens = resolve_max_tokens(services, key.plan, prompts, body.max_tokens, default)
     options = SamplingOptions(
@@ -52,11 +60,49 @@ async def create_completion(
         n=body.n,
         logprobs=body.logprobs,
         ignore_eos=body.ignore_eos,
+        echo=body.echo,
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     call = Call("completions", key, prompts, options, body.stream, include_usage, digest)
     formatter = CompletionFormatter(engine.model, body.logprobs is not None)
     return await respond(request, services, call, formatter)
+
+
+def check_echo(plan: Plan, body: p.CompletionRequest) -> None:
+    """``max_tokens`` 0 only with ``echo``; prompt log-probabilities only on a plan with
+    log-probabilities (the echoed text alone is the client's own, on any plan)."""
+    if body.max_tokens == 0 and not body.echo:
+        raise bad_request(
+            "max_tokens is 0, so there is nothing to answer; ask for at least 1 token, or set "
+            "echo to true to get the prompt back (with logprobs: its log-probabilities)",
+            param="max_tokens",
+        )
+    if body.echo and body.logprobs is not None and not plan.logprobs:
+        raise bad_request(
+            f"echo with logprobs returns the prompt's log-probabilities, and log-probabilities "
+            f"are not available on your plan ({plan.name!r}); remove 'logprobs', or use a key "
+            "whose plan allows them",
+            param="logprobs",
+        )
+
+
+def prompt_list(
+    prompt: str | list[str] | list[int] | list[list[int]],
+) -> list[str] | list[list[int]]:
+    """The request's prompts: texts, or lists of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], int):
+        return [prompt]  # type: ignore[list-item]
+    return prompt  # type: ignore[return-value]
+
+
+def text_prompt(engine: Engine, prompt: str | list[int]) -> Prompt:
+    """A text prompt as the engine tokenizes it; token ids as they are (the engine checks
+    them against its vocabulary)."""
+    if isinstance(prompt, str):
+        return engine.text_prompt(prompt)
+    return Prompt(tokens=len(prompt), token_ids=tuple(prompt))
 
 
 @dataclass
@@ -114,5 +160,5 @@ class CompletionFormatter:
             text_offset=offsets,
             token_logprobs=[t.logprob for t in items],
             tokens=[t.token for t in items],
-            top_logprobs=[dict(t.top) for t in items],
+            top_logprobs=[None if t.logprob is None else dict(t.top) for t in items],
         )
