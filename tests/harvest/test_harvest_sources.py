@@ -120,7 +120,10 @@ def test_sources_are_harvested_resumed_fused_and_distilled(own_recipe: Path) -> 
     assert by_text["Reverse the order of these words: cow ant"]["messages"] == CHATS[0][:4]
     assert by_text["12 + 7 = ?"]["gold"] == "19"
     assert by_text["Put these words in the opposite order: gold cat bee"]["gold"] is None
-    assert all(len(r["prompt_id"]) == 32 for r in records)
+    assert all(  # <source>-<hash of the normalized chat>, as a tiny-world id is <family>-<hash>
+        r["prompt_id"].startswith(f"{r['family']}-") and len(r["prompt_id"].split("-")[-1]) == 32
+        for r in records
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["sources"]) == {"chats", "sums"}
     assert all(d.startswith("sha256:") for d in manifest["sources"].values())

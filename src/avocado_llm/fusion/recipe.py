@@ -75,7 +75,7 @@ def recipe_records(recipe: Recipe, records: pa.Table) -> pa.Table:
 def _source_ids(recipe: Recipe) -> set[str]:
     """The ids of the training prompts of the recipe's ``data.sources`` (read as a stream)."""
     from avocado_llm.data.sources import DataError
-    from avocado_llm.harvest.runner import source_prompts
+    from avocado_llm.harvest.prompts import source_prompts
 
     try:
         return {ex.id for ex in source_prompts(recipe)}

@@ -7,7 +7,10 @@ checkpoint under the same path), its old answers are not answers of the new mode
 count as done. The store refuses to mix two revisions of one teacher in one harvest directory
 rather than silently keeping both. It leaves out ``n`` (how many answers are asked for): the
 sample index says which answer a record is, so raising ``samples_per_prompt`` from 1 to 2 keeps
-sample 0 and only adds sample 1.
+sample 0 and only adds sample 1. A prompt of a ``data.sources`` entry adds the **source's
+name**: the same prompt in two sources is asked, kept and fused once per source (its reference
+and verifier differ). A tiny-world prompt has no source, and its key has no such field, so the
+keys of existing tiny-world harvests are what they were.
 """
 
 from __future__ import annotations
@@ -22,17 +25,24 @@ from avocado_llm.world.tasks import Example
 
 
 def record_key(
-    teacher: TeacherInfo, messages: Messages, params: SamplingParams, sample_index: int
+    teacher: TeacherInfo,
+    messages: Messages,
+    params: SamplingParams,
+    sample_index: int,
+    source: str | None = None,
 ) -> str:
-    """Hex SHA-256 of the canonical JSON of everything that determines one answer."""
+    """Hex SHA-256 of the canonical JSON of everything that determines one answer (and, for a
+    prompt of a data source, which source asked it)."""
     sampling = {k: v for k, v in params.as_dict().items() if k != "n"}
-    payload = {
+    payload: dict[str, Any] = {
         "teacher": teacher.name,
         "revision": teacher.revision,
         "messages": messages,
         "sampling": sampling,
         "sample_index": sample_index,
     }
+    if source is not None:
+        payload["source"] = source
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

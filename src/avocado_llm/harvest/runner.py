@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, islice, zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,10 @@ from rich.progress import (
 )
 
 from avocado_llm.config import Recipe, RecipeError
-from avocado_llm.data.prompts import HeldoutIndex, heldout_index, prompt_rows
-from avocado_llm.data.sources import DataError, source_digest
 from avocado_llm.harvest.keys import record_key, record_row
+from avocado_llm.harvest.prompts import Prompts, key_source, with_sources
+from avocado_llm.harvest.prompts import harvest_prompts as harvest_prompts  # re-exported
+from avocado_llm.harvest.prompts import source_prompts as source_prompts  # re-exported
 from avocado_llm.harvest.store import HarvestError, HarvestStore
 from avocado_llm.teachers import (
     Completion,
@@ -48,7 +48,6 @@ from avocado_llm.teachers import (
 )
 from avocado_llm.teachers.base import PartialAnswers, TeacherInfo
 from avocado_llm.teachers.redact import redact
-from avocado_llm.world import tasks
 from avocado_llm.world.checks import check_families
 from avocado_llm.world.tasks import Example
 
@@ -87,36 +86,6 @@ class HarvestSummary:
         return self.failed == 0
 
 
-def harvest_prompts(recipe: Recipe, limit: int | None = None) -> list[Example]:
-    """The training prompts, families interleaved round-robin, so the first N cover them all."""
-    examples = tasks.generate(
-        recipe.world.families, "train", recipe.harvest.prompts_per_family, recipe.seed
-    )
-    by_family: dict[str, list[Example]] = {}
-    for example in examples:
-        by_family.setdefault(example.family, []).append(example)
-    mixed = [ex for row in zip_longest(*by_family.values()) for ex in row if ex is not None]
-    return mixed if limit is None else mixed[:limit]
-
-
-def source_prompts(recipe: Recipe, index: HeldoutIndex | None = None) -> Iterator[Example]:
-    """The training prompts of the recipe's ``data.sources``, streamed source after source:
-    each an :class:`Example` whose ``family`` is the source's name and whose ``answer`` is the
-    row's reference (``None`` for an open-ended prompt). ``index``: the held-out side of every
-    source (:func:`~avocado_llm.data.prompts.heldout_index`), computed here when not given."""
-    sources = recipe.data.sources
-    if index is None:
-        index = heldout_index(sources)
-    for source in sources:
-        for row in prompt_rows(source, "train", index):
-            yield Example(row.id, row.source, "train", row.messages, row.reference)  # type: ignore[arg-type]
-
-
-def source_digests(recipe: Recipe) -> dict[str, str]:
-    """Source name → the content hash of its file(s), as the harvest manifest keeps it."""
-    return {s.name: source_digest(s.path) for s in recipe.data.sources}
-
-
 async def harvest(
     recipe: Recipe,
     out_dir: str | Path | None = None,
@@ -145,7 +114,7 @@ async def harvest(
     prompts: list[Example] | Prompts = harvest_prompts(recipe, limit)
     digests: dict[str, str] = {}
     if recipe.data.sources:  # your own data: streamed, after the tiny world's prompts
-        prompts, digests = _with_sources(recipe, prompts, limit)
+        prompts, digests = with_sources(recipe, prompts, limit)
     params = sampling_params(recipe.harvest, recipe.seed)
     store = HarvestStore(out, recipe.name, recipe.harvest.shard_size)
     owned = teachers is None
@@ -180,42 +149,6 @@ async def harvest(
         if owned and teachers is not None:
             for teacher in teachers:
                 await teacher.aclose()
-
-
-class Prompts:
-    """Prompts to harvest, read again for every teacher: a list, or a stream of known length."""
-
-    def __init__(self, make: Callable[[], Iterable[Example]], total: int) -> None:
-        self.make, self.total = make, total
-
-    def __iter__(self) -> Iterator[Example]:
-        return iter(self.make())
-
-    def __len__(self) -> int:
-        return self.total
-
-
-def _with_sources(
-    recipe: Recipe, world: list[Example], limit: int | None
-) -> tuple[Prompts, dict[str, str]]:
-    """The tiny world's prompts, then every source's training prompts (streamed, counted and
-    checked once here, so a bad source fails before any teacher loads), and their digests."""
-    try:
-        digests = source_digests(recipe)
-        index = heldout_index(recipe.data.sources)
-        total = len(world) + sum(1 for _ in source_prompts(recipe, index))
-    except DataError as error:
-        raise HarvestError(str(error)) from None
-    if limit is not None:
-        total = min(total, limit)
-
-    def make() -> Iterator[Example]:
-        try:  # a source that breaks while it is read again (edited meanwhile)
-            yield from islice(chain(world, source_prompts(recipe, index)), total)
-        except DataError as error:
-            raise HarvestError(str(error)) from None
-
-    return Prompts(make, total), digests
 
 
 def _progress_bars(enabled: bool) -> Progress:
@@ -286,7 +219,8 @@ def _todo(
     keys: dict[str, list[str]] = {}
     skipped = 0
     for ex in prompts:
-        ex_keys = [record_key(info, ex.messages, params, i) for i in range(params.n)]
+        source = key_source(ex)
+        ex_keys = [record_key(info, ex.messages, params, i, source) for i in range(params.n)]
         if all(key in done for key in ex_keys):
             skipped += 1
             continue

@@ -10,9 +10,11 @@ Layout of ``runs/<name>/harvest/``::
 The shards are the truth. Each is written whole to a temporary file in its own directory,
 fsynced and renamed into place, so it either exists complete or not at all. The manifest is an
 index rebuilt from the shards whenever a store is opened, so a crash between a shard and the
-manifest loses nothing. Opening a store for writing also checks every shard (its SHA-256
-against the manifest, its Parquet page checksums): a damaged one (a bad disk, a bad copy) is
-reported by name, moved to ``damaged/``, and its records are harvested again.
+manifest loses nothing (a shard of a ``data.sources`` harvest carries the sources' content
+hashes in its Parquet metadata, so a rebuilt manifest still knows them). Opening a store for
+writing also checks every shard (its SHA-256 against the manifest, its Parquet page
+checksums): a damaged one (a bad disk, a bad copy) is reported by name, moved to
+``damaged/``, and its records are harvested again.
 ``datasets.load_dataset("parquet", data_files=".../data/**/*.parquet")``
 reads the records as they are.
 """
@@ -85,6 +87,8 @@ INDEX_COLUMNS = [
     "completion_tokens",
 ]
 """What opening a store reads of every shard: enough to resume and to report status."""
+SOURCES_KEY = b"avocado.harvest.sources"
+"""Parquet metadata of a shard written for ``data.sources``: JSON of source name → digest."""
 SHARD_NAME = re.compile(r"part-(\d+)-[0-9a-f]+\.parquet")
 DAMAGED = "damaged"
 """Where shards found damaged are moved (beside ``data/``, so readers no longer see them)."""
@@ -115,6 +119,20 @@ class ShardIndex:
         self.provenance: dict[str, dict[str, str]] = {}
         self.reasons: dict[str, Counter[str]] = {}
         self.tokens: Counter[str] = Counter()
+        self.sources: dict[str, str] = {}
+        """Source name → content digest, as the shards' metadata recorded it (the first wins)."""
+
+    def add_sources(self, metadata: dict[bytes, bytes] | None) -> None:
+        """Take the source digests a shard's Parquet metadata carries (if any)."""
+        raw = (metadata or {}).get(SOURCES_KEY)
+        try:
+            found = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            found = {}
+        if isinstance(found, dict):
+            for name, digest in found.items():
+                if isinstance(name, str) and isinstance(digest, str):
+                    self.sources.setdefault(name, digest)
 
     def add(self, teacher: str, table: pa.Table | list[dict[str, Any]]) -> None:
         rows = table.to_pylist() if isinstance(table, pa.Table) else table
@@ -158,6 +176,7 @@ def scan_shards(root: Path, known: dict[str, Shard]) -> tuple[list[Shard], Shard
         digest = old.sha256 if old is not None and old.bytes == size else _sha256(file)
         shards.append(Shard(rel, teacher, table.num_rows, size, digest))
         index.add(teacher, table)
+        index.add_sources(table.schema.metadata)
     return shards, index
 
 
@@ -238,11 +257,12 @@ class HarvestStore:
         manifest = read_manifest(self.root)
         known = {s["path"]: Shard(**s) for s in manifest.get("shards", [])}
         self.teachers: dict[str, dict[str, Any]] = manifest.get("teachers", {})
-        self.sources: dict[str, str] = dict(manifest.get("sources") or {})
-        """Source name → content digest of the prompt data harvested here (``data.sources``)."""
         self.damaged = quarantine_damaged(self.root, known)
         """Shards found damaged when this store was opened (moved to ``damaged/``)."""
         self.shards, self.index = scan_shards(self.root, known)
+        self.sources: dict[str, str] = {**self.index.sources, **(manifest.get("sources") or {})}
+        """Source name → content digest of the prompt data harvested here (``data.sources``):
+        the manifest's, else what the shards recorded (a lost manifest loses none)."""
         self._write_manifest()
 
     def close(self) -> None:
@@ -309,7 +329,11 @@ class HarvestStore:
         seqs = [int(m[1]) for p in folder.iterdir() if (m := SHARD_NAME.fullmatch(p.name))]
         path = folder / f"part-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.parquet"
         buffer = pa.BufferOutputStream()
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        schema = SCHEMA
+        if self.sources:  # so that a manifest rebuilt from the shards still knows them
+            sources = json.dumps(dict(sorted(self.sources.items()))).encode()
+            schema = SCHEMA.with_metadata({**(SCHEMA.metadata or {}), SOURCES_KEY: sources})
+        table = pa.Table.from_pylist(rows, schema=schema)
         pq.write_table(table, buffer, compression="zstd", write_page_checksum=True)
         data = buffer.getvalue().to_pybytes()
         atomic_write(path, data)
