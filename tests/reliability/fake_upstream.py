@@ -17,6 +17,18 @@ tests of a lying or failing upstream (``lie(...)`` writes one):
     #fake:usage=none            no usage chunk at all
     #fake:status=<code>:<text>  answer HTTP <code> with <text> as the error's message
     #fake:midstream=<text>      an error event with <text> after the first token
+    #fake:toolcall=<json>       the first piece of a function call is <json> (a tool_calls list)
+
+Tool calling and structured outputs, as vLLM streams them: a request with ``tools`` (and a
+``tool_choice`` other than ``none``) whose last message is not a ``tool`` message gets a call of
+the named function, else of the first tool (and of the second too when ``tool_choice`` is
+``required`` and ``parallel_tool_calls`` is not false): per call a piece with its id
+(``chatcmpl-tool-…``), type and name, then its arguments (JSON made from the parameters' schema)
+in pieces of up to 8 characters, finish_reason ``tool_calls``. A ``response_format`` of
+``json_schema`` gets a JSON value made from its schema, ``json_object`` ``{"answer": "w0"}``, in
+pieces of up to 8 characters. Each piece is one token; an answer longer than ``max_tokens`` is
+cut there (finish_reason ``length``). The tools' compact JSON counts as prompt (a token per 4
+bytes, as text does).
 """
 
 from __future__ import annotations
@@ -88,6 +100,64 @@ def _logprobs(chat: bool, token: str, top: int) -> dict[str, Any]:
     }
 
 
+def sample(schema: Any) -> Any:
+    """A JSON value that ``schema`` (a simple JSON Schema) accepts."""
+    if not isinstance(schema, dict):
+        return None
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {name: sample(sub) for name, sub in props.items()}
+    if kind == "array":
+        return [sample(schema.get("items") or {"type": "string"})]
+    return {"string": "Paris", "integer": 7, "number": 2.5, "boolean": True}.get(kind)
+
+
+def _split(text: str, size: int = 8) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _special(body: dict[str, Any], max_tokens: int) -> tuple[list[dict[str, Any]], str] | None:
+    """The deltas (one a token) and finish reason of a tool-call or JSON answer; None: text."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice", "auto")
+    last = (body.get("messages") or [{}])[-1]
+    texts = _texts(body)
+    pieces: list[dict[str, Any]] = []
+    if tools and choice != "none" and last.get("role") != "tool":
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        chosen = [t for t in tools if t["function"]["name"] == named] or tools[:1]
+        if choice == "required" and body.get("parallel_tool_calls") is not False:
+            chosen = tools[:2]
+        for k, tool in enumerate(chosen):
+            function = tool["function"]
+            call_id = "chatcmpl-tool-" + hashlib.sha256(f"{texts}{k}".encode()).hexdigest()[:24]
+            first = {"id": call_id, "type": "function", "index": k,
+                     "function": {"name": function["name"]}}  # fmt: skip
+            directive, value = _directive(texts)
+            if directive == "toolcall" and k == 0:
+                pieces.append({"tool_calls": json.loads(value)})
+            else:
+                pieces.append({"tool_calls": [first]})
+            arguments = json.dumps(sample(function.get("parameters") or {"type": "object"}))
+            pieces += [{"tool_calls": [{"index": k, "function": {"arguments": a}}]}
+                       for a in _split(arguments)]  # fmt: skip
+        finish = "tool_calls"
+    elif (body.get("response_format") or {}).get("type") in ("json_schema", "json_object"):
+        fmt = body["response_format"]
+        value = sample(fmt["json_schema"].get("schema")) if "json_schema" in fmt else None
+        text = json.dumps(value) if "json_schema" in fmt else '{"answer": "w0"}'
+        pieces = [{"content": piece} for piece in _split(text)]
+        finish = "stop"
+    else:
+        return None
+    if len(pieces) > max_tokens:
+        return pieces[:max_tokens], "length"
+    return pieces, finish
+
+
 def make_app(delay_s: float) -> Starlette:
     async def complete(request: Request) -> Response:
         body = await request.json()
@@ -97,9 +167,14 @@ def make_app(delay_s: float) -> Starlette:
         max_tokens = int(body.get("max_tokens") or 16)
         want_logprobs = bool(body.get("logprobs"))
         top = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
-        counts = [min(max_tokens, tokens_for(t)) for t in texts]
+        special = [_special(body, max_tokens) if chat else None for _ in texts]
+        counts = [
+            len(s[0]) if s else min(max_tokens, tokens_for(t))
+            for s, t in zip(special, texts, strict=True)
+        ]
+        tools = json.dumps(body["tools"], separators=(",", ":")) if body.get("tools") else ""
         usage = {
-            "prompt_tokens": sum(prompt_tokens(t) for t in texts),
+            "prompt_tokens": sum(prompt_tokens(t) for t in texts) + len(tools.encode()) // 4,
             "completion_tokens": n * sum(counts),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -133,6 +208,13 @@ def make_app(delay_s: float) -> Starlette:
                         token = f" w{step}"
                         last = step == count - 1
                         choice: dict[str, Any] = {"index": p * n + j}
+                        if special[p] is not None:  # a function call or JSON, as vLLM sends it
+                            pieces, finish = special[p]  # type: ignore[misc]
+                            choice["delta"] = pieces[step]
+                            choice |= {"logprobs": None, "finish_reason": finish if last else None,
+                                       "stop_reason": None}  # fmt: skip
+                            choices.append(choice)
+                            continue
                         if chat:
                             choice["delta"] = {"content": token}
                         else:

@@ -65,6 +65,18 @@ class SamplingOptions:
     model's own (as vLLM's prompt log-probabilities); ``max_tokens`` may then be 0."""
     watermark: Watermark | None = None
     """The account's keyed watermark (in-process engine; set by the server from the plan)."""
+    tool_choice: str | dict[str, Any] | None = None
+    """``none``, ``auto``, ``required`` or a named function (only with :attr:`Prompt.tools`)."""
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    """OpenAI's ``response_format`` (``json_object``, ``json_schema``), checked by
+    ``serve/tools.py``; None: free text."""
+
+
+TOOLS = "tools"
+"""An engine feature: tool calling (``tools``, ``tool_choice``, calls in the conversation)."""
+STRUCTURED_OUTPUTS = "structured_outputs"
+"""An engine feature: ``response_format`` ``json_object`` and ``json_schema``."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,8 @@ class Prompt:
     """Chat messages (upstream engines forward these)."""
     text: str | None = None
     """Raw text of a legacy completion prompt."""
+    tools: list[dict[str, Any]] | None = None
+    """Function tools the conversation offers the model (their schemas are prompt tokens)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,18 @@ class TokenLogprob:
 
 
 @dataclass
+class ToolCallDelta:
+    """A piece of a function call: the first piece of call ``index`` has its id and name, the
+    following ones more of its arguments (JSON text, appended)."""
+
+    index: int
+    """The call's position among the choice's calls."""
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
 class Delta:
     """New text of one choice; ``finish_reason`` is set on the choice's last delta."""
 
@@ -97,6 +123,7 @@ class Delta:
     text: str
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass
@@ -138,14 +165,20 @@ class Engine(Protocol):
     """The most characters one token of :attr:`Prompt.tokens` stands for (its tokenizer's
     longest token): bounds a prompt's characters by its tokens, before tokenizing it. None
     when unknown (not started)."""
+    features: frozenset[str]
+    """What it can do beyond text: :data:`TOOLS`, :data:`STRUCTURED_OUTPUTS`. A request using
+    another feature is refused (400), never answered as if it had not asked."""
 
     async def start(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
-        """The prompt for a conversation, in the model's chat template. Raises ``ValueError``
-        with the template's message when the conversation does not fit it."""
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> Prompt:
+        """The prompt for a conversation (and the tools it offers), in the model's chat
+        template. Raises ``ValueError`` with the template's message when the conversation does
+        not fit it."""
         ...
 
     def text_prompt(self, text: str) -> Prompt: ...

@@ -7,9 +7,9 @@ ignored. Our own extensions (vLLM's names) are marked ``# extension``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_STOPS = 4
 """Stop strings per request (OpenAI's limit)."""
@@ -57,16 +57,102 @@ class TextPart(Request):
     text: str
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+"""A function's (and a JSON schema's) name: OpenAI's rule."""
+FunctionName = Annotated[str, Field(pattern=FUNCTION_NAME)]
+
+
+class FunctionCall(Request):
+    name: FunctionName
+    arguments: str
+    """JSON text, as the model wrote it."""
+
+
+class ToolCall(Request):
+    """A function call of an earlier assistant turn (in ``messages``)."""
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    """The call a ``tool`` message answers."""
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
+    """The calls an ``assistant`` message made (its content may then be null)."""
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages may have tool_calls")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only tool messages may have a tool_call_id")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+
+class FunctionDefinition(Request):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON Schema of the arguments (an object); checked against the meta-schema."""
+    strict: bool | None = None
+
+
+class Tool(Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Request):
+    name: FunctionName
+
+
+class NamedToolChoice(Request):
+    """Call this function (one of ``tools``)."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ResponseFormatText(Request):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(Request):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(Request):
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    """The JSON Schema the answer follows; checked against the meta-schema."""
+    strict: bool | None = None
+
+
+class ResponseFormatJSONSchema(Request):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema,
+    Field(discriminator="type"),
+]
 
 
 class ChatCompletionRequest(Request):
@@ -79,11 +165,17 @@ class ChatCompletionRequest(Request):
     max_tokens: int | None = Field(None, ge=1)
     """Deprecated by OpenAI in favour of ``max_completion_tokens``; still accepted."""
     n: int = Field(1, ge=1, le=128)
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     seed: int | None = None
     stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
+    tool_choice: ToolChoice | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    """Functions the model may call (at most 128; their schemas are capped in size and depth,
+    see ``serve/tools.py``)."""
     top_logprobs: int | None = Field(None, ge=0, le=20)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     user: str | None = None
@@ -144,10 +236,22 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobEntry] | None
 
 
+class FunctionCallOut(BaseModel):
+    arguments: str
+    name: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    function: FunctionCallOut
+    type: Literal["function"] = "function"
+
+
 class ChatMessageOut(BaseModel):
     content: str | None
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -166,9 +270,25 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ChunkFunctionCall(BaseModel):
+    arguments: str | None = None
+    name: str | None = None
+
+
+class ChunkToolCall(BaseModel):
+    """A piece of a streamed call: the first of each carries its id, type and name; the
+    following ones more of its arguments (to be appended)."""
+
+    index: int
+    id: str | None = None
+    function: ChunkFunctionCall | None = None
+    type: Literal["function"] | None = None
+
+
 class ChunkDelta(BaseModel):
     content: str | None = None
     role: Literal["assistant"] | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -16,7 +16,15 @@ from pydantic import BaseModel
 from avocado_llm.billing import Billing, KeyInfo, Plan
 from avocado_llm.billing.leases import ServerLease
 from avocado_llm.serve import protocol
-from avocado_llm.serve.engine import Delta, Engine, Prompt, SamplingOptions, TokenLogprob, Usage
+from avocado_llm.serve.engine import (
+    Delta,
+    Engine,
+    Prompt,
+    SamplingOptions,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
 from avocado_llm.serve.errors import bad_request, model_not_found
 from avocado_llm.serve.ratelimit import Limiter
 from avocado_llm.serve.settings import ServeSettings
@@ -111,6 +119,8 @@ class ChoiceResult:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    """The pieces of its function calls, in order (see :func:`serve.tools.merge_calls`)."""
 
 
 class Formatter(Protocol):

@@ -23,6 +23,8 @@ from typing import Any
 import aiohttp
 
 from avocado_llm.serve.engine import (
+    STRUCTURED_OUTPUTS,
+    TOOLS,
     Delta,
     EngineError,
     Prompt,
@@ -31,6 +33,7 @@ from avocado_llm.serve.engine import (
     Usage,
     longest_token,
 )
+from avocado_llm.serve.tools import CallChecker, compact
 
 log = logging.getLogger("avocado.serve.upstream")
 
@@ -40,6 +43,9 @@ _TEMPLATE_ALLOWANCE = 16
 # The upstream's prompt count may exceed ours (a template's default system prompt, another
 # tokenizer), but not by more than this: beyond it, its usage is not believed.
 _PROMPT_SLACK = 1024
+# A template writes tools' schemas as JSON, maybe indented (up to twice the compact bytes),
+# after a preamble of its own that says how to call them.
+_TOOLS_ALLOWANCE = 512
 
 
 class UpstreamGeneration:
@@ -74,8 +80,10 @@ class UpstreamGeneration:
         self._max_completion = max_completion + self._echoes
         self._prompt_bound = sum(2 * max(p.tokens, _byte_bound(p)) for p in prompts)
         self._prompt_bound += _PROMPT_SLACK
-        self._counted = 0  # chunks with text passed on
+        self._counted = 0  # chunks with text (or a function call's piece) passed on
         self._reported = False  # the upstream's usage arrived
+        self._calls = CallChecker.of(prompts[0].tools if prompts else None,
+                                     body.get("tool_choice"))  # fmt: skip
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         try:
@@ -117,21 +125,25 @@ class UpstreamGeneration:
             raise self._failed("an error in its stream", chunk["error"])
         deltas = []
         for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or choice.get("text") or ""
             finish = choice.get("finish_reason")
             index = choice.get("index", 0)
             if not isinstance(text, str) or not isinstance(finish, str | None):
                 raise TypeError(f"a choice of the wrong shape: {choice!r:.200}")
             if type(index) is not int or not 0 <= index < self._choices:
                 raise ValueError(f"a choice index out of range: {index!r:.50}")
-            if text or finish:
-                if text:
+            calls = self._calls.take(index, delta.get("tool_calls"))
+            if finish == "tool_calls" and not self._calls.calls(index):
+                raise ValueError("a finish_reason tool_calls without a tool call")
+            if text or finish or calls:
+                if text or calls:  # a function call's tokens are output tokens too
                     self._counted += 1
                     if self._counted > self._max_completion:
                         raise self._failed("more text than max_tokens allows", None)
                 self.usage.completion_tokens = max(self.usage.completion_tokens, self._counted)
                 logprobs = _logprobs(choice.get("logprobs"))
-                deltas.append(Delta(index, text, finish, logprobs))
+                deltas.append(Delta(index, text, finish, logprobs, calls))
         if (usage := chunk.get("usage")) is not None:
             self._take_usage(usage)
         return deltas
@@ -186,6 +198,7 @@ class UpstreamEngine:
         self.upstream_model = upstream_model or model_name
         self.context_length: int | None = None
         self.max_token_chars: int | None = 1  # without a tokenizer, a token is a byte (or more)
+        self.features = frozenset({TOOLS, STRUCTURED_OUTPUTS})  # forwarded (vLLM has both)
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=10.0)
@@ -217,18 +230,20 @@ class UpstreamEngine:
             await self._session.close()
             self._session = None
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> Prompt:
         if self._tokenizer is not None and self._tokenizer.chat_template:
             try:
                 text = self._tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
+                    messages, tools=tools, tokenize=False, add_generation_prompt=True
                 )
             except Exception as e:  # jinja raises its own errors for conversations it refuses
                 raise ValueError(f"the model's chat template refused the messages: {e}") from e
             tokens = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
         else:
-            tokens = _byte_bound(Prompt(tokens=0, messages=messages))
-        return Prompt(tokens=tokens, messages=messages)
+            tokens = _byte_bound(Prompt(tokens=0, messages=messages, tools=tools))
+        return Prompt(tokens=tokens, messages=messages, tools=tools)
 
     def text_prompt(self, text: str) -> Prompt:
         if self._tokenizer is not None:
@@ -260,6 +275,14 @@ class UpstreamEngine:
             body["messages"] = prompts[0].messages
             if options.logprobs is not None:
                 body |= {"logprobs": True, "top_logprobs": options.logprobs}
+            if prompts[0].tools:
+                body["tools"] = prompts[0].tools
+                if options.tool_choice is not None:
+                    body["tool_choice"] = options.tool_choice
+                if options.parallel_tool_calls is not None:
+                    body["parallel_tool_calls"] = options.parallel_tool_calls
+            if options.response_format is not None:
+                body["response_format"] = options.response_format
         else:
             body["prompt"] = [p.text if p.text is not None else list(p.token_ids or ())
                               for p in prompts]  # fmt: skip
@@ -279,9 +302,19 @@ def _byte_bound(prompt: Prompt) -> int:
     """The prompt's tokens bounded from above by its bytes (byte-level tokenizers), plus the
     template's allowance per message: what the gateway counts when it has no tokenizer."""
     if prompt.messages is not None:
-        size = sum(len(str(m.get("content") or "").encode()) for m in prompt.messages)
+        size = sum(_message_bytes(m) for m in prompt.messages)
+        if prompt.tools:
+            size += 2 * len(compact(prompt.tools).encode()) + _TOOLS_ALLOWANCE
         return size + _TEMPLATE_ALLOWANCE * (len(prompt.messages) + 1)
     return len((prompt.text or "").encode()) + _TEMPLATE_ALLOWANCE
+
+
+def _message_bytes(message: dict[str, Any]) -> int:
+    """Bytes of a message's text, its earlier function calls and the call it answers."""
+    size = len(str(message.get("content") or "").encode())
+    if message.get("tool_calls"):
+        size += len(compact(message["tool_calls"]).encode())
+    return size + len(str(message.get("tool_call_id") or "").encode())
 
 
 _CONTEXT_WORDS = ("context length", "context_length", "maximum context", "too long")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from avocado_llm.serve import protocol as p
+from avocado_llm.serve import tools as t
 from avocado_llm.serve.admission import admit, build_prompt
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
@@ -40,15 +42,24 @@ async def create_chat_completion(
     requested = body.max_completion_tokens or body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
     check_plan(key.plan, max_tokens=requested, n=body.n, top_logprobs=top)
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in body.messages
-    ]
+    tools = t.check_tools(body)
+    response_format = t.check_response_format(body)
+    t.check_features(
+        key.plan,
+        engine,
+        tools=tools is not None,
+        calls_in_messages=t.has_calls(body.messages),
+        structured=t.wants_json(response_format),
+    )
+    messages = [_message(m) for m in body.messages]
     digest = body_hash("chat", body)
-    chars = sum(len(m["content"]) for m in messages)
+    chars = sum(len(str(m["content"] or "")) for m in messages)
+    chars += sum(len(t.compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
+    chars += sum(len(m.get("tool_call_id", "")) for m in messages)
+    chars += len(t.compact(tools)) if tools else 0
     await admit(request, services, key, longest_chars=chars, param="messages", body_hash=digest)
     try:
-        prompt = await build_prompt(request, engine.chat_prompt, messages)
+        prompt = await build_prompt(request, engine.chat_prompt, messages, tools)
     except ValueError as e:
         raise bad_request(str(e), "messages") from e
     max_tokens = resolve_max_tokens(services, key.plan, [prompt], requested, key.plan.max_tokens)
@@ -61,10 +72,25 @@ async def create_chat_completion(
         n=body.n,
         logprobs=top,
         ignore_eos=body.ignore_eos,
+        tool_choice=t.tool_choice(body) if tools else None,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=response_format,
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     call = Call("chat", key, [prompt], options, body.stream, include_usage, digest)
     return await respond(request, services, call, ChatFormatter(engine.model, top is not None))
+
+
+def _message(m: p.ChatMessage) -> dict[str, Any]:
+    """A message as the engine gets it (``developer`` is ``system``)."""
+    role = "system" if m.role == "developer" else m.role
+    if m.tool_calls:  # an earlier turn's calls: its content may be null
+        calls = [c.model_dump() for c in m.tool_calls]
+        return {"role": role, "content": None if m.content is None else m.text(),
+                "tool_calls": calls}  # fmt: skip
+    if m.tool_call_id is not None:
+        return {"role": role, "content": m.text(), "tool_call_id": m.tool_call_id}
+    return {"role": role, "content": m.text()}
 
 
 @dataclass(frozen=True)
@@ -84,7 +110,7 @@ class ChatFormatter:
                     finish_reason=c.finish_reason or "stop",
                     index=c.index,
                     logprobs=self._logprobs(c.logprobs),
-                    message=p.ChatMessageOut(content=c.text),
+                    message=self._message(c),
                 )
                 for c in choices
             ],
@@ -92,6 +118,13 @@ class ChatFormatter:
             model=self.model,
             usage=usage_body(usage),
         )
+
+    @staticmethod
+    def _message(c: ChoiceResult) -> p.ChatMessageOut:
+        if not c.tool_calls:
+            return p.ChatMessageOut(content=c.text)
+        calls = t.merge_calls(c.tool_calls)
+        return p.ChatMessageOut(content=c.text or None, tool_calls=calls)
 
     def opening(self, rid: str, created: int, n_choices: int) -> list[p.ChatCompletionChunk]:
         """OpenAI's first chunk: the role of every choice, no text yet."""
@@ -103,7 +136,9 @@ class ChatFormatter:
 
     def chunk(self, rid: str, created: int, delta: Delta) -> p.ChatCompletionChunk:
         choice = p.ChunkChoice(
-            delta=p.ChunkDelta(content=delta.text or None),
+            delta=p.ChunkDelta(
+                content=delta.text or None, tool_calls=t.call_pieces(delta.tool_calls)
+            ),
             finish_reason=delta.finish_reason,
             index=delta.index,
             logprobs=self._logprobs(delta.logprobs),
