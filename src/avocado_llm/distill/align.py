@@ -90,6 +90,12 @@ def _student_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     pieces = tokenizer.convert_ids_to_tokens(ids)
     kind = tokenizer_piece_kind(tokenizer)
+    spelled = [piece_bytes(p, kind) for p in pieces]
+    if b"".join(spelled) == text.encode():
+        # The pieces spell the text: their lengths are the spans, whatever the offsets say
+        # (a ByteLevel post-processor with trim_offsets leaves "Ġword"'s space out of them).
+        ends = list(accumulate(len(b) for b in spelled))
+        return ids, [(end - len(b), end) for end, b in zip(ends, spelled, strict=True)]
     byte_at = [0, *accumulate(len(c.encode()) for c in text)]  # character → byte offset
     spans: list[Span] = []
     cursor = 0
