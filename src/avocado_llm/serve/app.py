@@ -26,7 +26,7 @@ from avocado_llm.serve.local_engine import LocalEngine
 from avocado_llm.serve.middleware import AccessLog, BodyLimit
 from avocado_llm.serve.ratelimit import Limiter, RateLimiter
 from avocado_llm.serve.ratelimit_redis import RedisRateLimiter
-from avocado_llm.serve.routes import chat, completions, models, system
+from avocado_llm.serve.routes import chat, completions, models, responses, system
 from avocado_llm.serve.serving import KeyCache, Services
 from avocado_llm.serve.settings import ServeSettings
 from avocado_llm.serve.upstream import UpstreamEngine
@@ -118,7 +118,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics, model=engine.model)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
-    for module in (models, chat, completions):
+    for module in (models, chat, completions, responses):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(system.router)
