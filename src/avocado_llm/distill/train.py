@@ -9,6 +9,10 @@ parallelism give exactly the gradient of one big batch.
 Resumable to the bit: the batch of step ``s`` is drawn from a generator seeded by ``(seed, s)``,
 so a checkpoint (model, optimizer, scheduler, RNG states and the step) is all the data position
 there is. Killed at any step and resumed, a run ends at the same loss as an uninterrupted one.
+
+It is the house's one training loop: the teacher zoo trains through it too, with cross-entropy
+only (``alpha_ce = 1``, no KD targets) and the :class:`LoopSettings` that reproduce the zoo's
+shipped teachers bit for bit (:data:`avocado_llm.zoo.sft.ZOO_LOOP`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -50,6 +55,23 @@ class StepLoss:
     loss: float
     ce: float
     kd: float
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop draws batches, decays weights and applies the peak learning rate: what a
+    recipe's training section does not say. The defaults are distillation's."""
+
+    draw: Literal["per_step", "stream"] = "per_step"
+    """``per_step``: step ``s`` draws from a generator seeded by ``(seed, s)``; ``stream``: one
+    generator, seeded by ``seed`` once, draws every step's batch in turn (a resumed run replays
+    the draws of the steps already done)."""
+    decay: Literal["all", "matrices"] = "all"
+    """Weight decay on every parameter, or on matrices only (never on norms and biases)."""
+    peak_in_factor: bool = False
+    """The schedule's factor carries the peak learning rate (the optimizer's base rate is 1):
+    the same schedule, rounded as ``peak · (s + 1) / warmup`` rather than ``peak · ((s + 1) /
+    warmup)``, which is how the zoo's shipped teachers were trained."""
 
 
 class NonFiniteLoss(ValueError):
@@ -92,16 +114,38 @@ def _check_finite(step: int, totals: torch.Tensor, grad_norm: torch.Tensor | Non
     )
 
 
-def lr_lambda(cfg: TrainingConfig) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def lr_lambda(cfg: TrainingConfig, peak: float = 1.0) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 10% of the peak; ``peak`` scales the factor."""
 
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+            return peak * (step + 1) / cfg.warmup_steps
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     return f
+
+
+def make_optimizer(
+    model: PreTrainedModel, cfg: TrainingConfig, loop: LoopSettings
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its warm-up/cosine schedule, as ``loop`` says."""
+    params: object = model.parameters()
+    if loop.decay == "matrices":
+        named = list(model.named_parameters())
+        params = [
+            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        ]
+    base = 1.0 if loop.peak_in_factor else cfg.learning_rate
+    opt = torch.optim.AdamW(
+        params,  # type: ignore[arg-type]
+        lr=base,
+        weight_decay=cfg.weight_decay,
+        betas=(0.9, 0.98),
+    )
+    peak = cfg.learning_rate if loop.peak_in_factor else 1.0
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, peak))
 
 
 def step_indices(
@@ -112,15 +156,42 @@ def step_indices(
     micro: int,
     weights: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """The items of every micro-batch of ``step`` on every rank: a pure function of the step.
-
-    Drawn with replacement, uniformly or in proportion to ``weights`` (n_items,)."""
+    """The items of every micro-batch of ``step`` on every rank: a pure function of the step."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return draw_indices(gen, n_items, batch, micro, weights)
+
+
+def draw_indices(
+    gen: torch.Generator,
+    n_items: int,
+    batch: int,
+    micro: int,
+    weights: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """``micro`` lists of ``batch`` items, drawn from ``gen`` with replacement, uniformly or in
+    proportion to ``weights`` (n_items,)."""
     if weights is None:
         flat = torch.randint(n_items, (micro * batch,), generator=gen).tolist()
     else:
         flat = torch.multinomial(weights, micro * batch, replacement=True, generator=gen).tolist()
     return [flat[i * batch : (i + 1) * batch] for i in range(micro)]
+
+
+def batch_draws(
+    loop: LoopSettings,
+    seed: int,
+    start: int,
+    shape: tuple[int, int, int],
+    weights: torch.Tensor | None,
+) -> Callable[[int], list[list[int]]]:
+    """Step → the indices of its micro-batches; ``shape`` is (items, batch, micro)."""
+    n_items, batch, micro = shape
+    if loop.draw == "per_step":
+        return lambda step: step_indices(seed, step, n_items, batch, micro, weights)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(start):  # a resumed stream replays the draws of the steps already done
+        draw_indices(gen, n_items, batch, micro, weights)
+    return lambda step: draw_indices(gen, n_items, batch, micro, weights)
 
 
 def sampling_weights(items: list[DistillItem], balance: bool) -> torch.Tensor | None:
@@ -167,79 +238,98 @@ def train(
     cfg: TrainingConfig,
     *,
     pad_id: int,
-    out_dir: Path,
+    out_dir: Path | None,
     seed: int = 0,
     resume: bool = False,
     evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
     accelerator: Accelerator | None = None,
     stop_after: int | None = None,
+    loop: LoopSettings = LoopSettings(),
+    description: str = "distill",
 ) -> list[StepLoss]:
-    """Train ``model`` on ``items``; checkpoints and ``loss.jsonl`` go to ``out_dir``."""
+    """Train ``model`` on ``items``; checkpoints and ``loss.jsonl`` go to ``out_dir`` (``None``:
+    neither is written, and there is nothing to resume from)."""
     if not items:
         raise ValueError("no training items: the fusion kept no example; check the harvest")
+    if out_dir is None and resume:
+        raise ValueError("resume needs the out_dir that holds the checkpoints")
     _check_targets(items)
     acc = accelerator or Accelerator(
         cpu=cfg.device == "cpu",
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    model, opt, sched = acc.prepare(model, opt, sched)
-    start = _load_checkpoint(acc, out_dir) if resume else 0
-    log = _LossLog(out_dir / "loss.jsonl", start, acc.is_main_process)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    model, opt, sched = acc.prepare(model, *make_optimizer(model, cfg, loop))
+    start = _load_checkpoint(acc, out_dir) if out_dir is not None and resume else 0
+    log = _LossLog(out_dir, start, acc.is_main_process)
     history: list[StepLoss] = []
     world = acc.num_processes
     last = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
     weights = sampling_weights(items, cfg.balance_families)
+    draws = batch_draws(
+        loop, seed, start, (len(items), cfg.batch_size * world, cfg.grad_accum), weights
+    )
     with _progress(acc.is_main_process) as progress:
-        task = progress.add_task("distill", total=cfg.steps, completed=start, loss=float("nan"))
+        task = progress.add_task(description, total=cfg.steps, completed=start, loss=float("nan"))
         for step in range(start, last):
-            micro = step_indices(
-                seed, step, len(items), cfg.batch_size * world, cfg.grad_accum, weights
-            )
-            batches = [
-                collate_items([items[i] for i in idx[acc.process_index :: world]], pad_id)
-                for idx in micro
-            ]
-            n_global = sum(items[i].n_targets for idx in micro for i in idx)  # all ranks
-            model.train()
-            totals = torch.zeros(3)
-            for m, batch in enumerate(batches):
-                sync = nullcontext() if m == len(batches) - 1 else acc.no_sync(model)
-                with sync:
-                    loss, ce, kd = batch_loss(model, batch.to(acc.device), cfg)
-                    # DDP averages gradients over ranks: scale so the sum is over the step.
-                    acc.backward(loss * world / n_global)
-                totals += torch.tensor([loss.item(), ce.item(), kd.item()])
-            totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu() / n_global
-            norm = acc.clip_grad_norm_(model.parameters(), 1.0)
-            _check_finite(step, totals, norm)  # before the update: no NaN reaches the weights
             lr = sched.get_last_lr()[0]
+            record = _step(
+                acc, model, cfg, step, [[items[i] for i in idx] for idx in draws(step)], pad_id
+            )
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            record = StepLoss(*totals.tolist())
             history.append(record)
             metrics = {}
             if evaluate and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 metrics = evaluate(acc.unwrap_model(model)) if acc.is_main_process else {}
             log.write(step, record, lr, metrics)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if out_dir is not None and (
+                (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+            ):
                 _save_checkpoint(acc, out_dir, step + 1)
             progress.update(task, advance=1, loss=record.loss)
     acc.wait_for_everyone()
     return history
 
 
+def _step(
+    acc: Accelerator,
+    model: PreTrainedModel,
+    cfg: TrainingConfig,
+    step: int,
+    micro: list[list[DistillItem]],
+    pad_id: int,
+) -> StepLoss:
+    """Forward and backward over the step's micro-batches (every rank's items in ``micro``),
+    then clip: the gradient is that of the loss summed over the step, divided by its global
+    number of completion tokens. Raises before the update on a non-finite loss or gradient."""
+    world = acc.num_processes
+    batches = [collate_items(batch[acc.process_index :: world], pad_id) for batch in micro]
+    n_global = sum(item.n_targets for batch in micro for item in batch)  # all ranks
+    model.train()
+    totals = torch.zeros(3)
+    for m, batch in enumerate(batches):
+        sync = nullcontext() if m == len(batches) - 1 else acc.no_sync(model)
+        with sync:
+            loss, ce, kd = batch_loss(model, batch.to(acc.device), cfg)
+            # DDP averages gradients over ranks: scale so the sum is over the step.
+            acc.backward(loss * world / n_global)
+        totals += torch.tensor([loss.item(), ce.item(), kd.item()])
+    totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu() / n_global
+    norm = acc.clip_grad_norm_(model.parameters(), 1.0)
+    _check_finite(step, totals, norm)  # before the update: no NaN reaches the weights
+    return StepLoss(*totals.tolist())
+
+
 class _LossLog:
     """``loss.jsonl``: one line per step; on resume, lines past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, start: int, active: bool) -> None:
-        self.path, self.active = path, active
-        if active:
+    def __init__(self, out_dir: Path | None, start: int, active: bool) -> None:
+        path = self.path = (out_dir or Path()) / "loss.jsonl"
+        self.active = active and out_dir is not None
+        if self.active:
             kept = []
             if start > 0 and path.is_file() and not path.is_symlink():  # never read a link
                 kept = [

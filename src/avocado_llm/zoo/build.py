@@ -186,7 +186,7 @@ ZOO: dict[str, TeacherSpec] = {
     )
 }
 
-_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
+ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "Gemma3ForCausalLM": (Gemma3TextConfig, Gemma3ForCausalLM),
     "GptOssForCausalLM": (GptOssConfig, GptOssForCausalLM),
     "Qwen3ForCausalLM": (Qwen3Config, Qwen3ForCausalLM),
@@ -219,7 +219,7 @@ def build_teacher(
         spec.tokenizer,
         TEMPLATES[spec.template],
     )
-    config_cls, model_cls = _ARCHITECTURES[spec.architecture]
+    config_cls, model_cls = ARCHITECTURES[spec.architecture]
     ids = tok.convert_tokens_to_ids
     config = config_cls(
         vocab_size=len(tok),
