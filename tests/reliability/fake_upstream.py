@@ -7,8 +7,9 @@ crashes without spending the CPU on a model.
 It answers ``/v1/chat/completions`` and ``/v1/completions`` as a stream (what upstream mode
 always asks for): a role chunk, one chunk per token of every choice (``DELAY_S`` apart, so that
 requests are in flight when a test kills the server in front), a usage chunk and ``[DONE]``.
-Every prompt gets ``tokens_for(text)`` tokens, at most ``max_tokens``; the usage is the truth the
-gateway must bill. Listens on 127.0.0.1 only.
+Every prompt gets ``tokens_for(text)`` tokens, at most ``max_tokens`` (finish reason ``stop``, or
+``length`` when ``max_tokens`` cut it); the usage is the truth the gateway must bill. Listens on
+127.0.0.1 only.
 
 A prompt (or the last message) may end with a directive that makes the fake misbehave, for the
 tests of a lying or failing upstream (``lie(...)`` writes one):
@@ -219,7 +220,9 @@ def make_app(delay_s: float) -> Starlette:
                             choice["delta"] = {"content": token}
                         else:
                             choice["text"] = token
-                        choice["finish_reason"] = "length" if last else None
+                        # as vLLM: "stop" at the end of the answer, "length" when max_tokens cut it
+                        cut = count == max_tokens
+                        choice["finish_reason"] = ("length" if cut else "stop") if last else None
                         if want_logprobs:
                             choice["logprobs"] = _logprobs(chat, token, top)
                         choices.append(choice)
