@@ -60,6 +60,8 @@ def keys_create(billing: Billing, args: argparse.Namespace) -> None:
         logprobs=args.top_logprobs > 0,
         max_top_logprobs=args.top_logprobs,
         watermark=args.watermark,
+        tools=args.tools,
+        structured_outputs=args.structured_outputs,
     )
     key_id, key = billing.create_key(
         args.account, models=args.models, rpm=args.rpm, tpm=args.tpm, expires_at=expires, plan=plan

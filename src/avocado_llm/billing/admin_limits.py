@@ -13,7 +13,7 @@ from avocado_llm.billing.key_limits import KeyLimits
 from avocado_llm.billing.money import parse_usd
 
 LIMIT_FLAGS = ("models", "rpm", "tpm", "max_tokens", "max_n", "top_logprobs", "watermark",
-               "keys_expire_by")  # fmt: skip
+               "tools", "structured_outputs", "keys_expire_by")  # fmt: skip
 NO_LIMIT = "none"
 """What ``--models all``, ``--rpm none``, ``--keys-expire-by never`` … parse to."""
 
@@ -28,6 +28,12 @@ def limit_flags(p: argparse.ArgumentParser, note: str) -> None:
     g.add_argument("--max-n", type=int, metavar="N", help="largest n")
     g.add_argument("--top-logprobs", type=int, metavar="K", help="logprobs up to K [0: none]")
     g.add_argument("--watermark", type=float, metavar="DELTA", help="watermark strength")
+    g.add_argument("--tools", action=argparse.BooleanOptionalAction, help="tool calling")
+    g.add_argument(
+        "--structured-outputs",
+        action=argparse.BooleanOptionalAction,
+        help="JSON answers (response_format)",
+    )
     g.add_argument(
         "--keys-expire-by",
         type=parse_date_or_none,
@@ -83,6 +89,8 @@ def apply_limits(base: KeyLimits, args: argparse.Namespace) -> KeyLimits:
         max_tokens=value("max_tokens", plan.max_tokens),
         max_n=value("max_n", plan.max_n),
         watermark=value("watermark", plan.watermark),
+        tools=value("tools", plan.tools),
+        structured_outputs=value("structured_outputs", plan.structured_outputs),
         logprobs=plan.logprobs if top is None else top > 0,
         max_top_logprobs=plan.max_top_logprobs if top is None else top,
     )

@@ -150,6 +150,18 @@ def _add_keys(c: _Commands) -> None:
         help=f"watermark strength of the answers (see `avocado watermark`) [{Plan.watermark}; "
         "0: off]",
     )
+    p.add_argument(
+        "--tools",
+        action=argparse.BooleanOptionalAction,
+        default=Plan.tools,
+        help="allow tool calling (tools, tool_choice) [on]",
+    )
+    p.add_argument(
+        "--structured-outputs",
+        action=argparse.BooleanOptionalAction,
+        default=Plan.structured_outputs,
+        help="allow JSON answers (response_format json_object, json_schema) [on]",
+    )
     p.add_argument("--json", action="store_true", help="print key_id and key as JSON")
     p = c.leaf(keys, "revoke", actions.keys_revoke, "revoke a key by its id (key_…)")
     p.add_argument("key_id")

@@ -5,9 +5,10 @@ plan's caps, a date by which keys must expire) are the ceiling of every key made
 console for it. The operator sets them (`avocado admin accounts create … / accounts limits`);
 an account without them (one made before they existed, or by the library) gets the *meet* of
 the keys the operator made for it: the models in all of them, the lowest of every cap,
-logprobs only if every key allows them, the strongest watermark. An account with neither gets
-no key from the console at all. A key's form can only tighten its account's limits: an empty
-field means the limit, a value above it is refused with a message naming the limit.
+logprobs, tools and structured outputs only if every key allows them, the strongest watermark.
+An account with neither gets no key from the console at all. A key's form can only tighten
+its account's limits: an empty field means the limit, a value above it is refused with a
+message naming the limit.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class KeyLimits:
             "max_n": str(p.max_n),
             "logprobs": f"top {p.max_top_logprobs}" if p.logprobs else "no",
             "watermark": str(p.watermark),
+            "tools": "yes" if p.tools else "no",
+            "structured_outputs": "yes" if p.structured_outputs else "no",
             "expires_by": self.expires_by.isoformat() if self.expires_by else "never",
         }
 
@@ -109,6 +112,8 @@ def meet(a: KeyLimits, b: KeyLimits) -> KeyLimits:
         logprobs=logprobs,
         max_top_logprobs=min(a.plan.max_top_logprobs, b.plan.max_top_logprobs) if logprobs else 0,
         watermark=max(a.plan.watermark, b.plan.watermark),
+        tools=a.plan.tools and b.plan.tools,
+        structured_outputs=a.plan.structured_outputs and b.plan.structured_outputs,
     )
     expires = a.expires_by if b.expires_by is None else b.expires_by
     if a.expires_by is not None and b.expires_by is not None:
