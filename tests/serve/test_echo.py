@@ -209,7 +209,7 @@ def echo_gateway(world: World, tmp_path: Path) -> Iterator[World]:
     billing.create_account("acme", MICRO)
     settings = ServeSettings(
         upstream_url=world.base_url, upstream_api_key=upstream_key, model_name=world.model,
-        database_url=url, secret=SECRET,
+        database_url=url, secret=SECRET, upstream_watermark=False,  # an Avocado upstream
     )  # fmt: skip
     key_id, key = billing.create_key("acme", plan=LOGPROBS_PLAN)
     with run_server(create_app(settings, billing=billing)) as base_url:

@@ -46,6 +46,7 @@ def build_engine(settings: ServeSettings) -> Engine:
             api_key=key.get_secret_value() if key is not None else None,
             timeout_s=settings.upstream_timeout_s,
             tokenizer_dir=settings.model_dir,
+            watermark=settings.upstream_watermark,
         )
     assert settings.model_dir is not None  # the settings' validator guarantees one of them
     return LocalEngine(

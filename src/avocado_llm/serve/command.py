@@ -33,6 +33,7 @@ _FLAGS = {
     "lease_s": "lease_s",
     "upstream": "upstream_url",
     "upstream_model": "upstream_model",
+    "upstream_watermark": "upstream_watermark",
     "workers": "workers",
     "device": "device",
     "threads": "threads",
@@ -72,6 +73,14 @@ def add_serve_command(commands: Any) -> None:
     )
     p.add_argument("--upstream", metavar="URL", help="forward to this OpenAI-compatible /v1 URL")
     p.add_argument("--upstream-model", metavar="NAME", help="model name sent upstream [NAME]")
+    p.add_argument(
+        "--no-upstream-watermark",
+        dest="upstream_watermark",
+        action="store_const",
+        const=False,
+        help="send no watermark upstream (an upstream that is not vLLM with the processor "
+        "avocado_watermark.vllm:WatermarkLogitsProcessor)",
+    )
     p.add_argument("--workers", type=int, help="server processes (share a PostgreSQL ledger) [1]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps [auto]")
     p.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")

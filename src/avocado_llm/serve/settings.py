@@ -35,6 +35,11 @@ class ServeSettings(BaseSettings):
     """Bearer key sent upstream, if it needs one."""
     upstream_timeout_s: float = 600.0
     """Longest wait for an upstream answer."""
+    upstream_watermark: bool = True
+    """Send each request's watermark upstream in ``vllm_xargs`` (the account's key, derived from
+    ``secret`` and never the secret, and the plan's strength), for the vLLM logits processor
+    ``avocado_watermark.vllm:WatermarkLogitsProcessor``. Off (``--no-upstream-watermark``) for
+    an upstream that is not vLLM with it: another Avocado server refuses the field."""
     host: str = "127.0.0.1"
     """Interface to listen on; loopback unless deliberately exposed."""
     port: int = Field(default=8000, ge=0, le=65535)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from avocado_watermark.xargs import to_xargs
 
 from avocado_llm.serve.engine import (
     STRUCTURED_OUTPUTS,
@@ -193,8 +194,11 @@ class UpstreamEngine:
         api_key: str | None = None,
         timeout_s: float = 600.0,
         tokenizer_dir: Path | None = None,
+        watermark: bool = True,
     ) -> None:
         self.model = model_name
+        self.watermark = watermark
+        """Whether a request's watermark goes upstream (``vllm_xargs``, for vLLM's processor)."""
         self.upstream_model = upstream_model or model_name
         self.context_length: int | None = None
         self.max_token_chars: int | None = 1  # without a tokenizer, a token is a byte (or more)
@@ -270,6 +274,10 @@ class UpstreamEngine:
             body["seed"] = options.seed
         if options.ignore_eos:
             body["ignore_eos"] = True
+        if self.watermark and options.watermark is not None:
+            # the account's key and the plan's strength (never the secret); clients cannot
+            # send vllm_xargs themselves (an unknown argument: 400)
+            body["vllm_xargs"] = to_xargs(options.watermark)
         chat = prompts[0].messages is not None
         if chat:
             body["messages"] = prompts[0].messages
