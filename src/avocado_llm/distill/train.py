@@ -17,14 +17,11 @@ shipped teachers bit for bit (:data:`avocado_llm.zoo.sft.ZOO_LOOP`).
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -35,19 +32,11 @@ from transformers import PreTrainedModel
 
 from avocado_llm.config import TrainingConfig
 from avocado_llm.distill.batches import DistillBatch, DistillItem, collate_items
+from avocado_llm.distill.checkpoints import LossLog, load_checkpoint, save_checkpoint
 from avocado_llm.distill.data import IGNORE
 from avocado_llm.distill.losses import sparse_kl
-from avocado_llm.harvest.files import append_bytes, atomic_write, clear_entry
 
 KD_KIND = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd"}
-CHECKPOINT_NAME = re.compile(r"step-\d{7}")
-"""The only names ``checkpoints/latest.json`` may point at: a folder beside it."""
-
-log = logging.getLogger("avocado.distill")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message says which and why."""
 
 
 @dataclass
@@ -261,8 +250,8 @@ def train(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     model, opt, sched = acc.prepare(model, *make_optimizer(model, cfg, loop))
-    start = _load_checkpoint(acc, out_dir) if out_dir is not None and resume else 0
-    log = _LossLog(out_dir, start, acc.is_main_process)
+    start = load_checkpoint(acc, out_dir) if out_dir is not None and resume else 0
+    log = LossLog(out_dir, start, acc.is_main_process)
     history: list[StepLoss] = []
     world = acc.num_processes
     last = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
@@ -284,11 +273,11 @@ def train(
             metrics = {}
             if evaluate and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 metrics = evaluate(acc.unwrap_model(model)) if acc.is_main_process else {}
-            log.write(step, record, lr, metrics)
+            log.write(step, asdict(record), lr, metrics)
             if out_dir is not None and (
                 (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
             ):
-                _save_checkpoint(acc, out_dir, step + 1)
+                save_checkpoint(acc, out_dir, step + 1)
             progress.update(task, advance=1, loss=record.loss)
     acc.wait_for_everyone()
     return history
@@ -321,84 +310,6 @@ def _step(
     norm = acc.clip_grad_norm_(model.parameters(), 1.0)
     _check_finite(step, totals, norm)  # before the update: no NaN reaches the weights
     return StepLoss(*totals.tolist())
-
-
-class _LossLog:
-    """``loss.jsonl``: one line per step; on resume, lines past the checkpoint are dropped."""
-
-    def __init__(self, out_dir: Path | None, start: int, active: bool) -> None:
-        path = self.path = (out_dir or Path()) / "loss.jsonl"
-        self.active = active and out_dir is not None
-        if self.active:
-            kept = []
-            if start > 0 and path.is_file() and not path.is_symlink():  # never read a link
-                kept = [
-                    ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < start
-                ]
-            atomic_write(path, "".join(f"{ln}\n" for ln in kept).encode())
-
-    def write(self, step: int, loss: StepLoss, lr: float, metrics: dict[str, float]) -> None:
-        if not self.active:
-            return
-        row = {"step": step, "loss": loss.loss, "ce": loss.ce, "kd": loss.kd, "lr": lr, **metrics}
-        append_bytes(self.path, (json.dumps(row) + "\n").encode())
-
-
-def _save_checkpoint(acc: Accelerator, out_dir: Path, step: int) -> None:
-    """Write ``checkpoints/step-N`` then point ``checkpoints/latest`` at it (atomic rename)."""
-    ckpt = out_dir / "checkpoints" / f"step-{step:07d}"
-    if acc.is_main_process:  # a folder left by an earlier run, or a link: never write into it
-        clear_entry(ckpt)
-    acc.wait_for_everyone()
-    acc.save_state(str(ckpt), safe_serialization=False)  # tied embeddings: no warning spam
-    if acc.is_main_process:
-        pointer = out_dir / "checkpoints" / "latest.json"
-        atomic_write(pointer, json.dumps({"step": step, "path": ckpt.name}).encode())
-    acc.wait_for_everyone()
-
-
-def _load_checkpoint(acc: Accelerator, out_dir: Path) -> int:
-    pointer = out_dir / "checkpoints" / "latest.json"
-    if not pointer.exists():
-        return 0
-    latest = json.loads(pointer.read_text())
-    name = latest.get("path") if isinstance(latest, dict) else None
-    step = latest.get("step") if isinstance(latest, dict) else None
-    # latest.json names a folder beside it, nothing else: never a path out of the run directory.
-    if (
-        not isinstance(name, str)
-        or not CHECKPOINT_NAME.fullmatch(name)
-        or type(step) is not int
-        or step < 0
-    ):
-        raise CheckpointError(
-            f"{pointer} points at {name!r} (step {step!r}); it must name a step-NNNNNNN folder "
-            "in the same directory. Fix or delete latest.json, or start over with --force"
-        )
-    ckpt = out_dir / "checkpoints" / name
-    if ckpt.is_symlink() or not ckpt.is_dir():
-        raise CheckpointError(
-            f"{pointer} points at {ckpt}, which is not a checkpoint folder (missing, or a link); "
-            "fix or delete latest.json, or start over with --force"
-        )
-    acc.load_state(str(ckpt))
-    _check_rng_state(acc, ckpt)
-    return step
-
-
-def _check_rng_state(acc: Accelerator, ckpt: Path) -> None:
-    """``accelerate`` skips an RNG state it cannot load without a word; say so, by name."""
-    from accelerate.utils import load
-
-    rng = ckpt / f"random_states_{acc.process_index}.pkl"
-    try:
-        load(rng)  # weights-only, as accelerate loads it: a pickle with code is refused
-    except Exception as error:  # any failure means the state was not restored
-        log.warning(
-            "checkpoint %s: the random state %s could not be loaded (%s); resumed without it, "
-            "so this run will not match an uninterrupted one bit for bit",
-            ckpt.name, rng, f"{type(error).__name__}: {error}".splitlines()[0][:300],
-        )  # fmt: skip
 
 
 def _progress(active: bool) -> Progress:
