@@ -260,3 +260,19 @@ def test_the_in_process_engine_refuses_tools(world: Any) -> None:
         assert "does not support tool calling" in e.value.message
         assert error_of(e.value)["code"] == "unsupported_feature"
     assert world.balance() == before and world.billing.usage(world.account) == []
+
+
+def test_the_meta_schema_check_comes_after_the_keys_credit(gw: World) -> None:
+    """Checking a large schema against its meta-schema costs CPU (in a worker thread): a key
+    without credit is refused before it, so it cannot spend the server's CPU for free."""
+    gw.billing.create_account("broke", 0)
+    _, key = gw.billing.create_key("broke")
+    invalid = {"type": "object", "properties": {"a": {"type": "text"}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": invalid}}]
+    with pytest.raises(openai.RateLimitError) as e:
+        gw.client(key).chat.completions.create(model=gw.model, messages=ASK, tools=tools)
+    assert e.value.code == "insufficient_quota"
+    with pytest.raises(openai.BadRequestError) as bad:  # with credit: the schema's 400
+        gw.client().chat.completions.create(model=gw.model, messages=ASK, tools=tools)
+    assert "tools[0].function.parameters is not a valid JSON Schema" in bad.value.message
+    assert "at tools[0].function.parameters.properties.a.type" in bad.value.message

@@ -2,12 +2,15 @@
 what an engine's function calls must look like before they reach the client.
 
 A request's JSON Schemas (a function's ``parameters``, a ``response_format``'s ``schema``) are
-checked here, before anything is held or tokenized: at most :data:`MAX_SCHEMA_DEPTH` levels of
-nesting (checked first, without recursion), :data:`MAX_SCHEMA_BYTES` each as compact JSON,
-:data:`MAX_TOOLS_BYTES` for all tools together, and valid against their draft's meta-schema
-(``jsonschema``; Draft 2020-12 unless ``$schema`` names another). Each failure is a 400 that
-names the parameter. Whether a key's plan and the engine allow the feature at all is
-:func:`check_features`.
+checked here, before anything is held or tokenized. First, on the event loop and cheap: at most
+:data:`MAX_SCHEMA_DEPTH` levels of nesting (without recursion), :data:`MAX_SCHEMA_BYTES` each as
+compact JSON, :data:`MAX_TOOLS_BYTES` for all tools together (:func:`check_tools`,
+:func:`check_response_format`). Then, after the key's rate limit and credit (admission), in a
+worker thread: valid against their draft's meta-schema (``jsonschema``; Draft 2020-12 unless
+``$schema`` names another; :func:`check_meta`) — up to half a second of CPU for a 64 KiB schema,
+so each verdict is kept by the schema's hash (agents send the same tools every turn). Each
+failure is a 400 that names the parameter. Whether a key's plan and the engine allow the
+feature at all is :func:`check_features`.
 
 Calls an engine returns are checked piece by piece (:class:`CallChecker`): each call's first
 piece has an id and the name of one of the request's tools, the pieces of one choice's calls
@@ -17,8 +20,11 @@ offered), and a named ``tool_choice`` gets that function only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +75,13 @@ def depth(value: object) -> int:
 
 
 def check_schema(schema: dict[str, Any], param: str) -> None:
-    """400 naming ``param`` unless ``schema`` is a JSON Schema within the caps."""
+    """400 naming ``param`` unless ``schema`` is a JSON Schema within the caps (both checks)."""
+    check_shape(schema, param)
+    check_meta([(schema, param)])
+
+
+def check_shape(schema: dict[str, Any], param: str) -> None:
+    """400 naming ``param`` when ``schema`` is nested too deep or too large (cheap)."""
     levels = depth(schema)
     if levels > MAX_SCHEMA_DEPTH:
         raise bad_request(
@@ -83,23 +95,51 @@ def check_schema(schema: dict[str, Any], param: str) -> None:
             "have; shorten it",
             param,
         )
+
+
+_VERDICTS: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+"""Meta-schema verdicts by the SHA-256 of a schema's compact JSON: None (valid) or the error's
+message and where it is (most recently used last)."""
+_VERDICTS_KEPT = 4096
+_verdicts_lock = threading.Lock()
+
+
+def check_meta(schemas: Sequence[tuple[dict[str, Any], str]]) -> None:
+    """400 naming the parameter of the first of ``schemas`` (each with its parameter) that is
+    not valid against its meta-schema. CPU-bound: call it in a worker thread."""
+    for schema, param in schemas:
+        digest = hashlib.sha256(compact(schema).encode()).hexdigest()
+        with _verdicts_lock:
+            known = digest in _VERDICTS
+            verdict = _VERDICTS.get(digest)
+            if known:
+                _VERDICTS.move_to_end(digest)
+        if not known:
+            verdict = _meta_verdict(schema)
+            with _verdicts_lock:
+                _VERDICTS[digest] = verdict
+                while len(_VERDICTS) > _VERDICTS_KEPT:
+                    _VERDICTS.popitem(last=False)
+        if verdict is not None:
+            message, where = verdict
+            at = f" at {param}{where}" if where else ""
+            raise bad_request(f"{param} is not a valid JSON Schema: {message}{at}", param)
+
+
+def _meta_verdict(schema: dict[str, Any]) -> tuple[str, str] | None:
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as e:
-        where = e.json_path.removeprefix("$") or " (the root)"
-        raise bad_request(
-            f"{param} is not a valid JSON Schema: {str(e.message)[:300]} at {param}{where}",
-            param,
-        ) from None
+        return str(e.message)[:300], e.json_path.removeprefix("$") or " (the root)"
     except Exception as e:  # a $schema of the wrong type, a pattern the regex engine refuses …
-        raise bad_request(
-            f"{param} is not a valid JSON Schema ({type(e).__name__}: {str(e)[:200]})", param
-        ) from None
+        return f"{type(e).__name__}: {str(e)[:200]}", ""
+    return None
 
 
 def check_function(name: str, parameters: dict[str, Any] | None, param: str) -> None:
     """A function tool's name (also checked by the request schema) and its parameters'
-    schema, which must describe an object when it says what it describes."""
+    schema's shape (:func:`check_shape`; :func:`check_meta` is the caller's, in a worker
+    thread), which must describe an object when it says what it describes."""
     if not _NAME.match(name):
         raise bad_request(f"{param}.name must match {p.FUNCTION_NAME}", f"{param}.name")
     if parameters is None:
@@ -111,7 +151,7 @@ def check_function(name: str, parameters: dict[str, Any] | None, param: str) -> 
             f"not {compact(parameters['type'])[:100]}",
             where,
         )
-    check_schema(parameters, where)
+    check_shape(parameters, where)
 
 
 def check_tools(body: p.ChatCompletionRequest) -> list[dict[str, Any]] | None:
@@ -168,8 +208,24 @@ def check_response_format(body: p.ChatCompletionRequest) -> dict[str, Any] | Non
                 "must follow",
                 "response_format.json_schema.schema",
             )
-        check_schema(fmt.json_schema.schema_, "response_format.json_schema.schema")
+        check_shape(fmt.json_schema.schema_, "response_format.json_schema.schema")
     return fmt.model_dump(by_alias=True, exclude_unset=True)
+
+
+def schemas_of(
+    tools: list[dict[str, Any]] | None, response_format: dict[str, Any] | None
+) -> list[tuple[dict[str, Any], str]]:
+    """The JSON Schemas of checked ``tools`` and ``response_format``, each with its parameter
+    (for :func:`check_meta`)."""
+    found = [
+        (tool["function"]["parameters"], f"tools[{i}].function.parameters")
+        for i, tool in enumerate(tools or [])
+        if tool["function"].get("parameters") is not None
+    ]
+    schema = (response_format or {}).get("json_schema", {}).get("schema")
+    if schema is not None:
+        found.append((schema, "response_format.json_schema.schema"))
+    return found
 
 
 def has_calls(messages: Sequence[p.ChatMessage]) -> bool:

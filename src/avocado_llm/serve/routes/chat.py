@@ -58,6 +58,8 @@ async def create_chat_completion(
     chars += sum(len(m.get("tool_call_id", "")) for m in messages)
     chars += len(t.compact(tools)) if tools else 0
     await admit(request, services, key, longest_chars=chars, param="messages", body_hash=digest)
+    if schemas := t.schemas_of(tools, response_format):  # CPU: after admission, off the loop
+        await build_prompt(request, t.check_meta, schemas)
     try:
         prompt = await build_prompt(request, engine.chat_prompt, messages, tools)
     except ValueError as e:
