@@ -102,7 +102,15 @@ def _logprobs(chat: bool, token: str, top: int) -> dict[str, Any]:
 
 
 def sample(schema: Any) -> Any:
-    """A JSON value that ``schema`` (a simple JSON Schema) accepts."""
+    """A JSON value that ``schema`` (a simple JSON Schema) accepts; ``{}`` for a schema this
+    fake cannot read (fuzzed ones)."""
+    try:
+        return _sample(schema)
+    except (TypeError, AttributeError, IndexError, KeyError, RecursionError):
+        return {}
+
+
+def _sample(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return None
     if "enum" in schema:
@@ -111,9 +119,9 @@ def sample(schema: Any) -> Any:
     kind = kind[0] if isinstance(kind, list) and kind else kind
     if kind == "object" or "properties" in schema:
         props = schema.get("properties") or {}
-        return {name: sample(sub) for name, sub in props.items()}
+        return {name: _sample(sub) for name, sub in props.items()}
     if kind == "array":
-        return [sample(schema.get("items") or {"type": "string"})]
+        return [_sample(schema.get("items") or {"type": "string"})]
     return {"string": "Paris", "integer": 7, "number": 2.5, "boolean": True}.get(kind)
 
 
