@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test soak vllm test-real test-gpu bench lint format zoo clean chromium postgres redis
+.PHONY: install demo test soak vllm vllm-watermark test-real test-gpu bench lint format zoo clean chromium postgres redis
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,7 +71,12 @@ $(VLLM_STAMP): Makefile
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $(VLLM_STAMP)
 
-vllm: $(VLLM_STAMP)
+vllm: $(VLLM_STAMP) vllm-watermark
+
+# Avocado's watermark as a vLLM logits processor (torch only, editable: the same source as the
+# in-process engine's): vLLM ... --logits-processors avocado_watermark.vllm:WatermarkLogitsProcessor
+vllm-watermark: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e packages/avocado-watermark
 
 test-real: install vllm
 	$(PY) -m pip install --quiet $(REAL_SPEC)
