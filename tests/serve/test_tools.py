@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from upstream_world import World, charge, error_of, upstream_world, usage_events
+from serve_helpers import run_server
+from upstream_world import (
+    SECRET,
+    FakeUpstream,
+    World,
+    charge,
+    error_of,
+    prepare_ledger,
+    upstream_world,
+    usage_events,
+)
 
-from avocado_llm.billing import Plan
+from avocado_llm.billing import MICRO, Billing, Plan
+from avocado_llm.serve import ServeSettings, create_app
 from avocado_llm.serve.tools import MAX_SCHEMA_DEPTH, MAX_TOOLS_BYTES
 
 WEATHER = {
@@ -149,6 +161,38 @@ def test_tool_schemas_are_prompt_tokens_held_and_billed(gw: World) -> None:
     assert before - gw.balance() == charge(
         answer.usage.prompt_tokens, answer.usage.completion_tokens
     )
+
+
+def test_with_a_tokenizer_whose_template_leaves_tools_out_the_hold_still_covers_them(
+    tmp_path: Path, zoo_dir: Path
+) -> None:
+    """A gateway counting prompts with the model's tokenizer (``--model``): the zoo's template
+    renders no tools, but the upstream's does. The hold counts the tools' tokens anyway, so
+    the charge (capped by the hold) is the upstream's usage; before, it was capped below it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    prepare_ledger(url, 100 * MICRO)
+    billing = Billing(url, SECRET)
+    big = {**WEATHER, "function": {**WEATHER["function"], "description": "sunny " * 2000}}
+    try:
+        with FakeUpstream(delay_s=0) as upstream:
+            settings = ServeSettings(upstream_url=upstream.url, model_name="fake", secret=SECRET,
+                                     model_dir=zoo_dir / "qwen-tiny", database_url=url)  # fmt: skip
+            _, key = billing.create_key("acme")
+            with run_server(create_app(settings, billing=billing)) as base_url:
+                client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+                before = billing.balance("acme")
+                answer = client.chat.completions.create(
+                    model="fake", messages=ASK, tools=[big], max_tokens=16
+                )
+                client.close()
+        assert answer.choices[0].finish_reason == "tool_calls"
+        usage = answer.usage
+        assert usage.prompt_tokens > 3000  # the fake counts the tools' JSON, as vLLM would
+        assert before - billing.balance("acme") == charge(
+            usage.prompt_tokens, usage.completion_tokens
+        )
+    finally:
+        billing.close()
 
 
 BAD_TOOLS: list[tuple[dict[str, Any], str]] = [

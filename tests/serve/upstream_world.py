@@ -31,7 +31,8 @@ from serve_helpers import World
 
 from avocado_llm.billing import MICRO, Billing, charge_for
 
-__all__ = ["MODEL", "World", "charge", "upstream_world"]
+__all__ = ["MODEL", "SECRET", "FakeUpstream", "World", "charge", "prepare_ledger",
+           "upstream_world"]  # fmt: skip
 
 
 def charge(prompt_tokens: int, completion_tokens: int) -> int:

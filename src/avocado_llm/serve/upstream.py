@@ -245,6 +245,11 @@ class UpstreamEngine:
             except Exception as e:  # jinja raises its own errors for conversations it refuses
                 raise ValueError(f"the model's chat template refused the messages: {e}") from e
             tokens = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+            if tools and not all(t["function"]["name"] in text for t in tools):
+                # a template that leaves tools out: the upstream's own may not (the hold
+                # covers them as the byte bound does; its charge can never exceed the hold)
+                schemas = self._tokenizer(compact(tools), add_special_tokens=False)["input_ids"]
+                tokens += 2 * len(schemas) + _TOOLS_ALLOWANCE
         else:
             tokens = _byte_bound(Prompt(tokens=0, messages=messages, tools=tools))
         return Prompt(tokens=tokens, messages=messages, tools=tools)
