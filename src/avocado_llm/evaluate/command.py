@@ -3,6 +3,7 @@
     avocado eval recipes/tiny.yaml --model zoo/qwen-tiny --n 100
     avocado eval recipes/tiny.yaml --url http://127.0.0.1:8001/v1 --served-model Qwen/Qwen3-1.7B \\
         --api-key-env VLLM_API_KEY --name qwen3-1.7b --role teacher --concurrency 32
+    avocado eval recipes/tiny.yaml --model runs/tiny/student --lm-eval avocado,avocado_mc
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ answering greedily. Its scores are added to (or replace its entry in) <out>/repo
 report.md, report.html and the plots are regenerated, and its answers are written to
 <out>/answers/<name>.jsonl. On sources without a verifier the judge (eval.judge or
 eval.judge_url) compares the student's answers with each teacher's, in both orders.
+
+With --lm-eval, lm-evaluation-harness scores the model instead (see docs/evaluation.md): on the
+recipe's held-out split as lm-eval tasks over local files (generation and multiple-choice
+forms), or on its standard tasks; its scores go to report.json's lm_eval and the report.
 """
 
 
@@ -67,6 +72,22 @@ def add_eval_command(commands: Any) -> None:
         "[eval.heldout_per_family]",
     )
     p.add_argument("--out", type=Path, help="report directory [<output_dir>/<name>/eval]")
+    p.add_argument(
+        "--lm-eval",
+        metavar="TASK[,TASK]",
+        help="run lm-evaluation-harness (the eval extra) instead: the recipe's held-out tasks "
+        "(avocado, avocado_mc, avocado_<family>[_mc], written as YAML + JSONL to "
+        "<out>/lm_eval_tasks) or lm-eval's own (gsm8k, mmlu, ifeval: their data comes from the "
+        "hub); scores go to report.json's lm_eval and the report",
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="documents per lm-eval task [all]")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="DIR",
+        help="the served model's tokenizer, for loglikelihood (multiple-choice) lm-eval tasks "
+        "through --url [the recipe's student/, when --served-model is the recipe's student]",
+    )
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
@@ -80,6 +101,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     recipe = cli.recipe_from_args(args)
     if recipe is None:
         return cli.EXIT_ERROR
+    if args.lm_eval is not None:
+        return _run_lm_eval(args, recipe)
+    if args.limit is not None or args.tokenizer is not None:
+        return cli.fail("--limit and --tokenizer go with --lm-eval", cli.EXIT_USAGE)
 
     def evaluate() -> int:
         source = ModelSource(
@@ -111,6 +136,45 @@ def run_eval_command(args: argparse.Namespace) -> int:
         evaluate,
         (EvalError, TeacherError, ReportError),
         interrupted="interrupted: the report was not changed",
+    )
+
+
+def _run_lm_eval(args: argparse.Namespace, recipe: Recipe) -> int:
+    """``avocado eval --lm-eval``: lm-evaluation-harness's scores into the report."""
+    from avocado_llm.evaluate.evaluation import ModelSource
+    from avocado_llm.evaluate.lm_eval_run import Target, evaluate_lm_eval
+    from avocado_llm.evaluate.report import ReportError, lm_eval_rows, write_report
+    from avocado_llm.evaluate.runner import EvalError
+
+    tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+    if not tasks:
+        return cli.fail("--lm-eval needs task names, e.g. avocado,avocado_mc", cli.EXIT_USAGE)
+    tokenizer = args.tokenizer
+    if tokenizer is None and args.url is not None and _own_student(recipe, args):
+        tokenizer = recipe.run_dir / "student" if (recipe.run_dir / "student").is_dir() else None
+
+    def run() -> int:
+        source = ModelSource(args.model, args.url, args.served_model, args.api_key_env,
+                             args.concurrency)  # fmt: skip
+        target = Target(
+            model_dir=args.model, url=args.url, served_model=args.served_model,
+            api_key_env=args.api_key_env, tokenizer=tokenizer, concurrency=args.concurrency,
+            device="cpu" if args.device == "auto" else args.device,
+        )  # fmt: skip
+        n = args.n if args.n is not None else recipe.eval.heldout_per_family
+        if n < 1:
+            raise EvalError(f"examples per family must be at least 1, got {n} (--n)")
+        name = args.name or source.default_name()
+        done = evaluate_lm_eval(recipe, target, tasks, name=name, n=n, out=args.out,
+                                limit=args.limit)  # fmt: skip
+        files = write_report(done.eval_dir, {"run_dir": recipe.run_dir})
+        for r in lm_eval_rows({"lm_eval": {name: done.entry}}):
+            print(f"{r['task']}: {r['metric']} {r['value']} {r['stderr']} (n {r['n']})")
+        print(f"report: {files.html} (lm_eval in report.json); tasks: {done.tasks_dir}")
+        return 0
+
+    return cli.report_errors(
+        run, (EvalError, ReportError), interrupted="interrupted: the report was not changed"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
-from avocado_llm.evaluate.report import Table, agreement_lines, judged_rows
+from avocado_llm.evaluate.report import Table, agreement_lines, judged_rows, lm_eval_rows
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,26 @@ teacher's, asked in both orders; win / tie / loss of the student.</p>
 <p class="meta judge-agreement">{{ line }}</p>
 {%- endfor %}
 {%- endif %}
+{%- if lm_eval %}
+<h2>lm-evaluation-harness</h2>
+<p class="meta">Scores from lm-evaluation-harness (<code>avocado eval --lm-eval</code>): the
+recipe's held-out tasks in generation and multiple-choice form, or its standard tasks.</p>
+<table id="lm-eval">
+  <thead><tr><th>model</th><th>task</th><th>metric</th><th>value</th><th>stderr</th><th>n</th>
+  <th>form</th></tr></thead>
+  <tbody>
+  {%- for r in lm_eval %}
+  <tr><td>{{ r.model }}</td><td>{{ r.task }}</td><td>{{ r.metric }}</td><td>{{ r.value }}</td>
+    <td>{{ r.stderr }}</td><td>{{ r.n }}</td><td>{{ r.form }}</td></tr>
+  {%- endfor %}
+  </tbody>
+</table>
+{%- endif %}
 {%- for plot in plots %}
 <figure><img src="{{ plot.uri }}" alt="{{ plot.caption }}" data-file="{{ plot.file }}">
   <figcaption>{{ plot.caption }}</figcaption></figure>
 {% endfor %}
+{%- if rows %}
 <h2>Generation speed (tokens/s)</h2>
 <table id="speed">
   <thead><tr><th>model</th>{% for f in families %}<th>{{ f }}</th>{% endfor %}</tr></thead>
@@ -99,6 +115,7 @@ teacher's, asked in both orders; win / tie / loss of the student.</p>
   {%- endfor %}
   </tbody>
 </table>
+{%- endif %}
 </body>
 </html>
 """
@@ -139,5 +156,6 @@ def render_html(
         verdicts=verdicts,
         judged=judged_rows(report),
         agreement=agreement_lines(report),
+        lm_eval=lm_eval_rows(report),
         plots=plots,
     )

@@ -11,6 +11,14 @@ adds or replaces one entry (:func:`update_report`, under a file lock, written at
 
 Accuracies are fractions in [0, 1]; ``overall`` is the mean over the model's families;
 ``params`` is null for endpoints. :func:`write_report` regenerates everything else from it.
+
+``lm_eval`` (optional) holds lm-evaluation-harness's scores per model and task
+(:func:`update_lm_eval`, from ``avocado eval --lm-eval``)::
+
+    "lm_eval": {"student": {"source": "runs/tiny/student", "lm_eval_version": "0.4.13",
+                            "tasks": {"avocado_arithmetic_mc": {"metrics": {"acc": 0.93},
+                                      "stderr": {"acc": 0.02}, "n": 100,
+                                      "output_type": "multiple_choice"}}}}
 """
 
 from __future__ import annotations
@@ -74,9 +82,10 @@ def check_report(report: Any) -> list[str]:
     """Every way ``report`` breaks the schema above (empty when it is valid)."""
     if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
         return ["the report is not an object with a 'models' object"]
-    if not report["models"]:
+    lm_eval = report.get("lm_eval", {})
+    if not report["models"] and not lm_eval:
         return ["the report has no models; evaluate one with `avocado eval RECIPE`"]
-    problems = []
+    problems = _lm_eval_problems(lm_eval)
     for name, m in report["models"].items():
         at = f"models.{name}"
         if not isinstance(m, dict):
@@ -107,6 +116,26 @@ def check_report(report: Any) -> list[str]:
             elif not isinstance(s.get("tokens_per_s"), int | float) or s["tokens_per_s"] < 0:
                 problems.append(f"{where}.tokens_per_s: {s.get('tokens_per_s')!r} is not >= 0")
     return problems + _judged_problems(report.get("judged", {}))
+
+
+def _lm_eval_problems(lm_eval: Any) -> list[str]:
+    """Every way ``lm_eval`` breaks ``{MODEL: {"tasks": {TASK: {"metrics": {NAME: number}}}}}``."""
+    if not isinstance(lm_eval, dict):
+        return ["lm_eval: not an object"]
+    problems = []
+    for model, entry in lm_eval.items():
+        runs = entry.get("tasks") if isinstance(entry, dict) else None
+        if not isinstance(runs, dict):
+            problems.append(f"lm_eval.{model}.tasks: not an object")
+            continue
+        for task, t in runs.items():
+            metrics = t.get("metrics") if isinstance(t, dict) else None
+            numbers = isinstance(metrics, dict) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
+            )
+            if not numbers:
+                problems.append(f"lm_eval.{model}.tasks.{task}.metrics: not numbers by name")
+    return problems
 
 
 def _judged_problems(judged: Any) -> list[str]:
@@ -156,6 +185,44 @@ def update_report(
         report["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _atomic_write(eval_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def update_lm_eval(
+    eval_dir: str | Path, name: str, entry: dict[str, Any], recipe: str | None = None
+) -> dict[str, Any]:
+    """Merge lm-eval's scores of model ``name`` into ``eval_dir/report.json`` (``lm_eval``):
+    its tasks run now replace the same tasks' earlier scores, the others are kept."""
+    eval_dir = Path(eval_dir)
+    problems = _lm_eval_problems({name: entry})
+    if problems:
+        raise ReportError("refusing to write invalid lm-eval scores:\n  " + "\n  ".join(problems))
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(eval_dir):
+        exists = (eval_dir / REPORT_FILE).is_file()
+        report = load_report(eval_dir) if exists else {"models": {}}
+        if recipe is not None:
+            report.setdefault("recipe", recipe)
+        old = report.setdefault("lm_eval", {}).get(name, {})
+        report["lm_eval"][name] = {**old, **entry, "tasks": {**old.get("tasks", {}),
+                                                             **entry["tasks"]}}  # fmt: skip
+        report["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        _atomic_write(eval_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def lm_eval_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """lm-eval's scores as table rows: model, task, metric, value ± stderr, n, form."""
+    rows = []
+    for model, entry in sorted(report.get("lm_eval", {}).items()):
+        for task, t in sorted(entry["tasks"].items()):
+            for metric, value in t["metrics"].items():
+                err = (t.get("stderr") or {}).get(metric)
+                rows.append(dict(
+                    model=model, task=task, metric=metric, value=f"{value:.3f}",
+                    stderr="" if not isinstance(err, int | float) else f"± {err:.3f}",
+                    n=str(t.get("n") or "—"), form=str(t.get("output_type") or "—"),
+                ))  # fmt: skip
+    return rows
 
 
 def update_judged(
@@ -317,6 +384,16 @@ def render_markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
             cells = [r[k] for k in ("source", "student", "model", "win", "tie", "loss")]
             lines.append("| " + " | ".join([*cells, str(r["n"]), r["judge"]]) + " |")
         lines += ["", *agreement_lines(report)] if agreement_lines(report) else []
+    lm_rows = lm_eval_rows(report)
+    if lm_rows:
+        lines += ["", "## lm-evaluation-harness", ""]
+        lines += ["| model | task | metric | value | stderr | n | form |"]
+        lines += ["|---|---|---|---:|---:|---:|---|"]
+        for r in lm_rows:
+            cells = [r[k] for k in ("model", "task", "metric", "value", "stderr", "n", "form")]
+            lines.append("| " + " | ".join(cells) + " |")
+    if not table.names:  # lm-eval's scores only, so far
+        return "\n".join(lines) + "\n"
     lines += ["", "## Generation speed (tokens/s)", ""]
     lines += ["| model | " + " | ".join(table.families) + " |"]
     lines += ["|---|" + "---:|" * len(table.families)]
@@ -352,7 +429,7 @@ def write_report(eval_dir: str | Path, extra: dict[str, Any] | None = None) -> R
     extras = gather_extras(eval_dir, extra)
     table = summary_table(report)
     drawn = {
-        "accuracy.png": plots.accuracy_png(table),
+        "accuracy.png": plots.accuracy_png(table) if table.names else None,
         "loss.png": plots.loss_png(extras.loss_curves) if extras.loss_curves else None,
         "harvest.png": (
             plots.harvest_png(extras.harvest, extras.fusion)
