@@ -28,7 +28,8 @@ from upstream_world import (
 
 from avocado_llm.billing import MICRO, Billing, Plan
 from avocado_llm.serve import ServeSettings, create_app
-from avocado_llm.serve.tools import MAX_SCHEMA_DEPTH, MAX_TOOLS_BYTES
+from avocado_llm.serve.engine import ToolCallDelta
+from avocado_llm.serve.tools import MAX_SCHEMA_DEPTH, MAX_TOOLS_BYTES, CallChecker
 
 WEATHER = {
     "type": "function",
@@ -320,3 +321,36 @@ def test_the_meta_schema_check_comes_after_the_keys_credit(gw: World) -> None:
         gw.client().chat.completions.create(model=gw.model, messages=ASK, tools=tools)
     assert "tools[0].function.parameters is not a valid JSON Schema" in bad.value.message
     assert "at tools[0].function.parameters.properties.a.type" in bad.value.message
+
+
+def test_the_call_checker_refuses_what_an_upstream_must_not_send() -> None:
+    """Piece by piece, as a stream brings them (the gateway turns a refusal into a 502)."""
+    tools = [WEATHER, TIME]
+    first = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather"}}
+    more = {"index": 0, "function": {"arguments": '{"city"'}}
+    checker = CallChecker.of(tools, "auto")
+    assert checker.take(0, [first]) == [ToolCallDelta(0, "c1", "get_weather", "")]
+    assert checker.take(0, [more]) == [ToolCallDelta(0, None, None, '{"city"')]
+    assert checker.take(1, [first]) and checker.calls(1) == 1  # another choice: its own calls
+    refused = [
+        (CallChecker.of(tools, "none"), [first]),  # tool_choice none: no call at all
+        (CallChecker.of(None, None), [first]),  # no tools offered
+        (CallChecker.of(tools, {"type": "function", "function": {"name": "get-time"}}), [first]),
+        (checker, [{**first, "index": 1, "id": "c2", "function": {"name": "get_weather"}},
+                   {"index": 0, "function": {"name": "get-time"}}]),  # a call renamed
+        (checker, [{"index": 0, "id": "other", "function": {"arguments": "}"}}]),  # re-id'd
+        (checker, [{**first, "index": 5}]),  # out of order
+        (checker, [{**first, "index": 1, "id": "x" * 300}]),  # an id too long
+        (checker, [{**first, "index": 1, "type": "retrieval"}]),
+        (checker, [{"index": "1"}]),
+        (checker, ["a call"]),
+        (checker, {"index": 0}),
+    ]  # fmt: skip
+    for fresh, pieces in refused:
+        with pytest.raises(ValueError):
+            fresh.take(0, pieces)
+    capped = CallChecker(frozenset({"f"}), max_calls=2)
+    for i in range(2):
+        capped.take(0, [{"index": i, "id": f"c{i}", "function": {"name": "f"}}])
+    with pytest.raises(ValueError, match="more than 2"):
+        capped.take(0, [{"index": 2, "id": "c2", "function": {"name": "f"}}])
