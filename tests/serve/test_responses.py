@@ -176,17 +176,20 @@ def test_credit_and_rate_limits_apply(world: World) -> None:
 
 
 BAD = [
-    ({"input": "hi", "tools": []}, "tools", "Unrecognized request argument"),
+    ({"input": "hi", "tools": []}, "tools", "tools must not be empty"),
+    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools", "only function tools"),
+    ({"input": "hi", "tool_choice": "auto"}, "tool_choice", "only allowed when tools are given"),
+    ({"input": "hi", "seed": 1}, "seed", "Unrecognized request argument"),
     ({"input": "hi", "store": True}, "store", "does not store responses"),
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "does not store"),
     ({"input": []}, "input", "at least 1 item"),
     ({}, "input", "Missing required parameter"),
     ({"input": "hi", "max_output_tokens": 100_000}, "max_output_tokens", "max_output_tokens is"),
-    ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format.type", "'text'"),
+    ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format", "'json_schema'"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input", "input[0].content[0] is of type 'input_image'"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
-     "input", "send message items"),
+    ({"input": [{"type": "reasoning", "summary": []}]},
+     "input", "send message, function_call and function_call_output items only"),
     ({"input": [{"role": "assistant", "content": [{"type": "input_text", "text": "x"}]}]},
      "input[0].content[0].type", "content parts are output_text"),
     ({"input": "hi", "metadata": {str(i): "v" for i in range(17)}}, "metadata", "at most 16"),
@@ -207,6 +210,35 @@ def test_malformed_requests_get_a_clear_400_and_cost_nothing(
     error = response.json()["error"]
     assert error["param"] == param and words in error["message"], error
     assert world.balance() == before and world.held() == 0
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
+WEATHER = {"type": "function", "name": "get_weather", "parameters": CITY}
+CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"input": "hi", "tools": [WEATHER]}, "tools", "does not support tool calling"),
+        ({"input": [{"role": "user", "content": "hi"}, CALL]}, "input",
+         "does not support tool calling"),
+        ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format",
+         "does not support structured outputs"),
+    ],
+)  # fmt: skip
+def test_the_in_process_engine_refuses_tools_and_structured_outputs(
+    world: World, extra: dict[str, Any], param: str, words: str
+) -> None:
+    response = httpx.post(
+        f"{world.base_url}/responses", json={"model": world.model, **extra},
+        headers={"Authorization": f"Bearer {world.key}"}, timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert error["code"] == "unsupported_feature" and "response_format" not in error["message"]
+    assert world.billing.usage(world.account) == []
 
 
 def test_stored_responses_do_not_exist(world: World) -> None:

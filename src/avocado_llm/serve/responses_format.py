@@ -22,37 +22,101 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from avocado_llm.serve import protocol as p
 from avocado_llm.serve import responses_protocol as r
+from avocado_llm.serve import tools as t
 from avocado_llm.serve.engine import Delta, Usage
 from avocado_llm.serve.errors import bad_request
 from avocado_llm.serve.serving import ChoiceResult
 
 
-def to_messages(body: r.ResponseCreateRequest) -> list[dict[str, Any]]:
-    """The chat messages of a Responses request; 400 for a part of the wrong kind for its
-    role (``output_text`` is an assistant's, ``input_text`` everyone else's)."""
+def to_chat(body: r.ResponseCreateRequest) -> tuple[p.ChatCompletionRequest, list[dict[str, Any]]]:
+    """The chat request a Responses request is, and its messages as the engine takes them;
+    400 for what chat cannot say (a content part of the wrong kind for its role)."""
+    messages = _messages(body)
+    fmt = body.text.format if body.text is not None else None
+    chat: dict[str, Any] = {
+        "model": body.model,
+        "messages": messages,
+        "stream": body.stream,
+        "max_completion_tokens": body.max_output_tokens,
+        "temperature": 1.0 if body.temperature is None else body.temperature,
+        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "user": body.user,
+        "parallel_tool_calls": body.parallel_tool_calls,
+        "response_format": _response_format(fmt),
+        "tool_choice": (
+            {"type": "function", "function": {"name": body.tool_choice.name}}
+            if isinstance(body.tool_choice, r.FunctionToolChoice)
+            else body.tool_choice
+        ),
+        "tools": None
+        if body.tools is None
+        else [
+            {"type": "function", "function": t.model_dump(exclude_unset=True, exclude={"type"})}
+            for t in body.tools
+        ],
+    }
+    try:
+        request = p.ChatCompletionRequest.model_validate({k: v for k, v in chat.items()
+                                                          if v is not None})  # fmt: skip
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise bad_request(f"input cannot be read as a conversation: {error['msg']}", "input") from e
+    return request, messages
+
+
+def _messages(body: r.ResponseCreateRequest) -> list[dict[str, Any]]:
+    """``instructions`` as a system message, then the input's items as chat messages: an
+    earlier turn's function calls are its assistant message's ``tool_calls`` (consecutive
+    calls one message), their outputs ``tool`` messages."""
     messages: list[dict[str, Any]] = []
     if body.instructions is not None:
         messages.append({"role": "system", "content": body.instructions})
     if isinstance(body.input, str):
         return [*messages, {"role": "user", "content": body.input}]
     for i, item in enumerate(body.input):
-        role = "system" if item.role == "developer" else item.role
-        if isinstance(item.content, str):
-            messages.append({"role": role, "content": item.content})
-            continue
-        expected = "output_text" if item.role == "assistant" else "input_text"
-        for j, part in enumerate(item.content):
-            if part.type != expected:
-                raise bad_request(
-                    f"input[{i}] is a {item.role} message: its content parts are {expected}, "
-                    f"but part {j} is {part.type}",
-                    param=f"input[{i}].content[{j}].type",
-                )
-        messages.append({"role": role, "content": "".join(p.text for p in item.content)})
+        if isinstance(item, r.FunctionCallIn):
+            call = {"id": item.call_id, "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments}}  # fmt: skip
+            if messages and messages[-1]["role"] == "assistant":
+                messages[-1].setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, r.FunctionCallOutputIn):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+        else:
+            messages.append({"role": "system" if item.role == "developer" else item.role,
+                             "content": _text(i, item)})  # fmt: skip
     return messages
+
+
+def _text(i: int, item: r.InputMessage) -> str:
+    """A message's text; 400 for a part of the wrong kind for its role (``output_text`` is an
+    assistant's, ``input_text`` everyone else's)."""
+    if isinstance(item.content, str):
+        return item.content
+    expected = "output_text" if item.role == "assistant" else "input_text"
+    for j, part in enumerate(item.content):
+        if part.type != expected:
+            raise bad_request(
+                f"input[{i}] is a {item.role} message: its content parts are {expected}, "
+                f"but part {j} is {part.type}",
+                param=f"input[{i}].content[{j}].type",
+            )
+    return "".join(part.text for part in item.content)
+
+
+def _response_format(fmt: r.TextFormat | None) -> dict[str, Any] | None:
+    """``text.format`` as chat's ``response_format``."""
+    if fmt is None:
+        return None
+    if isinstance(fmt, r.TextFormatJSONSchema):
+        schema = fmt.model_dump(by_alias=True, exclude_unset=True, exclude={"type"})
+        return {"type": "json_schema", "json_schema": schema}
+    return {"type": fmt.type}
 
 
 @dataclass(frozen=True)
@@ -65,9 +129,15 @@ class Echo:
     temperature: float
     top_p: float
     user: str | None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = True
+    text: dict[str, Any] = field(default_factory=lambda: {"format": {"type": "text"}})
 
     @classmethod
     def of(cls, body: r.ResponseCreateRequest) -> Echo:
+        choice = body.tool_choice
+        fmt = body.text.format if body.text is not None else None
         return cls(
             instructions=body.instructions,
             max_output_tokens=body.max_output_tokens,
@@ -75,6 +145,12 @@ class Echo:
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             user=body.user,
+            tools=[t.model_dump(exclude_unset=True) for t in body.tools or []],
+            tool_choice=choice.model_dump() if isinstance(choice, BaseModel) else choice or "auto",
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            text={"format": fmt.model_dump(by_alias=True, exclude_unset=True)}
+            if fmt is not None
+            else {"format": {"type": "text"}},
         )
 
 
@@ -86,16 +162,49 @@ def response_usage(usage: Usage) -> r.ResponseUsage:
     )
 
 
+class Batch(BaseModel):
+    """Several events from one delta (an item's end and the next one's start)."""
+
+    events: list[BaseModel]
+
+
+@dataclass
+class _Item:
+    """One output item as it streams: a message's text or a function call's arguments."""
+
+    index: int
+    """Its ``output_index``."""
+    id: str
+    kind: str
+    """``message`` or ``function_call``."""
+    pieces: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    status: str = "in_progress"
+
+    def out(self) -> r.OutputMessage | r.FunctionCallOut:
+        status: Any = self.status if self.status != "in_progress" else "incomplete"
+        if self.kind == "message":
+            content = [r.OutputText(text="".join(self.pieces))]
+            return r.OutputMessage(id=self.id, status=status, content=content)
+        return r.FunctionCallOut(id=self.id, call_id=self.call_id, name=self.name,
+                                 arguments="".join(self.pieces), status=status)  # fmt: skip
+
+
 @dataclass
 class ResponsesFormatter:
     """One request's answer or event stream (a :class:`~avocado_llm.serve.serving.Formatter`
     and a :class:`~avocado_llm.serve.metering.EventStream`): it numbers the events and keeps
-    the text streamed so far, for the closing events."""
+    the output items streamed so far, for the closing events. An item is opened when its
+    first text or call arrives (so a turn of calls alone has no empty message), and closed
+    when the next one opens or the answer ends."""
 
     model: str
     echo: Echo
-    item_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
-    pieces: list[str] = field(default_factory=list)
+    items: list[_Item] = field(default_factory=list)
+    calls: dict[int, _Item] = field(default_factory=dict)
+    """The function call items, by the engine's call index (late pieces find theirs)."""
+    open: _Item | None = None
     finish_reason: str | None = None
     sequence: int = 0
     rid: str = ""
@@ -106,55 +215,75 @@ class ResponsesFormatter:
         self, rid: str, created: int, choices: list[ChoiceResult], usage: Usage
     ) -> r.ResponseObject:
         choice = choices[0] if choices else ChoiceResult(0)
-        incomplete = choice.finish_reason == "length"
-        item = self._item(choice.text, "incomplete" if incomplete else "completed")
-        status = "incomplete" if incomplete else "completed"
-        return self._response(rid, created, status, [item], usage)
+        status = "incomplete" if choice.finish_reason == "length" else "completed"
+        if choice.text or not choice.tool_calls:
+            self._new("message", status=status).pieces.append(choice.text)
+        for call in t.merge_calls(choice.tool_calls):
+            item = self._new("function_call", status=status)
+            item.call_id, item.name = call.id, call.function.name
+            item.pieces.append(call.function.arguments)
+        return self._response(rid, created, status, usage)
 
     def opening(self, rid: str, created: int, n_choices: int) -> list[BaseModel]:
-        snapshot = self._response(rid, created, "in_progress", [])
+        snapshot = self._response(rid, created, "in_progress")
         return [
             r.LifecycleEvent(type="response.created", sequence_number=self._next(),
                              response=snapshot),
             r.LifecycleEvent(type="response.in_progress", sequence_number=self._next(),
                              response=snapshot),
-            r.OutputItemEvent(type="response.output_item.added", sequence_number=self._next(),
-                              output_index=0, item=self._item(None, "in_progress")),
-            r.ContentPartEvent(type="response.content_part.added", sequence_number=self._next(),
-                               item_id=self.item_id, output_index=0, content_index=0,
-                               part=r.OutputText(text="")),
         ]  # fmt: skip
 
-    def chunk(self, rid: str, created: int, delta: Delta) -> r.TextDeltaEvent | None:
+    def chunk(self, rid: str, created: int, delta: Delta) -> BaseModel | None:
         self.finish_reason = delta.finish_reason or self.finish_reason
-        if not delta.text:
+        events: list[BaseModel] = []
+        if delta.text:
+            if self.open is None or self.open.kind != "message":
+                events += self._close("completed") + self._open("message")
+            assert self.open is not None
+            self.open.pieces.append(delta.text)
+            events.append(r.TextDeltaEvent(
+                sequence_number=self._next(), item_id=self.open.id,
+                output_index=self.open.index, content_index=0, delta=delta.text,
+            ))  # fmt: skip
+        for piece in delta.tool_calls:
+            if piece.id is not None:  # a new call (the engine checked its id and name)
+                events += self._close("completed")
+                events += self._open("function_call", piece.id, piece.name or "")
+                assert self.open is not None
+                self.calls[piece.index] = self.open
+            item = self.calls.get(piece.index)
+            if item is None or not piece.arguments:
+                continue
+            item.pieces.append(piece.arguments)
+            events.append(r.ArgumentsDeltaEvent(
+                sequence_number=self._next(), item_id=item.id, output_index=item.index,
+                delta=piece.arguments,
+            ))  # fmt: skip
+        if not events:
             return None
-        self.pieces.append(delta.text)
-        return r.TextDeltaEvent(
-            sequence_number=self._next(), item_id=self.item_id, output_index=0, content_index=0,
-            delta=delta.text,
-        )  # fmt: skip
+        return events[0] if len(events) == 1 else Batch(events=events)
 
     def usage_chunk(self, rid: str, created: int, usage: Usage) -> BaseModel:
         """The Responses stream has no usage chunk: the closing event carries the usage."""
-        return self._closing_events(rid, created, usage)[-1]
+        return Batch(events=self._closing_events(rid, created, usage))
 
     # The stream's events (EventStream).
 
     def event(self, item: BaseModel | dict[str, Any]) -> bytes:
+        if isinstance(item, Batch):
+            return b"".join(self.event(e) for e in item.events)
         data = item.model_dump_json() if isinstance(item, BaseModel) else _json(item)
-        kind = item.type if isinstance(item, BaseModel) else item.get("type", "error")  # type: ignore[attr-defined]
-        return f"event: {kind}\ndata: {data}\n\n".encode()
+        kind = getattr(item, "type", None) if isinstance(item, BaseModel) else item.get("type")
+        return f"event: {kind or 'error'}\ndata: {data}\n\n".encode()
 
     def closing(self, rid: str, created: int, usage: Usage) -> bytes:
-        return b"".join(self.event(e) for e in self._closing_events(rid, created, usage))
+        return self.event(Batch(events=self._closing_events(rid, created, usage)))
 
     def failure(self, message: str, code: str | None) -> bytes:
-        """An ``error`` event, then ``response.failed`` with the text sent so far."""
+        """An ``error`` event, then ``response.failed`` with the output sent so far."""
         code = code or "server_error"
         error = r.ErrorEvent(sequence_number=self._next(), code=code, message=message)
-        item = self._item("".join(self.pieces), "incomplete")
-        failed = self._response(self.rid, self.created, "failed", [item])
+        failed = self._response(self.rid, self.created, "failed")
         failed.error = r.ResponseError(code=code, message=message)
         return self.event(error) + self.event(
             r.LifecycleEvent(type="response.failed", sequence_number=self._next(),
@@ -162,34 +291,70 @@ class ResponsesFormatter:
         )  # fmt: skip
 
     def _closing_events(self, rid: str, created: int, usage: Usage) -> list[BaseModel]:
-        text = "".join(self.pieces)
-        incomplete = self.finish_reason == "length"
-        item = self._item(text, "incomplete" if incomplete else "completed")
-        status = "incomplete" if incomplete else "completed"
-        final = self._response(rid, created, status, [item], usage)
-        return [
-            r.TextDoneEvent(sequence_number=self._next(), item_id=self.item_id, output_index=0,
-                            content_index=0, text=text),
-            r.ContentPartEvent(type="response.content_part.done", sequence_number=self._next(),
-                               item_id=self.item_id, output_index=0, content_index=0,
-                               part=r.OutputText(text=text)),
-            r.OutputItemEvent(type="response.output_item.done", sequence_number=self._next(),
-                              output_index=0, item=item),
-            r.LifecycleEvent(type=f"response.{status}", sequence_number=self._next(),
-                             response=final),
-        ]  # fmt: skip
+        status = "incomplete" if self.finish_reason == "length" else "completed"
+        events = self._close(status)
+        if not self.items:  # no text and no call: an empty message, as chat's ""
+            events += self._open("message") + self._close(status)
+        final = self._response(rid, created, status, usage)
+        kind = f"response.{status}"
+        return [*events, r.LifecycleEvent(type=kind, sequence_number=self._next(), response=final)]
 
-    def _item(self, text: str | None, status: str) -> r.OutputMessage:
-        content = [] if text is None else [r.OutputText(text=text)]
-        return r.OutputMessage(id=self.item_id, status=status, content=content)  # type: ignore[arg-type]
+    def _new(self, kind: str, status: str = "in_progress") -> _Item:
+        prefix = "msg" if kind == "message" else "fc"
+        item = _Item(len(self.items), f"{prefix}_{uuid.uuid4().hex}", kind, status=status)
+        self.items.append(item)
+        return item
+
+    def _open(self, kind: str, call_id: str = "", name: str = "") -> list[BaseModel]:
+        """Open a new item: its ``output_item.added`` (and a message's ``content_part.added``)."""
+        item = self.open = self._new(kind)
+        item.call_id, item.name = call_id, name
+        added = r.OutputItemEvent(type="response.output_item.added",
+                                  sequence_number=self._next(), output_index=item.index,
+                                  item=self._empty(item))  # fmt: skip
+        if kind != "message":
+            return [added]
+        part = r.ContentPartEvent(type="response.content_part.added",
+                                  sequence_number=self._next(), item_id=item.id,
+                                  output_index=item.index, content_index=0,
+                                  part=r.OutputText(text=""))  # fmt: skip
+        return [added, part]
+
+    @staticmethod
+    def _empty(item: _Item) -> r.OutputMessage | r.FunctionCallOut:
+        if item.kind == "message":
+            return r.OutputMessage(id=item.id, status="in_progress", content=[])
+        return r.FunctionCallOut(id=item.id, call_id=item.call_id, name=item.name,
+                                 arguments="", status="in_progress")  # fmt: skip
+
+    def _close(self, status: str) -> list[BaseModel]:
+        """Close the open item (if any): its ``.done`` events, with ``status``."""
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        item.status = status
+        done = item.out()
+        where = {"item_id": item.id, "output_index": item.index}
+        if isinstance(done, r.FunctionCallOut):
+            events: list[BaseModel] = [r.ArgumentsDoneEvent(
+                sequence_number=self._next(), name=done.name, arguments=done.arguments, **where
+            )]  # fmt: skip
+        else:
+            part = done.content[0]
+            events = [
+                r.TextDoneEvent(sequence_number=self._next(), content_index=0, text=part.text,
+                                **where),
+                r.ContentPartEvent(type="response.content_part.done",
+                                   sequence_number=self._next(), content_index=0, part=part,
+                                   **where),
+            ]  # fmt: skip
+        events.append(r.OutputItemEvent(type="response.output_item.done",
+                                        sequence_number=self._next(),
+                                        output_index=item.index, item=done))  # fmt: skip
+        return events
 
     def _response(
-        self,
-        rid: str,
-        created: int,
-        status: str,
-        output: list[r.OutputMessage],
-        usage: Usage | None = None,
+        self, rid: str, created: int, status: str, usage: Usage | None = None
     ) -> r.ResponseObject:
         self.rid, self.created = rid, created
         e = self.echo
@@ -204,8 +369,12 @@ class ResponsesFormatter:
             max_output_tokens=e.max_output_tokens,
             metadata=e.metadata,
             model=self.model,
-            output=output,
+            output=[] if status == "in_progress" else [item.out() for item in self.items],
+            parallel_tool_calls=e.parallel_tool_calls,
             temperature=e.temperature,
+            text=e.text,
+            tool_choice=e.tool_choice,
+            tools=e.tools,
             top_p=e.top_p,
             usage=response_usage(usage) if usage is not None else None,
             user=e.user,

@@ -2,25 +2,28 @@
 its stream events, as OpenAI's API reference (and ``openai.types.responses``) spell them.
 
 Requests are strict, like the chat ones (:class:`~avocado_llm.serve.protocol.Request`): an
-argument we do not support is a 400, never ignored. Input is text: a string, or message items
-whose content is a string or ``input_text`` parts (``output_text`` for an earlier assistant
-answer sent back). Responses are not stored (``store: true`` is refused; see the route).
+argument we do not support is a 400, never ignored. Input is text: a string, or items —
+messages whose content is a string or ``input_text`` parts (``output_text`` for an earlier
+assistant answer sent back), and an earlier turn's ``function_call`` and
+``function_call_output`` items. Tools are ``function`` tools; ``text.format`` is ``text``,
+``json_object`` or ``json_schema``. Responses are not stored (``store: true`` is refused; see
+the route).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 
-from avocado_llm.serve.protocol import Request
+from avocado_llm.serve.protocol import FunctionName, Request
 
 MAX_METADATA = 16
 """Key-value pairs of ``metadata`` (OpenAI's limits: 16 pairs, keys of 64 characters, values
 of 512)."""
 
 _PART_TYPES = ("input_text", "output_text")
-_ITEM_TYPES = ("message",)
+_ITEM_TYPES = ("message", "function_call", "function_call_output")
 
 
 def _text_only(items: object) -> object:
@@ -31,8 +34,8 @@ def _text_only(items: object) -> object:
         kind = item.get("type") if isinstance(item, dict) else None
         if isinstance(kind, str) and kind not in _ITEM_TYPES:
             raise ValueError(
-                f"input[{i}] is of type {kind!r:.40}, which is not supported: send message "
-                "items (role and content) only"
+                f"input[{i}] is of type {kind!r:.40}, which is not supported: send message, "
+                "function_call and function_call_output items only"
             )
         parts = item.get("content") if isinstance(item, dict) else None
         for j, part in enumerate(parts if isinstance(parts, list) else []):
@@ -44,6 +47,18 @@ def _text_only(items: object) -> object:
                     "earlier answer)"
                 )
     return items
+
+
+def _function_tools_only(tools: object) -> object:
+    """A clear message for a built-in tool (web search, file search, …): not offered here."""
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and kind != "function":
+            raise ValueError(
+                f"tools[{i}] is of type {kind!r:.40}, which is not supported: only function "
+                "tools (type 'function', with a name and parameters)"
+            )
+    return tools
 
 
 def _bounded_metadata(metadata: object) -> object:
@@ -88,9 +103,79 @@ class InputMessage(Request):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
-class TextFormat(Request):
+CallId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class FunctionCallIn(Request):
+    """An earlier turn's function call, sent back."""
+
+    type: Literal["function_call"]
+    call_id: CallId
+    name: FunctionName
+    arguments: str
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputIn(Request):
+    """The result of an earlier function call (``call_id``), as text."""
+
+    type: Literal["function_call_output"]
+    call_id: CallId
+    output: str
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+def _item_type(item: object) -> str:
+    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "")
+    return kind if isinstance(kind, str) else ""
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallIn, Tag("function_call")]
+    | Annotated[FunctionCallOutputIn, Tag("function_call_output")],
+    Discriminator(_item_type),
+]
+
+
+class FunctionTool(Request):
+    type: Literal["function"]
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON Schema of the arguments (an object); checked as chat's are."""
+    strict: bool | None = None
+
+
+class FunctionToolChoice(Request):
+    """Call this function (one of ``tools``)."""
+
+    type: Literal["function"]
+    name: FunctionName
+
+
+class TextFormatText(Request):
     type: Literal["text"]
-    """Plain text (the only format this server writes)."""
+
+
+class TextFormatJSONObject(Request):
+    type: Literal["json_object"]
+
+
+class TextFormatJSONSchema(Request):
+    type: Literal["json_schema"]
+    name: FunctionName
+    schema_: dict[str, Any] = Field(alias="schema")
+    """The JSON Schema the answer follows; checked as chat's ``response_format`` is."""
+    description: str | None = None
+    strict: bool | None = None
+
+
+TextFormat = Annotated[
+    TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")
+]
 
 
 class TextConfig(Request):
@@ -102,14 +187,15 @@ class ResponseCreateRequest(Request):
 
     model: str
     input: Annotated[
-        str | Annotated[list[InputMessage], Field(min_length=1)], BeforeValidator(_text_only)
+        str | Annotated[list[InputItem], Field(min_length=1)], BeforeValidator(_text_only)
     ]
-    """A user message, or message items (a conversation)."""
+    """A user message, or items (a conversation)."""
     instructions: str | None = None
     """A system message before the input."""
     max_output_tokens: int | None = Field(None, ge=1)
     metadata: Annotated[dict[str, str] | None, BeforeValidator(_bounded_metadata)] = None
     """Up to 16 pairs, echoed in the response."""
+    parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
     """Refused: responses are not stored, so send the whole conversation in ``input``."""
     store: bool | None = None
@@ -117,6 +203,12 @@ class ResponseCreateRequest(Request):
     stream: bool = False
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     text: TextConfig | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
+    tools: (
+        Annotated[list[FunctionTool], Field(max_length=128), BeforeValidator(_function_tools_only)]
+        | None
+    ) = None
+    """Functions the model may call (at most 128; schemas capped as chat's are)."""
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
 
@@ -133,6 +225,21 @@ class OutputMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputText]
+
+
+class FunctionCallOut(BaseModel):
+    """A function call the model made (``call_id`` is what its ``function_call_output``
+    answers)."""
+
+    id: str
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = Annotated[OutputMessage | FunctionCallOut, Field(discriminator="type")]
 
 
 class InputTokensDetails(BaseModel):
@@ -174,12 +281,12 @@ class ResponseObject(BaseModel):
     max_output_tokens: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     model: str
-    output: list[OutputMessage]
-    parallel_tool_calls: bool = False
+    output: list[OutputItem]
+    parallel_tool_calls: bool = True
     store: bool = False
     temperature: float
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
-    tool_choice: Literal["none"] = "none"
+    tool_choice: str | dict[str, Any] = "auto"
     tools: list[dict[str, Any]] = Field(default_factory=list)
     top_p: float
     truncation: Literal["disabled"] = "disabled"
@@ -201,7 +308,7 @@ class OutputItemEvent(BaseModel):
     type: str
     sequence_number: int
     output_index: int
-    item: OutputMessage
+    item: OutputItem
 
 
 class ContentPartEvent(BaseModel):
@@ -241,3 +348,22 @@ class ErrorEvent(BaseModel):
     code: str | None
     message: str
     param: str | None = None
+
+
+class ArgumentsDeltaEvent(BaseModel):
+    type: Literal["response.function_call_arguments.delta"] = (
+        "response.function_call_arguments.delta"
+    )
+    sequence_number: int
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ArgumentsDoneEvent(BaseModel):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    sequence_number: int
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str

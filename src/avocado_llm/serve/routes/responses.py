@@ -1,9 +1,10 @@
 """``POST /v1/responses`` (OpenAI's Responses API), run as a chat completion.
 
-The request is translated into chat messages (:mod:`avocado_llm.serve.responses_format`) and
-goes the chat path: the same model and plan checks, admission (rate limit, size, credit),
-prompt, hold, idempotency, metering and watermark, on whichever engine serves (in process or
-upstream). Only the shapes differ.
+The request is translated into the chat request it is (:mod:`avocado_llm.serve.responses_format`:
+messages, function tools, calls and their outputs, ``text.format`` as ``response_format``) and
+goes the chat path: the same model, plan and feature checks (``serve/tools.py``), admission
+(rate limit, size, credit), prompt, hold, idempotency, metering and watermark, on whichever
+engine serves (in process or upstream). Only the shapes differ.
 
 Responses are not stored: ``store: true`` and ``previous_response_id`` are refused with a 400
 that says so, and ``GET``/``DELETE /v1/responses/{response_id}`` answer 404.
@@ -11,18 +12,20 @@ that says so, and ``GET``/``DELETE /v1/responses/{response_id}`` answer 404.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi import APIRouter, Request, Response
 
 from avocado_llm.serve import responses_protocol as r
+from avocado_llm.serve import tools as t
 from avocado_llm.serve.admission import admit, build_prompt
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.errors import STREAM, APIError, bad_request
 from avocado_llm.serve.metering import respond
-from avocado_llm.serve.responses_format import Echo, ResponsesFormatter, to_messages
+from avocado_llm.serve.responses_format import Echo, ResponsesFormatter, to_chat
 from avocado_llm.serve.serving import Call, body_hash, check_model, check_plan, resolve_max_tokens
 
 router = APIRouter()
@@ -37,8 +40,8 @@ NOT_STORED = (
 async def create_response(
     body: r.ResponseCreateRequest, request: Request, services: ServicesDep, key: KeyDep
 ) -> Response:
-    """Answer ``input`` (a string, or message items) — or stream the answer as Responses
-    events — metered as a chat completion."""
+    """Answer ``input`` (a string, or items) — or stream the answer as Responses events —
+    run and metered as the chat completion it translates to."""
     engine = services.engine
     check_model(engine, key, body.model)
     if body.store:
@@ -53,24 +56,45 @@ async def create_response(
             "send the earlier turns in 'input'",
             "previous_response_id",
         )
-    with _as_max_output_tokens():
+    chat, messages = to_chat(body)
+    with _in_responses_terms():
         check_plan(key.plan, max_tokens=body.max_output_tokens, n=1, top_logprobs=None)
-    messages = to_messages(body)
+        tools = t.check_tools(chat)
+        response_format = t.check_response_format(chat)
+        t.check_features(
+            key.plan,
+            engine,
+            tools=tools is not None,
+            calls_in_messages=t.has_calls(chat.messages),
+            structured=t.wants_json(response_format),
+        )
     digest = body_hash("responses", body)
-    chars = sum(len(m["content"]) for m in messages)
+    chars = sum(len(str(m["content"] or "")) for m in messages)
+    chars += sum(len(t.compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
+    chars += sum(len(m.get("tool_call_id", "")) for m in messages)
+    chars += len(t.compact(tools)) if tools else 0
     await admit(request, services, key, longest_chars=chars, param="input", body_hash=digest)
+    with _in_responses_terms():
+        if schemas := t.schemas_of(tools, response_format):  # CPU: after admission, off the loop
+            await build_prompt(request, t.check_meta, schemas)
     try:
-        prompt = await build_prompt(request, engine.chat_prompt, messages)
+        prompt = await build_prompt(request, engine.chat_prompt, messages, tools)
     except ValueError as e:
         raise bad_request(str(e), "input") from e
-    with _as_max_output_tokens():
+    with _in_responses_terms():
         max_tokens = resolve_max_tokens(
             services, key.plan, [prompt], body.max_output_tokens, key.plan.max_tokens
         )
-    echo = Echo.of(body)
-    options = SamplingOptions(max_tokens=max_tokens, temperature=echo.temperature, top_p=echo.top_p)
+    options = SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=chat.temperature,
+        top_p=chat.top_p,
+        tool_choice=t.tool_choice(chat) if tools else None,
+        parallel_tool_calls=chat.parallel_tool_calls,
+        response_format=response_format,
+    )
     call = Call("responses", key, [prompt], options, body.stream, True, digest)
-    formatter = ResponsesFormatter(engine.model, echo)
+    formatter = ResponsesFormatter(engine.model, Echo.of(body))
     return await respond(request, services, call, formatter, formatter)
 
 
@@ -95,14 +119,30 @@ def _not_stored(response_id: str) -> APIError:
     )
 
 
+_TERMS = (
+    ("response_format.json_schema.schema", "text.format.schema"),
+    ("response_format", "text.format"),
+    ("max_tokens", "max_output_tokens"),
+    ("messages", "input"),
+)
+_TOOL_FUNCTION = re.compile(r"tools\[(\d+)\]\.function")
+
+
+def _responses_terms(text: str) -> str:
+    text = _TOOL_FUNCTION.sub(r"tools[\1]", text)
+    for chat_name, name in _TERMS:
+        text = text.replace(chat_name, name)
+    return text
+
+
 @contextmanager
-def _as_max_output_tokens() -> Iterator[None]:
-    """The chat checks' 400s name ``max_tokens`` and ``messages``; here the parameters are
-    ``max_output_tokens`` and ``input``."""
+def _in_responses_terms() -> Iterator[None]:
+    """The chat checks' 400s name chat's parameters (``max_tokens``, ``messages``,
+    ``response_format.json_schema.schema``, ``tools[0].function.parameters``); here they are
+    ``max_output_tokens``, ``input``, ``text.format.schema``, ``tools[0].parameters``."""
     try:
         yield
     except APIError as e:
-        if e.param in ("max_tokens", "messages"):
-            e.param = "max_output_tokens" if e.param == "max_tokens" else "input"
-            e.message = e.message.replace("max_tokens", "max_output_tokens")
+        e.message = _responses_terms(e.message)
+        e.param = _responses_terms(e.param) if e.param is not None else None
         raise
