@@ -119,8 +119,10 @@ def run_lm_eval(
     names = written.expand(tasks)
     if not names:
         raise EvalError("no lm-eval tasks to run (--lm-eval TASK[,TASK])")
-    manager = TaskManager(include_path=str(written.directory))
-    unknown = [t for t in names if written.output_type(t) is None and t not in manager.all_tasks]
+    standard = [t for t in names if written.output_type(t) is None]
+    # lm-eval's own thousands of task files take ~30 s to index: only when one is asked for
+    manager = TaskManager(include_path=str(written.directory), include_defaults=bool(standard))
+    unknown = [t for t in standard if t not in manager.all_tasks]
     if unknown:
         raise EvalError(
             f"unknown lm-eval task(s): {', '.join(unknown)}; this recipe's are "

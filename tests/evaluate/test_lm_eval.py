@@ -1,0 +1,183 @@
+"""lm-evaluation-harness as the evaluation client: ``avocado eval --lm-eval`` against a real
+``avocado serve`` (a separate process, a metered key whose plan allows log-probabilities) with
+the recipe's held-out tasks over local files — ``local-completions`` for the multiple-choice
+form (``echo`` and prompt log-probabilities), ``local-chat-completions`` for the generation
+form — and against the model directory in process. The ledger's charges must equal what the
+usage in the server's answers costs, request by request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from avocado_llm import cli
+from avocado_llm.billing import MICRO, Billing, Plan, Price, charge_for
+from avocado_llm.evaluate.lm_eval_writer import world_rows, write_tasks
+from avocado_llm.serve.background import serve_in_thread
+
+SECRET = "lm-eval-test-secret"
+PRICE = Price(input_per_1m=1_000_000, output_per_1m=2_000_000, per_request=10)
+PLAN = Plan(name="eval", max_tokens=64, max_n=1, logprobs=True, max_top_logprobs=5)
+TASKS = "avocado_arithmetic_mc,avocado_arithmetic"
+N = 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    url: str
+    """The recording proxy's /v1 URL (what lm-eval is pointed at)."""
+    key: str
+    billing: Billing
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    """Every answer the server gave through the proxy: (path, status, JSON body)."""
+
+
+def _recording_proxy(upstream: str, answers: list[dict[str, Any]]) -> Starlette:
+    """Passes every request to ``upstream`` unchanged and keeps each answer's JSON."""
+    client = httpx.AsyncClient(base_url=upstream, timeout=120)
+
+    async def forward(request: Request) -> Response:
+        path = request.url.path
+        headers = {"authorization": request.headers.get("authorization", ""),
+                   "content-type": "application/json"}  # fmt: skip
+        sent = await client.post(path, content=await request.body(), headers=headers)
+        answers.append({"path": path, "status": sent.status_code, "body": sent.json()})
+        return Response(sent.content, sent.status_code, media_type="application/json")
+
+    paths = ("/v1/completions", "/v1/chat/completions")
+    return Starlette(routes=[Route(p, forward, methods=["POST"]) for p in paths])
+
+
+@pytest.fixture
+def served(tmp_path: Path, zoo_dir: Path) -> Iterator[Served]:
+    """``avocado serve`` over the zoo's qwen-tiny as ``tiny``, behind a recording proxy."""
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    billing = Billing(database_url, SECRET)
+    billing.migrate()
+    billing.set_price("tiny", PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
+    billing.create_account("lab", 5 * MICRO)
+    _, key = billing.create_key("lab", plan=PLAN)
+    port = _free_port()
+    env = {**os.environ, "AVOCADO_SECRET": SECRET, "AVOCADO_THREADS": "1"}
+    argv = ["serve", "--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
+            "--port", str(port), "--database-url", database_url]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avocado_llm.cli", *argv],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        served = Served("", key, billing)
+        with serve_in_thread(_recording_proxy(f"http://127.0.0.1:{port}", served.answers)) as o:
+            served.url = f"{o}/v1"
+            yield served
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        billing.close()
+
+
+def test_lm_eval_through_avocado_serve_is_metered_exactly(
+    served: Served, make_recipe: Any, tmp_path: Path, zoo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    make_recipe(families=("arithmetic",))  # writes tmp_path/recipe.yaml
+    monkeypatch.setenv("TINY_KEY", served.key)
+    out = tmp_path / "eval"
+    args = ["eval", str(tmp_path / "recipe.yaml"), "--url", served.url, "--served-model", "tiny",
+            "--api-key-env", "TINY_KEY", "--tokenizer", str(zoo_dir / "qwen-tiny"),
+            "--lm-eval", TASKS, "--n", str(N), "--out", str(out), "--name", "tiny"]  # fmt: skip
+    assert cli.main(args) == 0
+
+    # both APIs were used, every answer was a 200 with a usage
+    answers = served.answers
+    paths = {a["path"] for a in answers}
+    assert paths == {"/v1/completions", "/v1/chat/completions"}
+    assert all(a["status"] == 200 for a in answers), [a for a in answers if a["status"] != 200]
+    echoed = [a["body"] for a in answers if a["path"] == "/v1/completions"]
+    assert len(echoed) == N * 8  # one request per choice: 4 answers × 2 phrasings
+    for body in echoed:
+        lp = body["choices"][0]["logprobs"]
+        assert lp["token_logprobs"][0] is None and len(lp["tokens"]) >= 2
+        assert body["usage"]["completion_tokens"] == 1
+    # the ledger charged exactly what the answers' usage costs, one event per answer
+    usage = [a["body"]["usage"] for a in answers]
+    events = served.billing.usage("lab")
+    assert len(events) == len(answers)
+    expected = sum(charge_for(PRICE, u["prompt_tokens"], u["completion_tokens"]) for u in usage)
+    assert sum(e["charge"] for e in events) == expected
+    assert 5 * MICRO - served.billing.balance("lab") == expected
+    assert sum(e["prompt_tokens"] for e in events) == sum(u["prompt_tokens"] for u in usage)
+
+    # the scores are in report.json (lm_eval) and the page; the written tasks are local files
+    report = json.loads((out / "report.json").read_text())
+    tasks = report["lm_eval"]["tiny"]["tasks"]
+    assert set(tasks) == set(TASKS.split(","))
+    assert tasks["avocado_arithmetic_mc"]["n"] == N and tasks["avocado_arithmetic"]["n"] == N
+    assert 0 <= tasks["avocado_arithmetic"]["metrics"]["acc"] <= 1
+    assert "avocado_arithmetic_mc" in (out / "report.html").read_text()
+    assert (out / "lm_eval_tasks" / "avocado_arithmetic_mc.jsonl").is_file()
+
+    # the same multiple-choice task on the model directory, in process (lm-eval's hf model):
+    # the log-likelihoods through echo rank the choices as the model itself does
+    local = ["eval", str(tmp_path / "recipe.yaml"), "--model", str(zoo_dir / "qwen-tiny"),
+             "--lm-eval", "avocado_arithmetic_mc", "--n", str(N), "--out", str(out),
+             "--name", "qwen-tiny"]  # fmt: skip
+    assert cli.main(local) == 0
+    report = json.loads((out / "report.json").read_text())
+    in_process = report["lm_eval"]["qwen-tiny"]["tasks"]["avocado_arithmetic_mc"]["metrics"]
+    assert in_process == tasks["avocado_arithmetic_mc"]["metrics"]
+
+
+def test_written_tasks_are_lm_eval_yaml_over_local_jsonl(tmp_path: Path) -> None:
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    written = write_tasks(tmp_path, world_rows(["arithmetic", "facts"], 5, seed=3))
+    assert written.expand(["avocado", "avocado_mc", "gsm8k"]) == [
+        "avocado_arithmetic", "avocado_facts", "avocado_arithmetic_mc", "avocado_facts_mc",
+        "gsm8k",
+    ]  # fmt: skip
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    loaded = get_task_dict(written.expand(["avocado", "avocado_mc"]), manager)
+    mc = loaded["avocado_facts_mc"]
+    docs = list(mc.test_docs())
+    assert len(docs) == 5 and mc.OUTPUT_TYPE == "multiple_choice"
+    for doc in docs:  # the gold answer in both phrasings, among distinct distractors
+        choices, gold = mc.doc_to_choice(doc), mc.doc_to_target(doc)
+        assert [choices[i] for i in gold] == [doc["answer"], f"The answer is {doc['answer']}."]
+        assert len(set(choices)) == len(choices) == 8
+    gen = loaded["avocado_arithmetic"]
+    doc = next(iter(gen.test_docs()))
+    assert gen.OUTPUT_TYPE == "generate_until"
+    assert gen.process_results(doc, [f"The answer is {doc['answer']}."]) == {"acc": 1.0}
+    assert gen.process_results(doc, ["The answer is 100000."]) == {"acc": 0.0}
