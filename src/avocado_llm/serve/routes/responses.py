@@ -30,13 +30,22 @@ from avocado_llm.serve.serving import Call, body_hash, check_model, check_plan, 
 
 router = APIRouter()
 
+EVENTS = {
+    200: {
+        **STREAM[200],
+        "description": "The response; with ``stream``, server-sent events (``event: <type>``, "
+        "``data: <JSON event>``) from ``response.created`` to ``response.completed``, "
+        "``response.incomplete`` or ``response.failed``",
+    }
+}
+"""The 200 of ``POST /v1/responses`` (its stream has no ``[DONE]``)."""
 NOT_STORED = (
     "this server does not store responses, so there is none to retrieve or delete: keep the "
     "answer of POST /v1/responses, and send earlier turns in 'input'"
 )
 
 
-@router.post("/responses", response_model=r.ResponseObject, responses=STREAM)
+@router.post("/responses", response_model=r.ResponseObject, responses=EVENTS)
 async def create_response(
     body: r.ResponseCreateRequest, request: Request, services: ServicesDep, key: KeyDep
 ) -> Response:
