@@ -9,6 +9,9 @@ because only written records count as done. A teacher that answers part of a bat
 (:class:`~avocado_llm.teachers.base.PartialAnswers`: one malformed answer among good ones) has
 its good answers written and only the bad ones logged; a record the store still cannot write
 fails alone too. Every failure reason is redacted before it is written or printed.
+
+What is asked is in :mod:`~avocado_llm.harvest.prompts`, one batch (ask, check, write) in
+:mod:`~avocado_llm.harvest.batch`, the record keys in :mod:`~avocado_llm.harvest.keys`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ import asyncio
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -33,21 +33,14 @@ from rich.progress import (
 )
 
 from avocado_llm.config import Recipe, RecipeError
-from avocado_llm.harvest.keys import record_key, record_row
+from avocado_llm.harvest.batch import ask, by_reason, missing_records, write_rows
+from avocado_llm.harvest.keys import record_key
 from avocado_llm.harvest.prompts import Prompts, key_source, with_sources
 from avocado_llm.harvest.prompts import harvest_prompts as harvest_prompts  # re-exported
 from avocado_llm.harvest.prompts import source_prompts as source_prompts  # re-exported
 from avocado_llm.harvest.store import HarvestError, HarvestStore
-from avocado_llm.teachers import (
-    Completion,
-    SamplingParams,
-    Teacher,
-    TeacherError,
-    load_teacher,
-    sampling_params,
-)
-from avocado_llm.teachers.base import PartialAnswers, TeacherInfo
-from avocado_llm.teachers.redact import redact
+from avocado_llm.teachers import SamplingParams, Teacher, load_teacher, sampling_params
+from avocado_llm.teachers.base import TeacherInfo
 from avocado_llm.world.checks import check_families
 from avocado_llm.world.tasks import Example
 
@@ -186,11 +179,11 @@ async def _harvest_teacher(
         if not batch:
             continue
         report.skipped += sum(key in done for ex in batch for key in keys[ex.id])
-        missing = _missing(batch, keys, done)
-        rows, failures = await _ask(teacher, batch, missing, keys, params)
-        written, refused = _write(store, info.name, rows)
+        missing = missing_records(batch, keys, done)
+        rows, failures = await ask(teacher, batch, missing, keys, params)
+        written, refused = write_rows(store, info.name, rows)
         failures += refused
-        for reason, items in _by_reason(failures).items():
+        for reason, items in by_reason(failures).items():
             store.record_failures(info.name, items, reason)
             bars.console.print(
                 f"[red]{escape(info.name)}: {len(items)} record(s) failed[/] "
@@ -233,125 +226,7 @@ def _todo(
         yield batch, keys, skipped
 
 
-Failure = tuple[str, str, int, str]
-"""A failed record: key, prompt id, sample index, reason (redacted)."""
-
-
-def _missing(
-    batch: list[Example], keys: dict[str, list[str]], done: set[str]
-) -> list[tuple[Example, int]]:
-    return [(ex, i) for ex in batch for i, key in enumerate(keys[ex.id]) if key not in done]
-
-
-def _reason(error: BaseException) -> str:
-    """What failures.jsonl and the terminal say: redacted (whatever raised it), then cut."""
-    return redact(f"{type(error).__name__}: {error}")[:1000]
-
-
-async def _ask(
-    teacher: Teacher,
-    batch: list[Example],
-    missing: list[tuple[Example, int]],
-    keys: dict[str, list[str]],
-    params: SamplingParams,
-) -> tuple[list[dict[str, Any]], list[Failure]]:
-    """The rows of the batch's answered records, and its failed ones. A batch that raises fails
-    whole; a teacher that answers part of it (:class:`PartialAnswers`) fails the rest only."""
-    try:
-        answers: list[list[Completion] | None] = list(
-            await teacher.generate([ex.messages for ex in batch], params)
-        )
-        errors: list[str | None] = [None] * len(answers)
-    except PartialAnswers as partial:
-        answers, errors = list(partial.answers), list(partial.errors)
-    except Exception as error:  # logged per record and retried by the next run
-        reason = _reason(error)
-        return [], [(keys[ex.id][i], ex.id, i, reason) for ex, i in missing]
-    position = {ex.id: p for p, ex in enumerate(batch)}
-    try:
-        _check_counts(teacher, batch, answers, params)
-        answered = [(ex, i) for ex, i in missing if answers[position[ex.id]] is not None]
-        rows = _rows(batch, answers, keys, answered, teacher, params)  # type: ignore[arg-type]
-    except Exception as error:
-        reason = _reason(error)
-        return [], [(keys[ex.id][i], ex.id, i, reason) for ex, i in missing]
-    failed = [
-        (keys[ex.id][i], ex.id, i, redact(errors[position[ex.id]] or "")[:1000])
-        for ex, i in missing
-        if answers[position[ex.id]] is None
-    ]
-    return rows, failed
-
-
-UNWRITABLE = (HarvestError, ValueError, TypeError, ArithmeticError, pa.ArrowException)
-"""What a record that breaks the store's schema raises (an OSError, a full disk, stops the run)."""
-
-
-def _write(
-    store: HarvestStore, teacher: str, rows: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[Failure]]:
-    """Write ``rows``; should the batch not go in whole (a record the parser let through and the
-    schema refuses), write them one by one, so that only the records that cannot be written
-    fail. Earlier records are untouched: a shard is written whole or not at all."""
-    if not rows:
-        return [], []
-    try:
-        store.write(teacher, rows)
-        return rows, []
-    except UNWRITABLE:
-        pass
-    written, failed = [], []
-    for row in rows:
-        try:
-            store.write(teacher, [row])
-        except UNWRITABLE as error:
-            reason = _reason(error)
-            failed.append((row["key"], row["prompt_id"], row["sample_index"], reason))
-        else:
-            written.append(row)
-    return written, failed
-
-
-def _by_reason(failures: list[Failure]) -> dict[str, list[tuple[str, str, int]]]:
-    grouped: dict[str, list[tuple[str, str, int]]] = {}
-    for key, prompt_id, index, reason in failures:
-        grouped.setdefault(reason, []).append((key, prompt_id, index))
-    return grouped
-
-
 def _printable(text: str) -> str:
     """``text`` safe for a terminal: control characters and lone surrogates escaped."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
-
-
-def _check_counts(
-    teacher: Teacher,
-    batch: list[Example],
-    answers: list[list[Completion] | None],
-    params: SamplingParams,
-) -> None:
-    """Checks that the teacher answered every prompt (``None``: an answer that failed)."""
-    counts = [None if a is None else len(a) for a in answers]
-    if len(answers) != len(batch) or any(c is not None and c != params.n for c in counts):
-        raise TeacherError(
-            teacher.info.name,
-            f"returned {counts} answers for {len(batch)} prompts; expected {params.n} for each",
-        )
-
-
-def _rows(
-    batch: list[Example],
-    answers: list[list[Completion]],
-    keys: dict[str, list[str]],
-    missing: list[tuple[Example, int]],
-    teacher: Teacher,
-    params: SamplingParams,
-) -> list[dict[str, Any]]:
-    """The rows of the records still missing (whose answers are there)."""
-    position = {ex.id: p for p, ex in enumerate(batch)}
-    now = datetime.now(UTC)
-    return [
-        record_row(keys[ex.id][i], ex, teacher.info, params, i, answers[position[ex.id]][i], now)
-        for ex, i in missing
-    ]
