@@ -30,8 +30,10 @@ def add_data_command(commands: Any) -> None:
     p = add_command(data_cmds, "check", run_data_check, HELP, DESCRIPTION, recipe=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     from avocado_llm.data.examples import add_example_command
+    from avocado_llm.data.real_examples import add_real_example_command
 
     add_example_command(data_cmds)
+    add_real_example_command(data_cmds)
 
 
 def run_data_check(args: argparse.Namespace) -> int:
