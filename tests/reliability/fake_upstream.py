@@ -5,8 +5,9 @@ crashes without spending the CPU on a model.
     python fake_upstream.py PORT [DELAY_S]
 
 It answers ``/v1/chat/completions`` and ``/v1/completions`` as a stream (what upstream mode
-always asks for): a role chunk, one chunk per token of every choice (``DELAY_S`` apart, so that
-requests are in flight when a test kills the server in front), a usage chunk and ``[DONE]``.
+always asks for): a role chunk (legacy ``echo``: the prompts), one chunk per token of every
+choice (``DELAY_S`` apart, so that requests are in flight when a test kills the server in
+front), a usage chunk and ``[DONE]``.
 Every prompt gets ``tokens_for(text)`` tokens, at most ``max_tokens`` (finish reason ``stop``, or
 ``length`` when ``max_tokens`` cut it); the usage is the truth the gateway must bill. Listens on
 127.0.0.1 only.
@@ -167,13 +168,24 @@ def _special(body: dict[str, Any], max_tokens: int) -> tuple[list[dict[str, Any]
     return pieces, finish
 
 
+def _echoed(index: int, text: str, alone: bool, logprobs: bool) -> dict[str, Any]:
+    """A legacy ``echo`` chunk, as vLLM sends it first: the prompt, with its log-probabilities
+    (the first token's null) when asked; the choice's last chunk when ``max_tokens`` is 0."""
+    choice: dict[str, Any] = {"index": index, "text": text,
+                              "finish_reason": "length" if alone else None}  # fmt: skip
+    if logprobs:
+        choice["logprobs"] = {"tokens": [text], "token_logprobs": [None],
+                              "top_logprobs": [None], "text_offset": [0]}  # fmt: skip
+    return choice
+
+
 def make_app(delay_s: float) -> Starlette:
     async def complete(request: Request) -> Response:
         body = await request.json()
         chat = request.url.path.endswith("/chat/completions")
         texts = _texts(body)
         n = int(body.get("n") or 1)
-        max_tokens = int(body.get("max_tokens") or 16)
+        max_tokens = int(16 if body.get("max_tokens") is None else body["max_tokens"])
         want_logprobs = bool(body.get("logprobs"))
         top = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
         special = [_special(body, max_tokens) if chat else None for _ in texts]
@@ -206,6 +218,9 @@ def make_app(delay_s: float) -> Starlette:
             if chat:
                 yield event([{"index": i, "delta": {"role": "assistant", "content": ""}}
                              for i in range(n)])  # fmt: skip
+            elif body.get("echo"):  # legacy echo: each choice's prompt first
+                yield event([_echoed(p * n + j, t, counts[p] == 0, want_logprobs)
+                             for p, t in enumerate(texts) for j in range(n)])  # fmt: skip
             for step in range(max(counts)):
                 if delay_s:
                     await asyncio.sleep(delay_s)
