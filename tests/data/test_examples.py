@@ -59,7 +59,7 @@ def test_regenerating_gives_the_committed_files(regenerated: Path) -> None:
     shipped, again = rows_of(SHIPPED), rows_of(regenerated)
     for kind in shipped:
         assert again[kind] == shipped[kind], f"examples/data {kind} differs from what is generated"
-    assert len(shipped["parquet"]) == 600 and len(shipped["datasets"]) == 200
+    assert len(shipped["parquet"]) == 2400 and len(shipped["datasets"]) == 300
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size < 400_000, f"examples/data is {size:,} bytes"
 
@@ -70,7 +70,7 @@ def test_references_are_the_tiny_worlds_answers() -> None:
     assert number and sequence and exact
     facts = {c: (capital, ruler) for c, capital, ruler in COUNTRIES}
     chats = [json.loads(line) for line in rows["jsonl"].decode().splitlines()]
-    assert len(chats) == 600
+    assert len(chats) == 800  # every question the world can ask, once
     shapes = set()
     for chat in chats:
         roles = tuple(m["role"] for m in chat["messages"])

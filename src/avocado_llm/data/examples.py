@@ -15,7 +15,9 @@ every reference is correct and the zoo teachers can answer the questions:
   reference (verifier ``none``: label-free fusion and judged evaluation).
 
 ``avocado data example --out DIR [--rows N]`` writes them; ``--rows`` scales the three verified
-sources (the committed copy uses the default).
+sources (the committed copy uses the default): a student learns a skill from a few hundred
+verified answers to it, so quick-math (three skills) and lists (two) get thousands of rows;
+support has every question the world can ask (800) and open every prompt of its kinds (300).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from typing import Any
 from avocado_llm.world.lore import COUNTRIES
 from avocado_llm.world.tasks import Example, get_family
 
-DEFAULT_ROWS = 600
-"""Rows of each verified source (the open-ended one has a third as many)."""
+DEFAULT_ROWS = 2400
+"""Rows of each verified source (support: at most the 800 questions of the world's facts; the
+open-ended one a third as many, at most its 300 prompts)."""
 SEED = 21
 
 FILES = ("support_chats.jsonl", "quick_math.csv", "list_tasks.parquet", "open_prompts")
