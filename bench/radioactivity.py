@@ -12,16 +12,23 @@
    order until 200 scored (distinct, gated) tokens, or all of them when they hold fewer (a
    confident model: few gated positions): exact p-value, and which account the text is
    attributed to (``avocado watermark detect --by-account``).
-4. **Radioactivity**: student **B** is distilled with Avocado's own harvest, using the
-   watermarked API as an OpenAI-compatible endpoint teacher (the ``rival`` account's key), from
-   ≥ 2,000 answers; student **C** the same way from the three zoo teachers directly (the same
-   prompts, fusion and training). Each is then served behind its own API (another ledger and
-   secret, no watermark of its own), and ``avocado watermark suspect`` asks it the prompts our
-   model hesitates on and runs its two tests under every account of our ledger
-   (Bonferroni-corrected): the reference test (the verdict) and the text test.
+4. **Radioactivity** (once per seed, ``--seeds N``): student **B** is distilled with
+   Avocado's own harvest, using the watermarked API as an OpenAI-compatible endpoint teacher
+   (the ``rival`` account's key), from ≥ 2,000 answers; student **C** the same way from the
+   three zoo teachers directly (the same prompts, fusion and training). Each is then served
+   behind its own API (another ledger and secret, no watermark of its own), and
+   ``avocado watermark suspect`` asks it the prompts our model hesitates on and runs its two
+   tests under every account of our ledger (Bonferroni-corrected): the reference test (the
+   verdict) and the text test.
 
-Tiny students, short training, one torch thread: about 10–20 minutes on 2 shared cores.
-``--prompts-per-family`` and ``--steps`` scale it.
+Tiny students, short training, one torch thread: about 10–20 minutes on 2 shared cores, and
+as much again for each further seed. ``--prompts-per-family`` and ``--steps`` scale it.
+
+One run is not a result: ``--seeds N`` distills B and C under recipe seeds 1…N (each seed its own
+prompt draw, initialisation and data order; the served model, its ledger and the detection stay
+the same) and reports every seed's p-values for B and C and their spread (min, median, max);
+the verdict is the spread, not the best seed. Seed 1 is the single run's layout (``student-b``,
+``student-c``), so a one-seed run's students are reused.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -97,8 +105,18 @@ def main() -> int:
         default=4000,
         help="candidate prompts per family of the suspect check (it asks the hesitant ones)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="distill B and C under recipe seeds 1..N and report every seed's p-values and "
+        "their spread [1]",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    seeds = list(range(1, args.seeds + 1))
     torch.set_num_threads(1)
     t_start = time.monotonic()
     from avocado_llm.protect.scheme import DEFAULT_DELTA, DEFAULT_PARAMS
@@ -200,48 +218,50 @@ def main() -> int:
             "max_concurrency": 16,
             "licence": "Avocado API terms",
         }
-        log("student B: distilling the watermarked API")
-        b_recipe = recipe_for("student-b", out, [api_teacher], args)
-        b = distill_student(b_recipe)
+        b_recipes = {}
+        for seed in seeds:
+            log(f"student B (seed {seed}): distilling the watermarked API")
+            b_recipes[seed] = recipe_for(run_name("b", seed), out, [api_teacher], args, seed=seed)
+            distill_student(b_recipes[seed])
     # 4. student C: the same way, from the zoo teachers directly
     zoo = [
         {"name": n, "zoo": True, "licence": "Apache-2.0"}
         for n in ("gemma-tiny", "gpt-oss-tiny", "qwen-tiny")
     ]
-    log("student C: distilling the zoo teachers")
-    c_recipe = recipe_for("student-c", out, zoo, args)
-    c = distill_student(c_recipe)
-    sizes = {"B": data_sizes(b_recipe), "C": data_sizes(c_recipe)}
-    # 5. the radioactivity check through their APIs
-    for name, student in (("B", b), ("C", c)):
-        log(f"suspect {name}: serving {student} and asking it")
-        r = suspect_check(student, served, database_url, student.parent, args.suspect_prompts)
-        keys_kept = (
-            "answers",
-            "scored_tokens",
-            "green",
-            "green_fraction",
-            "p_value",
-            "account",
-            "p_value_corrected",
-        )
-        ref = r["reference"]
-        results[f"student_{name}"] = {
-            "text_test": {k: r[k] for k in keys_kept},
-            "reference_test": ref,
-        } | sizes[name]
-        log(
-            f"suspect {name}: text test {r['scored_tokens']} scored tokens, green "
-            f"{r['green_fraction']:.2%}, best account {r['account']}, corrected p "
-            f"{r['p_value_corrected']:.3g}; reference test: follows {ref['followed']} of "
-            f"{ref['flipped']} changes of account {ref['account']} ({ref['rate']:.1%}, random "
-            f"keys {ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
-        )
+    c_recipes = {}
+    for seed in seeds:
+        log(f"student C (seed {seed}): distilling the zoo teachers")
+        c_recipes[seed] = recipe_for(run_name("c", seed), out, zoo, args, seed=seed)
+        distill_student(c_recipes[seed])
+    # 5. the radioactivity check through their APIs, every seed's B and C
+    per_seed = []
+    for seed in seeds:
+        entry: dict[str, Any] = {"seed": seed}
+        for name, recipe in (("B", b_recipes[seed]), ("C", c_recipes[seed])):
+            student = recipe.run_dir / "student"
+            log(f"suspect {name} (seed {seed}): serving {student} and asking it")
+            r = suspect_check(student, served, database_url, student.parent, args.suspect_prompts)
+            ref = r["reference"]
+            entry[f"student_{name}"] = {
+                "text_test": {k: r[k] for k in KEYS_KEPT},
+                "reference_test": ref,
+            } | data_sizes(recipe)
+            log(
+                f"suspect {name} (seed {seed}): text test {r['scored_tokens']} scored tokens, "
+                f"green {r['green_fraction']:.2%}, best account {r['account']}, corrected p "
+                f"{r['p_value_corrected']:.3g}; reference test: follows {ref['followed']} of "
+                f"{ref['flipped']} changes of account {ref['account']} ({ref['rate']:.1%}, "
+                f"random keys {ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
+            )
+        per_seed.append(entry)
+    results["seeds"] = per_seed
+    results["spread"] = {name: spread(per_seed, name) for name in ("B", "C")}
+    # the first seed's students where the single run put them (earlier readers of results.json)
+    results["student_B"], results["student_C"] = per_seed[0]["student_B"], per_seed[0]["student_C"]
     results["rival_account"] = keys["rival"]["id"]
     results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     q, d = results["quality"], results["detection"]
-    bb, cc = results["student_B"]["reference_test"], results["student_C"]["reference_test"]
     print()
     print(
         f"quality   held-out accuracy off {q['accuracy_off']:.2%}  on {q['accuracy_on']:.2%}  "
@@ -251,13 +271,56 @@ def main() -> int:
         f"detection {d['scored_tokens']} scored tokens  p = {d['p_value']:.3g}  account "
         f"{d['account']}   (target p < 1e-6)"
     )
-    print(
-        f"student B p = {bb['p_value_corrected']:.3g} (reference test; account {bb['account']}; "
-        f"rival is {results['rival_account']})   (target < 1e-3)"
-    )
-    print(f"student C p = {cc['p_value_corrected']:.3g} (reference test)   (target > 0.05)")
+    for entry in results["seeds"]:
+        bb = entry["student_B"]["reference_test"]
+        cc = entry["student_C"]["reference_test"]
+        print(
+            f"seed {entry['seed']}  student B p = {bb['p_value_corrected']:.3g} (reference test; "
+            f"account {bb['account']}; rival is {results['rival_account']}; target < 1e-3)  "
+            f"student C p = {cc['p_value_corrected']:.3g} (target > 0.05)"
+        )
+    for name, target in (("B", "< 1e-3"), ("C", "> 0.05")):
+        s = results["spread"][name]["reference_test"]
+        print(
+            f"student {name} over {len(seeds)} seed(s): reference-test corrected p min "
+            f"{s['min']:.3g}  median {s['median']:.3g}  max {s['max']:.3g}  (target {target}; "
+            f"{s['on_target']} of {len(seeds)} seeds on target)"
+        )
     print(f"{results['minutes']} min; {out / 'results.json'}")
     return 0
+
+
+KEYS_KEPT = (
+    "answers",
+    "scored_tokens",
+    "green",
+    "green_fraction",
+    "p_value",
+    "account",
+    "p_value_corrected",
+)
+
+
+def run_name(student: str, seed: int) -> str:
+    """Seed 1 keeps the single run's directory (its students are reused)."""
+    return f"student-{student}" if seed == 1 else f"student-{student}-seed{seed}"
+
+
+def spread(per_seed: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Min, median and max over the seeds of student ``name``'s corrected p-values (both
+    tests), and how many seeds meet the target (B: < 1e-3, C: > 0.05)."""
+    out: dict[str, Any] = {}
+    for test in ("reference_test", "text_test"):
+        values = sorted(float(e[f"student_{name}"][test]["p_value_corrected"]) for e in per_seed)
+        hit = sum(v < 1e-3 if name == "B" else v > 0.05 for v in values)
+        out[test] = {
+            "p_values": [float(e[f"student_{name}"][test]["p_value_corrected"]) for e in per_seed],
+            "min": values[0],
+            "median": statistics.median(values),
+            "max": values[-1],
+            "on_target": hit,
+        }
+    return out
 
 
 if __name__ == "__main__":

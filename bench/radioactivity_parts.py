@@ -194,14 +194,16 @@ def recipe_for(
     teachers: list[dict[str, Any]],
     args: argparse.Namespace,
     top_logprobs: int = 0,
+    seed: int = 1,
 ) -> Any:
-    """A tiny-world recipe: SFT-only distillation (endpoints give no log-probabilities)."""
+    """A tiny-world recipe: SFT-only distillation (endpoints give no log-probabilities);
+    ``seed`` is the recipe's (its prompts' draw, the student's initialisation and data order)."""
     from avocado_llm.config import recipe_from_dict
 
     families = ["arithmetic", "reverse", "facts", "counting", "sorting", "units"]
     data = {
         "name": name,
-        "seed": 1,
+        "seed": seed,
         "output_dir": str(out_dir),
         "world": {
             "families": families,
