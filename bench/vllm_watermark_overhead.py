@@ -1,0 +1,156 @@
+"""The watermark's cost inside vLLM: output tokens per second with and without it, at 1 and 32
+concurrent clients, in one run on one vLLM server.
+
+vLLM (``.venv-vllm``, ``make vllm``) serves the model with Avocado's logits processor
+(``avocado_watermark.vllm:WatermarkLogitsProcessor``) loaded; a request is watermarked when it
+carries the watermark's ``vllm_xargs`` (as the gateway sends them) and plain otherwise, so both
+kinds run on the same server, model and cache. The clients call vLLM directly (the gateway's own
+cost is ``bench/gateway_overhead.py``'s). Each client asks for ``--max-tokens`` tokens greedily
+with ``ignore_eos`` (every answer the same length), closed loop; the plain and watermarked
+rounds alternate (``--rounds`` of each, the order flipped every round) so that a drift in the
+machine's load falls on both. Reports output tokens/s per setting and the ratio
+watermarked / plain.
+
+    .venv/bin/python bench/vllm_watermark_overhead.py --model DIR [--url http://HOST:PORT/v1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from avocado_watermark.scheme import Watermark
+from avocado_watermark.xargs import to_xargs
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "served"
+TOPICS = ("the sea", "a city", "music", "a forest", "winter", "a journey", "the stars", "bread")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_vllm(
+    python: Path, model: Path, log: Path, max_seqs: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # fmt: skip
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(max_seqs),
+        "--enforce-eager",
+        "--logits-processors", "avocado_watermark.vllm:WatermarkLogitsProcessor",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"vLLM exited {proc.returncode}; see {log}")
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    raise SystemExit(f"vLLM did not start; see {log}")
+
+
+async def round_of(
+    url: str, clients: int, requests: int, max_tokens: int, marked: bool
+) -> tuple[int, float]:
+    """``clients`` closed-loop clients, ``requests`` each: (output tokens, seconds)."""
+    xargs = to_xargs(Watermark(key=123456789, delta=3.0))
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
+
+        async def client(i: int) -> int:
+            produced = 0
+            for j in range(requests):
+                topic = TOPICS[(i + j) % len(TOPICS)]
+                body: dict[str, Any] = {
+                    "model": MODEL, "temperature": 0, "max_tokens": max_tokens,
+                    "ignore_eos": True,
+                    "messages": [{"role": "user", "content": f"Tell a story about {topic}."}],
+                }  # fmt: skip
+                if marked:
+                    body["vllm_xargs"] = xargs
+                r = await http.post("/chat/completions", json=body)
+                r.raise_for_status()
+                produced += int(r.json()["usage"]["completion_tokens"])
+            return produced
+
+        t0 = time.perf_counter()
+        tokens = sum(await asyncio.gather(*[client(i) for i in range(clients)]))
+        return tokens, time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model directory vLLM serves")
+    parser.add_argument("--url", help="a running vLLM (with the processor) instead; its model "
+                        f"must be served as {MODEL!r}")  # fmt: skip
+    parser.add_argument("--vllm-python", type=Path, default=ROOT / ".venv-vllm/bin/python")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--requests", type=int, default=2, help="requests per client per round")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each kind [2]")
+    parser.add_argument("--log", type=Path, default=Path("/tmp/vllm_watermark_overhead.log"))
+    args = parser.parse_args()
+    proc = None
+    if args.url is None:
+        if args.model is None:
+            parser.error("give --model DIR (or --url of a running vLLM)")
+        proc, url = start_vllm(args.vllm_python, args.model, args.log, max(args.clients))
+    else:
+        url = args.url.rstrip("/")
+    try:
+        asyncio.run(round_of(url, 1, 1, 8, True))  # warm-up: the processor's first call
+        results = []
+        for clients in args.clients:
+            totals = {False: [0, 0.0], True: [0, 0.0]}
+            for r in range(args.rounds):
+                for marked in (False, True) if r % 2 == 0 else (True, False):
+                    tokens, seconds = asyncio.run(
+                        round_of(url, clients, args.requests, args.max_tokens, marked)
+                    )
+                    totals[marked][0] += tokens
+                    totals[marked][1] += seconds
+            plain = totals[False][0] / totals[False][1]
+            marked_rate = totals[True][0] / totals[True][1]
+            row = {"clients": clients, "plain_tokens_per_s": round(plain, 1),
+                   "watermarked_tokens_per_s": round(marked_rate, 1),
+                   "ratio": round(marked_rate / plain, 3)}  # fmt: skip
+            results.append(row)
+            print(
+                f"{clients:3d} client(s): plain {plain:7.1f} tok/s  watermarked "
+                f"{marked_rate:7.1f} tok/s  ratio {marked_rate / plain:.3f}",
+                flush=True,
+            )
+        print(json.dumps(results))
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
