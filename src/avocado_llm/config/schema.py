@@ -127,7 +127,13 @@ class TeacherConfig:
         if self.kind == "local" and self.path is None and not self.zoo:
             fix = "set path to a model directory or .gguf file, or set zoo: true"
             problems.append(("path", "a local teacher needs path", fix))
-        elif self.kind == "local" and self.path and not self.zoo and not self.path.exists():
+        elif (
+            self.kind == "local"
+            and self.path
+            and not self.zoo
+            and self.engine != "vllm"  # checked when its server starts: an import makes it
+            and not self.path.exists()
+        ):
             fix = "fix the path (relative paths start at the recipe's directory), or set zoo: true"
             problems.append(("path", f"no such file or directory: {self.path}", fix))
         if self.chat_template is not None and not self.chat_template.is_file():
