@@ -5,6 +5,7 @@ prompt is billed as prompt tokens, and the hold covers the worst case."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,68 @@ def test_echo_through_the_gateway_is_forwarded_checked_and_metered(
     _, plain = gateway.new_key()
     refused = _post(gateway, plain, body)
     assert refused.status_code == 400 and "echo" in refused.json()["error"]["message"]
+
+
+# --- in front of a vLLM-like upstream (the fake: it echoes as vLLM does, and lies on demand) ---
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
+from fake_upstream import lie, prompt_tokens  # noqa: E402
+from fake_upstream import make_app as fake_upstream_app  # noqa: E402
+
+FAKE = "fake"
+
+
+@pytest.fixture
+def fake_gateway(tmp_path: Path) -> Iterator[World]:
+    """A gateway (no tokenizer) in front of the fake upstream; its key's plan has logprobs."""
+    url = f"sqlite:///{tmp_path / 'fake-gateway.db'}"
+    billing = Billing(url, SECRET)
+    billing.migrate()
+    billing.set_price(FAKE, PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
+    billing.create_account("acme", MICRO)
+    key_id, key = billing.create_key("acme", plan=LOGPROBS_PLAN)
+    with run_server(fake_upstream_app(0.0)) as upstream:
+        settings = ServeSettings(upstream_url=upstream, model_name=FAKE, database_url=url,
+                                 secret=SECRET)  # fmt: skip
+        with run_server(create_app(settings, billing=billing)) as base_url:
+            yield World(base_url, billing, FAKE, key, key_id)
+    billing.close()
+
+
+def test_echo_through_a_vllm_like_upstream_bills_its_usage(fake_gateway: World) -> None:
+    gateway, text = fake_gateway, "Say something nice."
+    client = gateway.client()
+    only = client.completions.create(model=FAKE, prompt=text, echo=True, max_tokens=0, logprobs=1)
+    assert only.choices[0].text == text and only.choices[0].finish_reason == "length"
+    assert only.choices[0].logprobs.token_logprobs == [None]
+    assert (only.usage.prompt_tokens, only.usage.completion_tokens) == (prompt_tokens(text), 0)
+    both = client.completions.create(model=FAKE, prompt=[text, "Hi"], echo=True, max_tokens=2,
+                                      n=2, logprobs=1)  # fmt: skip
+    assert [c.text.split(" w")[0] for c in both.choices] == [text, text, "Hi", "Hi"]
+    assert both.usage.completion_tokens == 2 * 2 * 2
+    charged = sum(u["charge"] for u in gateway.billing.usage("acme"))
+    assert charged == charge(prompt_tokens(text), 0) + charge(
+        both.usage.prompt_tokens, both.usage.completion_tokens
+    )
+
+
+def test_a_lying_upstream_gains_nothing_from_echo(fake_gateway: World) -> None:
+    gateway = fake_gateway
+    before = gateway.balance()
+    asked = lie("Say something nice.", 'usage={"prompt_tokens": 3, "completion_tokens": 40}')
+    answer = _post(gateway, gateway.key, {"prompt": asked, "echo": True, "max_tokens": 2})
+    assert answer.status_code == 502 and asked not in answer.text
+    gateway.wait_settled()
+    # at most what was held: the gateway's own prompt count and max_tokens, never the lie's 40
+    held_worst = charge(len(asked.encode()) + 16, 2)
+    assert 0 <= before - gateway.balance() <= held_worst
+    zero = _post(
+        gateway,
+        gateway.key,
+        {
+            "prompt": lie("Hi", 'usage={"prompt_tokens": 3, "completion_tokens": 2}'),
+            "echo": True,
+            "max_tokens": 0,
+        },
+    )
+    assert zero.status_code == 502  # 2 completion tokens for max_tokens 0 (one is vLLM's own)
