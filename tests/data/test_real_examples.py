@@ -58,3 +58,29 @@ def test_some_spot_checks() -> None:
     assert index["What is seven plus eight?"] == "15"
     assert index["How many minutes are in 4 hours?"] == "240"
     assert index["How many letters are in the word 'banana'?"] == "6"
+
+
+def test_the_recipe_holds_out_200_prompts_per_source() -> None:
+    from avocado_llm.config import load_recipe
+    from avocado_llm.data.prompts import check_sources
+    from avocado_llm.data.real_examples import HELDOUT
+
+    recipe = load_recipe(ROOT / "recipes" / "real-small.yaml")
+    sources = {s.name: s for s in recipe.data.sources}
+    assert set(sources) == set(VERIFIERS)
+    for name, source in sources.items():
+        assert source.verifier == VERIFIERS[name]
+        assert source.heldout_fraction == HELDOUT[name]
+    for name, report in check_sources(recipe.data.sources).items():
+        assert report.heldout >= 200, (name, report.heldout)
+        assert report.skipped == 0 and report.duplicates == 0
+    assert recipe.eval.heldout_per_source is not None and recipe.eval.heldout_per_source >= 200
+    # The few-shot examples of the base teacher are in none of the sources.
+    (gemma,) = [t for t in recipe.teachers if t.prompt_template is not None]
+    asked = {r["prompt"] for n in VERIFIERS for r in rows(REAL / f"{n}.jsonl")}
+    shots = [line.removeprefix("Question: ") for line in gemma.prompt_template.prefix.splitlines()]
+    assert shots and not asked & set(shots)
+    # The student: SmolLM2 pruned to half its parameters, trained with KD and without.
+    assert recipe.student.init_from_teacher == "smollm2-135m"
+    assert recipe.student.prune.max_params == 134_515_008 // 2
+    assert set(recipe.eval.baselines) >= {"sft", "single:smollm2-135m"}
