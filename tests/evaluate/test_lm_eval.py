@@ -181,3 +181,42 @@ def test_written_tasks_are_lm_eval_yaml_over_local_jsonl(tmp_path: Path) -> None
     assert gen.OUTPUT_TYPE == "generate_until"
     assert gen.process_results(doc, [f"The answer is {doc['answer']}."]) == {"acc": 1.0}
     assert gen.process_results(doc, ["The answer is 100000."]) == {"acc": 0.0}
+
+
+def test_own_data_sources_become_tasks_scored_by_their_verifier(tmp_path: Path) -> None:
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from avocado_llm.config import load_recipe
+    from avocado_llm.evaluate.lm_eval_run import recipe_rows
+
+    sums, chats = tmp_path / "sums.jsonl", tmp_path / "open.jsonl"
+    sums.write_text(
+        "".join(
+            json.dumps({"question": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)}) + "\n"
+            for a in range(24)
+        )
+    )
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Topic {i}?"}]})
+                             + "\n" for i in range(24)))  # fmt: skip
+    numbers = {"name": "sums", "path": str(sums), "prompt": "question", "reference": "answer",
+               "verifier": "number", "heldout_fraction": 0.5}  # fmt: skip
+    chatty = {"name": "chats", "path": str(chats), "messages": "messages", "heldout_fraction": 0.5}
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(json.dumps({
+        "name": "own", "output_dir": str(tmp_path / "runs"), "world": {"families": ["counting"]},
+        "data": {"sources": [numbers, chatty]}, "teachers": [{"name": "qwen-tiny", "zoo": True}],
+    }))  # fmt: skip
+    groups = recipe_rows(load_recipe(recipe_file), 4)
+    assert set(groups) == {"counting", "sums"}  # the open source has no verifier: judged only
+    assert len(groups["sums"]) == 4 and groups["sums"][0].verifier == "number"
+    written = write_tasks(tmp_path / "tasks", groups)
+    assert written.expand(["avocado"]) == ["avocado_counting", "avocado_sums"]
+    manager = TaskManager(include_path=str(written.directory), include_defaults=False)
+    loaded = get_task_dict(["avocado_sums", "avocado_sums_mc"], manager)
+    gen, mc = loaded["avocado_sums"], loaded["avocado_sums_mc"]
+    doc = next(iter(gen.test_docs()))
+    assert gen.process_results(doc, [f"It is {doc['answer']}.0"]) == {"acc": 1.0}  # number check
+    assert gen.process_results(doc, ["It is 1000."]) == {"acc": 0.0}
+    mc_doc = next(iter(mc.test_docs()))
+    choices = mc.doc_to_choice(mc_doc)
+    assert [choices[i] for i in mc.doc_to_target(mc_doc)] == [mc_doc["answer"]]  # bare answers
