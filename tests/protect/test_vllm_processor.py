@@ -17,11 +17,11 @@ from avocado_watermark import xargs
 from avocado_watermark.batch import BatchWatermarks
 from avocado_watermark.marking import TensorMarks
 from avocado_watermark.scheme import START
+from test_kernel import hesitant_logits
 
 from avocado_llm.protect import kernel
 from avocado_llm.protect.marking import WatermarkState
 from avocado_llm.protect.scheme import Watermark, WatermarkParams, account_key
-from protect.test_kernel import hesitant_logits
 
 
 class Move(Enum):  # vLLM's MoveDirectionality
