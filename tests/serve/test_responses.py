@@ -128,6 +128,22 @@ def test_a_streamed_response_is_the_responses_event_sequence(world: World) -> No
     assert len(world.billing.usage(world.account)) == 3
 
 
+def test_a_client_leaving_a_stream_pays_once_for_what_was_produced(world: World) -> None:
+    before = world.balance()
+    stream = world.client().responses.create(
+        model=world.model, input=QUESTION, max_output_tokens=40, stream=True
+    )
+    with stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break  # hang up after the first text
+    world.wait_settled()
+    [event] = world.billing.usage(world.account)
+    assert event["request_id"].startswith("resp_") and event["completion_tokens"] >= 1
+    assert before - world.balance() == event["charge"]
+    assert event["charge"] == charge(event["prompt_tokens"], event["completion_tokens"])
+
+
 def test_max_output_tokens_reached_is_an_incomplete_response(world: World) -> None:
     client = world.client()
     response = client.responses.create(model=world.model, input=QUESTION, max_output_tokens=2)
