@@ -172,7 +172,10 @@ def _harvest(args: argparse.Namespace) -> int:
         return _harvest_status(out)
 
     def run_harvest() -> int:
-        summary = asyncio.run(harvest(recipe, args.out, limit=args.limit, device=args.device))
+        from avocado_llm.teachers.vllm_server import vllm_teachers
+
+        with vllm_teachers(recipe, note=_console().print):  # engine: vllm teachers' servers
+            summary = asyncio.run(harvest(recipe, args.out, limit=args.limit, device=args.device))
         table = Table(title=f"Harvest {recipe.name!r} → {out}")
         for col in ("teacher", "records", "already done", "new", "failed", "tokens", "tok/s"):
             table.add_column(col, justify="left" if col == "teacher" else "right")
@@ -332,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     from avocado_llm.run import add_run_command
 
     add_run_command(commands)
+
+    from avocado_llm.models.command import add_models_command
+
+    add_models_command(commands)
+
+    from avocado_llm.teachers.command import add_teachers_command
+
+    add_teachers_command(commands)
 
     from avocado_llm.billing.command import add_admin_command
 

@@ -117,7 +117,10 @@ def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     ensure_zoo(recipe)
     _stage("2/5 harvest")
     if recipe.harvest.from_run is None:
-        summary = asyncio.run(harvest(recipe, device=device))
+        from avocado_llm.teachers.vllm_server import vllm_teachers
+
+        with vllm_teachers(recipe, note=console.print):  # engine: vllm teachers, harvest only
+            summary = asyncio.run(harvest(recipe, device=device))
         if not summary.ok:
             raise RuntimeError("the harvest has failed records; rerun to retry them")
     elif not (recipe.harvest_dir / "manifest.json").exists():

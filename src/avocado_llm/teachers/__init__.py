@@ -1,5 +1,6 @@
-"""Teachers: local checkpoints (``hf``) and OpenAI-compatible endpoints (``openai_compat``),
-behind one protocol (``base``). :func:`load_teacher` builds one from a recipe entry."""
+"""Teachers: local checkpoints (``hf``), OpenAI-compatible endpoints (``openai_compat``) and
+local checkpoints served by vLLM (``vllm_server``), behind one protocol (``base``).
+:func:`load_teacher` builds one from a recipe entry."""
 
 from __future__ import annotations
 
@@ -44,7 +45,12 @@ def teacher_path(cfg: TeacherConfig, recipe: Recipe) -> Path:
 
 
 def load_teacher(cfg: TeacherConfig, recipe: Recipe, device: str = "auto") -> Teacher:
-    """The teacher a recipe entry describes (local weights are loaded now)."""
+    """The teacher a recipe entry describes (local weights are loaded now; an ``engine: vllm``
+    teacher is its running server's endpoint: :mod:`~avocado_llm.teachers.vllm_server`)."""
+    if cfg.kind == "local" and cfg.engine == "vllm":
+        from avocado_llm.teachers.vllm_server import served_teacher
+
+        return served_teacher(cfg, recipe)
     if cfg.kind == "openai":
         from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 
@@ -59,6 +65,7 @@ def load_teacher(cfg: TeacherConfig, recipe: Recipe, device: str = "auto") -> Te
             keep_reasoning=cfg.keep_reasoning,
             max_retries=recipe.harvest.max_retries,
             timeout_s=recipe.harvest.request_timeout_s,
+            prompt_template=cfg.prompt_template,
         )
     from avocado_llm.teachers.hf import LocalTeacher
 
@@ -70,4 +77,5 @@ def load_teacher(cfg: TeacherConfig, recipe: Recipe, device: str = "auto") -> Te
         chat_template=cfg.chat_template,
         device=device,
         batch_size=recipe.harvest.batch_size,
+        prompt_template=cfg.prompt_template,
     )

@@ -194,3 +194,56 @@ def _share(total: int, sizes: list[int]) -> list[int]:
     gets its logprob count, and the rest (end-of-turn tokens; all without logprobs) evenly."""
     base, rest = divmod(max(total - sum(sizes), 0), len(sizes) or 1)
     return [size + base + (i < rest) for i, size in enumerate(sizes)]
+
+
+def chat_shape(data: Any) -> Any:
+    """A ``/v1/completions`` answer (a base model's, :mod:`~avocado_llm.teachers.prompting`) in
+    the shape of a ``/chat/completions`` one, for :func:`parse_completions` to check: each
+    choice's ``text`` becomes its message (stripped, as the in-process teacher strips), and its
+    ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs`` as token → log-probability)
+    become positions. Positions that begin past the text — the stop string's or the
+    end-of-text token — are dropped, as the chat answer leaves out its end-of-turn marker. A
+    shape that is not a completions answer is passed on for the checks to refuse."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        return data
+    choices = []
+    for i, choice in enumerate(data["choices"]):
+        if not isinstance(choice, dict) or "message" in choice:
+            choices.append(choice)
+            continue
+        text = _text(choice.get("text"), f"choices[{i}].text")
+        shaped = {k: v for k, v in choice.items() if k not in ("text", "logprobs")}
+        shaped["message"] = {"role": "assistant", "content": text.strip()}
+        if choice.get("logprobs") is not None:
+            where = f"choices[{i}].logprobs"
+            shaped["logprobs"] = {"content": _text_positions(choice["logprobs"], text, where)}
+        choices.append(shaped)
+    return {**data, "choices": choices}
+
+
+def _text_positions(block: Any, text: str, where: str) -> list[dict[str, Any]]:
+    block = _object(block, where)
+    tokens, values = block.get("tokens"), block.get("token_logprobs")
+    tops = block.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+        raise Malformed(f"{where}: tokens and token_logprobs are not lists of one length")
+    if tops is None:
+        tops = [None] * len(tokens)
+    if not isinstance(tops, list) or len(tops) != len(tokens):
+        raise Malformed(f"{where}.top_logprobs is not a list as long as tokens")
+    positions, start = [], 0
+    for p, (token, value, top) in enumerate(zip(tokens, values, tops, strict=True)):
+        token = _token(token, f"{where}.tokens[{p}]")
+        if start >= len(text.rstrip()):
+            break
+        start += len(token)
+        alternatives = sorted(
+            _object(top, f"{where}.top_logprobs[{p}]").items(),
+            key=lambda kv: -kv[1] if isinstance(kv[1], int | float) else 0,
+        )
+        positions.append({
+            "token": token,
+            "logprob": value,
+            "top_logprobs": [{"token": t, "logprob": v} for t, v in alternatives],
+        })  # fmt: skip
+    return positions

@@ -27,6 +27,7 @@ from avocado_llm.teachers.base import (
     TeacherInfo,
     TokenLogprobs,
 )
+from avocado_llm.teachers.prompting import PromptTemplate, jinja_template, stop_cut
 from avocado_llm.world.tokenizers import tokenizer_type
 
 __all__ = [  # the models/ names stay importable from here for older callers
@@ -53,11 +54,15 @@ class LocalTeacher:
         chat_template: str | Path | None = None,
         device: str = "auto",
         batch_size: int = 32,
+        prompt_template: PromptTemplate | None = None,
     ) -> None:
         path = Path(path)
         if not path.exists():
             raise TeacherError(name, f"no model at {path}; check the recipe's teachers[].path")
         template = Path(chat_template).read_text() if chat_template is not None else None
+        self.prompt_template = prompt_template
+        if prompt_template is not None:  # a base model: its prompt template is its chat template
+            template = jinja_template(prompt_template)
         try:
             loaded = load_model(path, gguf_file=gguf_file, chat_template=template, device=device)
         except MissingChatTemplate:
@@ -70,6 +75,9 @@ class LocalTeacher:
         self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
         self.model = loaded.model
         self.eos_ids = loaded.stop_ids
+        if prompt_template is not None and prompt_template.add_bos:
+            template = jinja_template(prompt_template, _added_bos(self.tokenizer))
+            self.tokenizer.chat_template = template
         self.batch_size = batch_size
         weights = path / gguf_file if gguf_file else path
         self.info = TeacherInfo(
@@ -145,15 +153,33 @@ class LocalTeacher:
                 generation.token_ids, generation.logprobs, top_ids, top_values, strict=True
             )
         ]
+        token_ids, stopped = generation.token_ids, generation.stopped
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        if self.prompt_template is not None:  # cut at its stop strings, as vLLM cuts
+            decode = self.tokenizer.decode
+            texts = [
+                decode(token_ids[: i + 1], skip_special_tokens=True) for i in range(len(token_ids))
+            ]
+            text, keep = stop_cut(texts, self.prompt_template)
+            if keep is not None:
+                token_ids, logprobs, stopped = token_ids[:keep], logprobs[:keep], True
         return Completion(
-            text=self.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip(),
-            finish_reason="stop" if generation.stopped else "length",
-            token_ids=generation.token_ids,
+            text=text.strip(),
+            finish_reason="stop" if stopped else "length",
+            token_ids=token_ids,
             logprobs=logprobs,
             prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
+            completion_tokens=len(token_ids) + stopped,
             latency_s=latency,
         )
+
+
+def _added_bos(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The BOS token's text when the tokenizer puts it before plain text (as vLLM's
+    ``/completions`` then does), else ``""``."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a")["input_ids"]
+    return str(tokenizer.bos_token) if bos is not None and ids[:1] == [bos] else ""
 
 
 def _tokenizer_kind(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from avocado_llm.teachers.answers import Malformed, parse_completions
+from avocado_llm.config.teacher_options import PromptTemplate
+from avocado_llm.teachers.answers import Malformed, chat_shape, parse_completions
 from avocado_llm.teachers.base import (
     BadAnswer,
     Completion,
@@ -125,6 +126,7 @@ class OpenAICompatTeacher:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20.0,
         max_response_bytes: int | None = None,
+        prompt_template: PromptTemplate | None = None,
     ) -> None:
         # Read once, now: a harvest should fail before its first request, not mid-run.
         for secret in url_secrets(base_url):
@@ -142,6 +144,9 @@ class OpenAICompatTeacher:
         self.max_retries = max_retries
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.max_response_bytes = max_response_bytes
+        self.prompt_template = prompt_template
+        """A base model's: the conversation goes to /completions as plain text, with stops."""
+        self.path = "completions" if prompt_template is not None else "chat/completions"
         revision = f"{self.public_url}#{model}"
         self.info = TeacherInfo(name, model, revision, licence, tokenizer="remote")
         self._client: httpx.AsyncClient | None = None
@@ -217,16 +222,30 @@ class OpenAICompatTeacher:
             k = min(params.top_logprobs, MAX_TOP_LOGPROBS) if self.supports_logprobs else 0
             if k > 0:
                 body.update(logprobs=True, top_logprobs=k)
+            if self.prompt_template is not None:
+                body = self._completions_body(body, messages, k)
             async with self._semaphore:  # held through backoff: a struggling server gets less
                 got = await self._request(client, body, params)
             completions.extend(got)
         return completions[: params.n]
 
+    def _completions_body(self, chat: dict[str, Any], messages: Messages, k: int) -> dict[str, Any]:
+        """The chat request as a ``/completions`` one: the prompt template's text and stops;
+        ``logprobs`` is the number of alternatives there."""
+        template = self.prompt_template
+        assert template is not None
+        body = {key: v for key, v in chat.items() if key not in ("messages", "top_logprobs")}
+        body.update(prompt=template.render(messages), stop=list(template.stop))
+        body["logprobs"] = k if k > 0 else None
+        if not template.add_bos:  # vLLM's own field; the default adds the tokenizer's BOS
+            body["add_special_tokens"] = False
+        return {key: v for key, v in body.items() if v is not None}
+
     async def _request(
         self, client: httpx.AsyncClient, body: dict[str, Any], params: SamplingParams
     ) -> list[Completion]:
-        url = _endpoint(self.base_url, "chat/completions")
-        k = int(body.get("top_logprobs", 0))
+        url = _endpoint(self.base_url, self.path)
+        k = int(body.get("top_logprobs", 0) or body.get("logprobs") or 0)
         cap = self.max_response_bytes or response_cap(params, int(body["n"]), k)
         cause: _Transient | None = None
         for attempt in range(self.max_retries + 1):
@@ -240,6 +259,8 @@ class OpenAICompatTeacher:
                 continue
             try:
                 latency = time.perf_counter() - t0
+                if self.prompt_template is not None:
+                    data = chat_shape(data)
                 return parse_completions(data, latency, k, params, self.keep_reasoning)
             except Malformed as exc:
                 raise BadAnswer(self.name, f"malformed answer: {exc}") from None
@@ -261,7 +282,7 @@ class OpenAICompatTeacher:
     ) -> Any:
         """The answer's JSON, its body streamed under the byte cap, the whole request under one
         deadline."""
-        where = f"{self.public_url}/chat/completions"
+        where = f"{self.public_url}/{self.path}"
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with client.stream("POST", url, json=body) as response:
