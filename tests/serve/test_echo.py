@@ -6,6 +6,8 @@ prompt is billed as prompt tokens, and the hold covers the worst case."""
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,3 +326,36 @@ def test_a_lying_upstream_gains_nothing_from_echo(fake_gateway: World) -> None:
         },
     )
     assert zero.status_code == 502  # 2 completion tokens for max_tokens 0 (one is vLLM's own)
+
+
+def test_an_echo_the_client_got_is_billed_even_if_it_leaves_before_any_token(
+    world: World, engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompt's log-probabilities are what lm-eval pays for: a client that reads the echo
+    and hangs up before the first generated token (a slow first step, held here until it has
+    left) still pays the prompt (and the one step that ran), never nothing."""
+    from avocado_llm.serve import local_engine
+
+    real, left = local_engine.decode, threading.Event()
+
+    def slow(*args: Any) -> None:
+        left.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(local_engine, "decode", slow)
+    _, key = world.new_key(plan=LOGPROBS_PLAN)
+    ids = engine.tokenizer(PROMPT)["input_ids"]
+    before = world.balance()
+    stream = world.client(key).completions.create(
+        model=world.model, prompt=PROMPT, echo=True, max_tokens=8, logprobs=1, stream=True
+    )
+    first = next(iter(stream))
+    assert first.choices[0].text == PROMPT  # the echo, with the prompt's log-probabilities
+    stream.close()
+    time.sleep(0.5)  # the server sees the hang-up
+    left.set()
+    world.wait_settled()
+    [event] = world.billing.usage(world.account)
+    assert event["status"] == "cancelled" and event["prompt_tokens"] == len(ids)
+    assert event["completion_tokens"] <= 1
+    assert before - world.balance() == charge(len(ids), event["completion_tokens"])
