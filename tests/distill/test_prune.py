@@ -240,3 +240,14 @@ def test_build_student_without_examples_refuses_block_influence(
         build_student(recipe.student, origin=student_origin(recipe))
     model, _ = build_student(recipe.student, origin=student_origin(recipe), examples=EXAMPLES)
     assert len(model.model.layers) == 2
+
+
+def test_a_vllm_served_teacher_is_aligned_as_text(tmp_path: Path, llama_dir: Path) -> None:
+    """vLLM sends each token decoded on its own (" Zürich"), not the vocabulary's pieces
+    ("ĠZ", "Ã¼"): an engine: vllm teacher's tokens are text, whatever its tokenizer.json."""
+    from avocado_llm.distill.pipeline import teacher_kinds
+
+    data = recipe_dict(tmp_path, llama_dir)
+    data["teachers"].append({**data["teachers"][0], "name": "served", "engine": "vllm"})
+    kinds = teacher_kinds(recipe_from_dict(data, base_dir=tmp_path))
+    assert kinds == {"smol-tiny": "byte_level", "served": "text"}

@@ -73,10 +73,11 @@ def default_paths(
 
 
 def teacher_kinds(recipe: Recipe) -> dict[str, str]:
-    """How each teacher's token strings spell bytes (for alignment)."""
+    """How each teacher's token strings spell bytes (for alignment): an endpoint's, vLLM's
+    included, are decoded text; an in-process teacher's are its vocabulary's pieces."""
     kinds = {}
     for t in recipe.teachers:
-        if t.kind == "openai":
+        if t.kind == "openai" or t.engine == "vllm":
             kinds[t.name] = "text"
             continue
         tok_file = teacher_path(t, recipe) / "tokenizer.json"
