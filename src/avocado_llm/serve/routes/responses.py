@@ -1,10 +1,11 @@
 """``POST /v1/responses`` (OpenAI's Responses API), run as a chat completion.
 
-The request is translated into the chat request it is (:mod:`avocado_llm.serve.responses_format`:
+The request is translated into the chat request it is (:mod:`avocado_llm.serve.responses_request`:
 messages, function tools, calls and their outputs, ``text.format`` as ``response_format``) and
 goes the chat path: the same model, plan and feature checks (``serve/tools.py``), admission
 (rate limit, size, credit), prompt, hold, idempotency, metering and watermark, on whichever
-engine serves (in process or upstream). Only the shapes differ.
+engine serves (in process or upstream). Only the shapes differ: the answer and the stream are
+:mod:`avocado_llm.serve.responses_format`'s.
 
 Responses are not stored: ``store: true`` and ``previous_response_id`` are refused with a 400
 that says so, and ``GET``/``DELETE /v1/responses/{response_id}`` answer 404.
@@ -25,7 +26,8 @@ from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.errors import STREAM, APIError, bad_request
 from avocado_llm.serve.metering import respond
-from avocado_llm.serve.responses_format import Echo, ResponsesFormatter, to_chat
+from avocado_llm.serve.responses_format import ResponsesFormatter
+from avocado_llm.serve.responses_request import Echo, to_chat
 from avocado_llm.serve.serving import Call, body_hash, check_model, check_plan, resolve_max_tokens
 
 router = APIRouter()
