@@ -114,7 +114,7 @@ def test_recipe_checks_the_engine_and_the_prompt_template(tmp_path: Path, zoo_di
         {"name": "quantized", "path": str(gguf), "engine": "vllm"},
         {"name": "base", "path": str(zoo_dir / "gemma-tiny"), "chat_template": str(gguf),
          "prompt_template": {"user": "no placeholder", "stop": [""]},
-         "vllm": {"extra_args": ["--port=1"], "dtype": "int3"}},
+         "vllm": {"extra_args": ["--port=1"], "dtype": "int3", "cuda_devices": "gpu1"}},
     ]  # fmt: skip
     with pytest.raises(RecipeError) as caught:
         recipe_from_dict(data, base_dir=tmp_path)
@@ -127,6 +127,7 @@ def test_recipe_checks_the_engine_and_the_prompt_template(tmp_path: Path, zoo_di
         "teachers[3].prompt_template.stop": "needs non-empty stop strings",
         "teachers[3].vllm.extra_args[0]": "'--port=1' is set by Avocado",
         "teachers[3].vllm.dtype": "unknown dtype 'int3'",
+        "teachers[3].vllm.cuda_devices": "bad GPU list 'gpu1'",
     }
     recipe = _recipe(tmp_path, zoo_dir)  # the good one loads
     assert recipe.teachers[0].engine == "vllm" and recipe.teachers[0].vllm.kv_cache_gb == 2.0
@@ -209,6 +210,10 @@ def test_command_line_and_environment(tmp_path: Path, zoo_dir: Path, stand_in: P
     assert pairs["--generation-config"] == "vllm" and pairs["--dtype"] == "bfloat16"
     assert command[-1] == "--enforce-eager"
     assert spec.environment({})["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
+    assert "CUDA_VISIBLE_DEVICES" not in spec.environment({})
+    recipe = _recipe(tmp_path, zoo_dir, vllm={"cuda_devices": "2,3", "tensor_parallel_size": 2})
+    gpu = spec_for(recipe.teachers[0], recipe, port=8123)
+    assert gpu.environment({})["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert spec.base_url == "http://127.0.0.1:8123/v1"
 
 

@@ -1,6 +1,7 @@
 """A teacher's engine options (``teachers[].vllm``) and the prompt template of a base model
 (``teachers[].prompt_template``): parts of the recipe's teacher entry."""
 
+import re
 from dataclasses import dataclass, field
 
 from avocado_llm.config.fields import Check, check_range
@@ -24,6 +25,9 @@ class VllmConfig:
     """GPU only: the share of the GPU's memory this server may take."""
     tensor_parallel_size: int = 1
     """GPU only: GPUs one server spreads the model over."""
+    cuda_devices: str | None = None
+    """GPU only: the GPUs this server sees (its CUDA_VISIBLE_DEVICES), e.g. "1", or "2,3" with
+    tensor_parallel_size 2; null: those Avocado itself sees."""
     start_timeout_s: float = 900.0
     """Seconds to wait for the server's /health before giving up (loading and compiling on a
     CPU takes minutes)."""
@@ -38,6 +42,11 @@ class VllmConfig:
             *check_range(self, "tensor_parallel_size", 1),
             *check_range(self, "start_timeout_s", 0, low_open=True),
         ]
+        if self.cuda_devices is not None and not re.fullmatch(
+            r"[0-9]+(,[0-9]+)*", self.cuda_devices
+        ):
+            fix = 'list GPU indices, e.g. "0" or "2,3"'
+            problems.append(("cuda_devices", f"bad GPU list {self.cuda_devices!r}", fix))
         if self.dtype not in ("auto", "bfloat16", "float16", "float32", "half", "float"):
             fix = "use bfloat16, float16, float32 or auto"
             problems.append(("dtype", f"unknown dtype {self.dtype!r}", fix))

@@ -132,6 +132,21 @@ def _package_source(dist: metadata.Distribution) -> Source:
     )
 
 
+def gguf_metadata(path: Path) -> dict[str, str]:
+    """The GGUF's ``general.*`` strings (name, licence, ...), without the prefix."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(path)).fields
+    except Exception:  # an unreadable header: transformers' load reports it properly
+        return {}
+    found = {}
+    for key, field_ in fields.items():
+        if key.startswith("general.") and isinstance(value := field_.contents(), str):
+            found[key.removeprefix("general.")] = value
+    return found
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -168,6 +183,9 @@ def import_model(
     with tempfile.TemporaryDirectory(prefix="avocado-import-") as tmp:
         t0 = time.perf_counter()
         source = find_gguf(src, Path(tmp))
+        general = gguf_metadata(source.gguf)
+        if general.get("license"):  # the weights' own word first, then the package's
+            source.licence = general["license"]
         kwargs = {"gguf_file": source.gguf.name}
         folder = source.gguf.parent
         try:
@@ -220,6 +238,7 @@ def import_model(
                 "package": source.package,
                 "version": source.version,
                 "homepage": source.homepage,
+                "name": general.get("name"),
                 "path": None if source.package else str(source.gguf),
             },
             architecture=type(reference).__name__,

@@ -125,6 +125,8 @@ class ServerSpec:
         env.update(
             PYTHONUNBUFFERED="1", VLLM_CPU_KVCACHE_SPACE=f"{self.teacher.vllm.kv_cache_gb:g}"
         )
+        if self.teacher.vllm.cuda_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.teacher.vllm.cuda_devices
         return env
 
 
