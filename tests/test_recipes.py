@@ -24,23 +24,20 @@ def test_recipe_loads_without_problems(path: Path) -> None:
     assert first.startswith("# Run:"), "a recipe's first line says how to run it"
 
 
-def test_real_teachers_are_three_vllm_endpoints() -> None:
+def test_real_teachers_are_three_vllm_servers() -> None:
     recipe = load_recipe(RECIPES_DIR / "real-teachers.yaml")
     teachers = {t.name: t for t in recipe.teachers}
     assert len(teachers) == 3
     for teacher in teachers.values():
-        assert teacher.kind == "openai"
-        assert teacher.base_url is not None
-        assert teacher.base_url.startswith("http://127.0.0.1:")
-        assert teacher.model
-        assert teacher.api_key_env
+        assert teacher.kind == "local" and teacher.engine == "vllm"  # Avocado starts them
+        assert teacher.path is not None and teacher.path.parent.name == "models"
         assert not teacher.keep_reasoning
-    assert len({t.base_url for t in teachers.values()}) == 3
-    models = {t.model: t.licence for t in teachers.values()}
-    assert models == {
-        "google/gemma-3-1b-it": "gemma",
-        "openai/gpt-oss-20b": "apache-2.0",
-        "Qwen/Qwen3-1.7B": "apache-2.0",
+    assert sum(t.vllm.gpu_memory_utilization for t in teachers.values()) <= 0.8  # one GPU
+    assert {t.name: t.licence for t in teachers.values()} == {
+        "gemma-3-1b-it": "gemma",
+        "gpt-oss-20b": "apache-2.0",
+        "qwen3-1.7b": "apache-2.0",
     }
+    assert [s.name for s in recipe.data.sources] == ["knowledge", "words", "numbers"]
     assert recipe.training.device == "auto"
     assert recipe.training.precision == "bf16"
