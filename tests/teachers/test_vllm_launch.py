@@ -338,3 +338,11 @@ def test_base_model_teacher_asks_completions_with_its_template(
     (in_process,) = local.generate_sync([messages], SamplingParams(max_new_tokens=12))[0]
     assert served.text == in_process.text  # the same greedy answer from either engine
     assert len(served.logprobs or []) == len(in_process.logprobs or [])
+
+
+def test_without_a_server_the_teacher_says_how_to_start_one(tmp_path: Path, zoo_dir: Path) -> None:
+    recipe = _recipe(tmp_path, zoo_dir)
+    with pytest.raises(ServerError, match="avocado teachers up RECIPE"):
+        load_teacher(recipe.teachers[0], recipe)
+    local = load_teacher(recipe.teachers[0], recipe, device="cpu", in_process=True)
+    assert isinstance(local, LocalTeacher)  # scoring callers use the weights themselves

@@ -44,10 +44,13 @@ def teacher_path(cfg: TeacherConfig, recipe: Recipe) -> Path:
     return cfg.path if cfg.path is not None else recipe.world.zoo_dir / cfg.name
 
 
-def load_teacher(cfg: TeacherConfig, recipe: Recipe, device: str = "auto") -> Teacher:
+def load_teacher(
+    cfg: TeacherConfig, recipe: Recipe, device: str = "auto", in_process: bool = False
+) -> Teacher:
     """The teacher a recipe entry describes (local weights are loaded now; an ``engine: vllm``
-    teacher is its running server's endpoint: :mod:`~avocado_llm.teachers.vllm_server`)."""
-    if cfg.kind == "local" and cfg.engine == "vllm":
+    teacher is its running server's endpoint: :mod:`~avocado_llm.teachers.vllm_server`, unless
+    ``in_process``, for callers that score answers with the weights themselves)."""
+    if cfg.kind == "local" and cfg.engine == "vllm" and not in_process:
         from avocado_llm.teachers.vllm_server import served_teacher
 
         return served_teacher(cfg, recipe)
