@@ -466,3 +466,36 @@ def test_hostile_bodies_are_4xx_in_the_envelope_and_cost_nothing(
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert ledger.balance(ACCOUNT) == before and ledger.account_info(ACCOUNT)["held"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", '{"model": "fake", "input": "a\\ud800b"}'),
+        ("/v1/responses", '{"model": "fake", "input": "hi", "instructions": "\\udfff"}'),
+        ("/v1/responses", '{"model": "fake", "input": "hi", "metadata": {"k": "\\ud800"},'
+                          ' "stream": true}'),
+        ("/v1/chat/completions",
+         '{"model": "fake", "messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+        ("/v1/completions", '{"model": "fake", "prompt": "\\ud800"}'),
+        ("/v1/chat/completions",
+         '{"model": "fake", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type":'
+         ' "function", "function": {"name": "f", "parameters": {"description": "\\ud800"}}}]}'),
+        ("/v1/responses",
+         '{"model": "fake", "input": "hi", "tools": [{"type": "function", "name": "f",'
+         ' "parameters": {"description": "\\ud800"}}]}'),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_is_a_400_not_a_500(
+    gateway: Gateway, keys: dict[str, str], ledger: Billing, path: str, body: str
+) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``); no UTF-8 text has one, so it can be
+    neither hashed for an Idempotency-Key, forwarded nor echoed: a 400, nothing charged."""
+    before = ledger.balance(ACCOUNT)
+    response = httpx.post(
+        gateway.url + path, content=body, timeout=30,
+        headers={"Authorization": f"Bearer {keys['paid']}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    error = response.json()["error"]
+    assert response.status_code == 400 and "surrogate" in error["message"], response.text
+    assert ledger.balance(ACCOUNT) == before

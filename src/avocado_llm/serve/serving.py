@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from avocado_llm.billing import Billing, KeyInfo, Plan
 from avocado_llm.billing.leases import ServerLease
@@ -212,8 +213,16 @@ def resolve_max_tokens(
 
 
 def body_hash(endpoint: str, body: BaseModel) -> str:
-    """Hash of the parsed body (field order and whitespace do not matter)."""
-    canonical = body.model_dump_json(exclude_unset=True)
+    """Hash of the parsed body (field order and whitespace do not matter); 400 for text that
+    UTF-8 cannot hold (a lone surrogate, ``"\\ud800"`` in JSON): it could be neither hashed,
+    forwarded nor echoed, and every generating route hashes its body before anything else."""
+    try:
+        canonical = body.model_dump_json(exclude_unset=True)
+    except PydanticSerializationError as e:
+        raise bad_request(
+            "The request has text that is not valid Unicode (a lone surrogate, such as "
+            "\\ud800 without its pair); send UTF-8 text."
+        ) from e
     return hashlib.sha256(f"{endpoint}\n{canonical}".encode()).hexdigest()
 
 

@@ -35,6 +35,7 @@ async def create_chat_completion(
     """Answer a conversation (or stream the answer as ``chat.completion.chunk`` events)."""
     engine = services.engine
     check_model(engine, key, body.model)
+    digest = body_hash("chat", body)  # first: a 400 for text UTF-8 cannot hold
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     if body.top_logprobs is not None and not body.logprobs:
@@ -52,7 +53,6 @@ async def create_chat_completion(
         structured=t.wants_json(response_format),
     )
     messages = [_message(m) for m in body.messages]
-    digest = body_hash("chat", body)
     chars = sum(len(str(m["content"] or "")) for m in messages)
     chars += sum(len(t.compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
     chars += sum(len(m.get("tool_call_id", "")) for m in messages)

@@ -55,6 +55,7 @@ async def create_response(
     run and metered as the chat completion it translates to."""
     engine = services.engine
     check_model(engine, key, body.model)
+    digest = body_hash("responses", body)  # first: a 400 for text UTF-8 cannot hold
     if body.store:
         raise bad_request(
             "store: true is not supported: this server does not store responses; leave "
@@ -79,7 +80,6 @@ async def create_response(
             calls_in_messages=t.has_calls(chat.messages),
             structured=t.wants_json(response_format),
         )
-    digest = body_hash("responses", body)
     chars = sum(len(str(m["content"] or "")) for m in messages)
     chars += sum(len(t.compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
     chars += sum(len(m.get("tool_call_id", "")) for m in messages)
