@@ -149,11 +149,13 @@ def state_dir(recipe: Recipe) -> Path:
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
-    """For ``preexec_fn``: SIGTERM this child when the process that started it dies."""
+    """For ``preexec_fn``: SIGTERM this child when the process that started it dies. The libc
+    function is looked up here, in the parent: the child, between fork and exec, only calls it."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
     def arm() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # it died before the line above
             os._exit(1)
 
