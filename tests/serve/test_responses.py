@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,12 @@ def test_a_response_answers_as_chat_does_and_is_metered_once(world: World) -> No
         usage.input_tokens, usage.output_tokens,
     )  # fmt: skip
     assert before - world.balance() == charge(usage.input_tokens, usage.output_tokens)
+    # the month's statement shows it as any chat completion: one charge line, by request id
+    statement = world.billing.statement(world.account, datetime.now(UTC).strftime("%Y-%m"))
+    [line] = [e for e in statement["entries"] if e["request_id"] == response.id]
+    assert line["kind"] == "charge" and -line["amount"] == events[0]["charge"]
+    assert line["completion_tokens"] == usage.output_tokens
+    assert statement["charges"] == sum(e["charge"] for e in events)
 
 
 def test_instructions_and_message_items_are_the_chat_messages(world: World) -> None:
