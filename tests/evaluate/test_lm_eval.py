@@ -220,3 +220,25 @@ def test_own_data_sources_become_tasks_scored_by_their_verifier(tmp_path: Path) 
     mc_doc = next(iter(mc.test_docs()))
     choices = mc.doc_to_choice(mc_doc)
     assert [choices[i] for i in mc.doc_to_target(mc_doc)] == [mc_doc["answer"]]  # bare answers
+
+
+def test_a_url_run_sends_each_task_to_the_api_its_form_needs(tmp_path: Path) -> None:
+    """Generation through chat completions, loglikelihood through completions with the
+    tokenizer; a group of lm-eval's (here one over our tasks) by its tasks' form."""
+    from lm_eval.tasks import TaskManager
+
+    from avocado_llm.evaluate.lm_eval_run import Target, _plans
+    from avocado_llm.evaluate.runner import EvalError
+
+    written = write_tasks(tmp_path, world_rows(["facts"], 5, seed=0))
+    (tmp_path / "mine.yaml").write_text("group: mine\ntask: [avocado_facts_mc]\n")
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    target = Target(url="http://127.0.0.1:9/v1", served_model="tiny", tokenizer=tmp_path)
+    plans = list(_plans(target, ["avocado_facts", "mine"], written, manager))
+    assert [(model, tasks) for model, _, tasks in plans] == [
+        ("local-chat-completions", ["avocado_facts"]), ("local-completions", ["mine"])
+    ]  # fmt: skip
+    assert plans[1][1]["base_url"] == "http://127.0.0.1:9/v1/completions"
+    assert plans[1][1]["tokenized_requests"] is True
+    with pytest.raises(EvalError, match="--tokenizer"):
+        list(_plans(Target(url="http://x/v1", served_model="tiny"), ["mine"], written, manager))

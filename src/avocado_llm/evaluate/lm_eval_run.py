@@ -189,19 +189,14 @@ def _plans(
 
 
 def _output_type(task: str, written: TaskSet, manager: Any) -> str:
-    """A task's output type: ours from the writer; lm-eval's from its YAML (a group's: the
-    first of its tasks)."""
+    """A task's output type: ours from the writer; any other's from its loaded tasks (a group
+    with a loglikelihood task among its tasks is scored through completions)."""
     known = written.output_type(task)
     if known is not None:
         return known
-    from lm_eval.utils import load_yaml_config
-
-    entry = manager.task_index.get(task, {})
-    if entry.get("type") == "group" or entry.get("yaml_path", -1) == -1:
-        children = manager._get_tasklist(task) if hasattr(manager, "_get_tasklist") else []
-        return _output_type(children[0], written, manager) if children else "generate_until"
-    config = load_yaml_config(entry["yaml_path"])
-    return str(config.get("output_type", "generate_until"))
+    leaves = manager.load([task])["tasks"].values()
+    kinds = [str(getattr(t, "OUTPUT_TYPE", None) or t.config.output_type) for t in leaves]
+    return next((k for k in kinds if k in LOGLIKELIHOOD), "generate_until")
 
 
 def _context_length(tokenizer: Path) -> int | None:
