@@ -180,3 +180,27 @@ def test_a_streamed_named_tool_call_from_vllm(gateway: Any) -> None:
         usage.prompt_tokens,
         usage.completion_tokens,
     )
+
+
+def test_a_tool_calling_round_trip_with_vllm(gateway: Any) -> None:
+    """Request → call → the call's result in a ``tool`` message → the final answer."""
+    client, billing = gateway
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, temperature=0, max_tokens=40, tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )  # fmt: skip
+    message = first.choices[0].message
+    [call] = message.tool_calls
+    conversation = [
+        *ASK,
+        message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 degrees Celsius"},
+    ]
+    final = client.chat.completions.create(
+        model=MODEL, messages=conversation, tools=[WEATHER], temperature=0, max_tokens=24
+    )
+    answer = final.choices[0].message
+    assert answer.content and not answer.tool_calls
+    assert final.usage.prompt_tokens > first.usage.prompt_tokens
+    _metered_once(billing, first)
+    _metered_once(billing, final)

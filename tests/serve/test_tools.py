@@ -8,6 +8,7 @@ refusals: malformed tools (400, nothing charged), a plan without tools, a lying 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,18 @@ def test_tool_schemas_are_prompt_tokens_held_and_billed(gw: World) -> None:
 def test_with_a_tokenizer_whose_template_leaves_tools_out_the_hold_still_covers_them(
     tmp_path: Path, zoo_dir: Path
 ) -> None:
-    """A gateway counting prompts with the model's tokenizer (``--model``): the zoo's template
-    renders no tools, but the upstream's does. The hold counts the tools' tokens anyway, so
-    the charge (capped by the hold) is the upstream's usage; before, it was capped below it."""
+    """A gateway counting prompts with the model's tokenizer (``--model``), whose template
+    (SmolLM2's kind) renders no tools, but the upstream's does. The hold counts the tools'
+    tokens anyway, so the charge (capped by the hold) is the upstream's usage; before, it was
+    capped below it. And the round trip's earlier call, whose content is null, is counted as
+    empty: the template adds content to a string (before: a 400, the template refused it)."""
+    model = tmp_path / "model"
+    shutil.copytree(zoo_dir / "qwen-tiny", model)
+    (model / "chat_template.jinja").write_text(
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     prepare_ledger(url, 100 * MICRO)
     billing = Billing(url, SECRET)
@@ -177,7 +187,7 @@ def test_with_a_tokenizer_whose_template_leaves_tools_out_the_hold_still_covers_
     try:
         with FakeUpstream(delay_s=0) as upstream:
             settings = ServeSettings(upstream_url=upstream.url, model_name="fake", secret=SECRET,
-                                     model_dir=zoo_dir / "qwen-tiny", database_url=url)  # fmt: skip
+                                     model_dir=model, database_url=url)  # fmt: skip
             _, key = billing.create_key("acme")
             with run_server(create_app(settings, billing=billing)) as base_url:
                 client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
@@ -185,13 +195,21 @@ def test_with_a_tokenizer_whose_template_leaves_tools_out_the_hold_still_covers_
                 answer = client.chat.completions.create(
                     model="fake", messages=ASK, tools=[big], max_tokens=16
                 )
+                call = answer.choices[0].message
+                result = {"role": "tool", "tool_call_id": call.tool_calls[0].id, "content": "21"}
+                conversation = [*ASK, call.model_dump(exclude_none=True), result]
+                final = client.chat.completions.create(
+                    model="fake", messages=conversation, tools=[WEATHER], max_tokens=2
+                )
+                assert final.choices[0].message.content == " w0 w1"
                 client.close()
         assert answer.choices[0].finish_reason == "tool_calls"
         usage = answer.usage
         assert usage.prompt_tokens > 3000  # the fake counts the tools' JSON, as vLLM would
+        last = final.usage
         assert before - billing.balance("acme") == charge(
             usage.prompt_tokens, usage.completion_tokens
-        )
+        ) + charge(last.prompt_tokens, last.completion_tokens)
     finally:
         billing.close()
 

@@ -238,9 +238,13 @@ class UpstreamEngine:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> Prompt:
         if self._tokenizer is not None and self._tokenizer.chat_template:
+            # an earlier call's null content counts as empty (a template without tools adds
+            # it to a string); the messages forwarded keep it null
+            counted = [m if m.get("content") is not None else {**m, "content": ""}
+                       for m in messages]  # fmt: skip
             try:
                 text = self._tokenizer.apply_chat_template(
-                    messages, tools=tools, tokenize=False, add_generation_prompt=True
+                    counted, tools=tools, tokenize=False, add_generation_prompt=True
                 )
             except Exception as e:  # jinja raises its own errors for conversations it refuses
                 raise ValueError(f"the model's chat template refused the messages: {e}") from e
