@@ -367,6 +367,10 @@ def test_the_call_checker_refuses_what_an_upstream_must_not_send() -> None:
     for fresh, pieces in refused:
         with pytest.raises(ValueError):
             fresh.take(0, pieces)
+    single = CallChecker.of(tools, "required", parallel=False)  # parallel_tool_calls false
+    single.take(0, [first])
+    with pytest.raises(ValueError, match="more than 1"):
+        single.take(0, [{**first, "index": 1, "id": "c2"}])
     capped = CallChecker(frozenset({"f"}), max_calls=2)
     for i in range(2):
         capped.take(0, [{"index": i, "id": f"c{i}", "function": {"name": "f"}}])

@@ -15,7 +15,8 @@ feature at all is :func:`check_features`.
 Calls an engine returns are checked piece by piece (:class:`CallChecker`): each call's first
 piece has an id and the name of one of the request's tools, the pieces of one choice's calls
 are numbered 0, 1, … in order, no call is made when ``tool_choice`` is ``none`` (or none was
-offered), and a named ``tool_choice`` gets that function only.
+offered), a named ``tool_choice`` gets that function only, and ``parallel_tool_calls`` false
+one call per choice at most.
 """
 
 from __future__ import annotations
@@ -297,11 +298,16 @@ class CallChecker:
     _calls: dict[int, list[_Call]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, tools: list[dict[str, Any]] | None, choice: object) -> CallChecker:
+    def of(
+        cls, tools: list[dict[str, Any]] | None, choice: object, parallel: object = None
+    ) -> CallChecker:
+        """The checker of a forwarded request's ``tools``, ``tool_choice`` and
+        ``parallel_tool_calls``."""
         if not tools or choice == "none":
             return cls(frozenset())
         forced = choice["function"]["name"] if isinstance(choice, dict) else None
-        return cls(frozenset(t["function"]["name"] for t in tools), forced)
+        names = frozenset(t["function"]["name"] for t in tools)
+        return cls(names, forced, 1 if parallel is False else MAX_TOOLS)
 
     def calls(self, choice: int) -> int:
         """Calls begun in ``choice`` so far."""

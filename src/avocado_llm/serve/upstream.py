@@ -84,7 +84,8 @@ class UpstreamGeneration:
         self._counted = 0  # chunks with text (or a function call's piece) passed on
         self._reported = False  # the upstream's usage arrived
         self._calls = CallChecker.of(prompts[0].tools if prompts else None,
-                                     body.get("tool_choice"))  # fmt: skip
+                                     body.get("tool_choice"),
+                                     body.get("parallel_tool_calls"))  # fmt: skip
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         try:
