@@ -52,6 +52,8 @@ class Served:
     billing: Billing
     answers: list[dict[str, Any]] = field(default_factory=list)
     """Every answer the server gave through the proxy: (path, status, JSON body)."""
+    origin: str = ""
+    """The server itself (no proxy)."""
 
 
 def _recording_proxy(upstream: str, answers: list[dict[str, Any]]) -> Starlette:
@@ -97,7 +99,7 @@ def served(tmp_path: Path, zoo_dir: Path) -> Iterator[Served]:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.2)
-        served = Served("", key, billing)
+        served = Served("", key, billing, origin=f"http://127.0.0.1:{port}")
         with serve_in_thread(_recording_proxy(f"http://127.0.0.1:{port}", served.answers)) as o:
             served.url = f"{o}/v1"
             yield served
@@ -242,3 +244,50 @@ def test_a_url_run_sends_each_task_to_the_api_its_form_needs(tmp_path: Path) -> 
     assert plans[1][1]["tokenized_requests"] is True
     with pytest.raises(EvalError, match="--tokenizer"):
         list(_plans(Target(url="http://x/v1", served_model="tiny"), ["mine"], written, manager))
+
+
+def test_lm_eval_through_the_upstream_gateway_is_metered_by_the_gateway(
+    served: Served, make_recipe: Any, tmp_path: Path, zoo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``avocado serve --upstream`` in front of the server (as in front of vLLM): echo and the
+    prompt's log-probabilities are forwarded, and the gateway's own ledger charges what the
+    usage in its answers costs."""
+    from avocado_llm.serve import ServeSettings, create_app
+
+    make_recipe(families=("facts",))
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    billing = Billing(url, SECRET)
+    billing.migrate()
+    billing.set_price("tiny", PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
+    billing.create_account("lab", MICRO)
+    _, key = billing.create_key("lab", plan=PLAN)
+    settings = ServeSettings(
+        upstream_url=f"{served.origin}/v1",
+        upstream_api_key=served.key,
+        model_name="tiny",
+        database_url=url,
+        secret=SECRET,
+        upstream_watermark=False,
+    )  # an Avocado upstream: no vllm_xargs
+    answers: list[dict[str, Any]] = []
+    monkeypatch.setenv("GATEWAY_KEY", key)
+    args = ["eval", str(tmp_path / "recipe.yaml"), "--served-model", "tiny",
+            "--api-key-env", "GATEWAY_KEY", "--tokenizer", str(zoo_dir / "qwen-tiny"),
+            "--lm-eval", "avocado_facts_mc", "--n", "3", "--out", str(tmp_path / "eval"),
+            "--name", "gateway"]  # fmt: skip
+    with (
+        serve_in_thread(create_app(settings, billing=billing)) as gateway,
+        serve_in_thread(_recording_proxy(gateway, answers)) as proxy,
+    ):
+        assert cli.main([*args, "--url", f"{proxy}/v1"]) == 0
+    docs = (tmp_path / "eval" / "lm_eval_tasks" / "avocado_facts_mc.jsonl").read_text()
+    choices = sum(len(json.loads(line)["choices"]) for line in docs.splitlines())
+    assert len(answers) == choices and all(a["status"] == 200 for a in answers)
+    usage = [a["body"]["usage"] for a in answers]
+    expected = sum(charge_for(PRICE, u["prompt_tokens"], u["completion_tokens"]) for u in usage)
+    assert (
+        sum(e["charge"] for e in billing.usage("lab")) == expected == MICRO - billing.balance("lab")
+    )
+    assert len(served.billing.usage("lab")) == len(answers)  # the server behind billed each once
+    billing.close()
