@@ -87,7 +87,14 @@ def test_an_endpoint_of_the_recipe_is_named_after_its_teacher(
 ) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("AVOCADO_UNSET_KEY", raising=False)
-    args = ["eval", "recipes/real-teachers.yaml", "--set", f"output_dir={tmp_path}"]
+    recipe = tmp_path / "endpoint.yaml"
+    recipe.write_text(
+        "name: endpoint\n"
+        "teachers:\n"
+        "  - {name: qwen3-1.7b, kind: openai, base_url: 'http://127.0.0.1:9/v1',\n"
+        "     model: Qwen/Qwen3-1.7B, api_key_env: AVOCADO_UNSET_KEY}\n"
+    )
+    args = ["eval", str(recipe), "--set", f"output_dir={tmp_path}"]
     args += ["--url", "http://127.0.0.1:9/v1", "--served-model", "Qwen/Qwen3-1.7B"]
     assert cli.main([*args, "--api-key-env", "AVOCADO_UNSET_KEY"]) == 1
     # The key is checked before any request: the error names the recipe's teacher.
