@@ -9,7 +9,9 @@ cost is ``bench/gateway_overhead.py``'s). Each client asks for ``--max-tokens`` 
 with ``ignore_eos`` (every answer the same length), closed loop; the plain and watermarked
 rounds alternate (``--rounds`` of each, the order flipped every round) so that a drift in the
 machine's load falls on both. Reports output tokens/s per setting and the ratio
-watermarked / plain.
+watermarked / plain; then the processor's own time per decode step (``BatchWatermarks.apply``
+on random logits of the model's vocabulary, one thread, greedy and temperature-1 rows): on a
+machine whose load drifts, the figure to set beside vLLM's step time.
 
     .venv/bin/python bench/vllm_watermark_overhead.py --model DIR [--url http://HOST:PORT/v1]
 """
@@ -102,6 +104,35 @@ async def round_of(
         return tokens, time.perf_counter() - t0
 
 
+def processor_step_ms(rows: int, temperature: float, vocab: int, steps: int = 30) -> float:
+    """Milliseconds per call of the processor's bias on (rows, vocab) logits."""
+    import torch
+    from avocado_watermark.batch import BatchWatermarks
+
+    class Params:
+        def __init__(self, i: int) -> None:
+            self.temperature = temperature
+            self.extra_args = to_xargs(Watermark(key=1000 + i, delta=3.0))
+
+    class Update:
+        def __init__(self) -> None:
+            self.batch_size = rows
+            self.removed: list[int] = []
+            self.moved: list[Any] = []
+            self.added = [(i, Params(i), None, [5, 6, 7]) for i in range(rows)]
+
+    batch = BatchWatermarks()
+    batch.update(Update())
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    copies = [logits.clone() for _ in range(steps + 3)]
+    for x in copies[:3]:
+        batch.apply(x)
+    t0 = time.perf_counter()
+    for x in copies[3:]:
+        batch.apply(x)
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model directory vLLM serves")
@@ -112,6 +143,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2, help="requests per client per round")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each kind [2]")
+    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary of the processor's "
+                        "own timing [49152: SmolLM2's]")  # fmt: skip
     parser.add_argument("--log", type=Path, default=Path("/tmp/vllm_watermark_overhead.log"))
     args = parser.parse_args()
     proc = None
@@ -145,6 +178,16 @@ def main() -> int:
                 flush=True,
             )
         print(json.dumps(results))
+        import torch
+
+        torch.set_num_threads(1)
+        vocab = int(httpx.get(url + "/models", timeout=30).json()["data"][0].get("vocab", 0) or 0)
+        vocab = vocab or args.vocab
+        for clients in args.clients:
+            greedy = processor_step_ms(clients, 0.0, vocab)
+            drawn = processor_step_ms(clients, 1.0, vocab)
+            print(f"processor alone, {clients} row(s) of {vocab} tokens: {greedy:.2f} ms a step "
+                  f"greedy, {drawn:.2f} ms at temperature 1")  # fmt: skip
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
