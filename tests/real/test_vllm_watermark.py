@@ -50,6 +50,7 @@ TOPICS = (
     "a river", "a clock", "the desert", "a kite",
 )  # fmt: skip
 PROMPTS = [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in TOPICS]
+RESEARCH = Plan(name="research", max_tokens=64, max_n=2, logprobs=True, max_top_logprobs=3)
 
 
 def free_port() -> int:
@@ -141,6 +142,7 @@ def gateway(
     ids = {name: billing.create_account(name, 100 * MICRO) for name in ACCOUNTS}
     keys = {name: billing.create_key(name)[1] for name in ACCOUNTS}
     unmarked = billing.create_key("acme", plan=Plan(name="unmarked", watermark=0.0))[1]
+    research = billing.create_key("acme", plan=RESEARCH)[1]
     billing.close()
     port = free_port()
     log = root / "serve.log"
@@ -156,7 +158,7 @@ def gateway(
     try:
         wait_up(f"http://127.0.0.1:{port}/health", proc, log, timeout_s=180)
         yield {"url": f"http://127.0.0.1:{port}/v1", "ids": ids, "keys": keys,
-               "unmarked": unmarked, "database_url": url}  # fmt: skip
+               "unmarked": unmarked, "research": research, "database_url": url}  # fmt: skip
     finally:
         stop(proc)
 
@@ -287,3 +289,38 @@ def test_a_malformed_or_client_supplied_watermark_is_refused(gateway: dict[str, 
         )  # fmt: skip
     assert "vllm_xargs" in e.value.message
     client.close()
+
+
+def test_the_plans_caps_apply_in_front_of_vllm(gateway: dict[str, Any]) -> None:
+    """max_tokens, n and log-probabilities: refused beyond the plan (before vLLM is asked),
+    served within it — vLLM's log-probabilities after the processor (processed_logprobs).
+    (vLLM refuses n > 1 at temperature 0, which the in-process engine accepts: sampled here.)"""
+    url, keys = gateway["url"], gateway["keys"]
+    default = openai.OpenAI(base_url=url, api_key=keys["acme"], max_retries=0, timeout=600)
+    for extra, param in (
+        ({"max_tokens": Plan().max_tokens + 1}, "max_tokens"),
+        ({"n": 2}, "n"),
+        ({"logprobs": True, "top_logprobs": 1}, "logprobs"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            default.chat.completions.create(model=MODEL, messages=PROMPTS[0], **extra)  # type: ignore[arg-type]
+        assert e.value.body["param"] == param  # type: ignore[index]
+    research = openai.OpenAI(base_url=url, api_key=gateway["research"], max_retries=0, timeout=600)
+    with pytest.raises(openai.BadRequestError):
+        research.chat.completions.create(
+            model=MODEL,
+            messages=PROMPTS[0],
+            logprobs=True,
+            top_logprobs=4,  # type: ignore[arg-type]
+        )
+    out = research.chat.completions.create(
+        model=MODEL, messages=PROMPTS[0], n=2, max_tokens=6, temperature=0.8, seed=7,  # type: ignore[arg-type]
+        logprobs=True, top_logprobs=3,
+    )  # fmt: skip
+    assert len(out.choices) == 2 and out.usage is not None
+    assert out.usage.completion_tokens <= 2 * 6
+    for choice in out.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert all(len(t.top_logprobs) == 3 for t in choice.logprobs.content)
+    default.close()
+    research.close()
