@@ -34,9 +34,16 @@ args, extra = parser.parse_known_args()
 record = Path(os.environ["STANDIN_RECORD"]) if os.environ.get("STANDIN_RECORD") else None
 
 
+lock = threading.Lock()
+
+
 def write(name: str, data: Any) -> None:
+    """The latest of its kind, whole (requests run in threads)."""
     if record is not None:
-        (record / f"{args.served_model_name}-{name}.json").write_text(json.dumps(data))
+        path = record / f"{args.served_model_name}-{name}.json"
+        with lock:
+            path.with_suffix(".tmp").write_text(json.dumps(data))
+            path.with_suffix(".tmp").replace(path)
 
 
 if os.environ.get("STANDIN_EXIT"):

@@ -15,7 +15,7 @@ from avocado_llm.teachers.vllm_server import (
     STOP_GRACE_S,
     is_server,
     read_state,
-    running_url,
+    server_pid,
     state_dir,
     stop_group,
     vllm_configs,
@@ -45,7 +45,8 @@ def _up(args: argparse.Namespace) -> int:
             _note("the vLLM servers are up; Ctrl-C or SIGTERM stops them")
             while True:
                 time.sleep(WATCH_S)
-                down = [c.name for c in configs if running_url(recipe, c) is None]
+                # A dead process, not a slow /health: a busy server on a loaded CPU answers late.
+                down = [c.name for c in configs if server_pid(recipe, c) is None]
                 if down:
                     logs = ", ".join(str(state_dir(recipe) / f"{n}.log") for n in down)
                     return fail(f"the vLLM server of {', '.join(down)} went down (see {logs})")

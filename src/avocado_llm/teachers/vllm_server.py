@@ -288,26 +288,38 @@ def is_server(pid: int, port: int) -> bool:
     return MODULE in words and str(port) in words
 
 
-def running_url(recipe: Recipe, cfg: TeacherConfig) -> str | None:
-    """The base URL of a healthy server of ``cfg`` started by another command (its state file
-    names it, its process runs the same model directory, and ``/health`` answers 200)."""
+def server_pid(recipe: Recipe, cfg: TeacherConfig) -> int | None:
+    """The pid of ``cfg``'s server that a state file names, if that process is alive and is a
+    vLLM server on the state's port serving ``cfg``'s model directory."""
+    from avocado_llm.teachers import teacher_path
+
     state = read_state(recipe, cfg.name)
     if state is None or not isinstance(state.get("base_url"), str):
         return None
-    url = str(state["base_url"])
-    port = url.rsplit(":", 1)[-1].split("/")[0]
+    port = str(state["base_url"]).rsplit(":", 1)[-1].split("/")[0]
     pid = state.get("pid")
     if not isinstance(pid, int) or not port.isdigit() or not is_server(pid, int(port)):
         return None
-    from avocado_llm.teachers import teacher_path
-
     if state.get("model_dir") != str(teacher_path(cfg, recipe)):
         return None
-    try:
-        ok = httpx.get(url.removesuffix("/v1") + "/health", timeout=5.0).status_code == 200
-    except httpx.HTTPError:
+    return pid
+
+
+def running_url(recipe: Recipe, cfg: TeacherConfig, patience_s: float = 60.0) -> str | None:
+    """The base URL of a healthy server of ``cfg`` started by another command: its state file
+    names a live server process (:func:`server_pid`) and ``/health`` answers 200. A server busy
+    generating on a loaded CPU may answer late: it is given ``patience_s``."""
+    if server_pid(recipe, cfg) is None:
         return None
-    return url if ok else None
+    url = str((read_state(recipe, cfg.name) or {}).get("base_url"))
+    deadline = time.monotonic() + patience_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url.removesuffix("/v1") + "/health", timeout=10.0).status_code == 200:
+                return url
+        if time.monotonic() > deadline or server_pid(recipe, cfg) is None:
+            return None
+        time.sleep(1.0)
 
 
 class _Stopped(BaseException):
