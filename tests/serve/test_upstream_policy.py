@@ -9,12 +9,17 @@ enforced before anything is forwarded, on either engine."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from avocado_watermark import xargs
@@ -286,3 +291,53 @@ def test_what_a_plan_allows_is_forwarded_as_asked_and_within_its_caps(gateway: G
     assert "logprobs" not in sent_unasked
     for body in (sent_chat, sent_done, sent_unasked):  # the research plan watermarks too
         assert body["vllm_xargs"][xargs.KEY] == account_key(SECRET, gateway.accounts["acme"])
+
+
+@pytest.mark.parametrize("flag", [None, "--no-upstream-watermark"])
+def test_the_serve_command_forwards_the_watermark_unless_told_not_to(
+    tmp_path: Path, flag: str | None
+) -> None:
+    """The real ``avocado serve --upstream`` process: the watermark goes upstream by default;
+    ``--no-upstream-watermark`` keeps it back."""
+    recorder = Recorder(make_app(0.0))
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    billing = Billing(url, SECRET)
+    billing.migrate()
+    billing.set_price(MODEL, PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
+    account = billing.create_account("acme", MICRO)
+    _, key = billing.create_key("acme")
+    billing.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with run_server(recorder) as upstream_url:  # type: ignore[arg-type]
+        command = [sys.executable, "-m", "avocado_llm.cli", "serve", "--upstream", upstream_url,
+                   "--model-name", MODEL, "--database-url", url, "--port", str(port),
+                   *([flag] if flag else [])]  # fmt: skip
+        log = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "AVOCADO_SECRET": SECRET})  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
+                                   max_retries=0)  # fmt: skip
+            client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
+            client.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
+    [(_, body)] = recorder.bodies
+    if flag:
+        assert "vllm_xargs" not in body
+    else:
+        assert body["vllm_xargs"] == expected_xargs(account, 3.0)
