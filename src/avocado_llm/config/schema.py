@@ -369,6 +369,10 @@ class TrainingConfig:
     balance_families: bool = True
     """Draw every task family equally often, whatever its number of examples (a family with few
     prompts, such as facts, is not drowned out); false draws examples uniformly."""
+    balance_temperature: float | None = None
+    """With balance_families: a family's share of the draws grows as (its examples)^(1/T), as
+    multilingual samplers do: 1 is proportional to its fused examples, larger T moves toward equal
+    shares; null (the default) gives every family exactly the same share."""
     eval_every: int = 0
     """Evaluate on held-out prompts every this many steps; 0 only at the end."""
     checkpoint_every: int = 200
@@ -392,6 +396,9 @@ class TrainingConfig:
             *check_range(self, "eval_every", 0),
             *check_range(self, "checkpoint_every", 1),
         ]
+        if self.balance_temperature is not None and not self.balance_temperature > 0:
+            fix = "use a number > 0 (1: proportional to examples), or null for equal shares"
+            problems.append(("balance_temperature", "must be > 0", fix))
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device):
             fix = "use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
             problems.append(("device", f"unknown device {self.device!r}", fix))

@@ -150,6 +150,8 @@ def distill_fingerprint(recipe: Recipe, strategy: str, use_kd: bool, fused: Path
         fp = {k: v for k, v in fp.items() if not k.startswith("student.prune.")}
     if recipe.student.init_from_teacher is None:
         fp.pop("student.init_from_teacher", None)
+    if recipe.training.balance_temperature is None:  # students trained before it keep matching
+        fp.pop("training.balance_temperature", None)
     fp |= {"fusion.strategy": strategy, "token_level_kd": use_kd}
     fp["input:fused examples"] = file_digest(fused) if fused.is_file() else None
     if (origin := student_origin(recipe)) is not None:

@@ -183,12 +183,21 @@ def batch_draws(
     return lambda step: draw_indices(gen, n_items, batch, micro, weights)
 
 
-def sampling_weights(items: list[DistillItem], balance: bool) -> torch.Tensor | None:
-    """Per-item weights that give every group (task family) the same share; ``None``: uniform."""
+def sampling_weights(
+    items: list[DistillItem], balance: bool, temperature: float | None = None
+) -> torch.Tensor | None:
+    """Per-item weights that give every group (task family) the same share, or with a
+    ``temperature`` T a share proportional to (its items)^(1/T); ``None``: uniform."""
     groups = Counter(item.group for item in items)
     if not balance or len(groups) < 2:
         return None
-    return torch.tensor([1.0 / groups[item.group] for item in items], dtype=torch.float64)
+    if temperature is None:
+        return torch.tensor([1.0 / groups[item.group] for item in items], dtype=torch.float64)
+    if not temperature > 0:
+        raise ValueError(f"balance temperature must be > 0, got {temperature}")
+    # share_g / n_g = n_g^(1/T) / n_g: T = 1 is uniform per item, T -> inf equal per group.
+    exponent = 1.0 / temperature - 1.0
+    return torch.tensor([groups[item.group] ** exponent for item in items], dtype=torch.float64)
 
 
 def batch_loss(
@@ -255,7 +264,7 @@ def train(
     history: list[StepLoss] = []
     world = acc.num_processes
     last = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
-    weights = sampling_weights(items, cfg.balance_families)
+    weights = sampling_weights(items, cfg.balance_families, cfg.balance_temperature)
     draws = batch_draws(
         loop, seed, start, (len(items), cfg.batch_size * world, cfg.grad_accum), weights
     )
