@@ -159,9 +159,7 @@ def _recipe_explain(args: argparse.Namespace) -> int:
 
 
 def _harvest(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from avocado_llm.harvest import HarvestError, harvest
+    from avocado_llm.harvest import HarvestError
     from avocado_llm.teachers import TeacherError
 
     recipe = recipe_from_args(args)
@@ -172,10 +170,9 @@ def _harvest(args: argparse.Namespace) -> int:
         return _harvest_status(out)
 
     def run_harvest() -> int:
-        from avocado_llm.teachers.vllm_server import vllm_teachers
+        from avocado_llm.run import harvest_on_demand  # engine: vllm servers, started when asked
 
-        with vllm_teachers(recipe, note=_console().print):  # engine: vllm teachers' servers
-            summary = asyncio.run(harvest(recipe, args.out, limit=args.limit, device=args.device))
+        summary = harvest_on_demand(recipe, args.device, out_dir=args.out, limit=args.limit)
         table = Table(title=f"Harvest {recipe.name!r} → {out}")
         for col in ("teacher", "records", "already done", "new", "failed", "tokens", "tok/s"):
             table.add_column(col, justify="left" if col == "teacher" else "right")

@@ -49,6 +49,26 @@ def ensure_zoo(recipe: Recipe) -> None:
         build_teacher(ZOO[t.name], path, seed=recipe.seed)
 
 
+def harvest_on_demand(recipe: Recipe, device: str = "auto", **kwargs: Any) -> Any:
+    """The harvest, with the vLLM servers of ``engine: vllm`` teachers started when a teacher is
+    first asked (a harvest that is done starts none) and stopped when it ends, however it ends
+    (:func:`~avocado_llm.teachers.vllm_server.on_demand`). ``kwargs`` go to ``harvest``."""
+    from avocado_llm.harvest import harvest
+    from avocado_llm.teachers import harvest_teachers
+    from avocado_llm.teachers.vllm_server import on_demand
+
+    async def ask(servers: Any) -> Any:
+        teachers = await asyncio.to_thread(harvest_teachers, recipe, servers, device)
+        try:
+            return await harvest(recipe, teachers=teachers, device=device, **kwargs)
+        finally:
+            for teacher in teachers:
+                await teacher.aclose()
+
+    with on_demand(recipe, note=console.print) as servers:
+        return asyncio.run(ask(servers))
+
+
 def distill_stage(
     recipe: Recipe, strategy: str, out: Path, use_kd: bool = True, force: bool = False
 ) -> Path:
@@ -107,7 +127,6 @@ def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str)
 
 def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     from avocado_llm.fusion import fuse_recipe, strategy_slug
-    from avocado_llm.harvest import harvest
     from avocado_llm.teachers import teacher_path
     from avocado_llm.world.checks import check_families
 
@@ -117,10 +136,7 @@ def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     ensure_zoo(recipe)
     _stage("2/5 harvest")
     if recipe.harvest.from_run is None:
-        from avocado_llm.teachers.vllm_server import vllm_teachers
-
-        with vllm_teachers(recipe, note=console.print):  # engine: vllm teachers, harvest only
-            summary = asyncio.run(harvest(recipe, device=device))
+        summary = harvest_on_demand(recipe, device=device)
         if not summary.ok:
             raise RuntimeError("the harvest has failed records; rerun to retry them")
     elif not (recipe.harvest_dir / "manifest.json").exists():

@@ -293,7 +293,7 @@ def test_teachers_up_leaves_no_server_behind(
     assert code == {signal.SIGTERM: 128 + 15, signal.SIGINT: 130, signal.SIGKILL: -9}[sig]
 
 
-def test_harvest_starts_the_server_and_resumes_on_a_new_port(
+def test_harvest_starts_the_server_when_asked_and_resumes_on_a_new_port(
     tmp_path: Path, zoo_dir: Path, stand_in: Path
 ) -> None:
     recipe_file = tmp_path / "served.yaml"
@@ -311,15 +311,18 @@ def test_harvest_starts_the_server_and_resumes_on_a_new_port(
     assert all(len(r["top_tokens"][0]) == 3 for r in rows)  # top-3 alternatives per position
     assert all("+vllm-bfloat16" in r["teacher_revision"] for r in rows)
 
-    (stand_in / "qwen-tiny-chat.json").unlink()
-    second = subprocess.run(harvest, capture_output=True, text=True, timeout=300)  # new port
-    assert second.returncode == 0, second.stderr
-    again = _started(stand_in)
-    assert again["pid"] != start["pid"] and _gone([again["pid"], again["engine"]])
-    assert not (stand_in / "qwen-tiny-chat.json").exists()  # nothing asked: all done already
-    assert (
-        pq.read_table(tmp_path / "runs" / "served" / "harvest" / "data" / "qwen-tiny").num_rows == 4
-    )
+    (stand_in / "qwen-tiny-start.json").unlink()
+    again = subprocess.run(harvest, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not (stand_in / "qwen-tiny-start.json").exists()  # all done: no server started
+
+    more = subprocess.run([*harvest[:-1], "6"], capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0, more.stderr
+    restart = _started(stand_in)  # a new server, on another port
+    assert restart["pid"] != start["pid"] and _gone([restart["pid"], restart["engine"]])
+    rows_after = pq.read_table(tmp_path / "runs" / "served" / "harvest" / "data" / "qwen-tiny")
+    keys = {r["key"] for r in rows_after.to_pylist()}
+    assert len(keys) == 6 and {r["key"] for r in rows} <= keys  # the first 4 still count
 
 
 def test_base_model_teacher_asks_completions_with_its_template(
@@ -346,3 +349,22 @@ def test_without_a_server_the_teacher_says_how_to_start_one(tmp_path: Path, zoo_
         load_teacher(recipe.teachers[0], recipe)
     local = load_teacher(recipe.teachers[0], recipe, device="cpu", in_process=True)
     assert isinstance(local, LocalTeacher)  # scoring callers use the weights themselves
+
+
+def test_a_harvest_stopped_while_its_server_starts_leaves_none_behind(
+    tmp_path: Path, zoo_dir: Path, stand_in: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STANDIN_HEALTH_DELAY_S", "120")
+    recipe_file = tmp_path / "served.yaml"
+    recipe_file.write_text(json.dumps(_recipe_data(tmp_path, zoo_dir)))
+    command = [*AVOCADO, "harvest", str(recipe_file), "--limit", "2"]
+    harvest = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = stand_in / "qwen-tiny-start.json"
+    deadline = time.monotonic() + 120
+    while not start.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    started = _started(stand_in)
+    harvest.send_signal(signal.SIGTERM)
+    assert harvest.wait(timeout=60) == 128 + 15
+    assert _gone([started["pid"], started["engine"]])
+    assert not (tmp_path / "runs" / "served" / "teachers" / "qwen-tiny.json").exists()

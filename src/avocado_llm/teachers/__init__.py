@@ -23,6 +23,7 @@ __all__ = [
     "TeacherError",
     "TeacherInfo",
     "TokenLogprobs",
+    "harvest_teachers",
     "load_teacher",
     "sampling_params",
 ]
@@ -82,3 +83,19 @@ def load_teacher(
         batch_size=recipe.harvest.batch_size,
         prompt_template=cfg.prompt_template,
     )
+
+
+def harvest_teachers(recipe: Recipe, servers: object | None, device: str = "auto") -> list[Teacher]:
+    """Every teacher of ``recipe`` for a harvest: ``engine: vllm`` ones as
+    :class:`~avocado_llm.teachers.vllm_server.OnDemandTeacher` of ``servers`` (an
+    :class:`~avocado_llm.teachers.vllm_server.OnDemandServers`: a server starts when its teacher
+    is first asked), the others loaded now."""
+    from avocado_llm.teachers.vllm_server import OnDemandServers, OnDemandTeacher
+
+    teachers: list[Teacher] = []
+    for cfg in recipe.teachers:
+        if cfg.kind == "local" and cfg.engine == "vllm" and isinstance(servers, OnDemandServers):
+            teachers.append(OnDemandTeacher(cfg, recipe, servers))  # type: ignore[arg-type]
+        else:
+            teachers.append(load_teacher(cfg, recipe, device))
+    return teachers

@@ -216,11 +216,13 @@ class VllmServer:
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(url).status_code == 200:
                         return time.monotonic() - self.started_at
+                if _stopping.is_set():
+                    raise ServerError(self.name, "stopped by a signal while it started")
                 if time.monotonic() > deadline:
                     why = (f"the vLLM server was not healthy within {timeout_s:g} s "
                            "(teachers[].vllm.start_timeout_s)")  # fmt: skip
                     raise ServerError(self.name, f"{why}; {self.log_path} ends:\n{self.log_tail()}")
-                time.sleep(poll_s)
+                _stopping.wait(poll_s)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
@@ -322,9 +324,14 @@ def running_url(recipe: Recipe, cfg: TeacherConfig, patience_s: float = 60.0) ->
         time.sleep(1.0)
 
 
-class _Stopped(BaseException):
-    """SIGTERM or SIGHUP arrived while servers were up (a BaseException, like Ctrl-C's, so
-    that ``except Exception`` on the way does not swallow it)."""
+_stopping = threading.Event()
+"""Set by SIGTERM / SIGHUP while servers are up: a health wait in a worker thread gives up."""
+
+
+class _Stopped(SystemExit):
+    """SIGTERM or SIGHUP arrived while servers were up (a SystemExit, so that neither
+    ``except Exception`` on the way nor an asyncio task swallows it: the event loop lets it
+    through)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signal.Signals(signum).name}")
@@ -340,8 +347,10 @@ def _signals_raise() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
+        _stopping.set()
         raise _Stopped(signum)
 
+    _stopping.clear()
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
@@ -399,25 +408,29 @@ def vllm_teachers(
             server.stop()
 
 
-def served_teacher(cfg: TeacherConfig, recipe: Recipe) -> Any:
-    """The :class:`~avocado_llm.teachers.openai_compat.OpenAICompatTeacher` of ``cfg``'s running
-    server. Its revision is its weights' (and template's), with the engine and dtype, not the
-    server's URL: answers harvested from one server are still done after a restart on another
-    port."""
+def served_info(cfg: TeacherConfig, recipe: Recipe, url: str | None = None) -> Any:
+    """The provenance of ``cfg``'s answers: its revision is its weights' (and template's), with
+    the engine and dtype, not the server's URL, so answers harvested from one server are still
+    done after a restart on another port; it needs no server."""
     import dataclasses
 
     from avocado_llm.models.files import weights_revision
     from avocado_llm.teachers import teacher_path
     from avocado_llm.teachers.base import TeacherInfo
+
+    model_dir = teacher_path(cfg, recipe)
+    template = cfg.chat_template.read_text() if cfg.chat_template is not None else None
+    if cfg.prompt_template is not None:
+        template = json.dumps(dataclasses.asdict(cfg.prompt_template), sort_keys=True)
+    revision = f"{weights_revision(model_dir, template)}+vllm-{cfg.vllm.dtype}"
+    extra = {"engine": "vllm", **({"base_url": url} if url else {})}
+    tokenizer = _tokenizer_kind(model_dir)
+    return TeacherInfo(cfg.name, str(model_dir), revision, cfg.licence, tokenizer, extra)
+
+
+def _endpoint_teacher(cfg: TeacherConfig, recipe: Recipe, url: str, info: Any) -> Any:
     from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
 
-    url = running_url(recipe, cfg)
-    if url is None:
-        raise ServerError(
-            cfg.name,
-            "no vLLM server of this teacher is up: `avocado harvest` and `avocado run` start "
-            "one themselves; otherwise run `avocado teachers up RECIPE` beside this command",
-        )
     teacher = OpenAICompatTeacher(
         name=cfg.name,
         base_url=url,
@@ -430,16 +443,97 @@ def served_teacher(cfg: TeacherConfig, recipe: Recipe) -> Any:
         timeout_s=recipe.harvest.request_timeout_s,
         prompt_template=cfg.prompt_template,
     )
-    model_dir = teacher_path(cfg, recipe)
-    template = cfg.chat_template.read_text() if cfg.chat_template is not None else None
-    if cfg.prompt_template is not None:
-        template = json.dumps(dataclasses.asdict(cfg.prompt_template), sort_keys=True)
-    revision = f"{weights_revision(model_dir, template)}+vllm-{cfg.vllm.dtype}"
-    teacher.info = TeacherInfo(
-        cfg.name, str(model_dir), revision, cfg.licence, tokenizer=_tokenizer_kind(model_dir),
-        extra={"engine": "vllm", "base_url": url},
-    )  # fmt: skip
+    teacher.info = info
     return teacher
+
+
+def served_teacher(cfg: TeacherConfig, recipe: Recipe) -> Any:
+    """The :class:`~avocado_llm.teachers.openai_compat.OpenAICompatTeacher` of ``cfg``'s running
+    server (:func:`served_info` says what its answers are)."""
+    url = running_url(recipe, cfg)
+    if url is None:
+        raise ServerError(
+            cfg.name,
+            "no vLLM server of this teacher is up: `avocado harvest` and `avocado run` start "
+            "one themselves; otherwise run `avocado teachers up RECIPE` beside this command",
+        )
+    return _endpoint_teacher(cfg, recipe, url, served_info(cfg, recipe, url))
+
+
+class OnDemandServers:
+    """Starts a teacher's server the first time it is asked something (a harvest whose answers
+    are all there starts none), or uses one already up; :meth:`stop` stops those it started.
+    The process is started on the calling (event loop's, main) thread — the parent-death signal
+    follows the thread that started it — and its health is waited for in a worker thread."""
+
+    def __init__(self, recipe: Recipe, note: Callable[[str], None]) -> None:
+        self.recipe, self.note = recipe, note
+        self.started: list[VllmServer] = []
+        self._urls: dict[str, Any] = {}
+
+    async def url(self, cfg: TeacherConfig) -> str:
+        import asyncio
+
+        pending = self._urls.get(cfg.name)
+        if pending is None:
+            pending = self._urls[cfg.name] = asyncio.ensure_future(self._start(cfg))
+        return str(await asyncio.shield(pending))
+
+    async def _start(self, cfg: TeacherConfig) -> str:
+        import asyncio
+
+        url = await asyncio.to_thread(running_url, self.recipe, cfg)
+        if url is not None:
+            self.note(f"teacher {cfg.name}: using the vLLM server already up at {url}")
+            return url
+        folder = state_dir(self.recipe)
+        spec = spec_for(cfg, self.recipe)
+        server = VllmServer(spec, folder / f"{cfg.name}.log", folder / f"{cfg.name}.json")
+        self.started.append(server)
+        server.start()
+        self.note(f"teacher {cfg.name}: starting vLLM on {spec.base_url} (log {server.log_path})")
+        seconds = await asyncio.to_thread(server.wait_healthy, cfg.vllm.start_timeout_s)
+        self.note(f"teacher {cfg.name}: vLLM healthy after {seconds:.0f} s")
+        return spec.base_url
+
+    def stop(self) -> None:
+        for server in reversed(self.started):
+            server.stop()
+        self.started.clear()
+
+
+class OnDemandTeacher:
+    """An ``engine: vllm`` teacher whose server starts on its first :meth:`generate`."""
+
+    def __init__(self, cfg: TeacherConfig, recipe: Recipe, servers: OnDemandServers) -> None:
+        self.cfg, self.recipe, self.servers = cfg, recipe, servers
+        self.info = served_info(cfg, recipe)
+        self._endpoint: Any = None
+
+    async def generate(self, conversations: list[Any], params: Any) -> Any:
+        if self._endpoint is None:
+            url = await self.servers.url(self.cfg)
+            self._endpoint = _endpoint_teacher(self.cfg, self.recipe, url, self.info)
+        return await self._endpoint.generate(conversations, params)
+
+    async def aclose(self) -> None:
+        if self._endpoint is not None:
+            await self._endpoint.aclose()
+
+
+@contextlib.contextmanager
+def on_demand(recipe: Recipe, note: Callable[[str], None] = print) -> Iterator[OnDemandServers]:
+    """The servers of :class:`OnDemandTeacher` objects, stopped when the block ends however it
+    ends (as :func:`vllm_teachers`'s)."""
+    servers = OnDemandServers(recipe, note)
+    try:
+        with _signals_raise():
+            yield servers
+    except _Stopped as stop:
+        note(f"{stop}: stopping the vLLM servers")
+        raise SystemExit(128 + stop.signum) from None
+    finally:
+        servers.stop()
 
 
 def _tokenizer_kind(model_dir: Path) -> str:
