@@ -10,7 +10,8 @@ choice (``DELAY_S`` apart, so that requests are in flight when a test kills the 
 front), a usage chunk and ``[DONE]``.
 Every prompt gets ``tokens_for(text)`` tokens, at most ``max_tokens`` (finish reason ``stop``, or
 ``length`` when ``max_tokens`` cut it); the usage is the truth the gateway must bill. Listens on
-127.0.0.1 only.
+127.0.0.1 only. A malformed ``vllm_xargs`` watermark is a 400 naming it, as vLLM running
+Avocado's processor answers (the gateway's start-up probe expects it).
 
 A prompt (or the last message) may end with a directive that makes the fake misbehave, for the
 tests of a lying or failing upstream (``lie(...)`` writes one):
@@ -43,6 +44,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from avocado_watermark.xargs import from_xargs
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -182,6 +184,12 @@ def _echoed(index: int, text: str, alone: bool, logprobs: bool) -> dict[str, Any
 def make_app(delay_s: float) -> Starlette:
     async def complete(request: Request) -> Response:
         body = await request.json()
+        if "vllm_xargs" in body:  # as vLLM with Avocado's processor: a malformed watermark is a 400
+            try:
+                from_xargs(body["vllm_xargs"])
+            except ValueError as e:
+                error = {"message": str(e), "type": "BadRequestError", "param": None, "code": 400}
+                return JSONResponse({"error": error}, status_code=400)
         chat = request.url.path.endswith("/chat/completions")
         texts = _texts(body)
         n = int(body.get("n") or 1)

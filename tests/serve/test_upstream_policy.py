@@ -28,6 +28,7 @@ from serve_helpers import LOGPROBS_PLAN, PRICE, SECRET, World, run_server
 from avocado_llm.billing import MICRO, Billing, Plan
 from avocado_llm.protect.scheme import DEFAULT_PARAMS, Watermark, account_key
 from avocado_llm.serve import ServeSettings, create_app
+from avocado_llm.serve.upstream_probe import is_probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from fake_upstream import MODEL, make_app
@@ -54,7 +55,7 @@ class Recorder:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        if raw:
+        if raw and not is_probe(json.loads(raw)):  # the gateway's probe: test_upstream_probe
             self.bodies.append((scope["path"], json.loads(raw)))
         replayed = False
 

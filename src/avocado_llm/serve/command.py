@@ -7,6 +7,7 @@ AVOCADO_SECRET=... avocado serve --upstream http://127.0.0.1:8001/v1 --model-nam
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import logging
 import os
@@ -99,6 +100,15 @@ def run_serve_command(args: argparse.Namespace) -> int:
     if not settings.secret.get_secret_value():
         return fail("set AVOCADO_SECRET (the server secret API keys are HMAC'd under)", EXIT_USAGE)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if settings.upstream_url is not None and settings.upstream_watermark:
+        from avocado_llm.serve.upstream_probe import MISSING, Verdict
+
+        verdict = asyncio.run(_probe_upstream(settings))
+        if verdict is Verdict.MISSING:
+            return fail(MISSING)
+        if verdict is Verdict.UNKNOWN:
+            print("note: the upstream did not answer the watermark probe; watermarked requests "
+                  "get 503 until it does", file=sys.stderr)  # fmt: skip
     common: dict[str, Any] = {"host": settings.host, "port": settings.port, "access_log": False,
               "log_level": args.log_level, "timeout_graceful_shutdown": 30}  # fmt: skip
     if settings.workers == 1:
@@ -124,6 +134,19 @@ def run_serve_command(args: argparse.Namespace) -> int:
     uvicorn.run("avocado_llm.serve.app:create_app_from_env", factory=True,
                 workers=settings.workers, **common)  # fmt: skip
     return 0
+
+
+async def _probe_upstream(settings: ServeSettings) -> Any:
+    """Once, before serving: does the upstream run the watermark processor?"""
+    import aiohttp
+
+    from avocado_llm.serve.upstream_probe import probe
+
+    key = settings.upstream_api_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    async with aiohttp.ClientSession(headers=headers, trust_env=False) as session:
+        model = settings.upstream_model or settings.served_name
+        return await probe(session, str(settings.upstream_url), model)
 
 
 def _prepare_ledger(settings: ServeSettings) -> None:

@@ -13,6 +13,7 @@ upstream hop is most of the gateway's own work (``bench/gateway_overhead.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -35,6 +36,7 @@ from avocado_llm.serve.engine import (
     longest_token,
 )
 from avocado_llm.serve.tools import CallChecker, compact
+from avocado_llm.serve.upstream_probe import MISSING, PROBE_EVERY_S, Verdict, WatermarkGuard
 
 log = logging.getLogger("avocado.serve.upstream")
 
@@ -68,8 +70,10 @@ class UpstreamGeneration:
         prompts: Sequence[Prompt],
         choices: int,
         max_completion: int,
+        guard: WatermarkGuard | None = None,
     ) -> None:
         self.usage = Usage(prompt_tokens=sum(p.tokens for p in prompts))
+        self._guard = guard  # a watermarked request's: the processor must be there
         self._session = session
         self._url = url
         self._body = body
@@ -89,6 +93,8 @@ class UpstreamGeneration:
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         try:
+            if self._guard is not None:
+                await self._guard.require()  # never forwarded to be served unmarked
             # Leaving this block before the body's end (the client hung up) closes the
             # connection rather than pooling it: the upstream sees the hang-up.
             async with self._session.post(self._url, json=self._body) as response:
@@ -115,6 +121,8 @@ class UpstreamGeneration:
         except TimeoutError as e:
             raise self._failed("timeout", e, "The model server did not answer in time.") from e
         except aiohttp.ClientError as e:
+            if self._guard is not None and isinstance(e, aiohttp.ClientConnectionError):
+                self._guard.forget()  # maybe restarted: ask again before the next
             raise self._failed(type(e).__name__, e, "The model server could not be reached or "
                                "broke off its answer.") from e  # fmt: skip
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -196,6 +204,7 @@ class UpstreamEngine:
         timeout_s: float = 600.0,
         tokenizer_dir: Path | None = None,
         watermark: bool = True,
+        probe_every_s: float = PROBE_EVERY_S,
     ) -> None:
         self.model = model_name
         self.watermark = watermark
@@ -210,6 +219,10 @@ class UpstreamEngine:
         self._tokenizer_dir = tokenizer_dir
         self._tokenizer: Any = None
         self._session: aiohttp.ClientSession | None = None
+        self._probe_every_s = probe_every_s
+        self.guard: WatermarkGuard | None = None
+        """With ``watermark``: whether the upstream runs the processor (``upstream_probe``)."""
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._session is not None:
@@ -229,8 +242,24 @@ class UpstreamEngine:
             auto_decompress=False,
             trust_env=False,
         )
+        if self.watermark:
+            await self._start_guard(self._session)
+
+    async def _start_guard(self, session: aiohttp.ClientSession) -> None:
+        """Probe the upstream: refuse to start in front of one without the processor; one
+        that does not answer yet is asked again by the first watermarked request."""
+        guard = WatermarkGuard(session, self._base_url, self.upstream_model)
+        if await guard.check() is Verdict.MISSING:
+            await session.close()
+            self._session = None
+            raise RuntimeError(MISSING)
+        self.guard = guard
+        self._watch = asyncio.create_task(guard.watch(self._probe_every_s))
 
     async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -308,11 +337,15 @@ class UpstreamEngine:
                 body["echo"] = True
             if options.logprobs is not None:
                 body["logprobs"] = options.logprobs
+        guard = self.guard if "vllm_xargs" in body else None
+        if guard is not None:
+            guard.refuse_if_missing()  # a 503 before anything is forwarded or streamed
         path = "/chat/completions" if chat else "/completions"
         choices = len(prompts) * options.n
         return UpstreamGeneration(
             self._session, self._base_url + path, body, prompts, choices,
             max_completion=choices * options.max_tokens,
+            guard=guard,
         )  # fmt: skip
 
 
