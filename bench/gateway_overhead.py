@@ -339,7 +339,8 @@ def main() -> None:
         for name, url in ledgers.items():
             key = prepare_ledger(url, limited=name == "sqlite+redis")
             settings = {"upstream_url": f"http://127.0.0.1:{up_port}/v1", "model_name": MODEL,
-                        "database_url": url, "secret": SECRET}  # fmt: skip
+                        "database_url": url, "secret": SECRET,
+                        "upstream_watermark": False}  # not vLLM (the probe)  # fmt: skip
             if name == "sqlite+redis":
                 settings["redis_url"] = redis_url
             sock = listening_socket()

@@ -99,8 +99,9 @@ def gateway(vllm: str, smollm2: Path, tmp_path_factory: pytest.TempPathFactory) 
     billing.set_price(MODEL, PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
     billing.create_account("acme", 10 * MICRO)
     _, key = billing.create_key("acme")
+    # this vLLM runs without Avocado's watermark processor: the gateway would refuse to start
     settings = ServeSettings(upstream_url=vllm, model_name=MODEL, model_dir=smollm2,
-                             database_url=url, secret=SECRET)  # fmt: skip
+                             database_url=url, secret=SECRET, upstream_watermark=False)  # fmt: skip
     with serve_in_thread(create_app(settings, billing=billing)) as origin:
         client = openai.OpenAI(base_url=f"{origin}/v1", api_key=key, max_retries=0, timeout=600)
         yield client, billing
