@@ -316,3 +316,30 @@ def test_the_plans_caps_apply_in_front_of_vllm(gateway: dict[str, Any]) -> None:
         assert all(len(t.top_logprobs) == 3 for t in choice.logprobs.content)
     default.close()
     research.close()
+
+
+def test_the_gateway_refuses_vllm_without_the_processor(
+    vllm: str, vllm_url: str, tmp_path: Path
+) -> None:
+    """vLLM without ``--logits-processors`` (conftest's, for the tools tests) would serve
+    unmarked text: the gateway's probe tells it from this module's vLLM with the processor, and
+    ``avocado serve --upstream`` refuses to start in front of it."""
+    import aiohttp
+
+    from avocado_llm.serve.upstream_probe import MISSING, Verdict, probe
+
+    if os.environ.get("AVOCADO_SMOLLM2_VLLM"):
+        pytest.skip("conftest's vLLM is one given by $AVOCADO_SMOLLM2_VLLM (maybe with it)")
+
+    async def verdict(url: str) -> Verdict:
+        async with aiohttp.ClientSession() as session:
+            return await probe(session, url, MODEL)
+
+    assert asyncio.run(verdict(vllm_url)) is Verdict.MARKS
+    assert asyncio.run(verdict(vllm)) is Verdict.MISSING
+    command = [sys.executable, "-m", "avocado_llm.cli", "serve", "--upstream", vllm,
+               "--model-name", MODEL, "--database-url", f"sqlite:///{tmp_path / 'l.db'}",
+               "--port", str(free_port())]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "AVOCADO_SECRET": SECRET})  # fmt: skip
+    assert done.returncode == 1 and MISSING in done.stderr, done.stderr[-2000:]
