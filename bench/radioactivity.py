@@ -21,6 +21,13 @@
    tests under every account of our ledger (Bonferroni-corrected): the reference test (the
    verdict) and the text test.
 
+``--upstream URL --model DIR`` serves our model with vLLM instead of the in-process engine:
+the gateway (Avocado's app in upstream mode, the same ledger and keys) forwards to vLLM at
+``URL`` (``…/v1``), started with ``--logits-processors
+avocado_watermark.vllm:WatermarkLogitsProcessor`` on ``DIR`` (the same model: its tokenizer
+and entropy gate score the answers here); quality, detection and student B's harvest all go
+through it. The bench checks first that vLLM runs the processor (the gateway's probe).
+
 Tiny students, short training, one torch thread: about 10–20 minutes on 2 shared cores, and
 as much again for each further seed. ``--prompts-per-family`` and ``--steps`` scale it.
 
@@ -53,6 +60,7 @@ from radioactivity_parts import (
     POOL_SEED,
     ROOT,
     SECRET,
+    check_upstream,
     data_sizes,
     distill_student,
     endpoint_accuracy,
@@ -113,9 +121,30 @@ def main() -> int:
         "their spread [1]",
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
+    parser.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="serve our model with vLLM at URL (…/v1, with Avocado's watermark processor) "
+        "behind the gateway, instead of the in-process engine; needs --model (the same model)",
+    )
+    parser.add_argument(
+        "--upstream-model", metavar="NAME", help="the model's name in vLLM [its first model]"
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    upstream = None
+    if args.upstream_model and not args.upstream:
+        parser.error("--upstream-model needs --upstream URL")
+    if args.upstream:
+        if not args.upstream.startswith(("http://", "https://")):
+            parser.error(f"--upstream must be an http(s) URL ending in /v1, not {args.upstream!r}")
+        if args.model is None or not (args.model / "config.json").is_file():
+            parser.error(
+                "--upstream needs --model DIR: the model vLLM serves (a directory with "
+                "config.json; its tokenizer and entropy gate score the answers)"
+            )
+        upstream = (args.upstream, check_upstream(args.upstream, args.upstream_model))
     seeds = list(range(1, args.seeds + 1))
     torch.set_num_threads(1)
     t_start = time.monotonic()
@@ -127,7 +156,7 @@ def main() -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     source = args.model or ROOT / "runs/tiny/student"
-    if not any(source.glob("*.safetensors")):  # missing, or being rebuilt right now
+    if upstream is None and not any(source.glob("*.safetensors")):  # missing, or being rebuilt
         log(
             f"no trained model in {source}: serving the zoo's qwen-tiny instead (a confident "
             "model: the entropy gate leaves it little to mark)"
@@ -143,13 +172,14 @@ def main() -> int:
     database_url, keys = ledger(out / "ledger.db", SECRET, ACCOUNTS)
     results: dict[str, Any] = {
         "served_model": str(source),
+        "served_by": f"vLLM at {upstream[0]} ({upstream[1]})" if upstream else "in-process",
         "scheme": vars(DEFAULT_PARAMS) | {"delta": DEFAULT_DELTA},
         "accounts": {n: k["id"] for n, k in keys.items()},
     }
     heldout = generate(list(FAMILIES), "heldout", args.heldout, seed=0)
 
-    with serving(served, database_url, SECRET) as url:
-        log(f"Avocado API on {url}")
+    with serving(served, database_url, SECRET, upstream) as url:
+        log(f"Avocado API on {url}" + (f", in front of vLLM at {upstream[0]}" if upstream else ""))
         # 1. quality: the same held-out prompts with the watermark on (acme) and off
         on = endpoint_accuracy(url, keys["acme"]["on"], heldout, out / "answers-on.jsonl")
         off = endpoint_accuracy(url, keys["acme"]["off"], heldout, None)

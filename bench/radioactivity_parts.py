@@ -29,8 +29,12 @@ def log(msg: str) -> None:
 
 
 @contextmanager
-def serving(model_dir: Path, database_url: str, secret: str) -> Iterator[str]:
-    """The real Avocado server (``create_app``) on 127.0.0.1, in a thread; yields its /v1 URL."""
+def serving(
+    model_dir: Path, database_url: str, secret: str, upstream: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """The real Avocado server (``create_app``) on 127.0.0.1, in a thread; yields its /v1 URL.
+    ``upstream`` (URL, model name there): the gateway in front of vLLM, which watermarks with
+    Avocado's processor (``model_dir`` is the same model, for the gateway's tokenizer)."""
     from avocado_llm.serve import ServeSettings, create_app
     from avocado_llm.serve.background import serve_in_thread
 
@@ -42,8 +46,43 @@ def serving(model_dir: Path, database_url: str, secret: str) -> Iterator[str]:
         threads=1,
         max_batch_size=64,
     )
+    if upstream is not None:
+        settings = settings.model_copy(
+            update={"upstream_url": upstream[0], "upstream_model": upstream[1]}
+        )
     with serve_in_thread(create_app(settings)) as origin:
         yield f"{origin}/v1"
+
+
+def check_upstream(url: str, model: str | None) -> str:
+    """The model vLLM serves at ``url`` (``…/v1``; its first one unless ``model`` names one),
+    once it is checked that vLLM runs Avocado's watermark processor (the gateway's probe).
+    Raises ``SystemExit`` with the reason otherwise."""
+    import aiohttp
+
+    from avocado_llm.serve.upstream_probe import MISSING, Verdict, probe
+
+    async def ask() -> tuple[list[str], str, Verdict]:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with session.get(url.rstrip("/") + "/models", timeout=timeout) as r:
+                r.raise_for_status()
+                names = [str(m["id"]) for m in (await r.json())["data"]]
+            name = model or (names[0] if names else "")
+            return names, name, await probe(session, url, name)
+
+    try:
+        names, name, verdict = asyncio.run(ask())
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
+        why = f"{type(e).__name__}: {e}"
+        raise SystemExit(f"error: {url}/models did not list its models ({why})") from e
+    if name not in names:
+        raise SystemExit(f"error: the upstream serves {names}, not {name!r} (--upstream-model)")
+    if verdict is Verdict.MISSING:
+        raise SystemExit(f"error: {MISSING.partition(' or pass')[0]}")
+    if verdict is not Verdict.MARKS:
+        raise SystemExit(f"error: {url} did not answer the watermark probe (see the log)")
+    return name
 
 
 def ledger(path: Path, secret: str, accounts: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
@@ -251,8 +290,8 @@ def recipe_for(
 def distill_student(recipe: Any) -> Path:
     """Harvest → fuse → distill (SFT), as ``avocado run`` does; returns the student dir."""
     from avocado_llm.distill.pipeline import distill
+    from avocado_llm.fusion import fuse_recipe
     from avocado_llm.harvest import harvest
-    from avocado_llm.run import fuse_stage
 
     student = recipe.run_dir / "student"
     if (student / "avocado.json").exists():
@@ -264,7 +303,7 @@ def distill_student(recipe: Any) -> Path:
         raise RuntimeError(f"harvest of {recipe.name} has failed records")
     log(f"  harvest: {summary}" if len(str(summary)) < 300 else "  harvest done")
     log(f"  harvested in {time.monotonic() - t0:.0f}s; fusing")
-    fuse_stage(recipe, recipe.fusion.strategy, "cpu")
+    fuse_recipe(recipe, recipe.fusion.strategy, device="cpu", reuse=True, note=log)
     t0 = time.monotonic()
     distill(recipe, use_kd=False, out=student)
     log(f"  distilled in {time.monotonic() - t0:.0f}s → {student}")
