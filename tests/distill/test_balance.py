@@ -100,6 +100,6 @@ def test_recipe_refuses_a_non_positive_temperature() -> None:
 
 
 def test_the_temperature_is_in_the_students_fingerprint() -> None:
-    recipe = load_recipe(ROOT / "recipes" / "own-data.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "own-data.yaml", ["training.balance_temperature=1.5"])
     fp = distill_fingerprint(recipe, "verify", True, ROOT / "nothing.parquet")
-    assert fp["training.balance_temperature"] == recipe.training.balance_temperature
+    assert fp["training.balance_temperature"] == 1.5
