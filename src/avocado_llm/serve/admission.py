@@ -24,7 +24,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
@@ -32,6 +32,7 @@ from fastapi import Request
 from avocado_llm.billing import InsufficientCredit, KeyInfo, Price, format_usd
 from avocado_llm.serve.errors import APIError, bad_request
 from avocado_llm.serve.serving import Services
+from avocado_llm.serve.tools import compact
 
 T = TypeVar("T")
 
@@ -72,6 +73,15 @@ async def admit(
     _requests_per_minute(services, key)
     _size(services, longest_chars, param)
     await _credit(request, services, key, body_hash)
+
+
+def conversation_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """What :func:`admit` weighs of a conversation: its messages' text, earlier function calls
+    and call ids, and the tools offered."""
+    chars = sum(len(str(m["content"] or "")) for m in messages)
+    chars += sum(len(compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
+    chars += sum(len(m.get("tool_call_id", "")) for m in messages)
+    return chars + (len(compact(tools)) if tools else 0)
 
 
 async def build_prompt(request: Request, build: Callable[..., T], *args: object) -> T:

@@ -279,6 +279,23 @@ def wants_json(response_format: dict[str, Any] | None) -> bool:
     return response_format is not None and response_format.get("type") in _JSON_FORMATS
 
 
+def check_chat(
+    plan: Plan, engine: Engine, body: p.ChatCompletionRequest
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """A conversation's ``tools`` and ``response_format``, each checked, and both allowed by
+    the plan and the engine (:func:`check_features`)."""
+    tools = check_tools(body)
+    response_format = check_response_format(body)
+    check_features(
+        plan,
+        engine,
+        tools=tools is not None,
+        calls_in_messages=has_calls(body.messages),
+        structured=wants_json(response_format),
+    )
+    return tools, response_format
+
+
 @dataclass
 class _Call:
     id: str

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from avocado_llm.serve import protocol as p
 from avocado_llm.serve import tools as t
-from avocado_llm.serve.admission import admit, build_prompt
+from avocado_llm.serve.admission import admit, build_prompt, conversation_chars
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import Delta, SamplingOptions, TokenLogprob, Usage
 from avocado_llm.serve.errors import STREAM, bad_request
@@ -43,20 +43,9 @@ async def create_chat_completion(
     requested = body.max_completion_tokens or body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
     check_plan(key.plan, max_tokens=requested, n=body.n, top_logprobs=top)
-    tools = t.check_tools(body)
-    response_format = t.check_response_format(body)
-    t.check_features(
-        key.plan,
-        engine,
-        tools=tools is not None,
-        calls_in_messages=t.has_calls(body.messages),
-        structured=t.wants_json(response_format),
-    )
+    tools, response_format = t.check_chat(key.plan, engine, body)
     messages = [_message(m) for m in body.messages]
-    chars = sum(len(str(m["content"] or "")) for m in messages)
-    chars += sum(len(t.compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
-    chars += sum(len(m.get("tool_call_id", "")) for m in messages)
-    chars += len(t.compact(tools)) if tools else 0
+    chars = conversation_chars(messages, tools)
     await admit(request, services, key, longest_chars=chars, param="messages", body_hash=digest)
     if schemas := t.schemas_of(tools, response_format):  # CPU: after admission, off the loop
         await build_prompt(request, t.check_meta, schemas)

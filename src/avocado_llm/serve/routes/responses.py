@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 
 from avocado_llm.serve import responses_protocol as r
 from avocado_llm.serve import tools as t
-from avocado_llm.serve.admission import admit, build_prompt
+from avocado_llm.serve.admission import admit, build_prompt, conversation_chars
 from avocado_llm.serve.deps import KeyDep, ServicesDep
 from avocado_llm.serve.engine import SamplingOptions
 from avocado_llm.serve.errors import STREAM, APIError, bad_request
@@ -71,19 +71,8 @@ async def create_response(
     chat, messages = to_chat(body)
     with _in_responses_terms():
         check_plan(key.plan, max_tokens=body.max_output_tokens, n=1, top_logprobs=None)
-        tools = t.check_tools(chat)
-        response_format = t.check_response_format(chat)
-        t.check_features(
-            key.plan,
-            engine,
-            tools=tools is not None,
-            calls_in_messages=t.has_calls(chat.messages),
-            structured=t.wants_json(response_format),
-        )
-    chars = sum(len(str(m["content"] or "")) for m in messages)
-    chars += sum(len(t.compact(m["tool_calls"])) for m in messages if "tool_calls" in m)
-    chars += sum(len(m.get("tool_call_id", "")) for m in messages)
-    chars += len(t.compact(tools)) if tools else 0
+        tools, response_format = t.check_chat(key.plan, engine, chat)
+    chars = conversation_chars(messages, tools)
     await admit(request, services, key, longest_chars=chars, param="input", body_hash=digest)
     with _in_responses_terms():
         if schemas := t.schemas_of(tools, response_format):  # CPU: after admission, off the loop
