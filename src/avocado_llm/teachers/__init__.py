@@ -23,6 +23,7 @@ __all__ = [
     "TeacherError",
     "TeacherInfo",
     "TokenLogprobs",
+    "endpoint_teacher",
     "harvest_teachers",
     "load_teacher",
     "sampling_params",
@@ -45,6 +46,28 @@ def teacher_path(cfg: TeacherConfig, recipe: Recipe) -> Path:
     return cfg.path if cfg.path is not None else recipe.world.zoo_dir / cfg.name
 
 
+def endpoint_teacher(
+    cfg: TeacherConfig, recipe: Recipe, base_url: str, model: str, api_key_env: str | None = None
+) -> Teacher:
+    """An OpenAI-compatible endpoint asked as recipe teacher ``cfg`` (its name, licence,
+    concurrency, logprobs, reasoning and prompt template; the harvest's retries and timeout)."""
+    from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
+
+    return OpenAICompatTeacher(
+        name=cfg.name,
+        base_url=base_url,
+        model=model,
+        api_key_env=api_key_env,
+        licence=cfg.licence,
+        max_concurrency=cfg.max_concurrency,
+        supports_logprobs=cfg.supports_logprobs,
+        keep_reasoning=cfg.keep_reasoning,
+        max_retries=recipe.harvest.max_retries,
+        timeout_s=recipe.harvest.request_timeout_s,
+        prompt_template=cfg.prompt_template,
+    )
+
+
 def load_teacher(
     cfg: TeacherConfig, recipe: Recipe, device: str = "auto", in_process: bool = False
 ) -> Teacher:
@@ -56,21 +79,7 @@ def load_teacher(
 
         return served_teacher(cfg, recipe)
     if cfg.kind == "openai":
-        from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
-
-        return OpenAICompatTeacher(
-            name=cfg.name,
-            base_url=str(cfg.base_url),
-            model=str(cfg.model),
-            api_key_env=cfg.api_key_env,
-            licence=cfg.licence,
-            max_concurrency=cfg.max_concurrency,
-            supports_logprobs=cfg.supports_logprobs,
-            keep_reasoning=cfg.keep_reasoning,
-            max_retries=recipe.harvest.max_retries,
-            timeout_s=recipe.harvest.request_timeout_s,
-            prompt_template=cfg.prompt_template,
-        )
+        return endpoint_teacher(cfg, recipe, str(cfg.base_url), str(cfg.model), cfg.api_key_env)
     from avocado_llm.teachers.hf import LocalTeacher
 
     return LocalTeacher(

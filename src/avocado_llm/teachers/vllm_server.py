@@ -127,20 +127,9 @@ def served_info(cfg: TeacherConfig, recipe: Recipe, url: str | None = None) -> A
 
 
 def _endpoint_teacher(cfg: TeacherConfig, recipe: Recipe, url: str, info: Any) -> Any:
-    from avocado_llm.teachers.openai_compat import OpenAICompatTeacher
+    from avocado_llm.teachers import endpoint_teacher
 
-    teacher = OpenAICompatTeacher(
-        name=cfg.name,
-        base_url=url,
-        model=cfg.name,
-        licence=cfg.licence,
-        max_concurrency=cfg.max_concurrency,
-        supports_logprobs=cfg.supports_logprobs,
-        keep_reasoning=cfg.keep_reasoning,
-        max_retries=recipe.harvest.max_retries,
-        timeout_s=recipe.harvest.request_timeout_s,
-        prompt_template=cfg.prompt_template,
-    )
+    teacher: Any = endpoint_teacher(cfg, recipe, url, cfg.name)
     teacher.info = info
     return teacher
 
