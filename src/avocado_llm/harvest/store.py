@@ -44,6 +44,7 @@ from avocado_llm.harvest.files import (
     release_lock,
 )
 from avocado_llm.harvest.files import fsync_dir as _fsync_dir
+from avocado_llm.models.files import file_sha256
 from avocado_llm.teachers.base import SamplingParams, TeacherInfo
 
 FORMAT = 1
@@ -147,14 +148,6 @@ class ShardIndex:
             self.provenance.setdefault(teacher, {})[row["teacher_revision"]] = row["teacher_model"]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def shard_files(root: Path) -> list[Path]:
     return sorted((root / "data").glob("*/part-*.parquet"))
 
@@ -173,7 +166,7 @@ def scan_shards(root: Path, known: dict[str, Shard]) -> tuple[list[Shard], Shard
             ) from error
         size = file.stat().st_size
         old = known.get(rel)
-        digest = old.sha256 if old is not None and old.bytes == size else _sha256(file)
+        digest = old.sha256 if old is not None and old.bytes == size else file_sha256(file)
         shards.append(Shard(rel, teacher, table.num_rows, size, digest))
         index.add(teacher, table)
         index.add_sources(table.schema.metadata)
@@ -187,7 +180,7 @@ def shard_damage(file: Path, known: Shard | None) -> str | None:
         size = file.stat().st_size
         if size != known.bytes:
             return f"it has {size} bytes, the manifest recorded {known.bytes}"
-        if _sha256(file) != known.sha256:
+        if file_sha256(file) != known.sha256:
             return "its SHA-256 differs from the one the manifest recorded"
     try:
         pq.read_table(file, schema=SCHEMA, page_checksum_verification=True)

@@ -23,6 +23,15 @@ def model_files(path: Path) -> list[Path]:
     return sorted(found)
 
 
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def weights_revision(path: Path, chat_template: str | None = None) -> str:
     """A short hash of every file that decides the model's answers (names and bytes), and of a
     chat template that replaces the tokenizer's: the model's revision in every record (and so

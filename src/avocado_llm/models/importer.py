@@ -17,7 +17,6 @@ leaves nothing at ``out``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import importlib.metadata as metadata
 import json
@@ -28,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from avocado_llm.models.files import file_sha256
 
 CHECK_PROMPTS = (
     "The capital of France is",
@@ -147,14 +148,6 @@ def gguf_metadata(path: Path) -> dict[str, str]:
     return found
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_model(
     src: str | Path,
     out: str | Path,
@@ -234,7 +227,7 @@ def import_model(
             out=str(out),
             source={
                 "gguf": source.gguf.name,
-                "sha256": _sha256(source.gguf),
+                "sha256": file_sha256(source.gguf),
                 "package": source.package,
                 "version": source.version,
                 "homepage": source.homepage,
