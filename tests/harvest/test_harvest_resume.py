@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import avocado_llm.teachers as avocado_teachers
 from avocado_llm import cli
 from avocado_llm.config import Recipe, load_recipe
 from avocado_llm.harvest import harvest, read_records, status
-from avocado_llm.harvest import runner as harvest_runner
 from avocado_llm.teachers import Completion, SamplingParams, Teacher, load_teacher
 from avocado_llm.teachers.base import Messages
 
@@ -78,7 +78,8 @@ def test_a_failed_batch_is_logged_and_retried(
     def flaky_qwen(cfg, recipe, device):  # the second batch asked of qwen-tiny raises
         return Recorder(load_teacher(cfg, recipe, device), 2 if cfg.name == "qwen-tiny" else None)
 
-    monkeypatch.setattr(harvest_runner, "load_teacher", flaky_qwen)
+    # The CLI loads its teachers through teachers.harvest_teachers, which calls load_teacher.
+    monkeypatch.setattr(avocado_teachers, "load_teacher", flaky_qwen)
     assert cli.main(["harvest", str(path), "--device", "cpu"]) == 1
     assert "3 records failed" in capsys.readouterr().err
     report = status(out)
