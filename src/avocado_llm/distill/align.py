@@ -137,6 +137,30 @@ def teacher_byte_spans(tokens: Sequence[str], kind: PieceKind, completion: str) 
     return [(end - n, end) for end, n in zip(ends, lengths, strict=True)]
 
 
+def trim_to_completion(tokens: Sequence[str], kind: PieceKind, completion: str) -> tuple[int, int]:
+    """``(start, stop)``: the slice of ``tokens`` that spells ``completion`` when the harvest
+    kept more tokens than text — whitespace-only tokens before it (a base model's answer after
+    "Answer:" starts with a space the stored text strips) and end-of-turn control tokens or
+    whitespace-only tokens after it (a vLLM server lists ``<|im_end|>`` among the generated
+    tokens). The whole range when nothing needs trimming or trimming does not help."""
+    start, stop = 0, len(tokens)
+    target = completion.encode()
+
+    def spelled() -> bytes:
+        return b"".join(piece_bytes(t, kind) for t in tokens[start:stop])
+
+    if spelled() == target:
+        return start, stop
+    while stop > start and (
+        _SPECIAL_LOOKING.fullmatch(tokens[stop - 1])
+        or not piece_bytes(tokens[stop - 1], kind).strip()
+    ):
+        stop -= 1
+    while start < stop and not piece_bytes(tokens[start], kind).strip():
+        start += 1
+    return (start, stop) if spelled() == target else (0, len(tokens))
+
+
 def pair_positions(student_spans: Sequence[Span], teacher_spans: Sequence[Span]) -> list[Span]:
     """(i, j) for every teacher token j that starts where a student token i starts. O(N_S+N_T);
     empty tokens are never paired."""
@@ -282,6 +306,13 @@ def kd_targets(
         mapper = CandidateMapper(student_tokenizer, kind, special_map)
     elif mapper.tokenizer is not student_tokenizer or mapper.kind != kind:
         raise ValueError("the mapper was built for another student tokenizer or piece kind")
+    start, stop = trim_to_completion(teacher_tokens, kind, completion_text)
+    if (start, stop) != (0, len(teacher_tokens)):
+        teacher_tokens = teacher_tokens[start:stop]
+        teacher_top_tokens = teacher_top_tokens[start:stop]
+        teacher_top_logprobs = teacher_top_logprobs[start:stop]
+        if teacher_token_logprobs is not None:
+            teacher_token_logprobs = teacher_token_logprobs[start:stop]
     text = prefix + completion_text + suffix
     student_ids, s_spans = _student_tokens(student_tokenizer, text)
     offset = len(prefix.encode())
