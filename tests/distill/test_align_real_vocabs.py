@@ -221,3 +221,19 @@ def test_tokens_beyond_the_stored_text_are_trimmed(
         assert torch.equal(trimmed.ids, plain.ids) and torch.equal(trimmed.probs, plain.probs)
     with pytest.raises(ValueError, match="spell"):  # other extra text is still refused
         kd_targets(smol_style, answer, ["x", *tokens], tops[:-1], lps[:-1], chosen[:-1], "text")
+
+
+def test_a_space_inside_the_first_token_is_cut_from_it_and_its_alternatives(
+    smol_style: PreTrainedTokenizerBase,
+) -> None:
+    """Gemma after "Answer:" writes " Paris" (one token); the stored text is "Paris"."""
+    answer = "Paris"
+    (pid,) = smol_style(answer, add_special_tokens=False)["input_ids"][:1]
+    (lid,) = smol_style("London", add_special_tokens=False)["input_ids"][:1]
+    tops = [[" Paris", " London", "\nParis"], ["<|im_end|>"]]
+    lps = [[math.log(0.7), math.log(0.2), math.log(0.1)], [0.0]]
+    t = kd_targets(smol_style, answer, [" Paris", "<|im_end|>"], tops, lps, None, "text")
+    assert t.positions.tolist()[0] == 0
+    mass = dict(zip(t.ids[0].tolist(), t.probs[0].tolist(), strict=True))
+    assert mass[pid] >= 0.7 - 1e-5 and mass.get(lid, 0.0) > 0.0
+    assert float(t.rest[0]) == pytest.approx(0.1, abs=1e-5)  # "\nParis": not this position's

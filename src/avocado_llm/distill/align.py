@@ -137,12 +137,16 @@ def teacher_byte_spans(tokens: Sequence[str], kind: PieceKind, completion: str) 
     return [(end - n, end) for end, n in zip(ends, lengths, strict=True)]
 
 
-def trim_to_completion(tokens: Sequence[str], kind: PieceKind, completion: str) -> tuple[int, int]:
-    """``(start, stop)``: the slice of ``tokens`` that spells ``completion`` when the harvest
-    kept more tokens than text — whitespace-only tokens before it (a base model's answer after
-    "Answer:" starts with a space the stored text strips) and end-of-turn control tokens or
-    whitespace-only tokens after it (a vLLM server lists ``<|im_end|>`` among the generated
-    tokens). The whole range when nothing needs trimming or trimming does not help."""
+def trim_to_completion(
+    tokens: Sequence[str], kind: PieceKind, completion: str
+) -> tuple[int, int, int]:
+    """``(start, stop, cut)``: the slice of ``tokens`` that spells ``completion`` when the
+    harvest kept more than the text — whitespace before it (a base model's answer after
+    "Answer:" starts with a space the stored text strips: a token of its own, or, for decoded
+    ``text`` pieces, ``cut`` characters at the start of the first kept token) and end-of-turn
+    control tokens or whitespace-only tokens after it (a vLLM server lists ``<|im_end|>`` among
+    the generated tokens). ``(0, len(tokens), 0)`` when nothing needs trimming or it does not
+    help."""
     start, stop = 0, len(tokens)
     target = completion.encode()
 
@@ -150,7 +154,7 @@ def trim_to_completion(tokens: Sequence[str], kind: PieceKind, completion: str) 
         return b"".join(piece_bytes(t, kind) for t in tokens[start:stop])
 
     if spelled() == target:
-        return start, stop
+        return start, stop, 0
     while stop > start and (
         _SPECIAL_LOOKING.fullmatch(tokens[stop - 1])
         or not piece_bytes(tokens[stop - 1], kind).strip()
@@ -158,7 +162,14 @@ def trim_to_completion(tokens: Sequence[str], kind: PieceKind, completion: str) 
         stop -= 1
     while start < stop and not piece_bytes(tokens[start], kind).strip():
         start += 1
-    return (start, stop) if spelled() == target else (0, len(tokens))
+    if spelled() == target:
+        return start, stop, 0
+    if kind == "text" and start < stop:
+        first = tokens[start]
+        cut = len(first) - len(first.lstrip())
+        if cut and (first[cut:] + "".join(tokens[start + 1 : stop])).encode() == target:
+            return start, stop, cut
+    return 0, len(tokens), 0
 
 
 def pair_positions(student_spans: Sequence[Span], teacher_spans: Sequence[Span]) -> list[Span]:
@@ -306,13 +317,20 @@ def kd_targets(
         mapper = CandidateMapper(student_tokenizer, kind, special_map)
     elif mapper.tokenizer is not student_tokenizer or mapper.kind != kind:
         raise ValueError("the mapper was built for another student tokenizer or piece kind")
-    start, stop = trim_to_completion(teacher_tokens, kind, completion_text)
-    if (start, stop) != (0, len(teacher_tokens)):
-        teacher_tokens = teacher_tokens[start:stop]
-        teacher_top_tokens = teacher_top_tokens[start:stop]
+    start, stop, cut = trim_to_completion(teacher_tokens, kind, completion_text)
+    if (start, stop, cut) != (0, len(teacher_tokens), 0):
+        teacher_tokens = list(teacher_tokens[start:stop])
+        teacher_top_tokens = [list(top) for top in teacher_top_tokens[start:stop]]
         teacher_top_logprobs = teacher_top_logprobs[start:stop]
         if teacher_token_logprobs is not None:
             teacher_token_logprobs = teacher_token_logprobs[start:stop]
+        if cut:  # the stripped whitespace: off the first token and its alternatives that have it
+            lead = teacher_tokens[0][:cut]
+            teacher_tokens[0] = teacher_tokens[0][cut:]
+            teacher_top_tokens[0] = [
+                p[cut:] if p.startswith(lead) and len(p) > cut else "<|rest|>"
+                for p in teacher_top_tokens[0]
+            ]
     text = prefix + completion_text + suffix
     student_ids, s_spans = _student_tokens(student_tokenizer, text)
     offset = len(prefix.encode())
