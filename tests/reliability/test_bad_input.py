@@ -115,7 +115,7 @@ COMPLETION_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("prompt as a number", {"model": MODEL, "prompt": 5}, ("prompt",)),
     ("empty prompt list", {"model": MODEL, "prompt": []}, ("at least 1",)),
     ("logprobs over the cap", {"model": MODEL, "prompt": "x", "logprobs": 9}, ("logprobs",)),
-    ("unknown field", {"model": MODEL, "prompt": "x", "echo": True}, ("Unrecognized",)),
+    ("unknown field", {"model": MODEL, "prompt": "x", "logit_bias": {"1": 5}}, ("Unrecognized",)),
     ("prompt too long", {"model": MODEL, "prompt": "word " * 2000}, ("shorten",)),
 ]
 
