@@ -52,7 +52,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
-def _gone(pids: list[int], within_s: float = 15.0) -> bool:
+def _gone(pids: list[int], within_s: float = 60.0) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if not any(_alive(p) for p in pids):
