@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from avocado_llm.config import RecipeError, load_recipe, recipe_from_dict
 from avocado_llm.config.fields import describe
-from avocado_llm.config.schema import PruneConfig, Recipe
+from avocado_llm.config.schema import Recipe
+from avocado_llm.config.student import PruneConfig
 from avocado_llm.distill.align import piece_bytes
 from avocado_llm.distill.pipeline import distill
 from avocado_llm.distill.prune import (

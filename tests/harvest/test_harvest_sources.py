@@ -176,7 +176,7 @@ def _fuse_and_distill(recipe: Recipe) -> None:
 def test_a_new_student_spells_characters_its_corpus_never_had(kind: str) -> None:
     """A source's text is not the tiny world's: a character the student tokenizer never saw
     is spelled with byte pieces, never ``<unk>``, and decodes back to itself."""
-    from avocado_llm.config.schema import StudentConfig
+    from avocado_llm.config.student import StudentConfig
     from avocado_llm.distill.student import build_student
 
     _, tok = build_student(StudentConfig(tokenizer_type=kind), corpus=["the answer is 42"] * 20)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from avocado_llm.config.schema import PruneConfig
+from avocado_llm.config.student import PruneConfig
 from avocado_llm.distill.align import kd_targets
 from avocado_llm.distill.prune import calibration_texts, prune_model
 

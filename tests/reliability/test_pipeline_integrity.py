@@ -381,7 +381,7 @@ def test_a_too_small_student_vocabulary_fails_the_recipe_check(tmp_path: Path) -
     path = write_recipe(tmp_path, ROOT / "zoo")
     with pytest.raises(RecipeError, match=r"student\.vocab_size"):
         load_recipe(path, ["student.vocab_size=300"])
-    from avocado_llm.config.schema import MIN_STUDENT_VOCAB
+    from avocado_llm.config.student import MIN_STUDENT_VOCAB
 
     with pytest.raises(RecipeError, match=r"student\.vocab_size"):
         load_recipe(path, [f"student.vocab_size={MIN_STUDENT_VOCAB - 1}"])

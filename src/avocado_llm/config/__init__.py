@@ -6,10 +6,12 @@ bad values, missing files, conflicts between fields) is collected and raised at 
 ``avocado recipe explain`` prints ``describe(Recipe)``: every field with its type, default and
 docstring.
 
-The package is split in four: ``fields`` (the generic machinery: problems, the YAML loader, the
-type-driven converter, field documentation), ``schema`` (the recipe's dataclasses and their
-checks), ``sources`` (its ``data`` section: your own prompt sources) and ``loader``
-(reading, overriding, validating and saving recipes).
+The package: ``fields`` (the generic machinery: problems, the YAML loader, the type-driven
+converter, field documentation), ``schema`` (the recipe's dataclasses and their checks), with
+three of its parts in their own modules — ``sources`` (the ``data`` section: your own prompt
+sources), ``student`` (the student and training sections), ``teacher_options`` (a teacher's vLLM
+and prompt-template options) —, and ``loader`` (reading, overriding, validating and saving
+recipes).
 """
 
 from avocado_llm.config.fields import Check, Problem, RecipeError, describe, field_docs

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from avocado_llm.config.schema import PruneConfig
+from avocado_llm.config.student import PruneConfig
 
 CALIBRATION_MAX_TOKENS = 256
 """Longer calibration texts are cut to this many tokens."""
