@@ -222,8 +222,8 @@ class _Stopped(SystemExit):
 
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """While the block runs (in the main thread): SIGTERM and SIGHUP raise :class:`_Stopped`,
-    so that the ``finally`` that stops the servers runs."""
+    """While the block runs (in the main thread): SIGTERM and SIGHUP raise :class:`_Stopped`
+    and SIGINT ``KeyboardInterrupt``, so that the ``finally`` that stops the servers runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -234,6 +234,9 @@ def _signals_raise() -> Iterator[None]:
 
     _stopping.clear()
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C is KeyboardInterrupt (exit 130) even where SIGINT came in ignored, as it does for a
+    # command started in the background by a non-interactive shell (nohup, CI scripts).
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
