@@ -271,8 +271,14 @@ def test_a_server_that_ignores_sigterm_is_killed(
 def _up(tmp_path: Path, zoo_dir: Path) -> tuple[subprocess.Popen[str], str, Path]:
     recipe_file = tmp_path / "served.yaml"
     recipe_file.write_text(json.dumps(_recipe_data(tmp_path, zoo_dir)))
+
+    # Started with SIGINT ignored, as a non-interactive shell starts a background job (CI does):
+    # Ctrl-C must still stop the servers.
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     up = subprocess.Popen([*AVOCADO, "teachers", "up", str(recipe_file)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)  # fmt: skip
+                          stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)  # fmt: skip
     assert up.stdout is not None
     line = up.stdout.readline()  # printed once the servers are healthy
     assert line.startswith("qwen-tiny\thttp://127.0.0.1:"), up.stderr.read() if up.stderr else ""
