@@ -9,7 +9,7 @@ from typing import Literal
 
 from avocado_llm.config.fields import Check, check_range, did_you_mean
 
-VERIFIERS = ("exact", "number", "sequence", "choice", "math", "none")
+VERIFIERS = ("exact", "short", "number", "sequence", "choice", "math", "none")
 """Per-source verifiers by name; ``regex:<pattern>`` accepts an answer the pattern matches."""
 SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 """File formats of a prompt source; a directory saved by ``datasets`` (save_to_disk) also works."""
@@ -59,8 +59,9 @@ class SourceConfig:
     """Column holding each row's own id (optional); two rows with the same id are a bad
     input. Avocado's prompt id is a hash of the normalized prompt either way."""
     verifier: str = "none"
-    """How an answer is checked against the reference: exact, number, sequence, choice,
-    regex:<pattern>, math, or none (open-ended: label-free fusion and judged evaluation)."""
+    """How an answer is checked against the reference: exact, short (a short answer, alone or
+    ending a sentence), number, sequence, choice, regex:<pattern>, math, or none (open-ended:
+    label-free fusion and judged evaluation)."""
     heldout_fraction: float = 0.2
     """Share of prompts held out for evaluation, chosen by a hash of the normalized prompt:
     stable across runs and row orders, and never overlapping the training split."""
