@@ -82,6 +82,47 @@ def test_exact_compares_a_multi_line_reference_whole() -> None:
     assert score("exact", "def f(x):\n    return x - 1", reference) == 0.0
 
 
+# --- short ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["Paris", "Paris.", "The capital of France is Paris.", "**Paris**", "The answer is: Paris",
+     "The capital of France is **Paris**.", "France's capital is Paris", "It's Paris!",
+     "The capital of France is known as 'Paris'.", "paris", "Paris. It has the Eiffel Tower."],
+)  # fmt: skip
+def test_short_accepts_the_reference_alone_or_ending_a_statement(answer: str) -> None:
+    assert score("short", answer, "Paris") == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["Paris or London", "Paris, London, Berlin", "London, Paris", "London or Paris",
+     "Paris and London", "It is either London or Paris.", "Maybe Paris", "It is not Paris",
+     "It isn't Paris.", "No. Paris.", "The capital of France is Paris or Lyon.",
+     "The capital of France is London. Paris is nice.", "Paris is the capital of France.",
+     "The capital of France is Parisian.", "The past tense of Paris", "Lyon", "",
+     "Paris is a city in France with many museums, cafes and lovely parks, and when people "
+     "ask which city is the capital of France, the answer that everyone knows is Paris."],
+)  # fmt: skip
+def test_short_refuses_lists_negations_essays_and_echoes(answer: str) -> None:
+    assert score("short", answer, "Paris") == 0.0
+
+
+def test_short_ignores_accents_and_reads_multi_word_references() -> None:
+    assert score("short", "The capital of Costa Rica is San José.", "San Jose") == 1.0
+    assert score("short", "The capital of Costa Rica is Jose.", "San Jose") == 0.0
+    assert score("short", 'The answer is "loaves".', "loaves") == 1.0
+    assert score("short", "Vientiane is the capital of Laos.", "Laos") == 1.0
+    # a second candidate glued on with a hyphen is still a second candidate
+    assert score("short", 'The opposite of "buy" is "sell-sell"', "sell") == 0.0
+
+
+def test_short_accepts_everything_exact_accepts() -> None:
+    for answer in ["The capital of France is well known.\n\nAnswer: Paris", "`Paris`"]:
+        assert score("exact", answer, "Paris") == score("short", answer, "Paris") == 1.0
+
+
 # --- number --------------------------------------------------------------------------------
 
 
@@ -103,6 +144,8 @@ def test_exact_compares_a_multi_line_reference_whole() -> None:
         ("Step 1: 12 apples.\nStep 2: 30 more.\n#### 42", "42"),
         ("So she has 42 apples.\n\nHope this helps!", "42"),
         ("0.1 + 0.2 = 0.30000000000000004", "0.3"),
+        ("A spider has 8 legs.", "8"),  # the last number of the last line
+        ("The answer is 4.", "4"),
         ("The answer is 42", 42),  # a reference column of integers
     ],
 )
@@ -333,7 +376,11 @@ def test_known_specs_are_fine_and_verifiers_carry_their_name(spec: str) -> None:
             "regex:([0-9]+",
             "the pattern in 'regex:([0-9]+' does not compile: missing ), unterminated",
         ),
-        ("zzzz", "unknown verifier 'zzzz': use one of exact, number, sequence, choice, math, none"),
+        (
+            "zzzz",
+            "unknown verifier 'zzzz': use one of exact, short, number, sequence, choice, math, "
+            "none",
+        ),
         ("", "unknown verifier ''"),
         (None, "a verifier must be a string"),
     ],

@@ -11,6 +11,16 @@ The specs:
 - ``exact``: the final answer equals the reference after normalisation (case, whitespace,
   surrounding quotes / markdown, a leading "The answer is", trailing punctuation); the whole
   answer equal to the reference counts too (multi-line references).
+- ``short``: a short answer, alone or ending the answer's first sentence: what ``exact``
+  accepts, and also "The capital of France is Paris." — the first sentence's last words are
+  the reference (case, accents, quotes and markdown ignored), after a linking word ("is",
+  "are", "was", "as", "'s", ":", "="), and the answer is at most :data:`MAX_SHORT_WORDS`
+  words with no negation anywhere ("not", "no", "never", "n't") and no second candidate in
+  that sentence ("or", "maybe", "Paris, London", "Paris and London"). A bare echo of the
+  question ("The past tense of cut") has no linking word and fails; so does a sentence whose
+  answer is not at its end ("Paris is the capital of France." for "the capital of France?"):
+  the verifier cannot tell the question's words from the answer, so it accepts the answer only
+  at the end of a statement.
 - ``number``: the last number of the final answer equals the reference's number within a
   relative tolerance of 1e-6; thousands commas, signs (also "−"), decimals, exponents and
   percent ("50%" matches 50 and 0.5) are understood.
@@ -52,6 +62,7 @@ import math
 import re
 import signal
 import threading
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +80,8 @@ MAX_FINAL_CHARS = 1_000
 """The final answer is cut to this many characters before any number, item or regex work."""
 MAX_REGEX_WHOLE_CHARS = 4_000
 """``regex:`` also tries the whole answer when it is at most this long."""
+MAX_SHORT_WORDS = 30
+"""``short`` refuses longer answers (an essay that mentions the reference is no answer)."""
 MAX_MATH_CHARS = 4_000
 """``math`` parses at most the last this-many characters of an answer (and of a reference)."""
 MATH_TIMEOUT_S = 5
@@ -204,6 +217,44 @@ def _exact(answer: str, reference: str) -> bool:
     if not gold:
         return False
     return _key(final_answer(answer)[0]) == gold or _key(answer[:MAX_ANSWER_CHARS]) == gold
+
+
+_NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|nothing|cannot)\b|n['’]t\b", re.I)
+_HEDGES = frozenset({"or", "either", "maybe", "perhaps", "possibly", "probably", "might", "/"})
+_JOINERS = frozenset({",", ";", "and", "or", "nor", "/", "&", "+", "-", "–", "—", "("})
+_LINKS = frozenset({"is", "are", "was", "were", "be", "as", "equals", "means", ":", "="})
+_TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def _tokens(text: str) -> list[str]:
+    """Words (accents folded, case folded; "it's" is one word) and punctuation marks, without
+    quotes and markdown emphasis, without the punctuation that ends the text."""
+    folded = unicodedata.normalize("NFKD", text)
+    folded = "".join(c for c in folded if not unicodedata.combining(c)).casefold()
+    out = [t for t in _TOKEN.findall(folded) if t not in _WRAP]
+    while out and not out[-1][0].isalnum():
+        out.pop()
+    return out
+
+
+def _short(answer: str, reference: str) -> bool:
+    if _exact(answer, reference):
+        return True
+    gold = _tokens(_clean(reference[:MAX_FINAL_CHARS]))
+    text = answer[:MAX_ANSWER_CHARS].strip()
+    if not gold or not text or len(text.split()) > MAX_SHORT_WORDS or _NEGATION.search(text):
+        return False
+    end = _SENTENCE_END.search(text)
+    words = _tokens(text[: end.start()] if end else text)
+    if words[-len(gold) :] != gold:
+        return False
+    before = words[: -len(gold)]
+    if not before:  # "Paris. It has the Eiffel Tower."
+        return True
+    if before[-1] in _JOINERS or any(w in _HEDGES for w in before):
+        return False
+    return any(w in _LINKS or w.endswith(("'s", "’s")) for w in before)
 
 
 _NUMBER = re.compile(
@@ -374,6 +425,7 @@ def _math(answer: str, reference: str) -> bool:
 
 _CHECKS: dict[str, Callable[[str, str], bool]] = {
     "exact": _exact,
+    "short": _short,
     "number": _number,
     "sequence": _sequence,
     "choice": _choice,
