@@ -20,6 +20,7 @@ import asyncio
 import enum
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -101,6 +102,8 @@ class WatermarkGuard:
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, model: str) -> None:
         self.verdict = Verdict.UNKNOWN
+        self.probed_at: float | None = None
+        """When the last probe finished (Unix time; ``None`` before the first)."""
         self._args = (session, base_url, model)
         self._lock = asyncio.Lock()
         self._probes = 0  # probes finished (a waiter reuses one that finished while it waited)
@@ -115,6 +118,7 @@ class WatermarkGuard:
             if verdict is not self.verdict:
                 (log.info if verdict is Verdict.MARKS else log.error)("%s", verdict.value)
             self.verdict = verdict
+            self.probed_at = time.time()
             self._probes += 1
             return verdict
 
