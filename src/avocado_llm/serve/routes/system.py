@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from avocado_llm.serve.deps import ServicesDep
+from avocado_llm.serve.health import watermark_health
 from avocado_llm.telemetry.metrics import CONTENT_TYPE
 
 router = APIRouter()
 
 
 @router.get("/health")
-async def health(services: ServicesDep) -> dict[str, str]:
-    """200 once the app has started (the model is loaded before the server listens)."""
-    return {"status": "ok", "model": services.engine.model}
+async def health(services: ServicesDep) -> dict[str, Any]:
+    """200 once the app has started (the model is loaded before the server listens), with
+    where the watermark is applied and, upstream, whether vLLM's processor was found
+    (:mod:`~avocado_llm.serve.health`)."""
+    return {"status": "ok", "model": services.engine.model} | watermark_health(services.engine)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
