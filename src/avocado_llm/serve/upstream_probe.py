@@ -11,7 +11,8 @@ the processor's own words (:data:`REFUSAL`) and generates nothing; without it, i
 - every :data:`PROBE_EVERY_S` while serving, and again before the next watermarked request
   after the upstream broke off a connection (a restart?): once found without the processor,
   each watermarked request is refused with a 503 before its answer begins (never served
-  unmarked, never charged) until a probe finds the processor again.
+  unmarked, never charged) until a probe finds the processor again;
+- ``GET /health`` tells the last probe's finding and its time (:mod:`~avocado_llm.serve.health`).
 """
 
 from __future__ import annotations
