@@ -108,3 +108,62 @@ def test_the_temperature_is_in_the_students_fingerprint() -> None:
     recipe = load_recipe(ROOT / "recipes" / "own-data.yaml", ["training.balance_temperature=1.5"])
     fp = distill_fingerprint(recipe, "verify", True, ROOT / "nothing.parquet")
     assert fp["training.balance_temperature"] == 1.5
+
+
+def test_family_weights_scale_the_shares() -> None:
+    items = _items([100, 900, 300])
+
+    def shares(weights: dict[str, float], temperature: float | None) -> dict[str, float]:
+        w = sampling_weights(items, True, temperature, weights)
+        assert w is not None
+        totals: Counter[str] = Counter()
+        for item, x in zip(items, w.tolist(), strict=True):
+            totals[item.group] += x
+        return {g: v / sum(totals.values()) for g, v in totals.items()}
+
+    assert shares({"g0": 3.0}, None) == pytest.approx({"g0": 0.6, "g1": 0.2, "g2": 0.2})
+    assert shares({"g1": 0.5, "g2": 2.0}, None) == pytest.approx(
+        {"g0": 1 / 3.5, "g1": 0.5 / 3.5, "g2": 2 / 3.5}
+    )
+    # on top of a temperature: T = 1 is proportional (1 : 9 : 3), then g0 counts twice
+    assert shares({"g0": 2.0}, 1.0) == pytest.approx({"g0": 2 / 14, "g1": 9 / 14, "g2": 3 / 14})
+    # a weight for a family this run does not have changes nothing
+    assert shares({"absent": 5.0}, None) == pytest.approx({"g0": 1 / 3, "g1": 1 / 3, "g2": 1 / 3})
+
+
+def test_family_weights_without_balance_weigh_each_example() -> None:
+    items = _items([100, 900])
+    weights = sampling_weights(items, False, None, {"g0": 9.0})
+    assert weights is not None
+    assert weights[0].item() == 9.0 and weights[-1].item() == 1.0
+    assert sampling_weights(items, False, None, {"g0": 1.0}) is None  # all equal: uniform
+    with pytest.raises(ValueError, match="finite number > 0"):
+        sampling_weights(items, True, None, {"g1": 0.0})
+
+
+def test_unweighted_draws_are_unchanged_by_an_empty_mapping() -> None:
+    items = _items(SIZES)
+    weights = sampling_weights(items, True, None, {})
+    for step, expected in PINNED.items():
+        assert step_indices(0, step, len(items), 8, 1, weights) == [expected]
+
+
+def test_recipe_checks_family_weights() -> None:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(ROOT / "recipes" / "own-data.yaml", ["training.family_weights.suport=2"])
+    (problem,) = [p for p in caught.value.problems if "family_weights" in p.path]
+    assert problem.path == "training.family_weights.suport"
+    assert "support" in problem.fix  # did you mean
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(ROOT / "recipes" / "tiny.yaml", ["training.family_weights.facts=-1"])
+    assert "training.family_weights.facts" in {p.path for p in caught.value.problems}
+
+
+def test_family_weights_are_in_the_students_fingerprint() -> None:
+    plain = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    fp = distill_fingerprint(plain, "verify", True, ROOT / "nothing.parquet")
+    assert not any(k.startswith("training.family_weights") for k in fp)
+    weighted = load_recipe(ROOT / "recipes" / "tiny.yaml", ["training.family_weights.facts=2"])
+    fp2 = distill_fingerprint(weighted, "verify", True, ROOT / "nothing.parquet")
+    assert fp2["training.family_weights.facts"] == 2.0
+    assert changes(fp, fp2) != []

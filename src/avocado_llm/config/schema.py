@@ -363,6 +363,12 @@ class Recipe:
                 fix = "rename the source, or drop the family from world.families"
                 message = f"source name {source.name!r} is also a task family"
                 problems.append((f"data.sources[{i}].name", message, fix))
+        groups = [*self.world.families, *(s.name for s in self.data.sources)]
+        for name in self.training.family_weights:
+            if name not in groups:
+                fix = did_you_mean(name, groups) or f"families and sources: {', '.join(groups)}"
+                message = f"{name!r} is no task family or source of this recipe"
+                problems.append((f"training.family_weights.{name}", message, fix))
         names = [t.name for t in self.teachers]
         for i, name in enumerate(names):
             if name in names[:i]:

@@ -146,6 +146,11 @@ class TrainingConfig:
     """With balance_families: a family's share of the draws grows as (its examples)^(1/T), as
     multilingual samplers do: 1 is proportional to its fused examples, larger T moves toward equal
     shares; null (the default) gives every family exactly the same share."""
+    family_weights: dict[str, float] = field(default_factory=dict)
+    """Relative weights of the draws, by task family or source name (unlisted: 1): a family of
+    weight 3 is drawn three times as often as it would be, e.g. a source that mixes three skills,
+    or 0.5 for an open-ended source with unverified answers. Applies on top of balance_families
+    (equal shares times the weights) or, with it false, to every example of the family."""
     eval_every: int = 0
     """Evaluate on held-out prompts every this many steps; 0 only at the end."""
     checkpoint_every: int = 200
@@ -172,6 +177,10 @@ class TrainingConfig:
         if self.balance_temperature is not None and not self.balance_temperature > 0:
             fix = "use a number > 0 (1: proportional to examples), or null for equal shares"
             problems.append(("balance_temperature", "must be > 0", fix))
+        for name, weight in self.family_weights.items():
+            if not weight > 0 or weight == float("inf"):
+                fix = "use a finite number > 0 (1: the default share); drop a family from the run"
+                problems.append((f"family_weights.{name}", f"weight {weight} is not > 0", fix))
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", self.device):
             fix = "use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
             problems.append(("device", f"unknown device {self.device!r}", fix))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -184,20 +184,34 @@ def batch_draws(
 
 
 def sampling_weights(
-    items: list[DistillItem], balance: bool, temperature: float | None = None
+    items: list[DistillItem],
+    balance: bool,
+    temperature: float | None = None,
+    family_weights: Mapping[str, float] | None = None,
 ) -> torch.Tensor | None:
     """Per-item weights that give every group (task family) the same share, or with a
-    ``temperature`` T a share proportional to (its items)^(1/T); ``None``: uniform."""
+    ``temperature`` T a share proportional to (its items)^(1/T), each group's share then scaled by
+    its ``family_weights`` entry (unlisted: 1); ``None``: uniform."""
     groups = Counter(item.group for item in items)
+    scale = {g: float(w) for g, w in (family_weights or {}).items() if g in groups}
+    for group, w in scale.items():
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"weight of {group!r} must be a finite number > 0, got {w}")
     if not balance or len(groups) < 2:
+        if not balance and len({scale.get(g, 1.0) for g in groups}) > 1:
+            return torch.tensor([scale.get(item.group, 1.0) for item in items], dtype=torch.float64)
         return None
     if temperature is None:
-        return torch.tensor([1.0 / groups[item.group] for item in items], dtype=torch.float64)
-    if not temperature > 0:
+        per_group = {g: 1.0 / n for g, n in groups.items()}
+    elif not temperature > 0:
         raise ValueError(f"balance temperature must be > 0, got {temperature}")
-    # share_g / n_g = n_g^(1/T) / n_g: T = 1 is uniform per item, T -> inf equal per group.
-    exponent = 1.0 / temperature - 1.0
-    return torch.tensor([groups[item.group] ** exponent for item in items], dtype=torch.float64)
+    else:
+        # share_g / n_g = n_g^(1/T) / n_g: T = 1 is uniform per item, T -> inf equal per group.
+        exponent = 1.0 / temperature - 1.0
+        per_group = {g: float(n) ** exponent for g, n in groups.items()}
+    if scale:  # unweighted recipes keep their exact draws: the same numbers, not multiplied by 1
+        per_group = {g: w * scale.get(g, 1.0) for g, w in per_group.items()}
+    return torch.tensor([per_group[item.group] for item in items], dtype=torch.float64)
 
 
 def batch_loss(
@@ -264,7 +278,9 @@ def train(
     history: list[StepLoss] = []
     world = acc.num_processes
     last = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
-    weights = sampling_weights(items, cfg.balance_families, cfg.balance_temperature)
+    weights = sampling_weights(
+        items, cfg.balance_families, cfg.balance_temperature, cfg.family_weights
+    )
     draws = batch_draws(
         loop, seed, start, (len(items), cfg.batch_size * world, cfg.grad_accum), weights
     )
