@@ -9,6 +9,7 @@ example, to ``answers/<name>.jsonl``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -204,6 +205,9 @@ def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> di
                 "model": recipe.eval.judge_model,
                 "rubric": recipe.eval.judge_rubric,
             }
+    templated = _templated_teacher(recipe, source)
+    if templated is not None:  # how the teacher is asked is part of its scores
+        fingerprint["prompt_template"] = dataclasses.asdict(templated.prompt_template)
     return fingerprint
 
 
@@ -218,6 +222,15 @@ def _recipe_teacher(recipe: Recipe, source: ModelSource) -> str | None:
     return None
 
 
+def _templated_teacher(recipe: Recipe, source: ModelSource) -> Any:
+    """The recipe's local teacher that ``source`` is, when it has a ``prompt_template``."""
+    name = _recipe_teacher(recipe, source)
+    for t in recipe.teachers:
+        if t.name == name and t.kind == "local" and t.prompt_template is not None:
+            return t
+    return None
+
+
 def _score(
     recipe: Recipe,
     source: ModelSource,
@@ -228,6 +241,16 @@ def _score(
     """Greedy answers of ``source`` scored, and its parameter count (``None`` for endpoints:
     an endpoint does not say how big its model is)."""
     max_new, what = recipe.eval.max_new_tokens, f"eval {name}"
+    templated = _templated_teacher(recipe, source)
+    if templated is not None and source.path is not None:
+        # A base model's prompt template is how it is asked (the harvest asked it so): the
+        # in-process teacher renders it and cuts at its stop strings, as vLLM does.
+        from avocado_llm.teachers import load_teacher
+
+        teacher = load_teacher(templated, recipe, device, in_process=True)
+        chunk = max(64, recipe.eval.batch_size)
+        result = asyncio.run(evaluate_endpoint(teacher, examples, max_new, chunk, what))
+        return result, count_params(source.path)
     if source.path is not None:
         model, tokenizer = load_local(source.path, device)
         params = count_params(source.path) or sum(p.numel() for p in model.parameters())
