@@ -8,12 +8,6 @@ usage in the server's answers costs, request by request."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +24,13 @@ from avocado_llm import cli
 from avocado_llm.billing import MICRO, Billing, Plan, Price, charge_for
 from avocado_llm.evaluate.lm_eval_writer import world_rows, write_tasks
 from avocado_llm.serve.background import serve_in_thread
+from servers import avocado_serve
 
 SECRET = "lm-eval-test-secret"
 PRICE = Price(input_per_1m=1_000_000, output_per_1m=2_000_000, per_request=10)
 PLAN = Plan(name="eval", max_tokens=64, max_n=1, logprobs=True, max_top_logprobs=5)
 TASKS = "avocado_arithmetic_mc,avocado_arithmetic"
 N = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -81,31 +70,15 @@ def served(tmp_path: Path, zoo_dir: Path) -> Iterator[Served]:
     billing.set_price("tiny", PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
     billing.create_account("lab", 5 * MICRO)
     _, key = billing.create_key("lab", plan=PLAN)
-    port = _free_port()
-    env = {**os.environ, "AVOCADO_SECRET": SECRET, "AVOCADO_THREADS": "1"}
-    argv = ["serve", "--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
-            "--port", str(port), "--database-url", database_url]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avocado_llm.cli", *argv],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    flags = ["--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
+             "--database-url", database_url]  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
-        served = Served("", key, billing, origin=f"http://127.0.0.1:{port}")
-        with serve_in_thread(_recording_proxy(f"http://127.0.0.1:{port}", served.answers)) as o:
-            served.url = f"{o}/v1"
-            yield served
+        with avocado_serve(*flags, secret=SECRET) as server:
+            served = Served("", key, billing, origin=server.url)
+            with serve_in_thread(_recording_proxy(server.url, served.answers)) as proxy:
+                served.url = f"{proxy}/v1"
+                yield served
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
         billing.close()
 
 

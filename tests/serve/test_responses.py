@@ -5,12 +5,6 @@ path (one usage event per answer, idempotent replays free, credit and rate limit
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +15,7 @@ import pytest
 from serve_helpers import PRICE, SECRET, World, charge
 
 from avocado_llm.billing import MICRO, Billing
+from servers import avocado_serve
 
 QUESTION = "What is 3 + 4?"
 
@@ -283,27 +278,10 @@ def test_the_avocado_serve_command_answers_responses(tmp_path: Path, zoo_dir: Pa
     billing.set_price("tiny", PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
     billing.create_account("acme", MICRO)
     _, key = billing.create_key("acme")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {**os.environ, "AVOCADO_SECRET": SECRET, "AVOCADO_THREADS": "1"}
-    argv = ["serve", "--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
-            "--port", str(port), "--database-url", database_url]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avocado_llm.cli", *argv],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    flags = ["--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
+             "--database-url", database_url]  # fmt: skip
+    with avocado_serve(*flags, secret=SECRET, stop_timeout_s=30) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
         plain = client.responses.create(
             model="tiny", input=QUESTION, temperature=0, max_output_tokens=12
         )
@@ -313,10 +291,8 @@ def test_the_avocado_serve_command_answers_responses(tmp_path: Path, zoo_dir: Pa
             )
         )
         client.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, output
+    output = server.output
+    assert server.returncode == 0, output
     assert plain.output_text and plain.usage.output_tokens > 0
     final = streamed[-1].response
     assert final.output_text == plain.output_text and final.usage == plain.usage

@@ -4,21 +4,16 @@ variables, stopped with Ctrl-C; and its refusals when a setting is missing."""
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from serve_helpers import PRICE, SECRET
 
 from avocado_llm.billing import MICRO, Billing
 from avocado_llm.serve.command import add_serve_command
+from servers import avocado_serve
 
 # The `serve` subcommand on a parser of its own, as cli.py registers it.
 SCRIPT = """
@@ -35,12 +30,6 @@ def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avocado")
     add_serve_command(parser.add_subparsers())
     return parser.parse_args(["serve", *argv])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_refuses_to_start_without_a_model_or_a_secret(
@@ -65,34 +54,17 @@ def test_avocado_serve_answers_paying_keys_and_stops_on_ctrl_c(
     billing.set_price("tiny", PRICE.input_per_1m, PRICE.output_per_1m, PRICE.per_request)
     billing.create_account("acme", MICRO)
     _, key = billing.create_key("acme")
-    port = _free_port()
-    env = {**os.environ, "AVOCADO_SECRET": SECRET, "AVOCADO_THREADS": "1"}
-    argv = ["serve", "--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
-            "--port", str(port), "--database-url", database_url]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, *argv],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    flags = ["--model", str(zoo_dir / "qwen-tiny"), "--model-name", "tiny",
+             "--database-url", database_url]  # fmt: skip
+    with avocado_serve(*flags, secret=SECRET, command=[sys.executable, "-c", SCRIPT]) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
         answer = client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "What is 3 + 4?"}], max_tokens=8
         )
         assert answer.usage is not None and answer.usage.completion_tokens > 0
         client.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, output
+    output = server.output
+    assert server.returncode == 0, output
     assert key not in output  # the access log shows the key id, never the key
     assert "POST /v1/chat/completions 200" in output
     assert billing.balance("acme") < MICRO
