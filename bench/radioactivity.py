@@ -120,7 +120,12 @@ def main() -> int:
         help="distill B and C under recipe seeds 1..N and report every seed's p-values and "
         "their spread [1]",
     )
-    parser.add_argument("--fresh", action="store_true", help="delete earlier results first")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete --out's earlier results first (the served model is only read: copied "
+        "to --out/served)",
+    )
     parser.add_argument(
         "--upstream",
         metavar="URL",
