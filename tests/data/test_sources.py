@@ -494,3 +494,39 @@ def test_a_list_reference_is_joined_as_a_sequence_verifier_reads_it(tmp_path: Pa
     write_jsonl(path, odd)
     with pytest.raises(DataError, match="not text"):
         rows(source(path, reference="answer"))
+
+
+def test_a_training_chat_that_shows_a_heldout_question_with_its_answer_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """A short held-out question (no 13-word run) asked as an earlier turn of a training chat,
+    and answered there with its reference: the held-out answer would be in the student's input."""
+    h = write_jsonl(tmp_path / "h.jsonl", [{"q": "Who rules Zeser?", "a": "Duke Saitur"}])
+
+    def chat(*turns: tuple[str, str]) -> dict[str, Any]:
+        return {"messages": [{"role": r, "content": c} for r, c in turns], "a": "x"}
+
+    u, a = "user", "assistant"
+
+    t = write_jsonl(
+        tmp_path / "t.jsonl",
+        [
+            chat((u, "who  rules ZESER?"), (a, "duke saitur"), (u, "And Bitil?")),
+            chat(("system", "Be brief."), (u, "Who rules Zeser?"), (a, "Duke Saitur"),
+                 (u, "Thanks. Who rules Vemal?")),
+            chat((u, "Who rules Zeser?"), (a, "I do not know"), (u, "Guess.")),
+            chat((u, "Duke Saitur?"), (a, "Who rules Zeser?"), (u, "Hm.")),
+            chat((u, "Who rules Bitil?"), (a, "Duke Saitur"), (u, "Ok.")),
+        ],
+    )  # fmt: skip
+    sources = [
+        SourceConfig(name="h", path=h, prompt="q", reference="a", heldout_fraction=0.999),
+        SourceConfig(name="t", path=t, messages="messages", reference="a", heldout_fraction=0.0),
+    ]
+
+    reports = check_sources(sources)
+    index = heldout_index(sources)
+    kept = [r.messages[-1]["content"] for r in prompt_rows(sources[1], "train", index)]
+
+    assert (reports["h"].heldout, reports["t"].contaminated, reports["t"].train) == (1, 2, 3)
+    assert kept == ["Guess.", "Hm.", "Ok."]  # a wrong answer, swapped roles, another question

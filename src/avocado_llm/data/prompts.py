@@ -13,6 +13,9 @@ then the conversation up to, not including, a trailing assistant turn), its refe
 - **Decontamination**: a training row whose user text (normalized, without the system prompt)
   equals a held-out row's, or shares a run of :data:`NGRAM` words with one, is dropped from
   *train* (held-out rows of every source count; see :data:`LONG_PROMPT_WORDS` for long ones).
+  So is a training chat whose earlier turns hold a held-out question *with its answer*: a user
+  turn equal to a held-out row's last user turn, followed by an assistant turn equal to that
+  row's reference (the held-out answer must not be shown to the student, even as context).
   Pass one over the sources collects the held-out side (hashes only); pass two streams rows.
 - **Bad rows** (malformed JSON, non-UTF-8 bytes, a missing column, an empty prompt, a chat
   that does not end with a user turn, a prompt over ``max_prompt_tokens``, a repeated
@@ -30,6 +33,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 from avocado_llm.config.sources import SourceConfig
@@ -102,19 +106,34 @@ class HeldoutIndex:
 
     exact: set[int] = field(default_factory=set)
     ngrams: set[int] = field(default_factory=set)
+    answered: set[int] = field(default_factory=set)
+    """Held-out (last user turn, reference) pairs, for rows that have a reference."""
 
-    def add(self, words: list[str]) -> None:
+    def add(self, words: list[str], question: str | None = None, answer: str | None = None) -> None:
+        if question is not None and answer is not None:
+            self.answered.add(_pair(question, answer))
         self.exact.add(hash(" ".join(words)))
         if len(words) <= LONG_PROMPT_WORDS:
             self.ngrams.update(_ngrams(words))
         else:  # a content-defined quarter: any shared 30-word run is still found (> 99%)
             self.ngrams.update(g for g in _ngrams(words) if g % 4 == 0)
 
-    def leaks(self, words: list[str]) -> bool:
-        """Whether a training prompt's user text matches a held-out one."""
+    def leaks(self, words: list[str], messages: list[dict[str, str]] | None = None) -> bool:
+        """Whether a training prompt's user text matches a held-out one, or its earlier turns
+        (``messages``) ask a held-out question and give its reference answer."""
         if hash(" ".join(words)) in self.exact:
             return True
+        if self.answered and messages:
+            turns = [m for m in messages if m["role"] != "system"]
+            for ask, reply in pairwise(turns):
+                pair = (ask["role"], reply["role"]) == ("user", "assistant")
+                if pair and _pair(ask["content"], reply["content"]) in self.answered:
+                    return True
         return bool(self.ngrams) and any(g in self.ngrams for g in _ngrams(words))
+
+
+def _pair(question: str, answer: str) -> int:
+    return hash((normalize(question), normalize(answer)))
 
 
 def _ngrams(words: list[str]) -> Iterator[int]:
@@ -321,7 +340,8 @@ def heldout_index(sources: Iterable[SourceConfig]) -> HeldoutIndex:
     for source in sources:
         for row in _read(source, SourceReport()):
             if row.split == "heldout":
-                index.add(_user_words(row.messages))
+                last = row.messages[-1]["content"] if row.messages else None
+                index.add(_user_words(row.messages), last, row.reference)
     return index
 
 
@@ -337,7 +357,7 @@ def prompt_rows(
     for row in _read(source, report):
         if row.split == "heldout":
             report.heldout += 1
-        elif index.leaks(_user_words(row.messages)):
+        elif index.leaks(_user_words(row.messages), row.messages):
             report.contaminated += 1
             continue
         else:
