@@ -258,42 +258,29 @@ def main() -> int:
             log(f"student B (seed {seed}): distilling the watermarked API")
             b_recipes[seed] = recipe_for(run_name("b", seed), out, [api_teacher], args, seed=seed)
             distill_student(b_recipes[seed])
-    # 4. student C: the same way, from the zoo teachers directly
+    # 4. per seed: student C the same way, from the zoo teachers directly; then the
+    # radioactivity check of that seed's B and C through their APIs (results.json is written
+    # after each seed, so a long run that is stopped keeps the seeds it finished)
     zoo = [
         {"name": n, "zoo": True, "licence": "Apache-2.0"}
         for n in ("gemma-tiny", "gpt-oss-tiny", "qwen-tiny")
     ]
-    c_recipes = {}
+    per_seed: list[dict[str, Any]] = []
+    results["rival_account"] = keys["rival"]["id"]
     for seed in seeds:
         log(f"student C (seed {seed}): distilling the zoo teachers")
-        c_recipes[seed] = recipe_for(run_name("c", seed), out, zoo, args, seed=seed)
-        distill_student(c_recipes[seed])
-    # 5. the radioactivity check through their APIs, every seed's B and C
-    per_seed = []
-    for seed in seeds:
+        c_recipe = recipe_for(run_name("c", seed), out, zoo, args, seed=seed)
+        distill_student(c_recipe)
         entry: dict[str, Any] = {"seed": seed}
-        for name, recipe in (("B", b_recipes[seed]), ("C", c_recipes[seed])):
-            student = recipe.run_dir / "student"
-            log(f"suspect {name} (seed {seed}): serving {student} and asking it")
-            r = suspect_check(student, served, database_url, student.parent, args.suspect_prompts)
-            ref = r["reference"]
-            entry[f"student_{name}"] = {
-                "text_test": {k: r[k] for k in KEYS_KEPT},
-                "reference_test": ref,
-            } | data_sizes(recipe)
-            log(
-                f"suspect {name} (seed {seed}): text test {r['scored_tokens']} scored tokens, "
-                f"green {r['green_fraction']:.2%}, best account {r['account']}, corrected p "
-                f"{r['p_value_corrected']:.3g}; reference test: follows {ref['followed']} of "
-                f"{ref['flipped']} changes of account {ref['account']} ({ref['rate']:.1%}, "
-                f"random keys {ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
-            )
+        for name, recipe in (("B", b_recipes[seed]), ("C", c_recipe)):
+            entry[f"student_{name}"] = suspect(name, seed, recipe, served, database_url, args)
         per_seed.append(entry)
-    results["seeds"] = per_seed
-    results["spread"] = {name: spread(per_seed, name) for name in ("B", "C")}
+        results["seeds"] = per_seed
+        results["spread"] = {name: spread(per_seed, name) for name in ("B", "C")}
+        results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     # the first seed's students where the single run put them (earlier readers of results.json)
     results["student_B"], results["student_C"] = per_seed[0]["student_B"], per_seed[0]["student_C"]
-    results["rival_account"] = keys["rival"]["id"]
     results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     q, d = results["quality"], results["detection"]
@@ -334,6 +321,24 @@ KEYS_KEPT = (
     "account",
     "p_value_corrected",
 )
+
+
+def suspect(
+    name: str, seed: int, recipe: Any, served: Path, database_url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Serve student ``name`` of ``seed`` and run the suspect check on it (both tests)."""
+    student = recipe.run_dir / "student"
+    log(f"suspect {name} (seed {seed}): serving {student} and asking it")
+    r = suspect_check(student, served, database_url, student.parent, args.suspect_prompts)
+    ref = r["reference"]
+    log(
+        f"suspect {name} (seed {seed}): text test {r['scored_tokens']} scored tokens, "
+        f"green {r['green_fraction']:.2%}, best account {r['account']}, corrected p "
+        f"{r['p_value_corrected']:.3g}; reference test: follows {ref['followed']} of "
+        f"{ref['flipped']} changes of account {ref['account']} ({ref['rate']:.1%}, "
+        f"random keys {ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
+    )
+    return {"text_test": {k: r[k] for k in KEYS_KEPT}, "reference_test": ref} | data_sizes(recipe)
 
 
 def run_name(student: str, seed: int) -> str:
