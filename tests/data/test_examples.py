@@ -60,8 +60,9 @@ def test_regenerating_gives_the_committed_files(regenerated: Path) -> None:
     for kind in shipped:
         assert again[kind] == shipped[kind], f"examples/data {kind} differs from what is generated"
     assert len(shipped["parquet"]) == 2400 and len(shipped["datasets"]) == 300
+    assert len(shipped["csv_rows"]) > 2 * 2400  # three skills (units has fewer distinct prompts)
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
-    assert size < 400_000, f"examples/data is {size:,} bytes"
+    assert size < 1_000_000, f"examples/data is {size:,} bytes"
 
 
 def test_references_are_the_tiny_worlds_answers() -> None:
@@ -70,14 +71,16 @@ def test_references_are_the_tiny_worlds_answers() -> None:
     assert number and sequence and exact
     facts = {c: (capital, ruler) for c, capital, ruler in COUNTRIES}
     chats = [json.loads(line) for line in rows["jsonl"].decode().splitlines()]
-    assert len(chats) == 800  # every question the world can ask, once
-    shapes = set()
+    assert len(chats) == 2400  # every question the world can ask, in three chat shapes
+    shapes, asked = set(), {}
     for chat in chats:
         roles = tuple(m["role"] for m in chat["messages"])
         shapes.add(roles)
         question = chat["messages"][-1]["content"]
+        asked.setdefault(question, set()).add(roles)
         country = next(c for c in facts if c in question)
         assert chat["answer"] in facts[country]
+    assert len(asked) > 780 and all(len(s) >= 3 for s in asked.values())  # a few texts twice
     assert shapes == {
         ("user",),
         ("system", "user"),

@@ -496,7 +496,7 @@ def test_a_list_reference_is_joined_as_a_sequence_verifier_reads_it(tmp_path: Pa
         rows(source(path, reference="answer"))
 
 
-def test_a_training_chat_that_shows_a_heldout_question_with_its_answer_is_dropped(
+def test_a_training_row_that_asks_a_heldout_question_with_its_answer_is_dropped(
     tmp_path: Path,
 ) -> None:
     """A short held-out question (no 13-word run) asked as an earlier turn of a training chat,
@@ -517,6 +517,9 @@ def test_a_training_chat_that_shows_a_heldout_question_with_its_answer_is_droppe
             chat((u, "Who rules Zeser?"), (a, "I do not know"), (u, "Guess.")),
             chat((u, "Duke Saitur?"), (a, "Who rules Zeser?"), (u, "Hm.")),
             chat((u, "Who rules Bitil?"), (a, "Duke Saitur"), (u, "Ok.")),
+            # the held-out item itself, asked last after another turn: its reference is the target
+            chat((u, "Hello."), (a, "Hi."), (u, "WHO rules  zeser?")) | {"a": "duke saitur"},
+            chat((u, "Hey."), (a, "Hi."), (u, "Who rules Zeser?")) | {"a": "Queen Zamain"},
         ],
     )  # fmt: skip
     sources = [
@@ -528,5 +531,6 @@ def test_a_training_chat_that_shows_a_heldout_question_with_its_answer_is_droppe
     index = heldout_index(sources)
     kept = [r.messages[-1]["content"] for r in prompt_rows(sources[1], "train", index)]
 
-    assert (reports["h"].heldout, reports["t"].contaminated, reports["t"].train) == (1, 2, 3)
-    assert kept == ["Guess.", "Hm.", "Ok."]  # a wrong answer, swapped roles, another question
+    assert (reports["h"].heldout, reports["t"].contaminated, reports["t"].train) == (1, 3, 4)
+    # kept: a wrong answer, swapped roles, another question, the question with another answer
+    assert kept == ["Guess.", "Hm.", "Ok.", "Who rules Zeser?"]

@@ -15,9 +15,10 @@ every reference is correct and the zoo teachers can answer the questions:
   reference (verifier ``none``: label-free fusion and judged evaluation).
 
 ``avocado data example --out DIR [--rows N]`` writes them; ``--rows`` scales the three verified
-sources (the committed copy uses the default): a student learns a skill from a few hundred
-verified answers to it, so quick-math (three skills) and lists (two) get thousands of rows;
-support has every question the world can ask (800) and open every prompt of its kinds (300).
+sources (the committed copy uses the default): a student learns a skill from a thousand or more
+verified answers to it, so lists (two skills) get N rows and quick-math (three) 3 × N; support
+asks each of the world's 800 questions in up to three chat shapes (N chats), and open has
+every prompt of its kinds (300).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from avocado_llm.world.lore import COUNTRIES
 from avocado_llm.world.tasks import Example, get_family
 
 DEFAULT_ROWS = 2400
-"""Rows of each verified source (support: at most the 800 questions of the world's facts; the
-open-ended one a third as many, at most its 300 prompts)."""
+"""Rows of support and lists; quick-math gets three times as many (three skills), the
+open-ended source a third as many, at most its 300 prompts."""
 SEED = 21
 
 FILES = ("support_chats.jsonl", "quick_math.csv", "list_tasks.parquet", "open_prompts")
@@ -58,17 +59,22 @@ def _examples(family: str, n: int, seed: int) -> list[Example]:
 
 
 def chat_rows(n: int, seed: int = SEED) -> list[dict[str, Any]]:
-    """Chats about the fictional world: the question, after a system prompt (every second
-    chat), an earlier turn (every other pair) or both; at most 800 chats (the world has 50
-    countries, two facts each, eight phrasings of each)."""
+    """Chats about the fictional world: a question after a system prompt, an earlier turn, both
+    or neither. The world can ask 800 questions (50 countries, two facts each, eight phrasings of
+    each); past 800 chats each question comes back in another of the four shapes (a held-out
+    chat's question is then dropped from training wherever it is asked: ``avocado data check``
+    counts those as contaminated)."""
     rng = random.Random(f"chats/{seed}")
-    questions = _examples("facts", n, seed)
+    questions = _examples("facts", min(n, 800), seed)
     rows = []
-    for i, question in enumerate(questions):
-        earlier = questions[(i + 1 + rng.randrange(len(questions) - 1)) % len(questions)]
+    for i in range(n):
+        again, q = divmod(i, len(questions))
+        question = questions[q]
+        earlier = questions[(q + 1 + rng.randrange(len(questions) - 1)) % len(questions)]
         system = SYSTEM_PROMPTS[rng.randrange(len(SYSTEM_PROMPTS))]
-        messages = [{"role": "system", "content": system}] if i % 2 else []
-        if i % 4 >= 2:
+        shape = (q + again) % 4
+        messages = [{"role": "system", "content": system}] if shape % 2 else []
+        if shape >= 2:
             messages += [
                 {"role": "user", "content": earlier.prompt},
                 {"role": "assistant", "content": earlier.answer},
@@ -146,7 +152,7 @@ def write_examples(out: Path, rows: int = DEFAULT_ROWS, seed: int = SEED) -> lis
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in FILES]
     paths[0].write_text(_jsonl(chat_rows(rows, seed)), encoding="utf-8")
-    paths[1].write_text(_csv(math_rows(rows, seed)), encoding="utf-8")
+    paths[1].write_text(_csv(math_rows(3 * rows, seed)), encoding="utf-8")
     pq.write_table(pa.Table.from_pylist(list_rows(rows, seed)), paths[2], compression="zstd")
     disable_progress_bars()
     Dataset.from_list(open_rows(max(1, rows // 3), seed)).save_to_disk(str(paths[3]))
@@ -162,7 +168,9 @@ def add_example_command(data_cmds: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("examples/data"), help="directory to write")
-    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows per verified source")
+    p.add_argument(
+        "--rows", type=int, default=DEFAULT_ROWS, help="rows of support and lists (quick-math: 3×)"
+    )
     p.add_argument("--seed", type=int, default=SEED, help="seed of the generators")
     p.set_defaults(func=run_example)
 

@@ -13,9 +13,10 @@ then the conversation up to, not including, a trailing assistant turn), its refe
 - **Decontamination**: a training row whose user text (normalized, without the system prompt)
   equals a held-out row's, or shares a run of :data:`NGRAM` words with one, is dropped from
   *train* (held-out rows of every source count; see :data:`LONG_PROMPT_WORDS` for long ones).
-  So is a training chat whose earlier turns hold a held-out question *with its answer*: a user
-  turn equal to a held-out row's last user turn, followed by an assistant turn equal to that
-  row's reference (the held-out answer must not be shown to the student, even as context).
+  So is a training row that asks a held-out question *with its answer*: its last user turn and
+  reference, or an earlier user turn and the assistant turn after it, equal to a held-out row's
+  last user turn and reference (the same item in another chat: the held-out answer must not be
+  taught, nor shown to the student as context). Generic turns ("Why?") with other answers stay.
   Pass one over the sources collects the held-out side (hashes only); pass two streams rows.
 - **Bad rows** (malformed JSON, non-UTF-8 bytes, a missing column, an empty prompt, a chat
   that does not end with a user turn, a prompt over ``max_prompt_tokens``, a repeated
@@ -118,18 +119,30 @@ class HeldoutIndex:
         else:  # a content-defined quarter: any shared 30-word run is still found (> 99%)
             self.ngrams.update(g for g in _ngrams(words) if g % 4 == 0)
 
-    def leaks(self, words: list[str], messages: list[dict[str, str]] | None = None) -> bool:
-        """Whether a training prompt's user text matches a held-out one, or its earlier turns
-        (``messages``) ask a held-out question and give its reference answer."""
-        if hash(" ".join(words)) in self.exact:
+    def leaks(
+        self,
+        words: list[str],
+        messages: list[dict[str, str]] | None = None,
+        reference: str | None = None,
+    ) -> bool:
+        """Whether a training prompt's user text matches a held-out one, or it asks a held-out
+        question with that question's reference: as its own last turn and ``reference``, or in
+        its earlier turns (``messages``) with the assistant's reply."""
+        if hash(" ".join(words)) in self.exact or self._answers(messages or [], reference):
             return True
-        if self.answered and messages:
-            turns = [m for m in messages if m["role"] != "system"]
-            for ask, reply in pairwise(turns):
-                pair = (ask["role"], reply["role"]) == ("user", "assistant")
-                if pair and _pair(ask["content"], reply["content"]) in self.answered:
-                    return True
         return bool(self.ngrams) and any(g in self.ngrams for g in _ngrams(words))
+
+    def _answers(self, messages: list[dict[str, str]], reference: str | None) -> bool:
+        if not (self.answered and messages):
+            return False
+        asked = [(messages[-1]["content"], reference)] if reference is not None else []
+        turns = [m for m in messages if m["role"] != "system"]
+        asked += [
+            (ask["content"], reply["content"])
+            for ask, reply in pairwise(turns)
+            if (ask["role"], reply["role"]) == ("user", "assistant")
+        ]
+        return any(_pair(q, a) in self.answered for q, a in asked)
 
 
 def _pair(question: str, answer: str) -> int:
@@ -357,7 +370,7 @@ def prompt_rows(
     for row in _read(source, report):
         if row.split == "heldout":
             report.heldout += 1
-        elif index.leaks(_user_words(row.messages), row.messages):
+        elif index.leaks(_user_words(row.messages), row.messages, row.reference):
             report.contaminated += 1
             continue
         else:
