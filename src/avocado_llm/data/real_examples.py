@@ -6,9 +6,9 @@ Avocado writes them itself, with references, from the word lists below (common k
 checked by hand; nothing downloaded). Three JSONL sources, each a ``prompt`` and a
 ``reference``, each with its verifier:
 
-- ``knowledge.jsonl`` (``exact``): capitals, the country of a capital, the continent of a
+- ``knowledge.jsonl`` (``short``): capitals, the country of a capital, the continent of a
   country, the colour of common things; "Answer with one word." (or the name);
-- ``words.jsonl`` (``exact``): plurals, opposites and past tenses of common English words;
+- ``words.jsonl`` (``short``): plurals, opposites and past tenses of common English words;
 - ``numbers.jsonl`` (``number``): short arithmetic in words ("What is seven plus eight?"),
   legs of animals and of small herds ("How many legs do 3 spiders have?"), everyday units
   ("How many minutes are in 4 hours?") and letters in a word.
