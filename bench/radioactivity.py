@@ -283,31 +283,7 @@ def main() -> int:
     results["student_B"], results["student_C"] = per_seed[0]["student_B"], per_seed[0]["student_C"]
     results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    q, d = results["quality"], results["detection"]
-    print()
-    print(
-        f"quality   held-out accuracy off {q['accuracy_off']:.2%}  on {q['accuracy_on']:.2%}  "
-        f"cost {q['cost_points']:+.2f} points   (target ≤ 1)"
-    )
-    print(
-        f"detection {d['scored_tokens']} scored tokens  p = {d['p_value']:.3g}  account "
-        f"{d['account']}   (target p < 1e-6)"
-    )
-    for entry in results["seeds"]:
-        bb = entry["student_B"]["reference_test"]
-        cc = entry["student_C"]["reference_test"]
-        print(
-            f"seed {entry['seed']}  student B p = {bb['p_value_corrected']:.3g} (reference test; "
-            f"account {bb['account']}; rival is {results['rival_account']}; target < 1e-3)  "
-            f"student C p = {cc['p_value_corrected']:.3g} (target > 0.05)"
-        )
-    for name, target in (("B", "< 1e-3"), ("C", "> 0.05")):
-        s = results["spread"][name]["reference_test"]
-        print(
-            f"student {name} over {len(seeds)} seed(s): reference-test corrected p min "
-            f"{s['min']:.3g}  median {s['median']:.3g}  max {s['max']:.3g}  (target {target}; "
-            f"{s['on_target']} of {len(seeds)} seeds on target)"
-        )
+    summary(results)
     print(f"{results['minutes']} min; {out / 'results.json'}")
     return 0
 
@@ -321,6 +297,44 @@ KEYS_KEPT = (
     "account",
     "p_value_corrected",
 )
+
+
+def summary(results: dict[str, Any]) -> None:
+    """The verdict lines: quality, detection, each seed's B and C (reference test, corrected
+    p; ``≤`` where no random key did as well: the test's resolution) and their spread."""
+    q, d, n = results["quality"], results["detection"], len(results["seeds"])
+    print()
+    print(
+        f"quality   held-out accuracy off {q['accuracy_off']:.2%}  on {q['accuracy_on']:.2%}  "
+        f"cost {q['cost_points']:+.2f} points   (target ≤ 1)"
+    )
+    print(
+        f"detection {d['scored_tokens']} scored tokens  p = {d['p_value']:.3g}  account "
+        f"{d['account']}   (target p < 1e-6)"
+    )
+    for entry in results["seeds"]:
+        bb = entry["student_B"]["reference_test"]
+        cc = entry["student_C"]["reference_test"]
+        print(
+            f"seed {entry['seed']}  student B p {reference_p(bb)} (reference test; account "
+            f"{bb['account']}; rival is {results['rival_account']}; target < 1e-3)  "
+            f"student C p {reference_p(cc)} (target > 0.05)"
+        )
+    for name, target in (("B", "< 1e-3"), ("C", "> 0.05")):
+        s = results["spread"][name]["reference_test"]
+        print(
+            f"student {name} over {n} seed(s): reference-test corrected p min {s['min']:.3g}  "
+            f"median {s['median']:.3g}  max {s['max']:.3g}  (target {target}; "
+            f"{s['on_target']} of {n} seeds on target)"
+        )
+
+
+def reference_p(test: dict[str, Any]) -> str:
+    """``= p``, or ``≤ p (no random key of N did as well)`` at the Monte Carlo floor."""
+    corrected = f"{test['p_value_corrected']:.3g}"
+    if test["p_value"] * (test["random_keys"] + 1) > 1.5:
+        return f"= {corrected}"
+    return f"≤ {corrected} (no random key of {test['random_keys']:,} did as well)"
 
 
 def suspect(
