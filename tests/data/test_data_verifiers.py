@@ -147,6 +147,11 @@ def test_short_accepts_everything_exact_accepts() -> None:
         ("A spider has 8 legs.", "8"),  # the last number of the last line
         ("The answer is 4.", "4"),
         ("The answer is 42", 42),  # a reference column of integers
+        ("4 minus 2 is 2", "2"),  # a result after the expression
+        ("4 - 2 = 2", "2"),
+        ("The box holds 2", "2"),  # a word ending in x is no operator
+        ("Subtracting, we get 2", "2"),
+        ("It is -2", "-2"),
     ],
 )
 def test_number_accepts_the_same_number_however_written(answer: str, reference: object) -> None:
@@ -166,6 +171,16 @@ def test_number_accepts_the_same_number_however_written(answer: str, reference: 
         ("42", ""),
         ("42", "no number here"),
         ("1" * 5000, "1e400"),  # both overflow to inf: never equal
+        # the question echoed: the last number is an operand, not a result
+        ("4 minus 2", "2"),
+        ("Four minus two is 4 minus 2.", "2"),
+        ("12 - 6", "6"),
+        ("12-6", "6"),
+        ("12 −6", "6"),
+        ("3x3", "3"),
+        ("3 × 3", "3"),
+        ("8 divided by 4", "4"),
+        ("2 + 2", "2"),
     ],
 )
 def test_number_refuses_other_numbers(answer: str, reference: object) -> None:

@@ -23,7 +23,8 @@ The specs:
   at the end of a statement.
 - ``number``: the last number of the final answer equals the reference's number within a
   relative tolerance of 1e-6; thousands commas, signs (also "−"), decimals, exponents and
-  percent ("50%" matches 50 and 0.5) are understood.
+  percent ("50%" matches 50 and 0.5) are understood. A last number that is the right operand of
+  an unfinished expression ("4 minus 2", "12 - 5": the question echoed) is no answer.
 - ``sequence``: the items of the final answer (comma, semicolon, space or "and" separated,
   brackets ignored) equal the reference's items, in order.
 - ``choice``: a multiple-choice letter ("B", "(B)", "B) Paris", "The answer is B",
@@ -275,11 +276,34 @@ def _numbers(text: str) -> list[tuple[float, bool]]:
     return out
 
 
-def _last_number(text: str) -> tuple[float, bool] | None:
+_OPERATOR_BEFORE = re.compile(
+    r"(?:[-+*/×÷^]|(?<![a-z])x|\b(?:plus|minus|times|multiplied by|divided by|over|add|subtract))$",
+    re.I,
+)
+
+
+def _is_operand(text: str) -> bool:
+    """Whether the last number of ``text`` is the right operand of an unfinished expression
+    ("4 minus 2", "12 - 5", "12-5", "3x4"): an echoed question, not a result ("4 - 2 = 2")."""
+    matches = list(_NUMBER.finditer(text))
+    if not matches:
+        return False
+    last = matches[-1]
+    before = text[: last.start()].rstrip()
+    if last.group(0)[0] in "+-" and before[-1:].isdigit():  # "12-5": a minus, not a sign
+        return True
+    return bool(_OPERATOR_BEFORE.search(before))
+
+
+def _last_number(text: str, answer: bool = False) -> tuple[float, bool] | None:
     final, explicit = final_answer(text)
+    where = final
     found = _numbers(final)
     if not found and not explicit:  # "42 apples\n\nHope this helps!"
-        found = _numbers(text[-MAX_ANSWER_CHARS:])
+        where = text[-MAX_ANSWER_CHARS:]
+        found = _numbers(where)
+    if answer and found and _is_operand(where.replace("−", "-")):
+        return None
     return found[-1] if found else None
 
 
@@ -289,7 +313,7 @@ def _readings(number: tuple[float, bool]) -> list[float]:
 
 
 def _number(answer: str, reference: str) -> bool:
-    gold, got = _last_number(reference), _last_number(answer)
+    gold, got = _last_number(reference), _last_number(answer, answer=True)
     if gold is None or got is None:
         return False
     return any(
