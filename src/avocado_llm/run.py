@@ -101,12 +101,27 @@ def distill_stage(
     return distill(recipe, strategy=strategy, out=out, resume=resume, use_kd=use_kd, force=force)
 
 
+def drop_stale_baselines(eval_dir: Path, models: dict[str, tuple[Path, str]]) -> None:
+    """Drop from the report the baselines the recipe no longer asks for (their scores would sit
+    beside the new ones); teachers and students stay (`avocado eval` may add others)."""
+    from avocado_llm.evaluate.report import drop_models, load_report
+
+    if not (eval_dir / "report.json").exists():
+        return
+    done = load_report(eval_dir)["models"]
+    gone = [n for n, e in done.items() if e.get("role") == "baseline" and n not in models]
+    if gone:
+        console.print(f"eval: dropping {', '.join(gone)} (no longer in eval.baselines)")
+        drop_models(eval_dir, gone)
+
+
 def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str) -> dict:
     """Evaluate every model whose report entry was made from other weights or settings."""
     from avocado_llm.evaluate.evaluation import ModelSource, eval_fingerprint, evaluate_model
     from avocado_llm.evaluate.report import load_report, write_report
 
     eval_dir = recipe.run_dir / "eval"
+    drop_stale_baselines(eval_dir, models)
     done = load_report(eval_dir)["models"] if (eval_dir / "report.json").exists() else {}
     n = recipe.eval.heldout_per_family
     for name, (path, role) in models.items():

@@ -36,6 +36,7 @@ from typing import Any
 from avocado_llm.evaluate.report_markdown import render_markdown
 from avocado_llm.evaluate.report_schema import REPORT_FILE, ROLES, ReportError, check_report
 from avocado_llm.evaluate.report_store import (
+    drop_models,
     load_report,
     update_judged,
     update_lm_eval,
@@ -63,6 +64,7 @@ __all__ = [
     "Table",
     "agreement_lines",
     "check_report",
+    "drop_models",
     "judged_rows",
     "lm_eval_rows",
     "load_report",

@@ -86,6 +86,18 @@ def update_report(
     return report
 
 
+def drop_models(eval_dir: str | Path, names: list[str]) -> None:
+    """Remove the entries of ``names`` (and judged pairs against them) from the report."""
+    eval_dir = Path(eval_dir)
+    with _locked(eval_dir):
+        report = load_report(eval_dir)
+        for name in names:
+            report["models"].pop(name, None)
+            for rivals in report.get("judged", {}).values():
+                rivals.pop(name, None)
+        write_text_atomic(eval_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+
+
 def update_lm_eval(
     eval_dir: str | Path, name: str, entry: dict[str, Any], recipe: str | None = None
 ) -> dict[str, Any]:
