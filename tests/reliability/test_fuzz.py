@@ -28,7 +28,7 @@ from rel_helpers import MODEL, SECRET, FakeUpstream, Gateway, ServerProcess, fre
 from rel_helpers import prepare_ledger as prepare
 from rel_load import record_figures
 from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from avocado_llm.billing import MICRO, Billing, Plan
 
@@ -58,8 +58,14 @@ def run_case(case: schemathesis.Case, gateway: Gateway, headers: dict[str, str],
     assert response.status_code < 500, f"{case.operation.label}: {response.text[:500]}"
     # Every check but positive_data_acceptance: a schema-valid request may still be refused
     # with a documented 400 for what no schema can say (the key's plan caps max_tokens and n;
-    # stream_options needs stream), and that 400 is itself checked against the schema.
-    case.validate_response(response, headers=headers, excluded_checks=[positive_data_acceptance])
+    # stream_options needs stream), and that 400 is itself checked against the schema. A 413
+    # (a generated body over the 64 KiB cap, e.g. hundreds of tools) refuses invalid data too,
+    # though negative_data_rejection's list of refusals lacks it.
+    excluded = [positive_data_acceptance]
+    if response.status_code == 413:
+        assert response.json()["error"]["type"] == "invalid_request_error", response.text[:500]
+        excluded.append(negative_data_rejection)
+    case.validate_response(response, headers=headers, excluded_checks=excluded)
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -195,8 +201,10 @@ def test_fuzz_tools_and_response_formats(tools_gateway: Gateway) -> None:
     answered: list[str] = []
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
 
+    # derandomize: the same 200 bodies on every machine, so the count of answered ones (a random
+    # draw gave 18 of 200 once, under the floor below) cannot flake
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck),
-              database=None)  # fmt: skip
+              database=None, derandomize=True)  # fmt: skip
     @given(body=_BODY)
     def fuzz(body: dict[str, Any]) -> None:
         body = {"model": MODEL, **body, "messages": [*ask, *body["messages"]]}
