@@ -222,18 +222,7 @@ def main() -> int:
         det = pooled_detection(
             out / "answers-pool.jsonl", served, out / "pool-200.jsonl", database_url, 200
         )
-        results["detection"] = {
-            k: det[k]
-            for k in (
-                "answers",
-                "scored_tokens",
-                "green",
-                "green_fraction",
-                "p_value",
-                "account",
-                "p_value_corrected",
-            )
-        }
+        results["detection"] = {k: det[k] for k in KEYS_KEPT}
         log(
             f"detection: {det['answers']} answers, {det['scored_tokens']} scored tokens, "
             f"p = {det['p_value']:.3g}, attributed to account {det['account']} "
