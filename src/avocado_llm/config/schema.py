@@ -227,6 +227,12 @@ class FusionConfig:
     """Answers weighted below this are dropped from the training set: a prompt is kept only if
     its chosen answer's support (its share of the strategy's score, e.g. of the weighted vote;
     1 for verified answers and for `all` / `single:`) reaches this."""
+    use_reference: bool = False
+    """With verify: where no teacher's answer passes the verifier, learn the prompt's reference
+    answer itself (cross-entropy only: no teacher distribution to distil), so a prompt every
+    teacher gets wrong still teaches. The reference is learnt as written (e.g. `42`, where the
+    teachers write `The answer is 42.`); prompts without one (and unverified families or
+    sources) are unchanged."""
 
     def check(self) -> list[Check]:
         problems = _strategy_checks(self.strategy, "strategy") + check_range(

@@ -65,6 +65,11 @@ class SourceConfig:
     heldout_fraction: float = 0.2
     """Share of prompts held out for evaluation, chosen by a hash of the normalized prompt:
     stable across runs and row orders, and never overlapping the training split."""
+    split_by: str | None = None
+    """A column whose value groups rows (a conversation, a document, a question asked in
+    several ways): the split hashes that value instead of the prompt, so all rows of a group
+    fall on the same side and heldout_fraction is a share of groups (null: each prompt alone).
+    A row with an empty value is a bad row."""
     limit: int | None = None
     """Read at most this many rows of the source (null: all)."""
     on_error: Literal["fail", "skip"] = "fail"

@@ -61,9 +61,10 @@ def _examples(family: str, n: int, seed: int) -> list[Example]:
 def chat_rows(n: int, seed: int = SEED) -> list[dict[str, Any]]:
     """Chats about the fictional world: a question after a system prompt, an earlier turn, both
     or neither. The world can ask 800 questions (50 countries, two facts each, eight phrasings of
-    each); past 800 chats each question comes back in another of the four shapes (a held-out
-    chat's question is then dropped from training wherever it is asked: ``avocado data check``
-    counts those as contaminated)."""
+    each); past 800 chats each question comes back in another of the four shapes. ``question``
+    names the question a chat asks (the recipe's ``split_by``: all chats of a question fall on
+    one side of the split); a training chat that shows a held-out question with its answer as
+    an earlier turn is still dropped (``avocado data check`` counts it as contaminated)."""
     rng = random.Random(f"chats/{seed}")
     questions = _examples("facts", min(n, 800), seed)
     rows = []
@@ -80,7 +81,14 @@ def chat_rows(n: int, seed: int = SEED) -> list[dict[str, Any]]:
                 {"role": "assistant", "content": earlier.answer},
             ]
         messages.append({"role": "user", "content": question.prompt})
-        rows.append({"ticket": f"T{10000 + i}", "messages": messages, "answer": question.answer})
+        rows.append(
+            {
+                "ticket": f"T{10000 + i}",
+                "messages": messages,
+                "answer": question.answer,
+                "question": question.id,
+            }
+        )
     return rows
 
 

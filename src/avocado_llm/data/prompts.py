@@ -9,7 +9,8 @@ then the conversation up to, not including, a trailing assistant turn), its refe
   differ only in case or spacing are one prompt; the second is a *duplicate* and dropped.
 - **Split**: ``heldout`` when the id's hash, read as a number in [0, 1), is below the source's
   ``heldout_fraction``: the same on every run and in every row order, and a prompt is never in
-  both splits.
+  both splits. With ``split_by``, the hash of that column's normalized value decides instead, so
+  a group's rows (one question in several chats, one document) share a side.
 - **Decontamination**: a training row whose user text (normalized, without the system prompt)
   equals a held-out row's, or shares a run of :data:`NGRAM` words with one, is dropped from
   *train* (held-out rows of every source count; see :data:`LONG_PROMPT_WORDS` for long ones).
@@ -191,7 +192,7 @@ class _Layout:
 
 def _layout(source: SourceConfig, reader: Reader, first: dict[str, Any] | None) -> _Layout:
     columns = reader.columns if reader.columns is not None else list(first or {})
-    named = [source.messages or source.prompt, source.reference, source.id]
+    named = [source.messages or source.prompt, source.reference, source.id, source.split_by]
     for name in named:
         if name is not None and reader.columns is not None and name not in reader.columns:
             raise DataError(missing_column(name, reader.columns, str(source.path)))
@@ -319,6 +320,7 @@ def _read(source: SourceConfig, report: SourceReport) -> Iterator[PromptRow]:
                 if key in seen_ids:
                     raise _BadRow("duplicate id", f"duplicate id {own!r} in column {source.id!r}")
                 seen_ids.add(key)
+            group = _group(record.values, source.split_by) if source.split_by else None
         except _BadRow as bad:
             report.bad(bad.reason, f"{record.where}: {bad}")
             continue
@@ -328,10 +330,19 @@ def _read(source: SourceConfig, report: SourceReport) -> Iterator[PromptRow]:
             report.duplicates += 1
             continue
         seen.add(key)
-        split = split_of(row_id, source.heldout_fraction)
+        split = split_of(group or row_id, source.heldout_fraction)
         yield PromptRow(row_id, source.name, messages, reference, split, record.where)
     if source.on_error == "fail" and report.skipped:
         raise DataError(_failure(source, report))
+
+
+def _group(values: dict[str, Any], column: str) -> str:
+    """The split key of a row's ``split_by`` group: a hash of its normalized value."""
+    value = _column(values, column)
+    text = "" if value is None else _text(value, repr(column))
+    if not normalize(text):
+        raise _BadRow("empty split_by", f"empty {column!r} (the split_by column)")
+    return hashlib.blake2b(normalize(text).encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _failure(source: SourceConfig, report: SourceReport) -> str:

@@ -197,7 +197,7 @@ def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> di
                 k: getattr(s, k) if k != "path" else str(s.path)
                 for k in ("path", "messages", "prompt", "system", "reference", "verifier",
                           "heldout_fraction", "limit", "on_error", "max_prompt_tokens")
-            }  # fmt: skip
+            } | ({"split_by": s.split_by} if s.split_by else {})  # fmt: skip
         if any(s.verifier == "none" for s in recipe.data.sources):  # what judges them
             judge = recipe.eval.judge_url or recipe.eval.judge or recipe.fusion.judge_teacher
             fingerprint["eval.judge"] = {

@@ -65,12 +65,15 @@ def run_fuse_command(args: argparse.Namespace) -> int:
 def report_table(report: FusionReport, title: str) -> Table:
     """Per family: prompts, kept, examples, wins per teacher, target accuracy (evaluation)."""
     teachers = sorted({t for f in report.families.values() for t in f.wins})
+    refs = any(f.references for f in report.families.values())  # fusion.use_reference
     table = Table(title=title)
     table.add_column("family")
-    for col in ("prompts", "kept", "examples", *(f"wins {t}" for t in teachers), "target acc."):
+    wins_cols = (f"wins {t}" for t in teachers)
+    for col in ("prompts", "kept", "examples", *wins_cols, *(["reference"] if refs else [])):
         table.add_column(col, justify="right")
+    table.add_column("target acc.", justify="right")
     for name, f in report.families.items():
         accuracy = "—" if f.target_accuracy is None else f"{f.target_accuracy:.0%}"
-        wins = (f"{f.wins.get(t, 0):,}" for t in teachers)
+        wins = [f"{f.wins.get(t, 0):,}" for t in teachers] + ([f"{f.references:,}"] if refs else [])
         table.add_row(name, f"{f.total:,}", f"{f.kept:,}", f"{f.examples:,}", *wins, accuracy)
     return table

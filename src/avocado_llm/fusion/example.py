@@ -46,6 +46,9 @@ class FamilyReport:
     examples: int = 0
     wins: dict[str, int] = field(default_factory=dict)
     """Teacher → examples whose target is exactly its answer (it has weight in them)."""
+    references: int = 0
+    """Examples that learn the prompt's reference because no teacher got it right
+    (``fusion.use_reference``)."""
     reliability: dict[str, float] = field(default_factory=dict)
     """Teacher → the reliability the strategy used on this family (``verify``: accuracy against
     gold on verified families; ``vote``: the label-free estimate); empty for the others."""

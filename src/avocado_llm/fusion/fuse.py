@@ -29,6 +29,7 @@ def fuse(
     judge: str | None = None,
     min_weight: float = 0.0,
     sources: Mapping[str, str] | None = None,
+    use_reference: bool = False,
 ) -> tuple[list[FusedExample], FusionReport]:
     """Choose, for every prompt of a harvest, the answers to learn and whose distributions.
 
@@ -38,7 +39,9 @@ def fuse(
     (:attr:`FusedExample.support`) is below ``min_weight`` are dropped. ``sources`` (prompt
     source name → verifier spec, ``data.sources``) are families too: ``verify`` uses the
     source's verifier, and fuses a source without one (``none``) label-free, as it does any
-    family of the records that is neither a tiny-world family nor a source.
+    family of the records that is neither a tiny-world family nor a source. ``use_reference``:
+    ``verify`` turns a graded prompt that no teacher answered right into an example of its
+    reference (no teacher weights).
     """
     if not 0.0 <= min_weight <= 1.0:
         raise FusionError(f"min_weight must be in [0, 1], got {min_weight}")
@@ -55,7 +58,7 @@ def fuse(
         blind |= {name for name in sources if name not in verifiers}
         known = set(FAMILIES) | set(verifiers)
         blind |= {f for f in set(records["family"].to_pylist()) if f not in known}
-    context = Context(unverified, dict(scorers or {}), judge, verifiers)
+    context = Context(unverified, dict(scorers or {}), judge, verifiers, use_reference)
     by_family: dict[str, list[Prompt]] = {}
     for prompt in group_prompts(records, blind):
         by_family.setdefault(prompt.family, []).append(prompt)
@@ -95,6 +98,7 @@ def _family_report(
         kept=len({ex.prompt_id for ex in examples}),
         examples=len(examples),
         wins=wins,
+        references=sum(1 for ex in examples if ex.strategy == "reference"),
         reliability={t: round(r, 4) for t, r in sorted(reliability.items())},
     )
 

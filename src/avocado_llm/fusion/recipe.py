@@ -88,13 +88,22 @@ def fusion_fingerprint(recipe: Recipe, strategy: str, records: pa.Table) -> dict
     teacher, revision, prompt and sampling; their completions are the answers)."""
     keys, texts = records["key"].to_pylist(), records["completion"].to_pylist()
     answers = sorted(zip(keys, texts, strict=True))
-    return {
-        "fusion.strategy": strategy,
-        "fusion.min_weight": recipe.fusion.min_weight,
-        "fusion.judge_teacher": recipe.fusion.judge_teacher,
-        "world.unverified": sorted(recipe.world.unverified),
-        "input:harvest records": f"{len(answers)} records, {digest(answers)}",
-    } | _sources_fingerprint(recipe)
+    return (
+        {
+            "fusion.strategy": strategy,
+            "fusion.min_weight": recipe.fusion.min_weight,
+            "fusion.judge_teacher": recipe.fusion.judge_teacher,
+            "world.unverified": sorted(recipe.world.unverified),
+            "input:harvest records": f"{len(answers)} records, {digest(answers)}",
+        }
+        | _sources_fingerprint(recipe)
+        | _reference_fingerprint(recipe)
+    )
+
+
+def _reference_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """``fusion.use_reference`` when set (fused files made before it existed keep matching)."""
+    return {"fusion.use_reference": True} if recipe.fusion.use_reference else {}
 
 
 def _sources_fingerprint(recipe: Recipe) -> dict[str, Any]:
@@ -136,6 +145,7 @@ def fuse_recipe(
         scorers=_scorers(recipe, strategy, device),
         judge=recipe.fusion.judge_teacher,
         min_weight=recipe.fusion.min_weight,
+        use_reference=recipe.fusion.use_reference,
         sources={s.name: s.verifier for s in recipe.data.sources} or None,
     )
     path = write_fused(out, strategy, examples, report, fingerprint)

@@ -8,6 +8,8 @@ and falls back to ``vote`` on a source without a verifier (``verifier: none``).
 
 - ``verify``: answers the verifier accepts; the target is the correct answer of the teacher
   most often right on the family; every teacher that wrote exactly that text shares the weight.
+  With ``fusion.use_reference``, a prompt no teacher got right teaches its reference answer
+  (strategy ``reference``: no teacher weights, cross-entropy only).
 - ``vote``: the weighted majority of normalised answers, with label-free reliabilities as
   weights (:mod:`avocado_llm.fusion.reliability`); ties go to the more reliable teacher, then
   the more confident answer.
@@ -54,6 +56,8 @@ class Context:
     verifiers: dict[str, Check] = field(default_factory=dict)
     """Prompt source (``data.sources``) name → its verifier; a source without one is fused
     label-free, its reference never read (``records.group_prompts`` blanks it)."""
+    use_reference: bool = False
+    """``verify``: a graded prompt no teacher answered right teaches its reference (no KD)."""
 
 
 Strategy = Callable[[list[Prompt], Context], tuple[list[FusedExample], Reliability]]
@@ -124,6 +128,11 @@ def verify(prompts: list[Prompt], ctx: Context) -> tuple[list[FusedExample], Rel
         if correct:
             target = max(correct, key=lambda c: (reliability[c.teacher], confidence(c)))
             examples.append(example(prompt, target, "verify"))
+        elif ctx.use_reference and str(prompt.gold).strip():
+            examples.append(
+                FusedExample(prompt.prompt_id, prompt.family, prompt.messages, str(prompt.gold),
+                             {}, {}, "reference")
+            )  # fmt: skip
     return examples + fallback, reliability
 
 
