@@ -16,33 +16,56 @@ special tokens (``<unk> <s> </s> <pad>``) and the 66 characters of the tiny worl
 
 @dataclass(kw_only=True)
 class PruneConfig:
-    """Depth pruning of a student that starts from a model (`init_from` or
-    `init_from_teacher`), Minitron / ShortGPT style: whole transformer blocks are dropped, the
-    others keep their weights, and the model keeps its tokenizer and chat template. Off while
-    `keep_layers` and `max_params` are both null."""
+    """Pruning of a student that starts from a model (`init_from` or `init_from_teacher`),
+    Minitron / ShortGPT style: whole transformer blocks are dropped (depth), each MLP keeps its
+    most active neurons (`mlp_size`), and the vocabulary keeps the tokens the task uses
+    (`vocab_size`); what is kept keeps its weights, the chat template stays. Off while
+    `keep_layers`, `max_params`, `mlp_size` and `vocab_size` are all null."""
 
     keep_layers: int | None = None
     """Transformer blocks to keep."""
     max_params: int | None = None
     """Keep as many blocks as fit in this many parameters (embeddings included); with
-    keep_layers set too, the smaller of the two."""
+    keep_layers set too, the smaller of the two. With mlp_size or vocab_size set, blocks are
+    counted at that width and vocabulary, and a keep_layers that does not fit is refused; see
+    fit for sizing the MLP instead."""
     by: Literal["block_influence", "last"] = "block_influence"
     """Which blocks go: block_influence measures each block on calibration_examples fused
     training examples (prompt and answer in the model's chat template) as 1 - the cosine
     similarity of its input and output hidden states, averaged over tokens, and drops the blocks
     that change their input least; last drops the blocks before the final one (a baseline)."""
     calibration_examples: int = 64
-    """Fused training examples the block influence is measured on (a seeded sample)."""
+    """Fused training examples the block influence and the MLP neurons' activity are measured
+    on (a seeded sample)."""
+    mlp_size: int | None = None
+    """Keep this many intermediate neurons in every block's MLP: those with the largest mean
+    |act(gate) * up| on the calibration examples (Llama / Qwen / Gemma-style MLPs)."""
+    vocab_size: int | None = None
+    """Trim the vocabulary to this many tokens: the special tokens, the 256 byte tokens (any
+    text still encodes), the fused examples' tokens most frequent first, then the origin's
+    lowest ids, each with the tokens it is merged from. The tokenizer is rewritten with new
+    ids and the embedding keeps its rows (BPE tokenizers: byte-level or byte fallback)."""
+    fit: Literal["layers", "mlp_size"] = "layers"
+    """What max_params sizes: layers keeps as many blocks as fit (the MLP and vocabulary as
+    set); mlp_size keeps keep_layers (default all) blocks and the widest MLP that fits (a
+    multiple of 8). Either way a student that cannot fit is refused."""
 
     @property
     def enabled(self) -> bool:
-        return self.keep_layers is not None or self.max_params is not None
+        fields = (self.keep_layers, self.max_params, self.mlp_size, self.vocab_size)
+        return any(f is not None for f in fields)
 
     def check(self) -> list[Check]:
         problems = check_range(self, "calibration_examples", 1)
-        for name in ("keep_layers", "max_params"):
+        for name in ("keep_layers", "max_params", "mlp_size", "vocab_size"):
             if getattr(self, name) is not None:
                 problems += check_range(self, name, 1)
+        if self.fit == "mlp_size" and self.max_params is None:
+            fix = "set max_params, or set mlp_size to a number of neurons"
+            problems.append(("fit", "fit: mlp_size sizes the MLP to max_params, unset", fix))
+        if self.fit == "mlp_size" and self.mlp_size is not None:
+            fix = "remove mlp_size (max_params sizes it), or fit: layers"
+            problems.append(("mlp_size", "fit: mlp_size sizes the MLP itself", fix))
         return problems
 
 
@@ -58,8 +81,8 @@ class StudentConfig:
     local model directory (`path`, e.g. one written by `avocado models import`), read when the
     student is built, so it may not exist yet when the recipe is checked. Not with init_from."""
     prune: PruneConfig = field(default_factory=PruneConfig)
-    """Depth pruning of the starting model before training (needs init_from or
-    init_from_teacher)."""
+    """Pruning of the starting model before training: blocks, MLP width, vocabulary (needs
+    init_from or init_from_teacher)."""
     architecture: Literal["qwen3", "llama"] = "qwen3"
     """Model family of a newly built student."""
     hidden_size: int = 64

@@ -148,6 +148,9 @@ def distill_fingerprint(recipe: Recipe, strategy: str, use_kd: bool, fused: Path
         fp.pop(name, None)
     if not recipe.student.prune.enabled:  # students trained before these fields keep matching
         fp = {k: v for k, v in fp.items() if not k.startswith("student.prune.")}
+    for name, default in (("mlp_size", None), ("vocab_size", None), ("fit", "layers")):
+        if fp.get(f"student.prune.{name}", default) == default:  # pruned students from before
+            fp.pop(f"student.prune.{name}", None)
     if recipe.student.init_from_teacher is None:
         fp.pop("student.init_from_teacher", None)
     if recipe.training.balance_temperature is None:  # students trained before it keep matching

@@ -12,13 +12,19 @@ its origin's vocabulary (and token-level KD from that teacher needs no alignment
 Works on the decoder-only Hugging Face models whose blocks are ``model.model.layers``
 (Llama, Qwen 2/3, Gemma 3, Mistral, …); the pruned model saves and loads as a plain HF model
 with the smaller ``num_hidden_layers``.
+
+Two more cuts make a half-size student that keeps more of its origin: ``mlp_size`` keeps each
+MLP's most active neurons (:mod:`avocado_llm.distill.width`, measured after the blocks are
+dropped), and ``vocab_size`` trims the vocabulary to the tokens the task uses
+(:mod:`avocado_llm.distill.vocab_trim`; the tokenizer is rewritten). ``max_params`` sizes the
+one free dimension (``fit``) and refuses a student that cannot fit.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +32,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from avocado_llm.config.student import PruneConfig
+from avocado_llm.distill.vocab_trim import current_vocab_params, trim_vocab, vocab_params
+from avocado_llm.distill.width import apply_width, mlp_width, neuron_cost, neuron_importance
 
 CALIBRATION_MAX_TOKENS = 256
 """Longer calibration texts are cut to this many tokens."""
@@ -43,9 +51,15 @@ class PrunePlan:
     by: str
     params_before: int
     params_after: int
+    mlp: dict[str, int] | None = None
+    """``{"before": neurons, "after": mlp_size}`` when the MLPs were narrowed."""
+    vocab: dict[str, int] | None = None
+    """``{"before": tokens, "after": tokens, …}`` when the vocabulary was trimmed."""
+    tokenizer: PreTrainedTokenizerBase | None = field(default=None, compare=False, repr=False)
+    """The trimmed tokenizer, to use from now on with the model (None: unchanged)."""
 
     def record(self, origin: str) -> dict[str, Any]:
-        return {
+        record = {
             "origin": origin,
             "origin_layers": self.origin_layers,
             "kept_layers": self.kept,
@@ -54,6 +68,11 @@ class PrunePlan:
             "params_before": self.params_before,
             "params_after": self.params_after,
         }
+        if self.mlp is not None:
+            record["mlp_size"] = self.mlp
+        if self.vocab is not None:
+            record["vocab"] = self.vocab
+        return record
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
@@ -88,6 +107,24 @@ def calibration_texts(
     return texts
 
 
+def calibration_batches(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``texts`` tokenized in padded batches on the model's device."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set one before pruning")
+    for start in range(0, len(texts), CALIBRATION_BATCH):
+        enc = tokenizer(
+            list(texts[start : start + CALIBRATION_BATCH]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=CALIBRATION_MAX_TOKENS,
+            add_special_tokens=False,
+        )
+        yield {k: v.to(model.device) for k, v in enc.items()}
+
+
 @torch.no_grad()
 def block_influence(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
@@ -111,21 +148,10 @@ def block_influence(
     ]
     was_training = model.training
     model.eval()
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; set one before pruning")
     total = [0.0] * len(layers)
     tokens = 0
     try:
-        for start in range(0, len(texts), CALIBRATION_BATCH):
-            enc = tokenizer(
-                list(texts[start : start + CALIBRATION_BATCH]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=CALIBRATION_MAX_TOKENS,
-                add_special_tokens=False,
-            )
-            enc = {k: v.to(model.device) for k, v in enc.items()}
+        for enc in calibration_batches(model, tokenizer, texts):
             seen.clear()
             model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
             mask = enc["attention_mask"].bool()
@@ -148,8 +174,23 @@ def layers_to_keep(influence: Sequence[float], n_layers: int, keep: int, by: str
     return sorted(ranked[:keep])
 
 
-def blocks_to_keep(model: PreTrainedModel, cfg: PruneConfig) -> int:
-    """How many blocks ``cfg`` keeps: ``keep_layers`` and what fits in ``max_params``."""
+@dataclass(frozen=True)
+class Sizes:
+    """What the student keeps: blocks, MLP neurons per block, vocabulary (None: all)."""
+
+    layers: int
+    mlp_size: int | None
+    vocab_size: int | None
+
+
+def _vocab_size(model: PreTrainedModel, cfg: PruneConfig) -> int:
+    rows = model.get_input_embeddings().weight.shape[0]
+    return rows if cfg.vocab_size is None else min(cfg.vocab_size, rows)
+
+
+def plan_sizes(model: PreTrainedModel, cfg: PruneConfig) -> Sizes:
+    """The student's size as ``cfg`` says: ``keep_layers``, ``mlp_size``, ``vocab_size``, and
+    ``max_params`` filling the ``fit`` dimension (or refusing a student that exceeds it)."""
     layers = decoder_layers(model)
     n = len(layers)
     keep = n if cfg.keep_layers is None else cfg.keep_layers
@@ -157,6 +198,45 @@ def blocks_to_keep(model: PreTrainedModel, cfg: PruneConfig) -> int:
         raise ValueError(
             f"prune.keep_layers is {keep}, but the model has only {n} blocks; keep at most {n}"
         )
+    if cfg.mlp_size is None and cfg.vocab_size is None and cfg.fit == "layers":
+        return Sizes(_depth_fit(model, cfg, keep), None, None)  # depth only, as before
+    cost = max(neuron_cost(layer) for layer in layers)
+    width = max(mlp_width(layer) for layer in layers)
+    sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+    attention = max(size - width * cost for size in sizes)  # a block without its MLP
+    fixed = sum(p.numel() for p in model.parameters()) - sum(sizes)
+    vocab = _vocab_size(model, cfg)
+    fixed += vocab_params(model, vocab) - current_vocab_params(model)
+    mlp = cfg.mlp_size
+    if mlp is not None and mlp > width:
+        raise ValueError(f"prune.mlp_size is {mlp}, but the MLPs have only {width} neurons")
+    if cfg.max_params is not None and cfg.fit == "mlp_size":
+        fits = (cfg.max_params - fixed - keep * attention) // (keep * cost)
+        mlp = min(width, fits // 8 * 8 if fits >= 8 else fits)
+        if mlp < 1:
+            raise ValueError(
+                f"prune.max_params is {cfg.max_params:,}, but {keep} blocks without their MLPs "
+                f"and the rest of the model (vocabulary {vocab:,}) already have "
+                f"{fixed + keep * attention:,} parameters; allow more, keep fewer layers or "
+                "trim the vocabulary further"
+            )
+    block = attention + (width if mlp is None else mlp) * cost
+    if cfg.max_params is not None and cfg.fit == "layers" and cfg.keep_layers is None:
+        keep = min(keep, (cfg.max_params - fixed) // block)
+    total = fixed + keep * block
+    if cfg.max_params is not None and (keep < 1 or total > cfg.max_params):
+        raise ValueError(
+            f"prune.max_params is {cfg.max_params:,}, but the student would have "
+            f"{fixed + max(keep, 1) * block:,} parameters: {max(keep, 1)} blocks of {block:,} "
+            f"(MLP width {width if mlp is None else mlp}) and {fixed:,} in the embeddings "
+            f"(vocabulary {vocab:,}), norms and head. Fix: fewer keep_layers, a smaller "
+            "mlp_size or vocab_size, fit: mlp_size, or a larger max_params"
+        )
+    return Sizes(int(keep), mlp, cfg.vocab_size)
+
+
+def _depth_fit(model: PreTrainedModel, cfg: PruneConfig, keep: int) -> int:
+    layers = decoder_layers(model)
     if cfg.max_params is not None:
         sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
         fixed = sum(p.numel() for p in model.parameters()) - sum(sizes)
@@ -169,6 +249,11 @@ def blocks_to_keep(model: PreTrainedModel, cfg: PruneConfig) -> int:
             )
         keep = min(keep, int(fits))
     return keep
+
+
+def blocks_to_keep(model: PreTrainedModel, cfg: PruneConfig) -> int:
+    """How many blocks ``cfg`` keeps: ``keep_layers`` and what fits in ``max_params``."""
+    return plan_sizes(model, cfg).layers
 
 
 def apply_keep(model: PreTrainedModel, kept: Sequence[int]) -> None:
@@ -191,15 +276,32 @@ def prune_model(
     cfg: PruneConfig,
     calibration: Sequence[str],
     origin: str = "",
+    corpus: Sequence[str] | None = None,
 ) -> PrunePlan:
-    """Drop blocks in place as ``cfg`` says; returns (and records in the config) the plan."""
+    """Prune in place as ``cfg`` says: blocks, then MLP neurons (measured on ``calibration``),
+    then the vocabulary (its token counts from ``corpus``, default ``calibration``). Returns
+    the plan (also recorded in the config); with the vocabulary trimmed, ``plan.tokenizer`` is
+    the model's new tokenizer."""
     n = len(decoder_layers(model))
     before = sum(p.numel() for p in model.parameters())
-    keep = blocks_to_keep(model, cfg)
+    sizes = plan_sizes(model, cfg)
     influence = block_influence(model, tokenizer, calibration) if cfg.by != "last" else []
-    kept = layers_to_keep(influence, n, keep, cfg.by)
+    kept = layers_to_keep(influence, n, sizes.layers, cfg.by)
     apply_keep(model, kept)
+    mlp = None
+    if sizes.mlp_size is not None:
+        layers = decoder_layers(model)
+        width = max(mlp_width(layer) for layer in layers)
+        if sizes.mlp_size < width:
+            batches = calibration_batches(model, tokenizer, calibration)
+            importance = neuron_importance(model, layers, batches)
+            apply_width(model, layers, importance, sizes.mlp_size)
+        mlp = {"before": width, "after": min(width, sizes.mlp_size)}
+    vocab, trimmed = None, None
+    if sizes.vocab_size is not None:
+        texts = calibration if corpus is None else corpus
+        trimmed, vocab = trim_vocab(model, tokenizer, texts, sizes.vocab_size)
     after = sum(p.numel() for p in model.parameters())
-    plan = PrunePlan(n, kept, influence, cfg.by, before, after)
+    plan = PrunePlan(n, kept, influence, cfg.by, before, after, mlp, vocab, trimmed)
     model.config.pruned_from = plan.record(origin)
     return plan

@@ -4,8 +4,8 @@ A new student gets a tokenizer trained on the world's text with an algorithm no 
 (Llama-2-style character BPE by default), and the Llama 2 ``[INST]`` chat template, so that
 distillation always crosses tokenizers. A student can instead start from a model directory
 (``student.init_from``) or from a teacher's (``student.init_from_teacher``), keeping its
-tokenizer and chat template, and be depth-pruned first (``student.prune``,
-:mod:`avocado_llm.distill.prune`). Its size is checked against the smallest teacher.
+tokenizer and chat template, and be pruned first (``student.prune``: blocks, MLP width,
+vocabulary; :mod:`avocado_llm.distill.prune`). Its size is checked against the smallest teacher.
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ def build_student(
             tok.pad_token = tok.eos_token
         if cfg.prune.enabled:
             texts = calibration_texts(tok, examples, cfg.prune.calibration_examples, seed)
-            prune_model(model, tok, cfg.prune, texts, origin=origin.name)
+            # The vocabulary keeps the tokens of every fused example, not just the sample.
+            corpus = calibration_texts(tok, examples, len(examples), seed)
+            plan = prune_model(model, tok, cfg.prune, texts, origin=origin.name, corpus=corpus)
+            tok = plan.tokenizer or tok
         return model, tok
     text = corpus if corpus is not None else list(_world_text(seed))
     # The template's markers are plain text in Llama 2's dialect: let the tokenizer learn them.
