@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from avocado_llm.config import recipe_from_dict
 from avocado_llm.config.student import PruneConfig
 from avocado_llm.distill.prune import calibration_texts, plan_sizes, prune_model
-from avocado_llm.distill.vocab_trim import alphabet, plan_vocab, trim_vocab
+from avocado_llm.distill.vocab_trim import alphabet, plan_vocab, trim_vocab, variants
 from avocado_llm.world.corpus import world_corpus
 from avocado_llm.world.templates import CHATML
 from avocado_llm.world.tokenizers import QWEN_PATTERN, TokenizerSpec, train_tokenizer, wrap
@@ -273,3 +273,30 @@ def test_distill_trims_and_narrows_a_teacher_into_the_student(tmp_path: Path) ->
     assert len(student_tok) == 330 and student_tok.chat_template == tok.chat_template
     student = AutoModelForCausalLM.from_pretrained(out)
     assert student.get_input_embeddings().weight.shape == (330, 32)
+
+
+def test_twins_of_corpus_words_are_kept_first() -> None:
+    """An answer starts its turn without a space ("horses"), a prompt says " horses": the
+    corpus's words bring their space and capital twins before the rest of the vocabulary."""
+    assert variants("Ġsmall", "Ġ") == ["Small", "ĠSmall", "small"]
+    assert variants("small", "Ġ", cases=False) == ["Ġsmall"]
+    assert variants("Ġ12", "Ġ") == [] and variants(None, "Ġ") == []
+    tok = tiny_tokenizer("byte_bpe")
+    vocab = tok.get_vocab()
+    texts = calibration_texts(tok, EXAMPLES, len(EXAMPLES))
+    used: set[int] = set()
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        used |= set(ids)
+    pieces_used = {tok.convert_ids_to_tokens(i) for i in used}
+    twins = {
+        v for p in pieces_used for v in variants(p, "Ġ") if v in vocab and v not in pieces_used
+    }
+    assert twins  # the tiny vocabulary has some (e.g. "Ġcapital" for "capital")
+    keep, sources = plan_vocab(tok, texts, 259 + sources_needed(tok, texts) + len(twins))
+    assert {vocab[t] for t in twins} <= set(keep)
+    assert sources["variants"] > 0
+
+
+def sources_needed(tok: object, texts: list[str]) -> int:
+    _, sources = plan_vocab(tok, texts, len(tok) - 1)
+    return sources["corpus"]

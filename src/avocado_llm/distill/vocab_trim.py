@@ -5,10 +5,12 @@ A 49k-token tied embedding is 28M of SmolLM2-135M's 134M parameters; a student f
 narrow tasks uses a few thousand tokens. The kept tokens are, in order: the special and added
 tokens, the 256 tokens of the byte alphabet (byte-level BPE's 256 characters, or the
 ``<0x00>``…``<0xFF>`` pieces of a BPE with byte fallback) and the ids the model config names;
-then the corpus's tokens, most frequent first; then the lowest remaining ids (a BPE vocabulary
-is in merge order, so these are the commonest pieces of the pretraining text), until
-``vocab_size``. Every merged token comes with its *merge closure*: the two tokens it is merged
-from, recursively. The merges whose parts and result are all kept stay, in their order.
+then the corpus's tokens, most frequent first; then their twins with and without a leading
+space and capitalised (an answer starts its turn with "small", a prompt says " small"); then
+the lowest remaining ids, each with its space twin (a BPE vocabulary is in merge order, so
+these are the commonest words of the pretraining text), until ``vocab_size``. Every merged
+token comes with its *merge closure*: the two tokens it is merged from, recursively. The
+merges whose parts and result are all kept stay, in their order.
 
 So the trimmed tokenizer encodes the corpus into exactly the same token strings (every merge
 BPE applied to a corpus word is kept, and it is still the lowest-ranked one that applies), and
@@ -72,7 +74,8 @@ def _is_byte_level(data: dict[str, Any]) -> bool:
 
 
 def alphabet(data: dict[str, Any]) -> list[str]:
-    """The tokens that spell any text: the 256 byte characters, or the byte-fallback pieces."""
+    """The tokens that spell any text: the 256 byte characters, or the byte-fallback pieces
+    (those of them the vocabulary has)."""
     vocab = data["model"]["vocab"]
     if _is_byte_level(data):
         pieces = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -83,12 +86,9 @@ def alphabet(data: dict[str, Any]) -> list[str]:
             "cannot trim this tokenizer's vocabulary: it is neither byte-level nor byte-fallback "
             "BPE, so a trimmed vocabulary could not encode every text"
         )
-    missing = [p for p in pieces if p not in vocab]
-    if missing:
-        raise ValueError(
-            f"the tokenizer lacks {len(missing)} of the 256 byte tokens: {missing[:5]}"
-        )
-    return pieces
+    # A byte the origin's vocabulary lacks (SmolLM2's lacks 21 that UTF-8 text rarely or never
+    # holds) was never encodable; trimming cannot lose it.
+    return [p for p in pieces if p in vocab]
 
 
 def corpus_counts(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> Counter[int]:
@@ -96,6 +96,17 @@ def corpus_counts(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> Counter
     for ids in tok(list(texts), add_special_tokens=False)["input_ids"]:
         counts.update(ids)
     return counts
+
+
+def variants(piece: str | None, space: str, cases: bool = True) -> list[str]:
+    """A word piece's twins: with and without the leading space, and (``cases``) capitalised
+    and lower case ("Ġsmall" → "small", "ĠSmall", "Small"): an answer starts its turn without
+    a space, a prompt writes the same word after one."""
+    word = piece[1:] if piece and piece.startswith(space) else piece
+    if not word or not word.isalpha():
+        return []
+    forms = {word, word.lower(), word[0].upper() + word[1:]} if cases else {word}
+    return [f for w in sorted(forms) for f in (w, space + w) if f != piece]
 
 
 def plan_vocab(
@@ -142,10 +153,15 @@ def plan_vocab(
         )
     sources = {"required": len(kept)}
     counts = corpus_counts(tok, texts)
-    for phase, order in (
-        ("corpus", sorted(counts, key=lambda i: (-counts[i], i))),
-        ("fill", sorted(by_id)),
-    ):
+    ranked = sorted(counts, key=lambda i: (-counts[i], i))
+    space = "Ġ" if _is_byte_level(data) else "▁"
+    twins = [vocab[v] for i in ranked for v in variants(by_id[i], space) if v in vocab]
+    fill = [
+        j
+        for i in sorted(by_id)
+        for j in (i, *(vocab[v] for v in variants(by_id[i], space, cases=False) if v in vocab))
+    ]
+    for phase, order in (("corpus", ranked), ("variants", twins), ("fill", fill)):
         before = len(kept)
         for i in order:
             if len(kept) >= size:
