@@ -300,3 +300,24 @@ def test_twins_of_corpus_words_are_kept_first() -> None:
 def sources_needed(tok: object, texts: list[str]) -> int:
     _, sources = plan_vocab(tok, texts, len(tok) - 1)
     return sources["corpus"]
+
+
+def test_a_trimmed_gemma3_computes_its_loss_with_labels() -> None:
+    """Gemma 3 keeps its own ``vocab_size`` copy for the loss (``logits.view(-1, vocab)``):
+    it must follow the trimmed vocabulary, or training with labels fails."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = tiny_tokenizer("byte_bpe")
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+        sliding_window=64, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = Gemma3ForCausalLM(config)
+    texts = calibration_texts(tok, EXAMPLES, len(EXAMPLES))
+    plan = prune_model(model, tok, PruneConfig(vocab_size=350), texts, origin="tiny-gemma")
+    ids = plan.tokenizer(texts[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    loss = model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    assert model.get_output_embeddings().weight.shape[0] == 350

@@ -263,6 +263,8 @@ def trim_model(model: PreTrainedModel, keep: Sequence[int]) -> None:
         head.out_features = len(rows)
     text_config = model.config.get_text_config()
     text_config.vocab_size = len(rows)
+    if isinstance(getattr(model, "vocab_size", None), int):  # Gemma 3 reads its own copy
+        model.vocab_size = len(rows)  # (in the loss: logits.view(-1, self.vocab_size))
     for config in {id(c): c for c in (model.config, text_config)}.values():
         _remap_ids(config, new_id)
     if getattr(model, "generation_config", None) is not None:
