@@ -29,7 +29,7 @@ from typing import Any
 
 SEED = 22
 FILES = ("knowledge.jsonl", "words.jsonl", "numbers.jsonl")
-HELDOUT = {"knowledge": 0.55, "words": 0.55, "numbers": 0.25}
+HELDOUT = {"knowledge": 0.55, "words": 0.55, "numbers": 0.6}
 """The ``heldout_fraction`` each source needs for >= 200 held-out prompts (recipe's values)."""
 
 
