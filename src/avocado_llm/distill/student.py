@@ -110,7 +110,11 @@ def build_student(
         if cfg.prune.enabled:
             texts = calibration_texts(tok, examples, cfg.prune.calibration_examples, seed)
             # The vocabulary keeps the tokens of every fused example, not just the sample.
-            corpus = calibration_texts(tok, examples, len(examples), seed)
+            corpus = (
+                calibration_texts(tok, examples, len(examples), seed)
+                if cfg.prune.vocab_size is not None
+                else None
+            )
             plan = prune_model(model, tok, cfg.prune, texts, origin=origin.name, corpus=corpus)
             tok = plan.tokenizer or tok
         return model, tok
