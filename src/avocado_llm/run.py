@@ -49,10 +49,14 @@ def ensure_zoo(recipe: Recipe) -> None:
         build_teacher(ZOO[t.name], path, seed=recipe.seed)
 
 
-def harvest_on_demand(recipe: Recipe, device: str = "auto", **kwargs: Any) -> Any:
+def harvest_on_demand(
+    recipe: Recipe, device: str = "auto", servers: Any = None, **kwargs: Any
+) -> Any:
     """The harvest, with the vLLM servers of ``engine: vllm`` teachers started when a teacher is
     first asked (a harvest that is done starts none) and stopped when it ends, however it ends
-    (:func:`~avocado_llm.teachers.vllm_server.on_demand`). ``kwargs`` go to ``harvest``."""
+    (:func:`~avocado_llm.teachers.vllm_server.on_demand`), unless ``servers`` (an open
+    :class:`~avocado_llm.teachers.vllm_server.OnDemandServers`) outlives it. ``kwargs`` go to
+    ``harvest``."""
     from avocado_llm.harvest import harvest
     from avocado_llm.teachers import harvest_teachers
     from avocado_llm.teachers.vllm_server import on_demand
@@ -65,8 +69,10 @@ def harvest_on_demand(recipe: Recipe, device: str = "auto", **kwargs: Any) -> An
             for teacher in teachers:
                 await teacher.aclose()
 
-    with on_demand(recipe, note=console.print) as servers:
+    if servers is not None:
         return asyncio.run(ask(servers))
+    with on_demand(recipe, note=console.print) as own:
+        return asyncio.run(ask(own))
 
 
 def distill_stage(
@@ -117,11 +123,24 @@ def drop_stale_baselines(eval_dir: Path, models: dict[str, tuple[Path, str]]) ->
 
 def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str) -> dict:
     """Evaluate every model whose report entry was made from other weights or settings."""
-    from avocado_llm.evaluate.evaluation import ModelSource, eval_fingerprint, evaluate_model
     from avocado_llm.evaluate.report import load_report, write_report
 
     eval_dir = recipe.run_dir / "eval"
     drop_stale_baselines(eval_dir, models)
+    evaluate_stale(recipe, models, device)
+    write_report(eval_dir, {"run_dir": recipe.run_dir, "harvest_dir": recipe.harvest_dir})
+    return load_report(eval_dir)
+
+
+def evaluate_stale(
+    recipe: Recipe, models: dict[str, tuple[Path, str]], device: str, servers: Any = None
+) -> None:
+    """Evaluate those of ``models`` whose report entry is missing or was made otherwise
+    (``engine: vllm`` teachers through ``servers``, when given)."""
+    from avocado_llm.evaluate.evaluation import ModelSource, eval_fingerprint, evaluate_model
+    from avocado_llm.evaluate.report import load_report
+
+    eval_dir = recipe.run_dir / "eval"
     done = load_report(eval_dir)["models"] if (eval_dir / "report.json").exists() else {}
     n = recipe.eval.heldout_per_family
     for name, (path, role) in models.items():
@@ -135,9 +154,7 @@ def eval_stage(recipe: Recipe, models: dict[str, tuple[Path, str]], device: str)
                 console.print(f"eval {name}: up to date")
                 continue
             console.print(f"eval {name}: evaluating again, it changed:{summary(diff)}")
-        evaluate_model(recipe, source, name=name, role=role, device=device)
-    write_report(eval_dir, {"run_dir": recipe.run_dir, "harvest_dir": recipe.harvest_dir})
-    return load_report(eval_dir)
+        evaluate_model(recipe, source, name=name, role=role, device=device, servers=servers)
 
 
 def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
@@ -151,9 +168,18 @@ def run(recipe: Recipe, device: str = "auto", force: bool = False) -> dict:
     ensure_zoo(recipe)
     _stage("2/5 harvest")
     if recipe.harvest.from_run is None:
-        summary = harvest_on_demand(recipe, device=device)
-        if not summary.ok:
-            raise RuntimeError("the harvest has failed records; rerun to retry them")
+        from avocado_llm.teachers.vllm_server import on_demand, vllm_configs
+
+        with on_demand(recipe, note=console.print) as servers:
+            summary = harvest_on_demand(recipe, device=device, servers=servers)
+            if not summary.ok:
+                raise RuntimeError("the harvest has failed records; rerun to retry them")
+            # The vLLM teachers are evaluated now, while their servers are up: starting them
+            # again after the students would cost minutes, and their scores need no student.
+            served = {t.name: (teacher_path(t, recipe), "teacher") for t in vllm_configs(recipe)}
+            if served:
+                console.print(f"evaluating {', '.join(served)} through vLLM")
+                evaluate_stale(recipe, served, device, servers)
     elif not (recipe.harvest_dir / "manifest.json").exists():
         raise RuntimeError(
             f"no harvest at {recipe.harvest_dir} to reuse (harvest.from_run): "

@@ -42,7 +42,8 @@ def test_a_templated_teacher_is_evaluated_through_its_template(
          "eval": {"max_new_tokens": 8, "batch_size": 4}},
         base_dir=tmp_path,
     )  # fmt: skip
-    done = evaluate_model(recipe, ModelSource(path=model), n=4, device="cpu")
+    # in process (through its vLLM server: tests/teachers/test_vllm_launch.py)
+    done = evaluate_model(recipe, ModelSource(path=model), n=4, device="cpu", in_process=True)
     assert done.name == "base" and done.entry["role"] == "teacher"
     assert done.entry["params"] > 0  # a local teacher: its size is known
     rows = [json.loads(line) for line in done.answers_path.read_text().splitlines()]
@@ -64,4 +65,5 @@ def test_a_templated_teacher_is_evaluated_through_its_template(
         base_dir=tmp_path,
     )  # fmt: skip
     source = ModelSource(path=model)
-    assert eval_fingerprint(recipe, source, 4) != eval_fingerprint(other, source, 4)
+    assert eval_fingerprint(recipe, source, 4, True) != eval_fingerprint(other, source, 4, True)
+    assert eval_fingerprint(recipe, source, 4) != eval_fingerprint(other, source, 4)  # served

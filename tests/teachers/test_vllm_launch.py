@@ -374,3 +374,52 @@ def test_a_harvest_stopped_while_its_server_starts_leaves_none_behind(
     assert harvest.wait(timeout=60) == 128 + 15
     assert _gone([started["pid"], started["engine"]])
     assert not (tmp_path / "runs" / "served" / "teachers" / "qwen-tiny.json").exists()
+
+
+# --- the evaluation ------------------------------------------------------------------------
+
+
+def test_a_vllm_teacher_is_evaluated_through_its_server(
+    tmp_path: Path, zoo_dir: Path, stand_in: Path
+) -> None:
+    from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
+
+    recipe = _recipe(tmp_path, zoo_dir)
+    source = ModelSource(path=zoo_dir / "qwen-tiny")
+    served = evaluate_model(recipe, source, n=6, device="cpu")
+    start = _started(stand_in)
+    assert _gone([start["pid"], start["engine"]])  # started for the evaluation, then stopped
+    chat = json.loads((stand_in / "qwen-tiny-chat.json").read_text())
+    assert chat["temperature"] == 0.0 and chat["max_tokens"] == recipe.eval.max_new_tokens
+    assert "(vLLM, bfloat16)" in served.entry["source"] and served.entry["role"] == "teacher"
+    assert "+vllm-bfloat16" in served.entry["fingerprint"]["input:model"]
+    answers = [json.loads(line) for line in served.answers_path.read_text().splitlines()]
+
+    local = evaluate_model(recipe, source, n=6, device="cpu", in_process=True)
+    assert local.entry["fingerprint"]["input:model"] != served.entry["fingerprint"]["input:model"]
+    again = [json.loads(line) for line in local.answers_path.read_text().splitlines()]
+    assert len(answers) == len(again) == 12  # two families × 6
+    assert [a["answer"] for a in answers] == [a["answer"] for a in again]  # same greedy answers
+
+
+def test_run_evaluates_vllm_teachers_on_the_harvests_servers(
+    tmp_path: Path, zoo_dir: Path, stand_in: Path
+) -> None:
+    from avocado_llm.evaluate.report import load_report
+    from avocado_llm.run import evaluate_stale, harvest_on_demand
+    from avocado_llm.teachers.vllm_server import on_demand
+
+    recipe = _recipe(tmp_path, zoo_dir)
+    models = {"qwen-tiny": (zoo_dir / "qwen-tiny", "teacher")}
+    with on_demand(recipe, note=lambda m: None) as servers:
+        assert harvest_on_demand(recipe, device="cpu", servers=servers).ok
+        first = _started(stand_in)
+        (stand_in / "qwen-tiny-start.json").unlink()
+        evaluate_stale(recipe, models, "cpu", servers)
+        assert not (stand_in / "qwen-tiny-start.json").exists()  # the harvest's server served it
+        assert _alive(first["pid"])
+    assert _gone([first["pid"], first["engine"]])
+    entry = load_report(recipe.run_dir / "eval")["models"]["qwen-tiny"]
+    assert "(vLLM, bfloat16)" in entry["source"]
+    evaluate_stale(recipe, models, "cpu")  # up to date: no server is started
+    assert not (stand_in / "qwen-tiny-start.json").exists()

@@ -73,6 +73,12 @@ def add_eval_command(commands: Any) -> None:
     )
     p.add_argument("--out", type=Path, help="report directory [<output_dir>/<name>/eval]")
     p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="score an engine: vllm teacher's weights in this process instead of through its "
+        "vLLM server (started for the evaluation, or the one `avocado teachers up` runs)",
+    )
+    p.add_argument(
         "--lm-eval",
         metavar="TASK[,TASK]",
         help="run lm-evaluation-harness (the eval extra) instead: the recipe's held-out tasks "
@@ -116,7 +122,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         )
         done = evaluate_model(
             recipe, source, name=args.name, role=args.role or _own_student(recipe, args),
-            n=args.n, out=args.out, device=args.device,
+            n=args.n, out=args.out, device=args.device, in_process=args.in_process,
         )  # fmt: skip
         files = write_report(done.eval_dir, {"run_dir": recipe.run_dir})
         _print_entry(done.name, done.entry)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from avocado_llm.config import Recipe, RecipeError
+from avocado_llm.config import Recipe, RecipeError, TeacherConfig
 from avocado_llm.data.prompts import iter_prompts
 from avocado_llm.data.sources import DataError, source_digest
 from avocado_llm.data.verifiers import verifier
@@ -91,10 +92,18 @@ def evaluate_model(
     n: int | None = None,
     out: Path | None = None,
     device: str = "auto",
+    in_process: bool = False,
+    servers: Any = None,
 ) -> ModelEvaluation:
     """Score ``source`` on ``n`` held-out examples per recipe family (default
     ``eval.heldout_per_family``); add or replace its entry in ``out/report.json`` (default
     ``run_dir/eval``) and write its answers to ``out/answers/<name>.jsonl``.
+
+    A recipe teacher with ``engine: vllm`` is scored through its vLLM server, the engine that
+    answered its harvest (``servers``, an
+    :class:`~avocado_llm.teachers.vllm_server.OnDemandServers` already open, else one started
+    for this evaluation and stopped after it), unless ``in_process``: then its weights are
+    loaded here.
 
     ``name`` defaults to the recipe teacher's name when ``source`` is one of the recipe's
     teachers (its zoo directory, or its served model), else to the directory's or served model's
@@ -116,11 +125,15 @@ def evaluate_model(
         raise EvalError(str(error)) from None
     examples: list[Example | SourcePrompt] = []
     examples += tasks.generate(recipe.world.families, "heldout", per_family, recipe.seed)
-    fingerprint = eval_fingerprint(recipe, source, per_family)  # before: the files may change
+    served = None if in_process else served_teacher_config(recipe, source)
+    fingerprint = eval_fingerprint(recipe, source, per_family, in_process)  # before: files change
     examples += source_prompts(recipe, per_source(recipe, per_family))
-    result, params = _score(recipe, source, examples, name, device)
+    if served is not None:
+        result, params = _score_served(recipe, served, examples, name, servers)
+    else:
+        result, params = _score(recipe, source, examples, name, device)
     entry = result.entry(role, params) | {
-        "source": source.describe(),
+        "source": source.describe() + (f" (vLLM, {served.vllm.dtype})" if served else ""),
         "n_per_family": per_family,
         "seed": recipe.seed,
         "max_new_tokens": recipe.eval.max_new_tokens,
@@ -177,11 +190,22 @@ def source_prompts(recipe: Recipe, cap: int) -> list[SourcePrompt]:
     return prompts
 
 
-def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> dict[str, Any]:
+def eval_fingerprint(
+    recipe: Recipe, source: ModelSource, per_family: int, in_process: bool = False
+) -> dict[str, Any]:
     """What makes a model's scores: the model (a local directory: the digest of its weight,
-    config, tokenizer and template files; an endpoint: its URL and model name), the examples
-    (families, count, seed) and the answer length."""
-    model = weights_revision(source.path) if source.path is not None else source.describe()
+    config, tokenizer and template files; an endpoint: its URL and model name; a teacher scored
+    through its vLLM server: its harvest revision, which names the engine and dtype), the
+    examples (families, count, seed) and the answer length."""
+    served = None if in_process else served_teacher_config(recipe, source)
+    if served is not None:
+        from avocado_llm.teachers.vllm_server import served_info
+
+        model = served_info(served, recipe).revision
+    elif source.path is not None:
+        model = weights_revision(source.path)
+    else:
+        model = source.describe()
     fingerprint: dict[str, Any] = {
         "input:model": model,
         "seed": recipe.seed,
@@ -211,6 +235,15 @@ def eval_fingerprint(recipe: Recipe, source: ModelSource, per_family: int) -> di
     return fingerprint
 
 
+def served_teacher_config(recipe: Recipe, source: ModelSource) -> TeacherConfig | None:
+    """The recipe's ``engine: vllm`` teacher that ``source`` (a model directory) is, if any."""
+    name = _recipe_teacher(recipe, source)
+    for t in recipe.teachers:
+        if t.name == name and t.kind == "local" and t.engine == "vllm":
+            return t
+    return None
+
+
 def _recipe_teacher(recipe: Recipe, source: ModelSource) -> str | None:
     """The name of the recipe's teacher that ``source`` is, if it is one."""
     for t in recipe.teachers:
@@ -229,6 +262,31 @@ def _templated_teacher(recipe: Recipe, source: ModelSource) -> Any:
         if t.name == name and t.kind == "local" and t.prompt_template is not None:
             return t
     return None
+
+
+def _score_served(
+    recipe: Recipe,
+    cfg: TeacherConfig,
+    examples: list[Example | SourcePrompt],
+    name: str,
+    servers: Any,
+) -> tuple[EvalResult, int | None]:
+    """Greedy answers of an ``engine: vllm`` teacher through its server (asked as the harvest
+    asked it: its chat or prompt template, its stop strings), ``max_concurrency`` at a time."""
+    from avocado_llm.teachers.vllm_server import OnDemandTeacher, on_demand
+
+    what, chunk = f"eval {name} (vLLM)", max(64, 4 * cfg.max_concurrency)
+
+    async def ask(open_servers: Any) -> EvalResult:
+        teacher: Any = OnDemandTeacher(cfg, recipe, open_servers)
+        return await evaluate_endpoint(teacher, examples, recipe.eval.max_new_tokens, chunk, what)
+
+    if servers is not None:
+        result = asyncio.run(ask(servers))
+    else:
+        with on_demand(recipe, note=lambda line: print(line, file=sys.stderr)) as own:
+            result = asyncio.run(ask(own))
+    return result, count_params(teacher_path(cfg, recipe))
 
 
 def _score(

@@ -156,15 +156,22 @@ class OnDemandServers:
     def __init__(self, recipe: Recipe, note: Callable[[str], None]) -> None:
         self.recipe, self.note = recipe, note
         self.started: list[VllmServer] = []
-        self._urls: dict[str, Any] = {}
+        self._urls: dict[str, str] = {}
+        self._pending: dict[str, Any] = {}
 
     async def url(self, cfg: TeacherConfig) -> str:
+        """The base URL of ``cfg``'s server, started on the first call. A server that is up
+        serves later event loops too (the harvest's, then the evaluation's)."""
         import asyncio
 
-        pending = self._urls.get(cfg.name)
-        if pending is None:
-            pending = self._urls[cfg.name] = asyncio.ensure_future(self._start(cfg))
-        return str(await asyncio.shield(pending))
+        if cfg.name in self._urls:
+            return self._urls[cfg.name]
+        pending = self._pending.get(cfg.name)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            pending = self._pending[cfg.name] = asyncio.ensure_future(self._start(cfg))
+        url = str(await asyncio.shield(pending))
+        self._urls[cfg.name] = url
+        return url
 
     async def _start(self, cfg: TeacherConfig) -> str:
         import asyncio
