@@ -5,7 +5,9 @@ sources' content."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from avocado_llm.config import Recipe, load_recipe
 from avocado_llm.evaluate import ModelSource, evaluate_model, load_report, write_report
 from avocado_llm.evaluate.evaluation import eval_fingerprint, per_source, source_prompts
 from avocado_llm.evaluate.judged import outcome, parse_verdict
-from avocado_llm.teachers.base import TeacherError
+from avocado_llm.evaluate.runner import evaluate_endpoint
+from avocado_llm.teachers.base import Completion, SamplingParams, TeacherError, TeacherInfo
 from avocado_llm.teachers.hf import LocalTeacher
 
 ROWS = 24
@@ -104,6 +107,7 @@ def test_the_fingerprint_covers_the_sources_content(tmp_path: Path, zoo_dir: Pat
     model = ModelSource(path=zoo_dir / "gemma-tiny")
     before = eval_fingerprint(recipe, model, 4)
     assert before["data.sources.sums"]["verifier"] == "number"
+    assert before["verifiers"] == {"number": 2}  # scores of number version 1 are made again
     with recipe.data.sources[1].path.open("a", encoding="utf-8") as f:
         f.write(json.dumps({"messages": [{"role": "user", "content": "One more."}]}) + "\n")
     after = eval_fingerprint(recipe, model, 4)
@@ -165,3 +169,48 @@ def test_heldout_per_source_caps_each_source(tmp_path: Path, zoo_dir: Path) -> N
     assert Counter(p.family for p in prompts) == {"sums": 3, "chats": 3}
     assert all(p.verify is not None for p in prompts if p.family == "sums")
     assert all(p.verify is None and p.answer is None for p in prompts if p.family == "chats")
+
+
+class Restater:
+    """A model that answers the way real chat models do: it restates the question ("There are
+    7000 grams in 7 kilograms."), right when ``right`` else with the question's number only."""
+
+    info = TeacherInfo("restater", "restater", "test", "test licence")
+
+    def __init__(self, right: bool) -> None:
+        self.right = right
+
+    async def generate(self, conversations, params: SamplingParams) -> list[list[Completion]]:  # type: ignore[no-untyped-def]
+        answers = []
+        for chat in conversations:
+            kilos = int(re.findall(r"\d+", chat[-1]["content"])[-1])
+            grams = 1000 * kilos if self.right else kilos
+            answers.append([Completion(f"There are {grams} grams in {kilos} kilograms.", "stop")])
+        return answers
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_the_evaluation_gives_the_source_verifier_the_question(tmp_path: Path) -> None:
+    """A source scored by ``number`` with the prompt's question (its last user turn, the
+    system message aside): the restated right answer counts, the echo of the question's number
+    does not."""
+    rows = tmp_path / "grams.jsonl"
+    questions = [{"q": f"How many grams are in {k} kilograms?", "a": str(1000 * k)}
+                 for k in range(2, 30)]  # fmt: skip
+    rows.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    source = {"name": "grams", "path": str(rows), "prompt": "q", "reference": "a",
+              "verifier": "number", "heldout_fraction": 0.5, "system": "Be brief."}  # fmt: skip
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({
+        "name": "grams", "output_dir": str(tmp_path / "runs"), "world": {"families": []},
+        "data": {"sources": [source]}, "teachers": [{"name": "qwen-tiny", "zoo": True}],
+    }))  # fmt: skip
+    prompts = source_prompts(load_recipe(recipe_file), 6)
+    assert len(prompts) == 6 and prompts[0].messages[0]["role"] == "system"
+    assert prompts[0].prompt == prompts[0].messages[-1]["content"]  # the question
+    for right, accuracy in [(True, 1.0), (False, 0.0)]:
+        result = asyncio.run(evaluate_endpoint(Restater(right), prompts))
+        assert result.families["grams"].accuracy == accuracy
+        assert result.families["grams"].n == 6

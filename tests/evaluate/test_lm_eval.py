@@ -192,6 +192,9 @@ def test_own_data_sources_become_tasks_scored_by_their_verifier(tmp_path: Path) 
     doc = next(iter(gen.test_docs()))
     assert gen.process_results(doc, [f"It is {doc['answer']}.0"]) == {"acc": 1.0}  # number check
     assert gen.process_results(doc, ["It is 1000."]) == {"acc": 0.0}
+    a, b = doc["prompt"].removeprefix("What is ").rstrip("?").split(" + ")
+    echo = f"{doc['answer']}, from {a} and {b}."  # the question's numbers are echoes
+    assert gen.process_results(doc, [echo]) == {"acc": 1.0}  # the question reaches the verifier
     mc_doc = next(iter(mc.test_docs()))
     choices = mc.doc_to_choice(mc_doc)
     assert [choices[i] for i in mc.doc_to_target(mc_doc)] == [mc_doc["answer"]]  # bare answers

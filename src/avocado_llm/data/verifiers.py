@@ -1,9 +1,12 @@
 """Per-source verifiers: score a model's free-form answer against a source's reference answer.
 
 A source names its verifier in the recipe (``verifier: number``); :func:`verifier` turns that
-spec into a :class:`Verifier`, a callable ``(answer, reference) -> float`` in [0, 1] (1 =
-correct; every verifier here gives 0.0 or 1.0). ``none`` (the default) is represented by
-*no* verifier: :func:`verifier` returns ``None`` and the pipeline uses label-free fusion and a
+spec into a :class:`Verifier`, a callable ``(answer, reference, question=None) -> float`` in
+[0, 1] (1 = correct; every verifier here gives 0.0 or 1.0). ``question`` is the text the answer
+answers (a chat's last user message: :func:`avocado_llm.data.echoes.question_of`); ``short``
+and ``number`` read it, the others ignore it, and without it every verifier scores as it always
+did. ``none`` (the default) is represented by *no* verifier: :func:`verifier` returns ``None``
+and the pipeline uses label-free fusion and a
 judge for that source. :func:`check_spec` says what is wrong with a spec before any work.
 
 The specs:
@@ -20,11 +23,17 @@ The specs:
   question ("The past tense of cut") has no linking word and fails; so does a sentence whose
   answer is not at its end ("Paris is the capital of France." for "the capital of France?"):
   the verifier cannot tell the question's words from the answer, so it accepts the answer only
-  at the end of a statement.
+  at the end of a statement. Given the question, it also accepts a first sentence that
+  restates it ("Paris is the capital of France."): the reference opens or closes the sentence
+  and every other word is the question's, in its order, or a stop word
+  (:func:`avocado_llm.data.echoes.restates` has the rules).
 - ``number``: the last number of the final answer equals the reference's number within a
   relative tolerance of 1e-6; thousands commas, signs (also "−"), decimals, exponents and
   percent ("50%" matches 50 and 0.5) are understood. A last number that is the right operand of
-  an unfinished expression ("4 minus 2", "12 - 5": the question echoed) is no answer.
+  an unfinished expression ("4 minus 2", "12 - 5": the question echoed) is no answer. Given
+  the question, a last number that the question states (in digits or words) is an echo ("There
+  are 7000 grams in 7 kilograms."): the sentence's one other value is the answer, when it has
+  exactly one and no negation or hedge; else the last number still is.
 - ``sequence``: the items of the final answer (comma, semicolon, space or "and" separated,
   brackets ignored) equal the reference's items, in order.
 - ``choice``: a multiple-choice letter ("B", "(B)", "B) Paris", "The answer is B",
@@ -52,8 +61,8 @@ Scoring never raises: ``None`` scores as an empty answer, numbers and ``bytes`` 
 into text, a list (a ``sequence`` reference stored as a list) is joined with ", ". An empty
 reference scores 0 for every verifier that uses one.
 
-Imports only the standard library and the recipe schema's names; ``math-verify`` is imported
-on first use.
+Imports only the standard library, the recipe schema's names and :mod:`avocado_llm.data.echoes`;
+``math-verify`` is imported on first use.
 """
 
 from __future__ import annotations
@@ -64,11 +73,12 @@ import re
 import signal
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from avocado_llm.config.sources import VERIFIERS
+from avocado_llm.data.echoes import new_value, restates, word_values
 
 NAMES = VERIFIERS
 """Verifier names (the recipe schema's list); ``regex:<pattern>`` is the one spec with an
@@ -87,21 +97,37 @@ MAX_MATH_CHARS = 4_000
 """``math`` parses at most the last this-many characters of an answer (and of a reference)."""
 MATH_TIMEOUT_S = 5
 """math-verify's own parse / verify timeouts, in the main thread."""
+VERSIONS = {"short": 2, "number": 2}
+"""The verifiers whose scores changed since their first version (2: they read the question):
+scores made with an older version must be made again (:func:`versions`)."""
+
+Check = Callable[[str, str, "str | None"], bool]
+"""``check(answer, reference, question)``: whether the answer is right."""
 
 
 @dataclass(frozen=True)
 class Verifier:
-    """A named scorer: ``verifier(answer, reference)`` is 1.0 when the answer is correct."""
+    """A named scorer: ``verifier(answer, reference, question)`` is 1.0 when the answer is
+    correct; ``question`` (optional) is the text the answer answers."""
 
     name: str
     """The spec it was built from (``number``, ``regex:^[0-9]+$``)."""
-    check: Callable[[str, str], bool]
+    check: Check
 
-    def __call__(self, answer: object, reference: object) -> float:
+    def __call__(self, answer: object, reference: object, question: object = None) -> float:
+        asked = None if question is None else _as_text(question)
         try:
-            return 1.0 if self.check(_as_text(answer), _as_text(reference)) else 0.0
+            return 1.0 if self.check(_as_text(answer), _as_text(reference), asked) else 0.0
         except Exception:  # a verifier is a judge of text, never a crash of the pipeline
             return 0.0
+
+
+def versions(specs: Iterable[str]) -> dict[str, Any]:
+    """``{"verifiers": {spec: version}}`` for the specs of :data:`VERSIONS` among ``specs``, for
+    a fingerprint; empty when there are none (fingerprints made before versions keep
+    matching)."""
+    used = {spec: VERSIONS[spec] for spec in sorted(set(specs)) if spec in VERSIONS}
+    return {"verifiers": used} if used else {}
 
 
 def check_spec(spec: object) -> str | None:
@@ -213,7 +239,7 @@ def final_answer(text: str) -> tuple[str, bool]:
 # --- the verifiers -------------------------------------------------------------------------
 
 
-def _exact(answer: str, reference: str) -> bool:
+def _exact(answer: str, reference: str, question: str | None = None) -> bool:
     gold = _key(reference[:MAX_ANSWER_CHARS])
     if not gold:
         return False
@@ -239,7 +265,7 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
-def _short(answer: str, reference: str) -> bool:
+def _short(answer: str, reference: str, question: str | None = None) -> bool:
     if _exact(answer, reference):
         return True
     gold = _tokens(_clean(reference[:MAX_FINAL_CHARS]))
@@ -248,6 +274,10 @@ def _short(answer: str, reference: str) -> bool:
         return False
     end = _SENTENCE_END.search(text)
     words = _tokens(text[: end.start()] if end else text)
+    if question is not None:  # "Paris is the capital of France."
+        asked = [w for w in _tokens(question[:MAX_ANSWER_CHARS]) if w[0].isalnum()]
+        if restates(words, gold, asked):
+            return True
     if words[-len(gold) :] != gold:
         return False
     before = words[: -len(gold)]
@@ -295,7 +325,9 @@ def _is_operand(text: str) -> bool:
     return bool(_OPERATOR_BEFORE.search(before))
 
 
-def _last_number(text: str, answer: bool = False) -> tuple[float, bool] | None:
+def _last_number(
+    text: str, answer: bool = False, question: str | None = None
+) -> tuple[float, bool] | None:
     final, explicit = final_answer(text)
     where = final
     found = _numbers(final)
@@ -304,7 +336,26 @@ def _last_number(text: str, answer: bool = False) -> tuple[float, bool] | None:
         found = _numbers(where)
     if answer and found and _is_operand(where.replace("−", "-")):
         return None
+    if found and question is not None:  # "There are 7000 grams in 7 kilograms."
+        new = _new_number(where, question)
+        if new is not None:
+            return new, False
     return found[-1] if found else None
+
+
+def _new_number(where: str, question: str) -> float | None:
+    """The one number of the last sentence with numbers that the question does not state, when
+    that sentence's last number is one it states (:func:`avocado_llm.data.echoes.new_value`);
+    ``None`` when that rule does not apply (or the sentence negates or hedges)."""
+    sentences = [s for s in _SENTENCE_END.split(where) if _numbers(s)]
+    if not sentences:
+        return None
+    sentence = sentences[-1]
+    if _NEGATION.search(sentence) or _HEDGES & set(_tokens(sentence)):
+        return None
+    asked = question[:MAX_ANSWER_CHARS]
+    stated = [v for v, _ in _numbers(asked)] + word_values(asked)
+    return new_value([v for v, _ in _numbers(sentence)], stated)
 
 
 def _readings(number: tuple[float, bool]) -> list[float]:
@@ -312,8 +363,8 @@ def _readings(number: tuple[float, bool]) -> list[float]:
     return [value, value / 100] if percent else [value]
 
 
-def _number(answer: str, reference: str) -> bool:
-    gold, got = _last_number(reference), _last_number(answer, answer=True)
+def _number(answer: str, reference: str, question: str | None = None) -> bool:
+    gold, got = _last_number(reference), _last_number(answer, answer=True, question=question)
     if gold is None or got is None:
         return False
     return any(
@@ -329,7 +380,7 @@ def _items(text: str) -> list[str]:
     return [x.strip(_WRAP + ".") for x in re.split(r"[\s,;]+", t) if x.strip(_WRAP + ".")]
 
 
-def _sequence(answer: str, reference: str) -> bool:
+def _sequence(answer: str, reference: str, question: str | None = None) -> bool:
     gold = _items(_clean(reference[:MAX_ANSWER_CHARS]))  # not cut: a cut list must not match
     if not gold:
         return False
@@ -373,7 +424,7 @@ def _letter_in(sentence: str) -> str | None:
     return named.pop() if len(named) == 1 else None
 
 
-def _choice(answer: str, reference: str) -> bool:
+def _choice(answer: str, reference: str, question: str | None = None) -> bool:
     gold_letter, gold_text = _choice_of(reference[:MAX_FINAL_CHARS])
     final = final_answer(answer)[0]
     letter, text = _choice_of(final)
@@ -387,8 +438,8 @@ def _choice(answer: str, reference: str) -> bool:
     return bool(gold_text) and (text or _key(final)) == gold_text
 
 
-def _regex_check(pattern: re.Pattern[str]) -> Callable[[str, str], bool]:
-    def check(answer: str, reference: str) -> bool:
+def _regex_check(pattern: re.Pattern[str]) -> Check:
+    def check(answer: str, reference: str, question: str | None = None) -> bool:
         final = final_answer(answer)[0]
         if pattern.fullmatch(final):
             return True
@@ -428,7 +479,7 @@ def _alarm_is_free() -> bool:
         return False
 
 
-def _math(answer: str, reference: str) -> bool:
+def _math(answer: str, reference: str, question: str | None = None) -> bool:
     answer = answer[-MAX_MATH_CHARS:]
     reference = reference[-MAX_MATH_CHARS:].strip()
     if not reference or not answer.strip():
@@ -447,7 +498,7 @@ def _math(answer: str, reference: str) -> bool:
     return bool(got) and bool(verify(gold, got, timeout_seconds=timeout))
 
 
-_CHECKS: dict[str, Callable[[str, str], bool]] = {
+_CHECKS: dict[str, Check] = {
     "exact": _exact,
     "short": _short,
     "number": _number,

@@ -20,7 +20,7 @@ from typing import Any
 from avocado_llm.config import Recipe, RecipeError, TeacherConfig
 from avocado_llm.data.prompts import iter_prompts
 from avocado_llm.data.sources import DataError, source_digest
-from avocado_llm.data.verifiers import verifier
+from avocado_llm.data.verifiers import verifier, versions
 from avocado_llm.evaluate.judged import judge_answers
 from avocado_llm.evaluate.report import ROLES, update_report, write_answers
 from avocado_llm.evaluate.runner import (
@@ -222,6 +222,7 @@ def eval_fingerprint(
                 for k in ("path", "messages", "prompt", "system", "reference", "verifier",
                           "heldout_fraction", "limit", "on_error", "max_prompt_tokens")
             } | ({"split_by": s.split_by} if s.split_by else {})  # fmt: skip
+        fingerprint |= versions(s.verifier for s in recipe.data.sources)  # scores made again
         if any(s.verifier == "none" for s in recipe.data.sources):  # what judges them
             judge = recipe.eval.judge_url or recipe.eval.judge or recipe.fusion.judge_teacher
             fingerprint["eval.judge"] = {

@@ -18,6 +18,7 @@ from typing import Any
 from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from avocado_llm.data.echoes import question_of
 from avocado_llm.evaluate.stats import wilson_interval
 from avocado_llm.models.chat import stop_token_ids
 from avocado_llm.models.generation import Sampling, generate_batch
@@ -41,12 +42,13 @@ class SourcePrompt:
     messages: list[dict[str, str]]
     answer: str | None
     """The reference answer, if any."""
-    verify: Callable[[str, str], float] | None = None
+    verify: Callable[[str, str, str], float] | None = None
+    """``verify(answer, reference, question)``: the source's verifier."""
 
     @property
     def prompt(self) -> str:
-        """The last user turn."""
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+        """The last user turn: the question the verifier is given (as fusion gives it)."""
+        return question_of(self.messages)
 
 
 @dataclass
@@ -92,7 +94,7 @@ class EvalResult:
             if example.verify is None:
                 self.answers.append((example.id, answer, None))
                 return
-            ok = bool(example.verify(answer, example.answer or ""))
+            ok = bool(example.verify(answer, example.answer or "", example.prompt))
         else:
             ok = get_family(example.family).verify(answer, example.answer)
         score = self.families.setdefault(example.family, FamilyScore())

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 
+from avocado_llm.data.echoes import question_of
 from avocado_llm.data.verifiers import Verifier, verifier
 from avocado_llm.fusion.example import FamilyReport, FusedExample, FusionError, FusionReport
 from avocado_llm.fusion.records import Prompt, group_prompts
@@ -118,7 +119,8 @@ def _evaluate(
         if gold.get(ex.prompt_id) is None:
             continue
         if ex.family in verifiers:
-            verdict = bool(verifiers[ex.family](ex.target, gold[ex.prompt_id]))
+            question = question_of(ex.messages)
+            verdict = bool(verifiers[ex.family](ex.target, gold[ex.prompt_id], question))
             right.setdefault(ex.family, []).append(verdict)
         elif ex.family in FAMILIES:
             verdict = get_family(ex.family).verify(ex.target, gold[ex.prompt_id])

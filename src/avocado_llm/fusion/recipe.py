@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from avocado_llm.config import Recipe
 from avocado_llm.config.fingerprint import changes, digest, summary
+from avocado_llm.data.verifiers import versions
 from avocado_llm.fusion.example import FusionError, FusionReport
 from avocado_llm.fusion.fuse import fuse
 from avocado_llm.fusion.scoring import Scorer
@@ -107,10 +108,13 @@ def _reference_fingerprint(recipe: Recipe) -> dict[str, Any]:
 
 
 def _sources_fingerprint(recipe: Recipe) -> dict[str, Any]:
-    """The verifiers of the recipe's ``data.sources`` (none at all for the tiny world alone)."""
+    """The verifiers of the recipe's ``data.sources`` (none at all for the tiny world alone),
+    and the versions of those that changed (``short`` and ``number`` read the question since
+    version 2: a file fused with version 1 is fused again)."""
     if not recipe.data.sources:
         return {}
-    return {"data.sources verifiers": {s.name: s.verifier for s in recipe.data.sources}}
+    specs = {s.name: s.verifier for s in recipe.data.sources}
+    return {"data.sources verifiers": specs} | versions(specs.values())
 
 
 def fuse_recipe(

@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
+from avocado_llm.data.echoes import question_of
 from avocado_llm.fusion.records import Candidate, Prompt
 from avocado_llm.world.tasks import get_family
 
@@ -31,23 +32,31 @@ UNKNOWN_CONFIDENCE = 0.5
 """Prior of a teacher that gave no log-probabilities (an endpoint without them)."""
 
 
-Check = Callable[[str, str], object]
-"""A verifier: ``check(answer, gold)`` is truthy when the answer is right."""
+Check = Callable[[str, str, str], object]
+"""A verifier: ``check(answer, gold, question)`` is truthy when the answer is right; the
+question is the prompt's last user message (:func:`~avocado_llm.data.echoes.question_of`)."""
 
 
 def verified_reliability(prompts: list[Prompt], check: Check | None = None) -> dict[str, float]:
     """Per teacher: the share of its answers the verifier accepts against gold (``check``, by
-    default the tiny-world family's own)."""
+    default the tiny-world family's own, which reads no question)."""
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for prompt in prompts:
         if prompt.gold is None:
             continue
-        verify = check or get_family(prompt.family).verify
+        verify = check or world_check(prompt.family)
+        question = question_of(prompt.messages)
         for c in prompt.candidates:
             total[c.teacher] += 1
-            right[c.teacher] += bool(verify(c.text, prompt.gold))
+            right[c.teacher] += bool(verify(c.text, prompt.gold, question))
     return {t: right[t] / total[t] for t in sorted(total)}
+
+
+def world_check(family: str) -> Check:
+    """A tiny-world family's verifier as a :data:`Check` (it reads no question)."""
+    verify = get_family(family).verify
+    return lambda answer, gold, question: verify(answer, gold)
 
 
 def confidence_prior(prompts: list[Prompt]) -> dict[str, float]:

@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from avocado_llm.data.echoes import question_of
 from avocado_llm.fusion.example import FusedExample, FusionError
 from avocado_llm.fusion.records import Candidate, Prompt
 from avocado_llm.fusion.reliability import (
@@ -34,6 +35,7 @@ from avocado_llm.fusion.reliability import (
     label_free_reliability,
     verified_reliability,
     weighted_votes,
+    world_check,
 )
 from avocado_llm.fusion.scoring import (
     Scorer,
@@ -43,7 +45,6 @@ from avocado_llm.fusion.scoring import (
     score_answers,
     shares,
 )
-from avocado_llm.world.tasks import get_family
 
 Reliability = dict[str, float]
 
@@ -120,11 +121,12 @@ def verify(prompts: list[Prompt], ctx: Context) -> tuple[list[FusedExample], Rel
     fallback, reliability = vote([p for p in prompts if p.gold is None], ctx)
     if not graded:
         return fallback, reliability  # an unverified family: gold was never loaded
-    check = ctx.verifiers.get(graded[0].family) or get_family(graded[0].family).verify
+    check = ctx.verifiers.get(graded[0].family) or world_check(graded[0].family)
     reliability = verified_reliability(graded, check)
     examples = []
     for prompt in graded:
-        correct = [c for c in prompt.candidates if check(c.text, str(prompt.gold))]
+        question = question_of(prompt.messages)  # "Paris is the capital of France."
+        correct = [c for c in prompt.candidates if check(c.text, str(prompt.gold), question)]
         if correct:
             target = max(correct, key=lambda c: (reliability[c.teacher], confidence(c)))
             examples.append(example(prompt, target, "verify"))

@@ -1,6 +1,7 @@
 """The scorer of Avocado's lm-eval generation tasks: a row's own verifier, as ``avocado eval``
 scores the same answer (``family:<name>`` for a tiny-world family, else a data source's
-verifier spec: ``number``, ``math``, ``regex:<pattern>``, ...)."""
+verifier spec: ``number``, ``math``, ``regex:<pattern>``, ...), given the row's prompt as the
+question (a source's last user turn, the question ``avocado eval`` and fusion give it)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def score(doc: dict[str, Any], answer: str) -> float:
     from avocado_llm.data.verifiers import verifier
 
     check = verifier(spec)
-    return 0.0 if check is None else check(answer, doc["answer"])
+    return 0.0 if check is None else check(answer, doc["answer"], doc.get("prompt"))
 
 
 def process_generation(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
