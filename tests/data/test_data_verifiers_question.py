@@ -42,7 +42,7 @@ GRAMS = "How many grams are in 7 kilograms?"
         ("San José is the capital of Costa Rica.", "San Jose",
          "What is the capital of Costa Rica? Answer with the name only."),
         ("Asia is the continent of Iraq.", "Asia", "On which continent is Iraq?"),
-        ("Iraq is in Asia.", "Asia", "On which continent is Iraq?"),
+        ("Iraq is in Asia.", "Asia", "On which continent is Iraq?"),  # the plain rule
     ],
 )  # fmt: skip
 def test_short_accepts_a_right_answer_that_restates_the_question(
@@ -68,6 +68,11 @@ def test_short_accepts_a_right_answer_that_restates_the_question(
         ("Bangladesh is the capital of Dhaka.", "Bangladesh", CAPITAL_OF),  # swapped
         ("The opposite of cold is hot.", "cold", OPPOSITE),  # the reference inside
         ("Hot is the opposite of warm.", "cold", OPPOSITE),
+        ("lime green", "green", "What colour is a lime?"),  # closing, no linking word
+        # the reference in the question: an echo of the question names it
+        ("Vilnius is the capital of which country?", "Vilnius",
+         "Vilnius is the capital of which country?"),
+        ("hot cold", "cold", OPPOSITE),
         ("The capital of France", "Paris", CAPITAL),  # an echo alone
         ("Lyon is the capital of France. Paris is bigger.", "Paris", CAPITAL),
         # a question that offers candidates: its words may be the rival answer
@@ -132,6 +137,9 @@ def test_number_reads_past_the_questions_numbers(
         ("There are not 7000 grams in 7 kilograms.", "7000", GRAMS),  # a negation
         ("Maybe 7000 grams in 7 kilograms.", "7000", GRAMS),  # a hedge
         ("7 minus 5", "7", "What is 12 minus 5?"),  # an operand stays no answer
+        ("20–11", "20", "What is nineteen minus eleven?"),  # an expression, with an en dash
+        ("The expansion of 7**2 is indeed 7.", "2", "What is seventeen minus seven?"),
+        ("7 times 1000 makes 7 kilograms", "1000", GRAMS),
         ("4 legs times 2 cats", "8", "How many legs do 2 cats have?"),
         ("There are 8 legs in 2 cats, 4 each.", "8", "How many legs do 2 cats have?"),
     ],

@@ -6,8 +6,9 @@ France." for "What is the capital of France?", "There are 7000 grams in 7 kilogr
 many grams are in 7 kilograms?". Given the question, the verifiers can tell its words (and
 numbers) from the answer's own:
 
-- :func:`restates`: the reference opens (or closes) the sentence and every other word is one
-  the question asked (in the question's order) or a stop word ("the", "is", "of").
+- :func:`restates`: the reference opens the sentence and every other word is one the question
+  asked (in the question's order) or a stop word ("the", "is", "of"). (A reference that closes
+  a statement is the ``short`` verifier's plain rule.)
 - :func:`new_value`: the one number of a sentence that the question did not state.
 
 :func:`question_of` says what the question of a chat is (its last user message).
@@ -73,26 +74,32 @@ def _in_order(words: list[str], asked: list[str]) -> bool:
     return all(any(w == a for a in rest) for w in words)
 
 
+def _occurs(part: list[str], whole: list[str]) -> bool:
+    return any(whole[i : i + len(part)] == part for i in range(len(whole) - len(part) + 1))
+
+
 def restates(words: list[str], gold: list[str], asked: list[str]) -> bool:
     """Whether a sentence (its ``words``) restates the question (``asked``, its words) with the
-    reference (``gold``) as the answer: the reference occurs once, opening the sentence (after
-    stop words only) or closing it; every other word is a stop word or one the question asked,
-    never punctuation, a joiner or a hedge ("Paris, Lyon", "Paris or Lyon"); the question's
-    words come in the question's order ("Bangladesh is the capital of Dhaka" reverses "Dhaka
-    is the capital of which country?"). A question that offers candidates ("Paris or Lyon?")
-    is never read this way: its words may be a rival answer.
+    reference (``gold``) as the answer: the reference occurs once and opens the sentence (after
+    stop words only); every other word is a stop word or one the question asked, never
+    punctuation, a joiner or a hedge ("Paris, Lyon", "Paris or Lyon"); the question's words
+    come in the question's order ("Bangladesh is the capital of Dhaka" reverses "Dhaka is the
+    capital of which country?"). A question that offers candidates ("Paris or Lyon?") or
+    names the reference itself is never read this way: its words may be a rival answer, and
+    its echo would name the reference ("Vilnius is the capital of which country?").
 
     "The opposite of cold is hot." does not answer "What is the opposite of hot?" with "cold":
-    a reference inside the sentence is refused."""
+    a reference inside the sentence is refused; and so is one that closes it after nothing but
+    the question's words ("lime green" for "What colour is a lime?"): that is the plain rule's
+    to judge, with its linking word."""
     n = len(gold)
-    if not n or not asked or CHOICE & set(asked):
+    if not n or not asked or CHOICE & set(asked) or _occurs(gold, asked):
         return False
     spots = [i for i in range(len(words) - n + 1) if words[i : i + n] == gold]
     if len(spots) != 1:
         return False
     before, after = words[: spots[0]], words[spots[0] + n :]
-    opens = all(w in STOP_WORDS for w in before)
-    if not opens and after:  # the reference inside the sentence
+    if any(w not in STOP_WORDS for w in before):  # the reference does not open the sentence
         return False
     others = [_bare(w) for w in before + after]
     known = {_bare(a) for a in asked}

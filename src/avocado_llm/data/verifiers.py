@@ -24,8 +24,8 @@ The specs:
   answer is not at its end ("Paris is the capital of France." for "the capital of France?"):
   the verifier cannot tell the question's words from the answer, so it accepts the answer only
   at the end of a statement. Given the question, it also accepts a first sentence that
-  restates it ("Paris is the capital of France."): the reference opens or closes the sentence
-  and every other word is the question's, in its order, or a stop word
+  restates it ("Paris is the capital of France."): the reference opens the sentence and every
+  other word is the question's, in its order, or a stop word
   (:func:`avocado_llm.data.echoes.restates` has the rules).
 - ``number``: the last number of the final answer equals the reference's number within a
   relative tolerance of 1e-6; thousands commas, signs (also "−"), decimals, exponents and
@@ -343,15 +343,26 @@ def _last_number(
     return found[-1] if found else None
 
 
+_EXPRESSION = re.compile(
+    r"\d\s*(?:\*\*|[-+*/×÷^–—−]|x|\b(?:plus|minus|times|multiplied by|divided by|over)\b)"
+    r"\s*[-+(]?\s*\.?\d",
+    re.I,
+)
+"""Two numbers joined by an operator ("20–11", "7**2", "3 times 4"): numbers in an
+expression are operands, not an answer to pick from."""
+
+
 def _new_number(where: str, question: str) -> float | None:
     """The one number of the last sentence with numbers that the question does not state, when
     that sentence's last number is one it states (:func:`avocado_llm.data.echoes.new_value`);
-    ``None`` when that rule does not apply (or the sentence negates or hedges)."""
+    ``None`` when that rule does not apply (or the sentence negates, hedges or computes)."""
     sentences = [s for s in _SENTENCE_END.split(where) if _numbers(s)]
     if not sentences:
         return None
     sentence = sentences[-1]
     if _NEGATION.search(sentence) or _HEDGES & set(_tokens(sentence)):
+        return None
+    if _EXPRESSION.search(sentence):
         return None
     asked = question[:MAX_ANSWER_CHARS]
     stated = [v for v, _ in _numbers(asked)] + word_values(asked)
