@@ -59,9 +59,10 @@ class SourceConfig:
     """Column holding each row's own id (optional); two rows with the same id are a bad
     input. Avocado's prompt id is a hash of the normalized prompt either way."""
     verifier: str = "none"
-    """How an answer is checked against the reference: exact, short (a short answer, alone or
-    ending a sentence), number, sequence, choice, regex:<pattern>, math, or none (open-ended:
-    label-free fusion and judged evaluation)."""
+    """How an answer is checked against the reference: exact, short (a short answer, alone,
+    ending a sentence, or opening one that restates the question), number (the last number,
+    past the numbers the question states), sequence, choice, regex:<pattern>, math, or none
+    (open-ended: label-free fusion and judged evaluation)."""
     heldout_fraction: float = 0.2
     """Share of prompts held out for evaluation, chosen by a hash of the normalized prompt:
     stable across runs and row orders, and never overlapping the training split."""
