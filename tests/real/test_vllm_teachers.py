@@ -226,6 +226,27 @@ def test_vllm_served_harvest_with_top20_logprobs_resumes_after_a_kill(
             rows = _rows(run, name)
             assert len(rows) == 24 and len({r["key"] for r in rows}) == 24
         _say(f"resumed after a kill at {partial} records: 24 each in {time.monotonic() - t0:.0f} s")
+
+        # Evaluated through the running server (the harvest's engine), then in process.
+        answers = {}
+        for how in ("served", "in-process"):
+            extra = ["--in-process"] if how == "in-process" else []
+            t0 = time.monotonic()
+            scored = subprocess.run(
+                [*AVOCADO, "eval", str(recipe), "--model", imported["gemma"]["out"], "--n", "6",
+                 "--out", str(tmp_path / how), *extra],
+                capture_output=True, text=True, timeout=1800,
+            )  # fmt: skip
+            assert scored.returncode == 0, scored.stderr[-3000:]
+            report = json.loads((tmp_path / how / "report.json").read_text())
+            entry = report["models"]["gemma"]
+            assert ("(vLLM, bfloat16)" in entry["source"]) == (how == "served"), entry["source"]
+            lines = (tmp_path / how / "answers" / "gemma.jsonl").read_text().splitlines()
+            answers[how] = [json.loads(line)["answer"] for line in lines]
+            assert len(answers[how]) == 12 and all("\n" not in a for a in answers[how])
+            _say(f"gemma evaluated {how} in {time.monotonic() - t0:.0f} s: {entry['overall']:.1%}")
+        same = sum(a == b for a, b in zip(answers["served"], answers["in-process"], strict=True))
+        _say(f"greedy answers identical served (bf16) and in process (fp32): {same} of 12")
     finally:
         up.send_signal(signal.SIGKILL)  # no word to the servers: the parent-death signal
         up.wait()
