@@ -70,6 +70,43 @@ class PruneConfig:
 
 
 @dataclass(kw_only=True)
+class HealConfig:
+    """Healing of a cut student before it learns the task (Minitron / Sheared-LLaMA style): the
+    model it was cut from (its parent: init_from or init_from_teacher, whole) writes text, token
+    by token from its first token at temperature, within the student's vocabulary, and the
+    student learns the parent's whole next-token distribution at every position of it (KL,
+    over the student's vocabulary). It gives back some of the general knowledge the cut took.
+    Off while tokens is 0. Done once per student directory (kept in its healed/ folder)."""
+
+    tokens: int = 0
+    """Tokens of parent text to heal on (sequences of sequence_length, batch_size per step);
+    a GPU heals on millions, a CPU on thousands."""
+    sequence_length: int = 128
+    """Tokens per generated sequence."""
+    batch_size: int = 8
+    """Sequences per healing step."""
+    learning_rate: float = 3e-4
+    """Peak AdamW learning rate of the healing (linear warmup over a tenth of the steps, then
+    cosine decay)."""
+    temperature: float = 1.0
+    """Sampling temperature of the parent's text (the targets are always its temperature-1
+    distributions)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens > 0
+
+    def check(self) -> list[Check]:
+        return [
+            *check_range(self, "tokens", 0),
+            *check_range(self, "sequence_length", 2),
+            *check_range(self, "batch_size", 1),
+            *check_range(self, "learning_rate", 0, 1, low_open=True, high_open=True),
+            *check_range(self, "temperature", 0, low_open=True),
+        ]
+
+
+@dataclass(kw_only=True)
 class StudentConfig:
     """The model being trained: its architecture and its own tokenizer."""
 
@@ -83,6 +120,8 @@ class StudentConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     """Pruning of the starting model before training: blocks, MLP width, vocabulary (needs
     init_from or init_from_teacher)."""
+    heal: HealConfig = field(default_factory=HealConfig)
+    """Healing of the cut student on its parent's text before the task (needs prune)."""
     architecture: Literal["qwen3", "llama"] = "qwen3"
     """Model family of a newly built student."""
     hidden_size: int = 64
@@ -125,6 +164,9 @@ class StudentConfig:
         if self.prune.enabled and self.init_from is None and self.init_from_teacher is None:
             fix = "set init_from or init_from_teacher, or remove prune"
             problems.append(("prune", "pruning needs a model to start from", fix))
+        if self.heal.enabled and not self.prune.enabled:
+            fix = "set prune (a cut to heal), or heal.tokens: 0"
+            problems.append(("heal", "healing needs a pruned student (prune)", fix))
         if problems:  # the divisibility rules below need positive sizes
             return problems
         if self.hidden_size % self.num_heads:

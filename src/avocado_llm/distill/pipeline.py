@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +156,32 @@ def distill_fingerprint(recipe: Recipe, strategy: str, use_kd: bool, fused: Path
         fp.pop("student.init_from_teacher", None)
     if recipe.training.balance_temperature is None:  # students trained before it keep matching
         fp.pop("training.balance_temperature", None)
+    if not recipe.student.heal.enabled:  # students trained before healing keep matching
+        fp = {k: v for k, v in fp.items() if not k.startswith("student.heal.")}
     fp |= {"fusion.strategy": strategy, "token_level_kd": use_kd}
     fp["input:fused examples"] = file_digest(fused) if fused.is_file() else None
     if (origin := student_origin(recipe)) is not None:
         fp["input:init_from"] = weights_revision(origin)
     return normalise(fp)
+
+
+def heal_fingerprint(fingerprint: dict) -> dict:
+    """What makes a healed student: the origin, the cut, the healing and the seed (not the task
+    training nor the examples, except through the cut's calibration and vocabulary)."""
+    keep = ("seed", "student.", "input:")
+    return {k: v for k, v in fingerprint.items() if k.startswith(keep)}
+
+
+def heal_dir(recipe: Recipe, fingerprint: dict) -> Path:
+    """Where the healing of this cut is kept: one folder per cut, shared by the students made
+    from it (the student and its ``sft`` baseline)."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return recipe.run_dir / "healed" / digest[:16]
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def trained_fingerprint(out: Path) -> dict | None:
@@ -287,6 +309,18 @@ def _distill(
         examples=[(ex.messages, ex.target) for ex in fused],
     )
     check_size(model, teacher_params(recipe), recipe.student.max_params_ratio)
+    healed = None
+    if recipe.student.heal.enabled:
+        from avocado_llm.distill.heal import heal_student
+        from avocado_llm.models.loading import pick_device
+
+        origin, heal_print = student_origin(recipe), heal_fingerprint(fingerprint)
+        assert origin is not None  # the recipe check: heal needs prune, prune needs an origin
+        healed = heal_student(
+            model, tok, origin, recipe.student.heal, heal_dir(recipe, heal_print),
+            heal_print, seed=recipe.seed,
+            device=pick_device(recipe.training.device), note=_note,
+        )  # fmt: skip
     items, stats = build_items(tok, fused, records, teacher_kinds(recipe), use_kd=use_kd)
     cfg = recipe.training
     if not use_kd:
@@ -317,6 +351,7 @@ def _distill(
         "fusion": strategy or recipe.fusion.strategy,
         "token_level_kd": use_kd,
         "items": stats,
+        "heal": asdict(healed) if healed is not None else None,
         "final_loss": history[-1].loss if history else None,
         "recipe": public_recipe(recipe),
         "fingerprint": fingerprint,
