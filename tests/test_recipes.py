@@ -41,3 +41,7 @@ def test_real_teachers_are_three_vllm_servers() -> None:
     assert [s.name for s in recipe.data.sources] == ["knowledge", "words", "numbers"]
     assert recipe.training.device == "auto"
     assert recipe.training.precision == "bf16"
+    # real-small's shape: the smallest teacher cut to half its size, healed, then taught
+    assert recipe.student.init_from_teacher == "gemma-3-1b-it"
+    assert recipe.student.prune.enabled and recipe.student.prune.vocab_size
+    assert recipe.student.heal.enabled and recipe.student.max_params_ratio == 0.5
