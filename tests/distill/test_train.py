@@ -57,6 +57,9 @@ def test_killed_and_resumed_run_ends_at_the_same_loss(tmp_path: Path) -> None:
     got = _loss_log(killed)
     assert [r["step"] for r in got] == list(range(STEPS))  # no step lost or logged twice
     assert abs(got[-1]["loss"] - expected[-1]["loss"]) <= 1e-5
+    for out in (straight, killed):  # the newest two checkpoints stay (keep_checkpoints: 2)
+        kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+        assert kept == ["step-0000020", "step-0000024"], kept
     a = json.loads((straight / "result-0.json").read_text())["weights"]
     b = json.loads((killed / "result-0.json").read_text())["weights"]
     assert abs(a - b) <= 1e-5 * max(1.0, abs(a))
@@ -77,3 +80,18 @@ def test_two_processes_with_accelerate_launch(tmp_path: Path) -> None:
     assert abs(ranks[0]["weights"] - ranks[1]["weights"]) < 1e-6  # replicas stay in sync
     losses = ranks[0]["losses"]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+
+
+def test_old_checkpoints_go_but_never_the_latest(tmp_path: Path) -> None:
+    from avocado_llm.distill.checkpoints import prune_checkpoints
+
+    for step in (4, 8, 12, 16):
+        (tmp_path / f"step-{step:07d}").mkdir()
+    (tmp_path / "step-0000016" / "model.bin").write_bytes(b"x")
+    (tmp_path / "notes").mkdir()  # not a checkpoint: left alone
+    assert prune_checkpoints(tmp_path, 2, "step-0000016") == ["step-0000004", "step-0000008"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "step-0000012", "step-0000016"]
+    # the pointer still names an older one (a crash before it moved): that one stays too
+    (tmp_path / "step-0000020").mkdir()
+    assert prune_checkpoints(tmp_path, 1, "step-0000016") == ["step-0000012"]
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000016", "step-0000020"]

@@ -221,6 +221,9 @@ class TrainingConfig:
     checkpoint_every: int = 200
     """Save a resumable checkpoint (model, optimizer, scheduler, RNG, step) every this many
     steps; `avocado distill --resume` continues from the latest."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk, the newest (each holds the model and its optimizer state: about
+    3 times the weights); 0 keeps every one."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps; auto picks a GPU when there is one."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -238,6 +241,7 @@ class TrainingConfig:
             *check_range(self, "jsd_beta", 0, 1),
             *check_range(self, "eval_every", 0),
             *check_range(self, "checkpoint_every", 1),
+            *check_range(self, "keep_checkpoints", 0),
         ]
         if self.balance_temperature is not None and not self.balance_temperature > 0:
             fix = "use a number > 0 (1: proportional to examples), or null for equal shares"

@@ -38,7 +38,12 @@ from avocado_llm.world.corpus import count_params
 from avocado_llm.world.tokenizers import tokenizer_type
 
 ALIGN_KIND = {"byte_bpe": "byte_level", "unigram": "sentencepiece", "char_bpe": "sentencepiece"}
-RESUME_SAFE = ("training.checkpoint_every", "training.eval_every", "training.device")
+RESUME_SAFE = (
+    "training.checkpoint_every",
+    "training.eval_every",
+    "training.device",
+    "training.keep_checkpoints",
+)
 """Fields that do not change the trained model: they may change on ``--resume`` and do not make
 a trained student stale. Every other ``student.*`` / ``training.*`` field, the seed, the fusion
 strategy and the fused examples are in the student's fingerprint."""

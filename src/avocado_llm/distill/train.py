@@ -304,7 +304,7 @@ def train(
             if out_dir is not None and (
                 (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
             ):
-                save_checkpoint(acc, out_dir, step + 1)
+                save_checkpoint(acc, out_dir, step + 1, cfg.keep_checkpoints)
             progress.update(task, advance=1, loss=record.loss)
     acc.wait_for_everyone()
     return history
