@@ -94,6 +94,22 @@ def test_run_every_stage_then_skip_them(tmp_path: Path, zoo_dir: Path) -> None:
     steps = [json.loads(x)["step"] for x in (student / "loss.jsonl").read_text().splitlines()]
     assert steps == list(range(12))
 
+    # Stopped while writing its first checkpoint (a full disk): a folder, no latest.json yet.
+    # `avocado run` trains it again from step 0 instead of refusing the directory.
+    for entry in (student / "checkpoints").glob("step-*"):
+        shutil.rmtree(entry)
+    (student / "checkpoints" / "latest.json").unlink()
+    (student / "checkpoints" / "step-0000006").mkdir()
+    (student / "checkpoints" / "step-0000006" / "model.bin").write_bytes(b"trunc")
+    (student / "avocado.json").unlink()
+    fourth = _avocado("run", str(recipe))
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert (student / "avocado.json").exists()
+    steps = [json.loads(x)["step"] for x in (student / "loss.jsonl").read_text().splitlines()]
+    assert steps == list(range(12))
+    kept = sorted(p.name for p in (student / "checkpoints").glob("step-*"))
+    assert kept == ["step-0000006", "step-0000012"]  # keep_checkpoints: 2
+
 
 def test_ablations_reuse_the_harvest_of_another_run(tmp_path: Path, zoo_dir: Path) -> None:
     recipe = _recipe(tmp_path, zoo_dir)

@@ -84,6 +84,7 @@ def distill_stage(
         default_paths,
         distill,
         distill_fingerprint,
+        has_checkpoints,
         trained_fingerprint,
     )
 
@@ -102,7 +103,9 @@ def distill_stage(
                 "this recipe another name"
             )
         console.print(f"student {out}: training again (--force), it changed:{summary(diff)}")
-    resume = not force and (out / "checkpoints" / "latest.json").exists()
+    # A training that was stopped resumes, even one stopped before its first checkpoint was
+    # complete (no latest.json yet: it starts from step 0 over the partial folder).
+    resume = not force and has_checkpoints(out)
     console.print(f"distilling ({strategy}{'' if use_kd else ', SFT only'}) → {out}")
     return distill(recipe, strategy=strategy, out=out, resume=resume, use_kd=use_kd, force=force)
 

@@ -197,7 +197,7 @@ def trained_fingerprint(out: Path) -> dict | None:
         return None
 
 
-def _has_checkpoints(out: Path) -> bool:
+def has_checkpoints(out: Path) -> bool:
     ckpts = out / "checkpoints"
     return (ckpts / "latest.json").exists() or any(ckpts.glob("step-*"))
 
@@ -212,7 +212,7 @@ def prepare_out(out: Path, fingerprint: dict, *, resume: bool, force: bool) -> N
     if force:
         for name in ("checkpoints", "avocado.json", "loss.jsonl"):
             clear_entry(out / name)
-    elif resume and _has_checkpoints(out):
+    elif resume and has_checkpoints(out):
         try:
             stored = json.loads((ckpts / "fingerprint.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
@@ -224,7 +224,7 @@ def prepare_out(out: Path, fingerprint: dict, *, resume: bool, force: bool) -> N
                 "or pass --force to start over (its checkpoints are deleted). Fields that may "
                 f"change on resume: {', '.join(RESUME_SAFE)}"
             )
-    elif not resume and (_has_checkpoints(out) or (out / "avocado.json").exists()):
+    elif not resume and (has_checkpoints(out) or (out / "avocado.json").exists()):
         what = "a trained student" if (out / "avocado.json").exists() else "checkpoints"
         raise StaleError(
             f"{out} already holds {what}; pass --resume to continue its training, or --force "
