@@ -20,7 +20,6 @@ over.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -39,6 +38,7 @@ from transformers import (
 
 from avocado_llm.config.student import HealConfig
 from avocado_llm.harvest.files import atomic_write
+from avocado_llm.models.generation import cache_kwarg
 
 RECORD = "heal.json"
 WEIGHTS = "model.safetensors"
@@ -107,8 +107,7 @@ def parent_text(
     picked: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     cache = DynamicCache(config=parent.config)
-    recent = "cache" in inspect.signature(parent.forward).parameters
-    kwarg = "cache" if recent else "past_key_values"  # the name before transformers 5.x
+    kwarg = cache_kwarg(parent)
     for _ in range(length - 1):
         out = parent(input_ids=ids[:, -1:], use_cache=True, logits_to_keep=1, **{kwarg: cache})
         logits = out.logits[:, -1, :].float().index_select(-1, allowed)

@@ -8,6 +8,7 @@ evaluation asks for none and gets greedy answers from the same code.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -149,3 +150,9 @@ def _row(
             result.top_ids = [rec.top_ids[p][row].tolist() for p in positions]
             result.top_logprobs = [rec.top_values[p][row].tolist() for p in positions]
     return result
+
+
+def cache_kwarg(model: PreTrainedModel) -> str:
+    """The name ``model.forward`` takes its KV cache by: ``cache`` in recent transformers,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -12,7 +12,6 @@ a smaller batch.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from avocado_llm.models.generation import cache_kwarg
 from avocado_llm.serve.engine import SamplingOptions, TokenLogprob
 from avocado_llm.serve.sampling import sampler_for
 
@@ -178,11 +178,6 @@ def _logprobs(
         top = [(decode(t), v) for t, v in zip(ids, values, strict=True)]
         out.append(TokenLogprob(decode(int(tokens[i])), chosen[i], top))
     return out
-
-
-def cache_kwarg(model: PreTrainedModel) -> str:
-    """``cache`` in recent transformers, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.inference_mode()
