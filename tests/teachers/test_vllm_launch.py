@@ -423,3 +423,16 @@ def test_run_evaluates_vllm_teachers_on_the_harvests_servers(
     assert "(vLLM, bfloat16)" in entry["source"]
     evaluate_stale(recipe, models, "cpu")  # up to date: no server is started
     assert not (stand_in / "qwen-tiny-start.json").exists()
+
+
+def test_without_vllm_the_evaluation_says_how_to_score_in_process(
+    tmp_path: Path, zoo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avocado_llm.evaluate.evaluation import ModelSource, evaluate_model
+    from avocado_llm.evaluate.runner import EvalError
+
+    monkeypatch.setenv("AVOCADO_VLLM_PYTHON", str(tmp_path / "no-such-python"))
+    recipe = _recipe(tmp_path, zoo_dir)
+    with pytest.raises(EvalError, match=r"make vllm(.|\n)*avocado eval --in-process"):
+        evaluate_model(recipe, ModelSource(path=zoo_dir / "qwen-tiny"), n=2, device="cpu")
+    assert not (recipe.run_dir / "eval" / "report.json").exists()  # nothing half-written

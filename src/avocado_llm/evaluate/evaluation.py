@@ -274,7 +274,7 @@ def _score_served(
 ) -> tuple[EvalResult, int | None]:
     """Greedy answers of an ``engine: vllm`` teacher through its server (asked as the harvest
     asked it: its chat or prompt template, its stop strings), ``max_concurrency`` at a time."""
-    from avocado_llm.teachers.vllm_server import OnDemandTeacher, on_demand
+    from avocado_llm.teachers.vllm_server import OnDemandTeacher, ServerError, on_demand
 
     what, chunk = f"eval {name} (vLLM)", max(64, 4 * cfg.max_concurrency)
 
@@ -282,11 +282,16 @@ def _score_served(
         teacher: Any = OnDemandTeacher(cfg, recipe, open_servers)
         return await evaluate_endpoint(teacher, examples, recipe.eval.max_new_tokens, chunk, what)
 
-    if servers is not None:
-        result = asyncio.run(ask(servers))
-    else:
-        with on_demand(recipe, note=lambda line: print(line, file=sys.stderr)) as own:
-            result = asyncio.run(ask(own))
+    try:
+        if servers is not None:
+            result = asyncio.run(ask(servers))
+        else:
+            with on_demand(recipe, note=lambda line: print(line, file=sys.stderr)) as own:
+                result = asyncio.run(ask(own))
+    except ServerError as error:
+        raise EvalError(
+            f"{error}\n(or score the teacher's weights in this process: avocado eval --in-process)"
+        ) from None
     return result, count_params(teacher_path(cfg, recipe))
 
 
