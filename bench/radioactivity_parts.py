@@ -291,14 +291,15 @@ def distill_student(recipe: Any) -> Path:
     """Harvest → fuse → distill (SFT), as ``avocado run`` does; returns the student dir."""
     from avocado_llm.distill.pipeline import distill
     from avocado_llm.fusion import fuse_recipe
-    from avocado_llm.harvest import harvest
+    from avocado_llm.run import harvest_on_demand
 
     student = recipe.run_dir / "student"
     if (student / "avocado.json").exists():
         log(f"  {student}: already trained")
         return student
     t0 = time.monotonic()
-    summary = asyncio.run(harvest(recipe, device="cpu", progress=False))
+    # the vLLM servers of `engine: vllm` teachers start only if something is left to ask
+    summary = harvest_on_demand(recipe, device="cpu", progress=False)
     if not summary.ok:
         raise RuntimeError(f"harvest of {recipe.name} has failed records")
     log(f"  harvest: {summary}" if len(str(summary)) < 300 else "  harvest done")

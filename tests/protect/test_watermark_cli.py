@@ -257,3 +257,46 @@ def test_detect_refuses_without_secret_or_account(
     monkeypatch.setenv("AVOCADO_SECRET", SECRET)
     assert main(["watermark", "detect", str(path), "--model", "zoo/qwen-tiny"]) == 2
     assert "--by-account" in capsys.readouterr().err
+
+
+def test_suspect_asks_the_prompts_of_a_file(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Your own prompts (`--prompts-file`, any column): exactly those are asked, and a model
+    answering with globex's watermark is flagged on them."""
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    monkeypatch.setenv("SUSPECT_KEY", api.keys["globex"])
+    questions = [e.messages[-1]["content"] for e in generate(list(FAMILIES), "train", 4, seed=11)]
+    csv = tmp_path / "mine.csv"
+    csv.write_text("question\n" + "".join(json.dumps(q) + "\n" for q in questions))
+    saved = tmp_path / "suspect.jsonl"
+    rc, r = run_cli(
+        [
+            "watermark",
+            "suspect",
+            "--url",
+            api.url,
+            "--api-key-env",
+            "SUSPECT_KEY",
+            "--model-dir",
+            str(api.model_dir),
+            "--database-url",
+            api.database_url,
+            "--prompts-file",
+            str(csv),
+            "--prompt-column",
+            "question",
+            "--ask-all",
+            "--random-keys",
+            "2000",
+            "--save",
+            str(saved),
+            "--json",
+        ],
+        capsys,
+    )
+    assert rc == 0
+    assert r["candidate_prompts"] == r["answers"] == len(questions)
+    asked = [json.loads(line)["messages"][-1]["content"] for line in saved.read_text().splitlines()]
+    assert asked == questions
+    assert r["account"] == api.accounts["globex"] and r["p_value_corrected"] < 1e-3

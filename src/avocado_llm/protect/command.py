@@ -66,6 +66,26 @@ def add_watermark_command(commands: Any) -> None:
         "it hesitates on (where its answers carry the mark)",
     )
     s.add_argument(
+        "--recipe",
+        type=Path,
+        metavar="RECIPE",
+        help="ask the recipe's own prompts instead: every prompt of its data.sources (both "
+        "splits) and --prompts of each of its tiny-world families",
+    )
+    s.add_argument(
+        "--prompts-file",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="ask these prompts instead (repeatable): JSONL, JSON, CSV/TSV, Parquet or a "
+        "datasets directory with a `messages` (chat) or `prompt` (text) column",
+    )
+    s.add_argument(
+        "--prompt-column",
+        metavar="NAME",
+        help="the column of --prompts-file holding the prompt [messages, else prompt]",
+    )
+    s.add_argument(
         "--max-prompts", type=int, default=3000, metavar="N", help="ask at most N of them [3000]"
     )
     s.add_argument(
@@ -155,9 +175,11 @@ def run_watermark_command(args: argparse.Namespace) -> int:
         answers = read_answers(args.file)
         extra: dict[str, Any] = {"file": str(args.file)}
     else:
-        from avocado_llm.protect.suspect import ask_suspect, choose_prompts, suspect_prompts
+        from avocado_llm.protect.suspect import ask_suspect, choose_prompts
 
-        prompts = suspect_prompts(args.prompts)
+        prompts = candidate_prompts(args)
+        if prompts is None:
+            return EXIT_USAGE
         candidates = len(prompts)
         if detector.gate is not None and not args.ask_all:
             prompts = choose_prompts(detector.gate, prompts, args.max_prompts)
@@ -185,6 +207,38 @@ def run_watermark_command(args: argparse.Namespace) -> int:
     else:
         print_report(report)
     return 0
+
+
+def candidate_prompts(args: argparse.Namespace) -> list[list[dict[str, str]]] | None:
+    """The prompts ``suspect`` may ask: a recipe's, files', or the tiny world's; ``None``
+    after printing why they cannot be read."""
+    from avocado_llm.config import load_recipe_or_report
+    from avocado_llm.data.sources import DataError
+    from avocado_llm.protect.suspect import (
+        file_source,
+        recipe_prompts,
+        source_prompts,
+        suspect_prompts,
+    )
+
+    if args.prompt_column and not args.prompts_file:
+        fail("--prompt-column needs --prompts-file", EXIT_USAGE)
+        return None
+    if args.recipe is None and not args.prompts_file:
+        return suspect_prompts(args.prompts)
+    prompts: list[list[dict[str, str]]] = []
+    try:
+        if args.recipe is not None:
+            recipe = load_recipe_or_report(args.recipe)
+            if recipe is None:
+                return None
+            prompts += recipe_prompts(recipe, args.prompts)
+        for path in args.prompts_file or []:
+            prompts += source_prompts([file_source(path, args.prompt_column)])
+    except DataError as error:
+        fail(str(error), EXIT_USAGE)
+        return None
+    return prompts
 
 
 def reference_json(
