@@ -116,12 +116,19 @@ def main() -> int:
         results["served_by"] = f"vLLM {vllm_version()} (float32) with {PROCESSOR}"
         with serving(served, database_url, SECRET, upstream) as url:
             log(f"Avocado API on {url}, in front of vLLM at {vllm_url}")
-            results["quality"] = quality(url, keys["acme"], args.recipe, out)
-            q = results["quality"]
+            done = out / "stages.json"  # quality and detection of an earlier, stopped run
+            stages = json.loads(done.read_text()) if done.exists() else {}
+            if "quality" not in stages:
+                stages["quality"] = quality(url, keys["acme"], args.recipe, out)
+                done.write_text(json.dumps(stages, indent=2) + "\n")
+            results["quality"] = q = stages["quality"]
             log(f"quality: off {q['accuracy_off']:.2%}, on {q['accuracy_on']:.2%}")
-            results["detection"] = detection(
-                url, keys["acme"]["on"], args, served, out, database_url
-            )
+            if "detection" not in stages:
+                stages["detection"] = detection(
+                    url, keys["acme"]["on"], args, served, out, database_url
+                )
+                done.write_text(json.dumps(stages, indent=2) + "\n")
+            results["detection"] = stages["detection"]
             d = results["detection"]
             log(
                 f"detection: {d['answers']} answers, {d['scored_tokens']} scored tokens, "
@@ -136,6 +143,7 @@ def main() -> int:
                 "model": MODEL_NAME,
                 "api_key_env": "RIVAL_API_KEY",
                 "supports_logprobs": False,
+                "max_n": 1,  # the default plan answers one choice per request
                 "max_concurrency": 16,
                 "licence": "Avocado API terms",
             }

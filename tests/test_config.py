@@ -438,3 +438,9 @@ def test_a_recipe_needs_families_or_sources(tmp_path: Path) -> None:
 
     assert "no task families and no data sources" in found["world.families"].message
     assert "data.sources" in found["world.families"].fix
+
+
+def test_a_teachers_max_n_is_at_least_one(tmp_path: Path) -> None:
+    text = MINIMAL.replace("    zoo: true\n", "    zoo: true\n    max_n: 0\n", 1)
+    assert "teachers[0].max_n" in problems_of(write(tmp_path, text))
+    assert load_recipe(write(tmp_path, text.replace("max_n: 0", "max_n: 1"))).teachers[0].max_n == 1

@@ -104,6 +104,19 @@ def test_a_server_that_ignores_n_is_asked_again_with_new_seeds(local: LocalTeach
     assert len(answers) == 3 and all(a.logprobs is None for a in answers)
 
 
+@pytest.mark.parametrize("max_n", [1, 2])
+def test_max_n_splits_a_prompts_samples_over_requests(local: LocalTeacher, max_n: int) -> None:
+    """An endpoint that refuses n > max_n (Avocado's own API on its default plan) is asked
+    max_n answers at a time, the seed moved on each time: all five samples, none repeated."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=3, n=5, top_logprobs=0, seed=7)
+    with serve_teacher(local) as server:
+        [answers] = ask(endpoint(server, max_n=max_n), HELLO, params)
+        sizes = [b["n"] for b in server.bodies]
+        seeds = [b["seed"] for b in server.bodies]
+    assert len(answers) == 5 and sum(sizes) == 5 and max(sizes) == max_n
+    assert seeds == [7 + sum(sizes[:i]) for i in range(len(sizes))]
+
+
 def test_a_client_can_reuse_the_teacher_across_event_loops(local: LocalTeacher) -> None:
     with serve_teacher(local) as server:
         teacher = endpoint(server)

@@ -85,6 +85,11 @@ class TeacherConfig:
     """Most requests (or local batches) in flight to this teacher at once."""
     supports_logprobs: bool = True
     """Whether the teacher returns top-k log-probabilities; if not, only its text is distilled."""
+    max_n: int | None = None
+    """OpenAI-compatible teachers: most answers asked for in one request (`n`); the other
+    samples of a prompt go in further requests, each with the seed moved on. Set 1 for an
+    endpoint that refuses `n` > 1 (many hosted APIs; Avocado's own on plans with `max_n: 1`).
+    null: all of a prompt's samples in one request."""
     keep_reasoning: bool = False
     """Keep the teacher's reasoning (e.g. gpt-oss's analysis channel) in the target text; by
     default only the final answer is kept."""
@@ -102,6 +107,8 @@ class TeacherConfig:
 
     def check(self) -> list[Check]:
         problems = check_range(self, "max_concurrency", 0, low_open=True)
+        if self.max_n is not None:
+            problems += check_range(self, "max_n", 1)
         problems += _engine_checks(self)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             problems.append(

@@ -62,6 +62,7 @@ def endpoint_teacher(
         max_concurrency=cfg.max_concurrency,
         supports_logprobs=cfg.supports_logprobs,
         keep_reasoning=cfg.keep_reasoning,
+        max_n=cfg.max_n,
         max_retries=recipe.harvest.max_retries,
         timeout_s=recipe.harvest.request_timeout_s,
         prompt_template=cfg.prompt_template,

@@ -109,7 +109,8 @@ def _endpoint(base_url: str, path: str) -> str:
 
 
 class OpenAICompatTeacher:
-    """Asks an endpoint, one request per conversation (all ``n`` answers in it)."""
+    """Asks an endpoint, one request per conversation (all ``n`` answers in it, or ``max_n``
+    per request)."""
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class OpenAICompatTeacher:
         backoff_max_s: float = 20.0,
         max_response_bytes: int | None = None,
         prompt_template: PromptTemplate | None = None,
+        max_n: int | None = None,
     ) -> None:
         # Read once, now: a harvest should fail before its first request, not mid-run.
         for secret in url_secrets(base_url):
@@ -144,6 +146,8 @@ class OpenAICompatTeacher:
         self.max_retries = max_retries
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.max_response_bytes = max_response_bytes
+        self.max_n = max_n
+        """Most answers per request (None: all of a prompt's in one)."""
         self.prompt_template = prompt_template
         """A base model's: the conversation goes to /completions as plain text, with stops."""
         self.path = "completions" if prompt_template is not None else "chat/completions"
@@ -207,16 +211,18 @@ class OpenAICompatTeacher:
     ) -> list[Completion]:
         completions: list[Completion] = []
         while len(completions) < params.n:
-            # Some servers ignore ``n`` and answer once: ask again for the rest, with the seed
-            # moved on, or a seeded sampler would repeat the answers it already gave.
+            # Some servers ignore ``n`` and answer once, some refuse more than ``max_n``: ask
+            # again for the rest, with the seed moved on, or a seeded sampler would repeat the
+            # answers it already gave.
             done = len(completions)
+            ask = min(params.n - done, self.max_n or params.n)
             body: dict[str, Any] = {
                 "model": self.model,
                 "messages": messages,
                 "max_tokens": params.max_new_tokens,
                 "temperature": params.temperature,
                 "top_p": params.top_p,
-                "n": params.n - done,
+                "n": ask,
                 "seed": params.seed + done,
             }
             k = min(params.top_logprobs, MAX_TOP_LOGPROBS) if self.supports_logprobs else 0
