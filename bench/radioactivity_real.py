@@ -83,6 +83,18 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=400, help="training steps of B and C [400]")
     parser.add_argument("--seeds", type=int, default=1, help="recipe seeds 0..N-1 for B and C [1]")
     parser.add_argument("--max-prompts", type=int, default=3000, help="suspect prompts [3000]")
+    parser.add_argument(
+        "--deltas",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[],
+        help="also measure quality and detection at these watermark strengths (e.g. 1,2), "
+        "beside the default plan's",
+    )
+    parser.add_argument(
+        "--no-students",
+        action="store_true",
+        help="stop after quality and detection (no students B and C)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out's earlier results first")
     args = parser.parse_args()
     if not VLLM_PYTHON.exists():
@@ -95,6 +107,7 @@ def main() -> int:
     if not (args.base / "config.json").is_file():
         parser.error(f"no model in {args.base}: `make real-demo` imports it")
     t_start = time.monotonic()
+    args.out, args.recipe = args.out.resolve(), args.recipe.resolve()  # commands run in ROOT
     out: Path = args.out
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -110,7 +123,7 @@ def main() -> int:
         "rival_account": keys["rival"]["id"],
     }
     recipes: dict[tuple[str, int], Any] = {}
-    seeds = list(range(args.seeds))
+    seeds = [] if args.no_students else list(range(args.seeds))
     with vllm(served, out / "vllm.log") as vllm_url:
         upstream = (vllm_url, check_upstream(vllm_url, None))
         results["served_by"] = f"vLLM {vllm_version()} (float32) with {PROCESSOR}"
@@ -119,7 +132,10 @@ def main() -> int:
             done = out / "stages.json"  # quality and detection of an earlier, stopped run
             stages = json.loads(done.read_text()) if done.exists() else {}
             if "quality" not in stages:
-                stages["quality"] = quality(url, keys["acme"], args.recipe, out)
+                acme = keys["acme"]
+                stages["quality"] = quality(
+                    url, acme["on"], acme["off"], "watermark-on", args.recipe, out
+                )
                 done.write_text(json.dumps(stages, indent=2) + "\n")
             results["quality"] = q = stages["quality"]
             log(f"quality: off {q['accuracy_off']:.2%}, on {q['accuracy_on']:.2%}")
@@ -129,6 +145,13 @@ def main() -> int:
                 )
                 done.write_text(json.dumps(stages, indent=2) + "\n")
             results["detection"] = stages["detection"]
+            wanted = {f"{d:g}" for d in args.deltas}
+            if not wanted <= set(stages.get("strengths", {})):
+                stages["strengths"] = stages.get("strengths", {}) | strengths(
+                    url, args.deltas, args, served, out, database_url
+                )
+                done.write_text(json.dumps(stages, indent=2) + "\n")
+            results["strengths"] = {d: stages["strengths"][d] for d in sorted(wanted)}
             d = results["detection"]
             log(
                 f"detection: {d['answers']} answers, {d['scored_tokens']} scored tokens, "
@@ -152,6 +175,8 @@ def main() -> int:
                 recipes["B", seed] = student_recipe(raw, recipe_dir, "b", seed, [api], args)
                 distill_student(recipes["B", seed])
     per_seed: list[dict[str, Any]] = []
+    results["seeds"] = per_seed
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for seed in seeds:
         log(f"student C (seed {seed}): distilling the recipe's teachers")
         recipes["C", seed] = student_recipe(raw, recipe_dir, "c", seed, raw["teachers"], args)
@@ -167,6 +192,8 @@ def main() -> int:
         results["spread"] = {name: spread(per_seed, name) for name in ("B", "C")}
         results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results["minutes"] = round((time.monotonic() - t_start) / 60, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     summary(results)
     print(f"{results['minutes']} min; {out / 'results.json'}")
     return 0
@@ -230,41 +257,47 @@ def vllm_version() -> str:
     return done.stdout.strip() or "?"
 
 
-def quality(url: str, acme: dict[str, Any], recipe: Path, out: Path) -> dict[str, Any]:
-    """``avocado eval`` of the recipe's held-out prompts through the API, on and off."""
-    scores = {}
-    for mark in ("on", "off"):
-        env = {**os.environ, "BENCH_EVAL_KEY": acme[mark]}
-        command = [
-            sys.executable, "-m", "avocado_llm.cli", "eval", str(recipe), "--url", url,
-            "--served-model", MODEL_NAME, "--api-key-env", "BENCH_EVAL_KEY", "--concurrency",
-            "16", "--name", f"watermark-{mark}", "--role", "student", "--out", str(out / "eval"),
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-        if done.returncode != 0:
-            raise RuntimeError(f"avocado eval failed:\n{done.stderr[-3000:]}")
-        scores[mark] = json.loads((out / "eval/report.json").read_text())["models"][
-            f"watermark-{mark}"
-        ]
-    on, off = scores["on"], scores["off"]
-    answers = {}
-    for mark in ("on", "off"):
-        rows = (out / f"eval/answers/watermark-{mark}.jsonl").read_text().splitlines()
-        answers[mark] = [json.loads(r)["answer"] for r in rows]
-    changed = sum(a != b for a, b in zip(answers["on"], answers["off"], strict=True))
+def evaluate(url: str, key: str, name: str, recipe: Path, out: Path) -> dict[str, Any]:
+    """``avocado eval`` of the recipe's held-out prompts through the API with ``key``: its
+    report entry, and its answers in order."""
+    env = {**os.environ, "BENCH_EVAL_KEY": key}
+    command = [
+        sys.executable, "-m", "avocado_llm.cli", "eval", str(recipe), "--url", url,
+        "--served-model", MODEL_NAME, "--api-key-env", "BENCH_EVAL_KEY", "--concurrency",
+        "16", "--name", name, "--role", "student", "--out", str(out / "eval"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"avocado eval failed:\n{done.stderr[-3000:]}")
+    entry = json.loads((out / "eval/report.json").read_text())["models"][name]
+    rows = (out / f"eval/answers/{name}.jsonl").read_text().splitlines()
+    return entry | {"answers": [json.loads(r)["answer"] for r in rows]}
+
+
+def quality(url: str, on_key: str, off_key: str, name: str, recipe: Path, out: Path) -> Any:
+    """Held-out accuracy with the watermark of ``on_key``'s plan and without (``off_key``)."""
+    off = evaluate(url, off_key, "watermark-off", recipe, out)
+    on = evaluate(url, on_key, name, recipe, out)
+    changed = sum(a != b for a, b in zip(on["answers"], off["answers"], strict=True))
     return {
-        "heldout": len(answers["on"]),
+        "heldout": len(on["answers"]),
         "accuracy_on": on["overall"],
         "accuracy_off": off["overall"],
         "cost_points": round(100 * (off["overall"] - on["overall"]), 2),
-        "families_on": on["families"],
-        "families_off": off["families"],
+        "families_on": {f: v["accuracy"] for f, v in on["families"].items()},
+        "families_off": {f: v["accuracy"] for f, v in off["families"].items()},
         "answers_changed": changed,
     }
 
 
 def detection(
-    url: str, key: str, args: argparse.Namespace, served: Path, out: Path, database_url: str
+    url: str,
+    key: str,
+    args: argparse.Namespace,
+    served: Path,
+    out: Path,
+    database_url: str,
+    tag: str = "",
 ) -> dict[str, Any]:
     """One account's greedy answers to the recipe's prompts it hesitates on, pooled to 200
     scored tokens, then ``avocado watermark detect --by-account``."""
@@ -274,17 +307,52 @@ def detection(
     from avocado_llm.protect.suspect import ask_suspect, choose_prompts, recipe_prompts
 
     prompts = recipe_prompts(load_recipe(args.recipe), 300)
-    gate = EntropyGate.from_model_dir(served, DEFAULT_PARAMS.min_entropy)
-    chosen = choose_prompts(gate, prompts, args.max_prompts)
+    cache = out / "hesitant-prompts.json"  # our model's choice: the same for every key
+    if cache.exists():
+        chosen = json.loads(cache.read_text())
+    else:
+        gate = EntropyGate.from_model_dir(served, DEFAULT_PARAMS.min_entropy)
+        chosen = choose_prompts(gate, prompts, args.max_prompts)
+        cache.write_text(json.dumps(chosen))
     log(f"detection: asking {len(chosen)} of {len(prompts)} prompts our model hesitates on")
     os.environ["BENCH_DETECT_KEY"] = key
     got = ask_suspect(url, "BENCH_DETECT_KEY", chosen, model=MODEL_NAME, concurrency=16)
-    pool = out / "answers-pool.jsonl"
+    pool = out / f"answers-pool{tag}.jsonl"
     pool.write_text(
         "".join(json.dumps({"messages": a.messages, "text": a.text}) + "\n" for a in got.answers)
     )
-    det = pooled_detection(pool, served, out / "pool-200.jsonl", database_url, 200)
+    det = pooled_detection(pool, served, out / f"pool-200{tag}.jsonl", database_url, 200)
     return {k: det[k] for k in KEYS_KEPT} | {"asked": len(chosen), "candidates": len(prompts)}
+
+
+def strengths(
+    url: str, deltas: list[float], args: argparse.Namespace, served: Path, out: Path, db: str
+) -> dict[str, Any]:
+    """Quality and detection of the same account (acme) at other watermark strengths (a
+    plan's ``watermark``), beside the default plan's: what an operator trades."""
+    from avocado_llm.billing import Billing, Plan
+
+    found: dict[str, Any] = {}
+    billing = Billing(db, SECRET)
+    try:
+        keys = {
+            d: billing.create_key("acme", plan=Plan(name=f"d{d:g}", max_tokens=64, watermark=d))[1]
+            for d in deltas
+        }
+        off = billing.create_key("acme", plan=Plan(name="off", max_tokens=64, watermark=0))[1]
+    finally:
+        billing.close()
+    for d, key in keys.items():
+        tag = f"-delta{d:g}"
+        q = quality(url, key, off, f"watermark{tag}", args.recipe, out)
+        det = detection(url, key, args, served, out, db, tag)
+        found[f"{d:g}"] = q | {"detection": det}
+        log(
+            f"delta {d:g}: accuracy {q['accuracy_on']:.2%} (off {q['accuracy_off']:.2%}), "
+            f"{q['answers_changed']} answers changed; detection {det['scored_tokens']} scored "
+            f"tokens from {det['answers']} answers, p = {det['p_value']:.3g}"
+        )
+    return found
 
 
 def student_recipe(
@@ -369,6 +437,14 @@ def summary(results: dict[str, Any]) -> None:
         f"detection {d['scored_tokens']} scored tokens from {d['answers']} answers  "
         f"p = {d['p_value']:.3g}  account {d['account']}   (target p < 1e-6)"
     )
+    for d, st in results.get("strengths", {}).items():
+        det = st["detection"]
+        print(
+            f"delta {d}: accuracy {st['accuracy_on']:.2%} (cost {st['cost_points']:+.2f} points, "
+            f"{st['answers_changed']} answers differ); detection {det['scored_tokens']} scored "
+            f"tokens from {det['answers']} answers, p = {det['p_value']:.3g}, account "
+            f"{det['account']}"
+        )
     for entry in results["seeds"]:
         bb, cc = entry["student_B"], entry["student_C"]
         print(
@@ -380,6 +456,8 @@ def summary(results: dict[str, Any]) -> None:
             f"{cc['text_test']['p_value_corrected']:.3g}"
         )
     for name, target in (("B", "< 1e-3"), ("C", "> 0.05")):
+        if not n:
+            break
         s = results["spread"][name]["reference_test"]
         print(
             f"student {name} over {n} seed(s): reference-test corrected p min {s['min']:.3g}  "
