@@ -95,6 +95,12 @@ def main() -> int:
         action="store_true",
         help="stop after quality and detection (no students B and C)",
     )
+    parser.add_argument(
+        "--resplit",
+        action="store_true",
+        help="add the learned/unseen split of the reference test to a finished run's "
+        "results.json (no model is asked again)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out's earlier results first")
     args = parser.parse_args()
     if not VLLM_PYTHON.exists():
@@ -107,6 +113,8 @@ def main() -> int:
     if not (args.base / "config.json").is_file():
         parser.error(f"no model in {args.base}: `make real-demo` imports it")
     t_start = time.monotonic()
+    if args.resplit:
+        return resplit(raw, args)
     args.out, args.recipe = args.out.resolve(), args.recipe.resolve()  # commands run in ROOT
     out: Path = args.out
     if args.fresh and out.exists():
@@ -422,7 +430,55 @@ def suspect(
         f"{ref['flipped']} changes of account {ref['account']} ({ref['rate']:.1%}, "
         f"random keys {ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
     )
-    return {"text_test": {k: r[k] for k in KEYS_KEPT}, "reference_test": ref} | data_sizes(recipe)
+    found = {"text_test": {k: r[k] for k in KEYS_KEPT}, "reference_test": ref}
+    return found | data_sizes(recipe) | {"by_prompt": seen_split(recipe, served, database_url)}
+
+
+def seen_split(recipe: Any, served: Path, database_url: str) -> dict[str, Any]:
+    """The reference test again on the suspect's saved answers, split by whether the student
+    learned from that prompt (its harvest asked it) or never saw it: does the mark reach
+    beyond the prompts a distiller asked?"""
+    from avocado_llm.harvest import read_records
+    from avocado_llm.protect.command import ledger_accounts, reference_json
+    from avocado_llm.protect.detect import Detector, read_answers
+    from avocado_llm.protect.scheme import DEFAULT_PARAMS
+
+    asked = read_records(recipe.harvest_dir).column("messages").to_pylist()
+    learned = {json.dumps(m, sort_keys=True) for m in asked}
+    answers = read_answers(recipe.run_dir / "suspect-answers.jsonl")
+    accounts = ledger_accounts(database_url)
+    detector = Detector.from_model_dir(served, DEFAULT_PARAMS, DEFAULT_PARAMS.min_entropy)
+    options = argparse.Namespace(delta=None, random_keys=20_000)
+    out: dict[str, Any] = {}
+    for part, keep in (("learned", True), ("unseen", False)):
+        chosen = [a for a in answers if (json.dumps(a.messages, sort_keys=True) in learned) == keep]
+        ref = reference_json(options, detector, chosen, SECRET, accounts, DEFAULT_PARAMS)
+        out[part] = {"prompts": len(chosen)} | ref
+        log(
+            f"  {part} prompts ({len(chosen)}): follows {ref['followed']} of {ref['flipped']} "
+            f"changes of account {ref['account']} ({ref['rate']:.1%}, random keys "
+            f"{ref['null_rate']:.1%}), corrected p {ref['p_value_corrected']:.3g}"
+        )
+    return out
+
+
+def resplit(raw: dict[str, Any], args: argparse.Namespace) -> int:
+    """``--resplit``: the learned/unseen split for every student of a finished run."""
+    out = args.out.resolve()
+    results = json.loads((out / "results.json").read_text())
+    recipe_dir = args.recipe.resolve().parent
+    args.out = out
+    for entry in results["seeds"]:
+        for name in ("B", "C"):
+            teachers = [{"name": "avocado-api", "kind": "openai", "base_url": "http://x/v1",
+                         "model": MODEL_NAME}] if name == "B" else raw["teachers"]  # fmt: skip
+            recipe = student_recipe(raw, recipe_dir, name.lower(), entry["seed"], teachers, args)
+            log(f"student {name} (seed {entry['seed']}):")
+            by_prompt = seen_split(recipe, out / "served", f"sqlite:///{out / 'ledger.db'}")
+            entry[f"student_{name}"]["by_prompt"] = by_prompt
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary(results)
+    return 0
 
 
 def summary(results: dict[str, Any]) -> None:
@@ -455,6 +511,13 @@ def summary(results: dict[str, Any]) -> None:
             f"{reference_p(cc['reference_test'])} (target > 0.05), text p "
             f"{cc['text_test']['p_value_corrected']:.3g}"
         )
+        for name in ("B", "C"):
+            for part, r in entry[f"student_{name}"].get("by_prompt", {}).items():
+                print(
+                    f"        {name} on {part} prompts ({r['prompts']}): follows {r['followed']} "
+                    f"of {r['flipped']} changes ({r['rate']:.1%}; random keys "
+                    f"{r['null_rate']:.1%}), corrected p {reference_p(r)}"
+                )
     for name, target in (("B", "< 1e-3"), ("C", "> 0.05")):
         if not n:
             break
