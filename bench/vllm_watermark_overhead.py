@@ -45,8 +45,11 @@ def free_port() -> int:
 
 
 def start_vllm(
-    python: Path, model: Path, log: Path, max_seqs: int
+    python: Path, model: Path, log: Path, max_seqs: int, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """vLLM on the CPU with Avocado's processor (float32, as the in-process engine runs our
+    model), serving ``model`` as ``served``; ``extra``: more of vLLM's arguments. Returns the
+    process (its own group: :func:`stop_vllm`) and its /v1 URL once it answers."""
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}  # fmt: skip
@@ -55,7 +58,7 @@ def start_vllm(
         "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(max_seqs),
         "--enforce-eager",
-        "--logits-processors", "avocado_watermark.vllm:WatermarkLogitsProcessor",
+        "--logits-processors", "avocado_watermark.vllm:WatermarkLogitsProcessor", *extra,
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -73,6 +76,17 @@ def start_vllm(
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGTERM)
     raise SystemExit(f"vLLM did not start; see {log}")
+
+
+def stop_vllm(proc: subprocess.Popen[bytes]) -> None:
+    """Stop vLLM and its workers (its process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 async def round_of(
@@ -189,9 +203,8 @@ def main() -> int:
             print(f"processor alone, {clients} row(s) of {vocab} tokens: {greedy:.2f} ms a step "
                   f"greedy, {drawn:.2f} ms at temperature 1")  # fmt: skip
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+        if proc is not None:
+            stop_vllm(proc)
     return 0
 
 

@@ -82,6 +82,15 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, d
     return rc, (json.loads(out) if rc == 0 and "--json" in args else {"text": out})
 
 
+def suspect_args(api: Api) -> list[str]:
+    """``avocado watermark suspect`` asking the API with ``$SUSPECT_KEY``, our ledger's
+    accounts as candidates."""
+    return [
+        "watermark", "suspect", "--url", api.url, "--api-key-env", "SUSPECT_KEY",
+        "--model-dir", str(api.model_dir), "--database-url", api.database_url,
+    ]  # fmt: skip
+
+
 def write_jsonl(path: Path, texts: list[str], with_prompts: bool = True) -> Path:
     rows = [
         {"messages": m, "text": t} if with_prompts else {"text": t}
@@ -185,16 +194,7 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
     saved = tmp_path / "suspect.jsonl"
     rc, r = run_cli(
         [
-            "watermark",
-            "suspect",
-            "--url",
-            api.url,
-            "--api-key-env",
-            "SUSPECT_KEY",
-            "--model-dir",
-            str(api.model_dir),
-            "--database-url",
-            api.database_url,
+            *suspect_args(api),
             "--prompts",
             "4",
             "--random-keys",
@@ -221,16 +221,7 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
     monkeypatch.setenv("SUSPECT_KEY", api.keys["acme-off"])
     rc, r = run_cli(
         [
-            "watermark",
-            "suspect",
-            "--url",
-            api.url,
-            "--api-key-env",
-            "SUSPECT_KEY",
-            "--model-dir",
-            str(api.model_dir),
-            "--database-url",
-            api.database_url,
+            *suspect_args(api),
             "--prompts",
             "4",
             "--random-keys",
@@ -272,16 +263,7 @@ def test_suspect_asks_the_prompts_of_a_file(
     saved = tmp_path / "suspect.jsonl"
     rc, r = run_cli(
         [
-            "watermark",
-            "suspect",
-            "--url",
-            api.url,
-            "--api-key-env",
-            "SUSPECT_KEY",
-            "--model-dir",
-            str(api.model_dir),
-            "--database-url",
-            api.database_url,
+            *suspect_args(api),
             "--prompts-file",
             str(csv),
             "--prompt-column",
