@@ -20,9 +20,12 @@
    every account of our ledger (Bonferroni-corrected). Targets: B p < 1e-3, C p > 0.05.
 
 Both students learn by SFT alone (the API gives no log-probabilities on the default plan), so
-B and C differ only in whose answers they learn. About 45 minutes on 2 cores (B's harvest
-through vLLM, two 67M students, two suspect checks); ``--steps`` scales the training, and
-``--seeds N`` repeats B and C under recipe seeds 0..N-1 (C's teachers are then asked again).
+B and C differ only in whose answers they learn. 75 minutes on 2 shared cores, measured beside
+other work (quality and detection 10, B's harvest through vLLM 4, two 67M students 20 each,
+two suspect checks 12 each); ``--steps`` scales the training, and ``--seeds N`` repeats B and
+C under recipe seeds 0..N-1 (C's teachers are then asked again: their servers start by
+themselves). ``--resplit`` adds, to a finished run, the reference test split by the prompts
+each student learned from and the ones it never saw.
 """
 
 from __future__ import annotations
