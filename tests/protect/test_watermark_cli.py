@@ -217,6 +217,20 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
     assert ref["account"] == api.accounts["globex"] and ref["flipped"] >= 10
     assert ref["followed"] >= ref["flipped"] // 2 and ref["null_rate"] < 0.2
     assert ref["p_value"] == pytest.approx(1 / (ref["random_keys"] + 1))
+    # the saved answers, tested again without asking (`--answers`): the same verdicts
+    rc, again = run_cli(
+        ["watermark", "suspect", "--answers", str(saved), "--model-dir", str(api.model_dir),
+         "--database-url", api.database_url, "--random-keys", "2000", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0 and again["answers_file"] == str(saved) and again["answers"] == r["answers"]
+    assert (again["account"], again["p_value"]) == (r["account"], r["p_value"])
+    same = ("account", "flipped", "followed")
+    assert {k: again["reference"][k] for k in same} == {k: ref[k] for k in same}
+    globex = str(api.accounts["globex"])
+    rc, text = run_cli(["watermark", "suspect", "--answers", str(saved), "--model-dir",
+                        str(api.model_dir), "--account", globex], capsys)  # fmt: skip
+    assert rc == 0 and str(saved) in text["text"]
     # a suspect that answers without our watermark is not flagged
     monkeypatch.setenv("SUSPECT_KEY", api.keys["acme-off"])
     rc, r = run_cli(
@@ -233,6 +247,21 @@ def test_suspect_flags_a_model_answering_with_our_watermark(
     assert rc == 0
     assert r["p_value_corrected"] > 0.05
     assert r["reference"]["followed"] == 0 and r["reference"]["p_value_corrected"] == 1.0
+
+
+def test_suspect_refuses_saved_answers_without_their_prompts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AVOCADO_SECRET", SECRET)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"text": "42"}\n')
+    base = ["watermark", "suspect", "--model-dir", "zoo/qwen-tiny", "--account", "1"]
+    assert main([*base, "--answers", str(bare)]) == 2
+    assert "needs its prompt" in capsys.readouterr().err
+    assert main([*base, "--answers", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --url or --answers, not both
+        main([*base, "--answers", str(bare), "--url", "http://127.0.0.1:9/v1"])
 
 
 def test_detect_refuses_without_secret_or_account(

@@ -54,7 +54,15 @@ def add_watermark_command(commands: Any) -> None:
         "than a random key's? exact Monte Carlo p; the verdict) and the text test (green "
         "share of de-duplicated (context, token) pairs, Sander et al. 2024; exact binomial p).",
     )
-    s.add_argument("--url", required=True, help="the suspect's OpenAI-compatible base URL (/v1)")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the suspect's OpenAI-compatible base URL (/v1)")
+    where.add_argument(
+        "--answers",
+        type=Path,
+        metavar="FILE",
+        help="test answers saved before (--save: JSONL with each answer's `messages`) instead "
+        "of asking: the same tests again, e.g. under another ledger",
+    )
     s.add_argument("--api-key-env", metavar="VAR", help="environment variable with its API key")
     s.add_argument("--suspect-model", metavar="NAME", help="model to ask [its first listed]")
     s.add_argument(
@@ -175,29 +183,10 @@ def run_watermark_command(args: argparse.Namespace) -> int:
         answers = read_answers(args.file)
         extra: dict[str, Any] = {"file": str(args.file)}
     else:
-        from avocado_llm.protect.suspect import ask_suspect, choose_prompts
-
-        prompts = candidate_prompts(args)
-        if prompts is None:
-            return EXIT_USAGE
-        candidates = len(prompts)
-        if detector.gate is not None and not args.ask_all:
-            prompts = choose_prompts(detector.gate, prompts, args.max_prompts)
-        else:
-            prompts = prompts[: args.max_prompts]
-        if not prompts:
-            return fail(
-                "the served model hesitates on none of the candidate prompts: "
-                "raise --prompts or use --ask-all",
-                EXIT_USAGE,
-            )
-        got = ask_suspect(args.url, args.api_key_env, prompts, model=args.suspect_model)
-        answers = got.answers
-        extra = {"url": args.url, "model": got.model, "candidate_prompts": candidates}
-        if args.save is not None:
-            args.save.parent.mkdir(parents=True, exist_ok=True)
-            lines = [json.dumps({"messages": a.messages, "text": a.text}) for a in answers]
-            args.save.write_text("".join(line + "\n" for line in lines))
+        got = suspect_answers(args, detector)
+        if isinstance(got, int):
+            return got
+        answers, extra = got
     result = attribute(detector, answers, secret, accounts)
     report = {**extra, "answers": len(answers), **result_json(result, params)}
     if args.watermark_command == "suspect" and detector.gate is not None:
@@ -207,6 +196,44 @@ def run_watermark_command(args: argparse.Namespace) -> int:
     else:
         print_report(report)
     return 0
+
+
+def suspect_answers(
+    args: argparse.Namespace, detector: Detector
+) -> tuple[list[Answer], dict[str, Any]] | int:
+    """The suspect's answers, asked now (``--url``: the prompts our model hesitates on) or read
+    back from a file ``--save`` wrote (``--answers``); an exit code after a usage error."""
+    from avocado_llm.protect.detect import read_answers
+    from avocado_llm.protect.suspect import ask_suspect, choose_prompts
+
+    if args.answers is not None:
+        if not args.answers.is_file():
+            return fail(f"no file {args.answers}", EXIT_USAGE)
+        saved = read_answers(args.answers)
+        if not saved or any(a.messages is None for a in saved):
+            why = "every line needs its prompt (`messages` or `prompt`) beside the answer"
+            return fail(f"{args.answers}: {why}, as --save writes them", EXIT_USAGE)
+        return saved, {"answers_file": str(args.answers)}
+    prompts = candidate_prompts(args)
+    if prompts is None:
+        return EXIT_USAGE
+    candidates = len(prompts)
+    if detector.gate is not None and not args.ask_all:
+        prompts = choose_prompts(detector.gate, prompts, args.max_prompts)
+    else:
+        prompts = prompts[: args.max_prompts]
+    if not prompts:
+        return fail(
+            "the served model hesitates on none of the candidate prompts: "
+            "raise --prompts or use --ask-all",
+            EXIT_USAGE,
+        )
+    got = ask_suspect(args.url, args.api_key_env, prompts, model=args.suspect_model)
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"messages": a.messages, "text": a.text}) for a in got.answers]
+        args.save.write_text("".join(line + "\n" for line in lines))
+    return got.answers, {"url": args.url, "model": got.model, "candidate_prompts": candidates}
 
 
 def candidate_prompts(args: argparse.Namespace) -> list[list[dict[str, str]]] | None:
@@ -350,7 +377,7 @@ def result_json(result: Attribution, params: WatermarkParams) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    where = r.get("file") or f"{r.get('url')} ({r.get('model')})"
+    where = r.get("file") or r.get("answers_file") or f"{r.get('url')} ({r.get('model')})"
     print(f"{where}: {r['answers']} answers, {r['tokens']} tokens")
     print(f"  scored tokens (distinct (context, token) pairs): {r['scored_tokens']}")
     print(f"  green: {r['green']} ({r['green_fraction']:.1%}; chance {r['scheme']['gamma']:.0%})")
