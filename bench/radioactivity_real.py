@@ -248,9 +248,15 @@ def evaluate(url: str, key: str, name: str, recipe: Path, out: Path) -> dict[str
     return entry | {"answers": [json.loads(r)["answer"] for r in rows]}
 
 
+_OFF: dict[str, Any] | None = None
+"""The run's unwatermarked evaluation (``quality``)."""
+
+
 def quality(url: str, on_key: str, off_key: str, name: str, recipe: Path, out: Path) -> Any:
-    """Held-out accuracy with the watermark of ``on_key``'s plan and without (``off_key``)."""
-    off = evaluate(url, off_key, "watermark-off", recipe, out)
+    """Held-out accuracy with the watermark of ``on_key``'s plan and without (``off_key``;
+    evaluated once per run: greedy answers without a watermark do not depend on the key)."""
+    global _OFF
+    off = _OFF = _OFF or evaluate(url, off_key, "watermark-off", recipe, out)
     on = evaluate(url, on_key, name, recipe, out)
     changed = sum(a != b for a, b in zip(on["answers"], off["answers"], strict=True))
     return {
